@@ -1,0 +1,262 @@
+//! The backend API (section 5): publish, disconnect, revoke, presence and the
+//! cluster listing, behind `Authorization: Bearer <api key>`.
+//!
+//! Bodies are read as bytes and parsed here rather than with the `Json`
+//! extractor, so any content type works (`curl -d` sends a form type) and
+//! every refusal gets the same JSON error shape.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::auth::Token;
+use crate::hub::unix_micros;
+use crate::protocol::{Control, Publication, is_valid_group};
+use crate::state::AppState;
+
+/// Largest request body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Refusals, each with its status and a stable `error` code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body over 1 MiB")]
+    TooLarge,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("no such endpoint")]
+    NotFound,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        };
+        let body = Json(json!({"error": code, "message": self.to_string()}));
+        if status == StatusCode::UNAUTHORIZED {
+            (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        } else {
+            (status, body).into_response()
+        }
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(message.into())
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/publish", post(publish))
+        .route("/api/v1/disconnect", post(disconnect))
+        .route("/api/v1/revoke", post(revoke))
+        .route("/api/v1/groups/{group}/presence", get(presence))
+        .route("/api/v1/cluster", get(cluster))
+        .fallback(|| async { ApiError::NotFound })
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// SHA-256 of an API key: keys are compared as digests so the comparison
+/// takes the same time whatever the key's length or content.
+pub fn key_digest(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if authorized(&state, request.headers()) {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let given = key_digest(given.trim().as_bytes());
+    // Check every key, without stopping at a match.
+    let mut ok = subtle::Choice::from(0);
+    for key in &state.api_key_digests {
+        ok |= key.ct_eq(&given);
+    }
+    ok.into()
+}
+
+/// Reads a JSON body, mapping size and syntax errors to 413 and 400.
+fn parse_body<T: for<'de> Deserialize<'de>>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge
+        } else {
+            bad(e.body_text())
+        }
+    })?;
+    serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    group: Option<String>,
+    data: Option<Box<RawValue>>,
+    messages: Option<Vec<PublishItem>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishItem {
+    group: String,
+    data: Box<RawValue>,
+}
+
+fn check_group(group: &str) -> Result<(), ApiError> {
+    if is_valid_group(group) {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "invalid group name {group:?}: 1 to 128 characters of A-Z a-z 0-9 . _ : @ -"
+        )))
+    }
+}
+
+async fn publish(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: PublishBody = parse_body(body)?;
+    let items = match body {
+        PublishBody {
+            group: Some(group),
+            data: Some(data),
+            messages: None,
+        } => vec![PublishItem { group, data }],
+        PublishBody {
+            group: None,
+            data: None,
+            messages: Some(messages),
+        } if !messages.is_empty() => messages,
+        _ => {
+            return Err(bad(
+                "expected {\"group\":..,\"data\":..} or a non-empty {\"messages\":[..]}",
+            ));
+        }
+    };
+    for item in &items {
+        check_group(&item.group)?;
+    }
+    let ts = unix_micros();
+    let n = items.len() as u64;
+    let publications = items
+        .into_iter()
+        .map(|item| Publication {
+            group: item.group,
+            data: item.data,
+            position: None,
+            ts: Some(ts),
+        })
+        .collect();
+    state
+        .broker
+        .publish(publications)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    state.metrics.messages_published.inc_by(n);
+    Ok(Json(json!({"ok": true})))
+}
+
+/// A user id may be sent as a string or a number; it is a string on the wire.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum UserId {
+    Text(String),
+    Number(i64),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    user_id: UserId,
+}
+
+async fn disconnect(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: DisconnectBody = parse_body(body)?;
+    let user_id = match body.user_id {
+        UserId::Text(s) if !s.is_empty() => s,
+        UserId::Number(n) => n.to_string(),
+        UserId::Text(_) => return Err(bad("user_id must not be empty")),
+    };
+    state
+        .broker
+        .control(Control::DisconnectUser { user_id })
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(json!({"ok": true})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    token: String,
+}
+
+async fn revoke(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: RevokeBody = parse_body(body)?;
+    if body.token.is_empty() {
+        return Err(bad("token must not be empty"));
+    }
+    let digest = Token::new(body.token).digest();
+    state.auth.revoke(&digest).await.map_err(|e| {
+        tracing::warn!(error = %e, "revoke failed");
+        ApiError::Unavailable("token store unavailable".into())
+    })?;
+    state
+        .broker
+        .control(Control::RevokeDigest {
+            digest: digest.to_hex(),
+        })
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(json!({"ok": true})))
+}
+
+async fn presence(State(state): State<AppState>, Path(group): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    check_group(&group)?;
+    let members = state
+        .broker
+        .presence(&group)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(json!({"group": group, "count": members.len(), "members": members})))
+}
+
+async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let nodes = state
+        .broker
+        .nodes()
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(json!({"nodes": nodes})))
+}

@@ -1,0 +1,317 @@
+//! SQL token stores on Postgres or SQLite (section 6).
+//!
+//! One code path serves both databases through sqlx's `Any` driver: the
+//! queries below are written in the SQL both understand (`$1` parameters,
+//! `ON CONFLICT`, BIGINT unix-millisecond times), so the stores need no
+//! per-database copies. Each database keeps its own migration folder because
+//! later migrations (triggers) are Postgres-only.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use super::{Identity, StoreError, Token, TokenDigest, TokenStore};
+use crate::config::{Config, StoreKind};
+
+/// Which database a pool talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A connection pool and the database it reaches.
+#[derive(Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+/// wsgate's own migration-history table, so it never collides with the
+/// `_sqlx_migrations` table of an application sharing the database.
+const MIGRATIONS_TABLE: &str = "wsgate_migrations";
+
+impl Db {
+    /// The database URL the configuration points at: `database.url`, or the
+    /// embedded SQLite file.
+    pub fn url(config: &Config) -> String {
+        match &config.database.url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", config.database.sqlite_path.display()),
+        }
+    }
+
+    pub async fn connect(config: &Config) -> Result<Db, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = Self::url(config);
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let max = match backend {
+            // SQLite has one writer; a small pool avoids lock contention.
+            Backend::Sqlite => config.database.max_connections.min(4),
+            Backend::Postgres => config.database.max_connections,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(config.database.connect_timeout)
+            .connect(&url)
+            .await
+            .map_err(classify)?;
+        Ok(Db { pool, backend })
+    }
+
+    /// Applies wsgate's migrations (idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut migrator = match self.backend {
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        };
+        migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Query(format!("migration failed: {e}")))
+    }
+
+    /// Records a revocation of a token wsgate does not own.
+    async fn record_revocation(&self, digest: &TokenDigest) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO wsgate_revocations (digest, revoked_at) VALUES ($1, $2) \
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest.to_hex())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn is_revoked(&self, digest: &TokenDigest) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM wsgate_revocations WHERE digest = $1")
+            .bind(digest.to_hex())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(row.is_some())
+    }
+}
+
+/// Builds the store the configuration names.
+pub fn store_for(config: &Config, db: Db) -> Box<dyn TokenStore> {
+    match config.auth.store {
+        StoreKind::Native => Box::new(NativeStore { db }),
+        StoreKind::Query => Box::new(QueryStore {
+            sql: config.auth.query.clone().unwrap_or_default().into(),
+            db,
+            name: "query",
+        }),
+        StoreKind::Django => Box::new(QueryStore::django(db)),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Errors where the database did not answer at all become `Unavailable`
+/// (close 1013); errors it answered with become `Query`.
+fn classify(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Database(db) => StoreError::Query(db.message().to_string()),
+        sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. } => StoreError::Query(e.to_string()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// Reads the user id from the first column, whatever its SQL type.
+fn user_id_of(row: &AnyRow) -> Result<String, StoreError> {
+    if let Ok(s) = row.try_get::<String, _>(0) {
+        return Ok(s);
+    }
+    if let Ok(n) = row.try_get::<i64, _>(0) {
+        return Ok(n.to_string());
+    }
+    row.try_get::<i32, _>(0)
+        .map(|n| n.to_string())
+        .map_err(|e| StoreError::Query(format!("user id column: {e}")))
+}
+
+// ---------------------------------------------------------------------------
+
+/// The `native` store: wsgate's own `wsgate_tokens` table.
+pub struct NativeStore {
+    db: Db,
+}
+
+/// A token's row, as `wsgate token list` shows it (never the token itself).
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub digest: String,
+    pub user_id: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl NativeStore {
+    pub fn new(db: Db) -> NativeStore {
+        NativeStore { db }
+    }
+
+    /// Creates a token for `user_id`; the token is returned once and only its
+    /// digest is stored.
+    pub async fn issue(&self, user_id: &str, ttl: Option<Duration>) -> Result<Token, StoreError> {
+        let token = Token::generate();
+        let now = now_ms();
+        let expires = ttl.map(|ttl| now.saturating_add(ttl.as_millis() as i64));
+        sqlx::query(
+            "INSERT INTO wsgate_tokens (digest, user_id, created_at, expires_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, NULL)",
+        )
+        .bind(token.digest().to_hex())
+        .bind(user_id)
+        .bind(now)
+        .bind(expires)
+        .execute(&self.db.pool)
+        .await
+        .map_err(classify)?;
+        Ok(token)
+    }
+
+    pub async fn list(&self, user_id: Option<&str>) -> Result<Vec<TokenInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT digest, user_id, created_at, expires_at, revoked_at FROM wsgate_tokens \
+             WHERE ($1 IS NULL OR user_id = $1) ORDER BY created_at, digest",
+        )
+        .bind(user_id)
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(classify)?;
+        rows.iter()
+            .map(|r| {
+                Ok(TokenInfo {
+                    digest: r.try_get(0).map_err(classify)?,
+                    user_id: r.try_get(1).map_err(classify)?,
+                    created_at: r.try_get(2).map_err(classify)?,
+                    expires_at: r.try_get(3).map_err(classify)?,
+                    revoked_at: r.try_get(4).map_err(classify)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl TokenStore for NativeStore {
+    async fn verify(&self, token: &Token) -> Result<Option<Identity>, StoreError> {
+        let row = sqlx::query(
+            "SELECT t.user_id FROM wsgate_tokens t \
+             WHERE t.digest = $1 AND t.revoked_at IS NULL \
+               AND (t.expires_at IS NULL OR t.expires_at > $2) \
+               AND NOT EXISTS (SELECT 1 FROM wsgate_revocations r WHERE r.digest = t.digest)",
+        )
+        .bind(token.digest().to_hex())
+        .bind(now_ms())
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(classify)?;
+        row.map(|r| user_id_of(&r).map(|user_id| Identity { user_id }))
+            .transpose()
+    }
+
+    async fn revoke(&self, digest: &TokenDigest) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE wsgate_tokens SET revoked_at = $2 WHERE digest = $1 AND revoked_at IS NULL",
+        )
+        .bind(digest.to_hex())
+        .bind(now_ms())
+        .execute(&self.db.pool)
+        .await
+        .map_err(classify)?;
+        if done.rows_affected() == 0 {
+            // Unknown here: remember it anyway, so it stays refused should it
+            // ever be inserted by hand.
+            self.db.record_revocation(digest).await?;
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "native"
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// The `query` store (any SQL) and its `django` preset.
+pub struct QueryStore {
+    db: Db,
+    /// Operator-supplied SQL: configuration, never client input.
+    sql: std::sync::Arc<str>,
+    name: &'static str,
+}
+
+impl QueryStore {
+    pub fn new(db: Db, sql: String) -> QueryStore {
+        QueryStore {
+            db,
+            sql: sql.into(),
+            name: "query",
+        }
+    }
+
+    /// Django REST framework's `authtoken_token` joined to an active `auth_user`.
+    pub fn django(db: Db) -> QueryStore {
+        let sql = match db.backend {
+            Backend::Postgres => {
+                "SELECT u.id::text AS user_id FROM authtoken_token t \
+                 JOIN auth_user u ON u.id = t.user_id WHERE t.key = $1 AND u.is_active"
+            }
+            Backend::Sqlite => {
+                "SELECT CAST(u.id AS TEXT) AS user_id FROM authtoken_token t \
+                 JOIN auth_user u ON u.id = t.user_id WHERE t.key = $1 AND u.is_active"
+            }
+        };
+        QueryStore {
+            db,
+            sql: sql.into(),
+            name: "django",
+        }
+    }
+}
+
+#[async_trait]
+impl TokenStore for QueryStore {
+    async fn verify(&self, token: &Token) -> Result<Option<Identity>, StoreError> {
+        if self.db.is_revoked(&token.digest()).await? {
+            return Ok(None);
+        }
+        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.clone()))
+            .bind(token.expose())
+            .fetch_optional(&self.db.pool)
+            .await
+            .map_err(classify)?;
+        row.map(|r| user_id_of(&r).map(|user_id| Identity { user_id }))
+            .transpose()
+    }
+
+    async fn revoke(&self, digest: &TokenDigest) -> Result<(), StoreError> {
+        self.db.record_revocation(digest).await
+    }
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}

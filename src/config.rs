@@ -1,0 +1,555 @@
+//! Layered configuration: defaults, then a TOML file, then `WSGATE__SECTION__KEY`
+//! environment variables (section 9 of the protocol).
+//!
+//! Every key has a default so `cargo run` works with no file at all. Unknown
+//! keys are errors, so a typo does not silently fall back to a default, and
+//! every error names the key it is about.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Load(String),
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub api: ApiConfig,
+    pub metrics: MetricsConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub redis: RedisConfig,
+    pub groups: GroupsConfig,
+    pub limits: LimitsConfig,
+    pub drain: DrainConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub ws_path: String,
+    /// Defaults to the host name.
+    pub node_id: Option<String>,
+    pub allowed_origins: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([0, 0, 0, 0], 8080).into(),
+            ws_path: "/ws".into(),
+            node_id: None,
+            allowed_origins: Vec::new(),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub keys: Vec<String>,
+    /// Where embedded mode keeps the API key it generates when `keys` is empty.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: ([0, 0, 0, 0], 8081).into(),
+            keys: Vec::new(),
+            key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: ([0, 0, 0, 0], 9090).into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://...` or `sqlite://...`; unset means embedded SQLite.
+    pub url: Option<String>,
+    pub sqlite_path: PathBuf,
+    pub max_connections: u32,
+    /// Apply wsgate's migrations at start-up.
+    pub migrate: bool,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            sqlite_path: "wsgate.db".into(),
+            max_connections: 16,
+            migrate: true,
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Native,
+    Query,
+    Django,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub store: StoreKind,
+    /// SQL for `store = "query"`: takes the token as its one parameter and
+    /// returns a row whose first column is the user id.
+    pub query: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            store: StoreKind::Native,
+            query: None,
+            timeout: Duration::from_secs(5),
+            cache_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: Option<String>,
+    pub cluster: bool,
+    pub prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            cluster: false,
+            prefix: "wsgate:".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    pub allow: Vec<String>,
+    pub auto_join: Vec<String>,
+    pub client_publish: Vec<String>,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            allow: vec!["*".into()],
+            auto_join: vec!["user.{user_id}".into()],
+            client_publish: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    pub max_groups_per_connection: usize,
+    /// Frames queued for one connection before it is closed as a slow consumer.
+    pub outbound_queue: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 100_000,
+            max_message_bytes: 65_536,
+            max_groups_per_connection: 100,
+            outbound_queue: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainConfig {
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub spread: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            grace: Duration::from_secs(5),
+            spread: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &[
+    "server.allowed_origins",
+    "api.keys",
+    "groups.allow",
+    "groups.auto_join",
+    "groups.client_publish",
+];
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly (tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("WSGATE__"))
+            .collect();
+        let mut source = config::Environment::with_prefix("WSGATE")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .source(Some(env));
+        for key in LIST_KEYS {
+            source = source.with_list_parse_key(key);
+        }
+        builder = builder.add_source(source.try_parsing(true));
+        let raw = builder.build().map_err(describe)?;
+        let config: Config = raw.try_deserialize().map_err(describe)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.server.ws_path.starts_with('/') {
+            return Err(ConfigError::invalid("server.ws_path", "must start with '/'"));
+        }
+        for origin in &self.server.allowed_origins {
+            if origin.is_empty() || origin.contains(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    "server.allowed_origins",
+                    format!("invalid origin {origin:?}"),
+                ));
+            }
+        }
+        if self.server.ping_interval.is_zero() {
+            return Err(ConfigError::invalid("server.ping_interval", "must be above zero"));
+        }
+        if self.server.pong_timeout.is_zero() {
+            return Err(ConfigError::invalid("server.pong_timeout", "must be above zero"));
+        }
+        if self.api.keys.iter().any(|k| k.len() < 16) {
+            return Err(ConfigError::invalid(
+                "api.keys",
+                "every key must be at least 16 characters",
+            ));
+        }
+        if let Some(url) = &self.database.url
+            && !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+        {
+            return Err(ConfigError::invalid(
+                "database.url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::invalid("database.max_connections", "must be above zero"));
+        }
+        match (self.auth.store, &self.auth.query) {
+            (StoreKind::Query, None) => {
+                return Err(ConfigError::invalid(
+                    "auth.query",
+                    "required when auth.store = \"query\"",
+                ));
+            }
+            (StoreKind::Query, Some(q)) if q.trim().is_empty() => {
+                return Err(ConfigError::invalid("auth.query", "must not be empty"));
+            }
+            _ => {}
+        }
+        if self.auth.timeout.is_zero() {
+            return Err(ConfigError::invalid("auth.timeout", "must be above zero"));
+        }
+        if let Some(url) = &self.redis.url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis-cluster://"))
+        {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "must start with redis://, rediss:// or redis-cluster://",
+            ));
+        }
+        if self.redis.prefix.is_empty() {
+            return Err(ConfigError::invalid("redis.prefix", "must not be empty"));
+        }
+        for (key, patterns) in [
+            ("groups.allow", &self.groups.allow),
+            ("groups.auto_join", &self.groups.auto_join),
+            ("groups.client_publish", &self.groups.client_publish),
+        ] {
+            for p in patterns {
+                let probe = p.replace("{user_id}", "1").replace('*', "x");
+                if !crate::protocol::is_valid_group(&probe) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("{p:?} is not a group pattern (group characters, '*' and {{user_id}})"),
+                    ));
+                }
+            }
+        }
+        if self.groups.auto_join.iter().any(|p| p.contains('*')) {
+            return Err(ConfigError::invalid(
+                "groups.auto_join",
+                "auto-joined groups cannot contain '*'",
+            ));
+        }
+        for (key, value) in [
+            ("limits.max_connections", self.limits.max_connections),
+            ("limits.max_message_bytes", self.limits.max_message_bytes),
+            ("limits.max_groups_per_connection", self.limits.max_groups_per_connection),
+            ("limits.outbound_queue", self.limits.outbound_queue),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be above zero"));
+            }
+        }
+        if self.limits.max_message_bytes < crate::protocol::MAX_AUTH_FRAME_BYTES {
+            return Err(ConfigError::invalid(
+                "limits.max_message_bytes",
+                "must be at least 4096 (the first frame may be 4 KiB)",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::invalid("log.level", e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Embedded mode: no database and no Redis configured (one node, SQLite,
+    /// in-process broker).
+    pub fn is_embedded(&self) -> bool {
+        self.database.url.is_none() && self.redis.url.is_none()
+    }
+
+    pub fn node_id(&self) -> String {
+        self.server.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "wsgate".into())
+        })
+    }
+
+    /// The configuration as TOML with secrets masked, for `config check`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut masked = self.clone();
+        masked.api.keys = masked.api.keys.iter().map(|_| "********".into()).collect();
+        masked.database.url = masked.database.url.as_deref().map(mask_url);
+        masked.redis.url = masked.redis.url.as_deref().map(mask_url);
+        if masked.server.node_id.is_none() {
+            masked.server.node_id = Some(self.node_id());
+        }
+        toml_string(&masked)
+    }
+}
+
+fn toml_string(config: &Config) -> String {
+    // `config` brings a TOML serializer with its `toml` feature.
+    toml::to_string_pretty(config).unwrap_or_else(|e| format!("# cannot render: {e}"))
+}
+
+/// Hides the password of `scheme://user:password@host/...`.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:********@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Turns the config crate's errors into one line that names the key.
+fn describe(e: config::ConfigError) -> ConfigError {
+    let text = e.to_string();
+    // The config crate says "... for key `auth.timeout`" or names the key
+    // after "unknown field"; keep its words and make the key easy to spot.
+    if let Some(key) = text
+        .split("for key `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+    {
+        let key = key.trim_start_matches("WSGATE.").to_lowercase();
+        return ConfigError::Invalid {
+            key,
+            message: text.split(" for key `").next().unwrap_or(&text).to_string(),
+        };
+    }
+    ConfigError::Load(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c.server.listen.port(), 8080);
+        assert_eq!(c.auth.timeout, Duration::from_secs(5));
+        assert_eq!(c.groups.auto_join, vec!["user.{user_id}"]);
+        assert!(c.is_embedded());
+    }
+
+    #[test]
+    fn env_overrides_and_lists() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("WSGATE__REDIS__URL", "redis://127.0.0.1:6379"),
+                ("WSGATE__AUTH__TIMEOUT", "250ms"),
+                ("WSGATE__GROUPS__ALLOW", "market.*,user.{user_id}"),
+                ("WSGATE__LIMITS__MAX_CONNECTIONS", "10"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.redis.url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(c.auth.timeout, Duration::from_millis(250));
+        assert_eq!(c.groups.allow, vec!["market.*", "user.{user_id}"]);
+        assert_eq!(c.limits.max_connections, 10);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (k, v, key) in [
+            ("WSGATE__AUTH__TIMEOUT", "five", "auth.timeout"),
+            ("WSGATE__LIMITS__MAX_CONNECTIONS", "0", "limits.max_connections"),
+            ("WSGATE__REDIS__URL", "http://x", "redis.url"),
+            ("WSGATE__SERVER__LISTEN", "nowhere", "server.listen"),
+            ("WSGATE__AUTH__STORE", "ldap", "auth.store"),
+        ] {
+            let err = Config::load_with_env(None, env(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(key), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn masks_secrets() {
+        assert_eq!(
+            mask_url("postgres://u:secret@db:5432/x"),
+            "postgres://u:********@db:5432/x"
+        );
+        assert_eq!(mask_url("redis://h:6379"), "redis://h:6379");
+    }
+}

@@ -1,0 +1,106 @@
+//! The WebSocket upgrade (section 1): Origin allow-list, capacity and drain
+//! checks, then hand-off to a session.
+//!
+//! The request URI (and so any query string) is never logged or read: a
+//! token put there by a misguided client goes nowhere.
+
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::session;
+use crate::state::AppState;
+
+/// Seconds a refused client is asked to wait.
+const RETRY_AFTER_SECS: &str = "5";
+
+pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = &state.config.server.allowed_origins;
+        let ok = origin
+            .to_str()
+            .is_ok_and(|origin| origin_allowed(allowed, origin));
+        if !ok {
+            tracing::debug!("handshake refused: origin not allowed");
+            return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+        }
+    }
+    if state.is_draining() {
+        return unavailable("node draining\n");
+    }
+    let Some(slot) = state.try_open_session() else {
+        tracing::debug!("handshake refused: node full");
+        return unavailable("node full\n");
+    };
+    let limits = &state.config.limits;
+    ws
+        // Small buffers: an idle socket should cost little memory.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes)
+        .on_upgrade(move |socket| session::run(socket, state, slot))
+}
+
+fn unavailable(text: &'static str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
+        text,
+    )
+        .into_response()
+}
+
+/// An empty list allows every origin. Entries are exact origins
+/// (`https://app.example.com`) or `*.example.com` (any scheme), or
+/// `https://*.example.com`; host names compare case-insensitively.
+pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let origin = origin.to_ascii_lowercase();
+    let (scheme, host_port) = origin.split_once("://").unwrap_or(("", origin.as_str()));
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) { h } else { host_port }
+    });
+    allowed.iter().any(|entry| {
+        let entry = entry.to_ascii_lowercase();
+        let (entry_scheme, entry_host) = match entry.split_once("://") {
+            Some((s, h)) => (Some(s), h),
+            None => (None, entry.as_str()),
+        };
+        if let Some(suffix) = entry_host.strip_prefix("*.") {
+            entry_scheme.is_none_or(|s| s == scheme)
+                && host.len() > suffix.len() + 1
+                && host.ends_with(suffix)
+                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+        } else {
+            entry == origin
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn origins() {
+        let list = vec!["https://app.example.com".to_string(), "*.trusted.io".to_string()];
+        assert!(origin_allowed(&[], "https://evil.com"));
+        assert!(origin_allowed(&list, "https://app.example.com"));
+        assert!(origin_allowed(&list, "https://APP.example.com"));
+        assert!(!origin_allowed(&list, "http://app.example.com"));
+        assert!(!origin_allowed(&list, "https://app.example.com.evil.com"));
+        assert!(origin_allowed(&list, "https://a.trusted.io"));
+        assert!(origin_allowed(&list, "http://a.b.trusted.io:8443"));
+        assert!(!origin_allowed(&list, "https://trusted.io"));
+        assert!(!origin_allowed(&list, "https://eviltrusted.io"));
+        assert!(!origin_allowed(&list, "null"));
+        let scoped = vec!["https://*.trusted.io".to_string()];
+        assert!(origin_allowed(&scoped, "https://a.trusted.io"));
+        assert!(!origin_allowed(&scoped, "http://a.trusted.io"));
+    }
+}

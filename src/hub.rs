@@ -1,0 +1,394 @@
+//! The hub: this node's connections and the groups they are in.
+//!
+//! It is purely local and synchronous: it knows nothing of sockets, Redis or
+//! SQL. A session registers a [`ConnHandle`] after `welcome`; the hub then
+//! routes group messages into that connection's bounded queue and asks it to
+//! close (slow consumer, disconnect, revoke, drain) through its
+//! [`CloseSignal`]. Locks are never held across an `.await`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::auth::TokenDigest;
+use crate::ops::metrics::{DropReason, Metrics};
+use crate::protocol::{CloseCode, Frame, Publication, message_frame};
+
+pub type ConnId = u64;
+
+/// A frame queued for one connection, with its publish time (unix
+/// microseconds) when it is a group message, for the latency histogram.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub frame: Frame,
+    pub published_us: Option<u64>,
+}
+
+/// A one-shot "please close with this code" for one connection. The first
+/// code wins; later requests are ignored.
+#[derive(Default)]
+pub struct CloseSignal {
+    code: AtomicU16,
+    notify: Notify,
+}
+
+impl CloseSignal {
+    pub fn request(&self, code: CloseCode) -> bool {
+        let first = self
+            .code
+            .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
+            self.notify.notify_one();
+        }
+        first
+    }
+
+    /// Waits until a close is requested and returns its code.
+    pub async fn requested(&self) -> CloseCode {
+        loop {
+            if let Some(code) = self.code() {
+                return code;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    pub fn code(&self) -> Option<CloseCode> {
+        CloseCode::from_u16(self.code.load(Ordering::Acquire))
+    }
+}
+
+/// What the hub holds of one authenticated connection.
+pub struct ConnHandle {
+    pub id: ConnId,
+    pub user_id: String,
+    pub session: String,
+    pub digest: TokenDigest,
+    pub tx: mpsc::Sender<Outbound>,
+    pub close: CloseSignal,
+}
+
+/// A member of a group, as presence reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    pub user_id: String,
+    pub session: String,
+    pub node: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("too many groups on this connection")]
+    TooManyGroups,
+    #[error("connection is not registered")]
+    NotRegistered,
+}
+
+/// What a join changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    /// The connection was not in the group before.
+    pub new_member: bool,
+    /// The group had no local member before: the node must now listen to it.
+    pub first_local: bool,
+}
+
+#[derive(Default)]
+struct State {
+    conns: HashMap<ConnId, Entry>,
+    groups: HashMap<String, HashMap<ConnId, Arc<ConnHandle>>>,
+}
+
+struct Entry {
+    handle: Arc<ConnHandle>,
+    groups: HashSet<String>,
+}
+
+pub struct Hub {
+    node: String,
+    max_groups: usize,
+    state: RwLock<State>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(node: String, max_groups: usize, metrics: Arc<Metrics>) -> Hub {
+        Hub {
+            node,
+            max_groups,
+            state: RwLock::default(),
+            metrics,
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn register(&self, handle: Arc<ConnHandle>) {
+        self.write().conns.insert(
+            handle.id,
+            Entry {
+                handle,
+                groups: HashSet::new(),
+            },
+        );
+    }
+
+    /// Removes a connection from the hub and every group; returns the groups
+    /// that lost their last local member.
+    pub fn unregister(&self, id: ConnId) -> Vec<String> {
+        let mut state = self.write();
+        let Some(entry) = state.conns.remove(&id) else {
+            return Vec::new();
+        };
+        let mut emptied = Vec::new();
+        for group in entry.groups {
+            if let Some(members) = state.groups.get_mut(&group) {
+                members.remove(&id);
+                if members.is_empty() {
+                    state.groups.remove(&group);
+                    emptied.push(group);
+                }
+            }
+        }
+        self.metrics.groups.set(state.groups.len() as i64);
+        emptied
+    }
+
+    pub fn join(&self, id: ConnId, group: &str) -> Result<Joined, JoinError> {
+        let mut state = self.write();
+        let state = &mut *state;
+        let entry = state.conns.get_mut(&id).ok_or(JoinError::NotRegistered)?;
+        if entry.groups.contains(group) {
+            return Ok(Joined {
+                new_member: false,
+                first_local: false,
+            });
+        }
+        if entry.groups.len() >= self.max_groups {
+            return Err(JoinError::TooManyGroups);
+        }
+        entry.groups.insert(group.to_string());
+        let handle = entry.handle.clone();
+        let members = state.groups.entry(group.to_string()).or_default();
+        let first_local = members.is_empty();
+        members.insert(id, handle);
+        self.metrics.groups.set(state.groups.len() as i64);
+        Ok(Joined {
+            new_member: true,
+            first_local,
+        })
+    }
+
+    /// Returns `(was_member, group_now_empty)`.
+    pub fn leave(&self, id: ConnId, group: &str) -> (bool, bool) {
+        let mut state = self.write();
+        let was_member = state
+            .conns
+            .get_mut(&id)
+            .is_some_and(|e| e.groups.remove(group));
+        if !was_member {
+            return (false, false);
+        }
+        let mut emptied = false;
+        if let Some(members) = state.groups.get_mut(group) {
+            members.remove(&id);
+            if members.is_empty() {
+                state.groups.remove(group);
+                emptied = true;
+            }
+        }
+        self.metrics.groups.set(state.groups.len() as i64);
+        (true, emptied)
+    }
+
+    pub fn has_local_members(&self, group: &str) -> bool {
+        self.read().groups.contains_key(group)
+    }
+
+    /// The groups with at least one local member.
+    pub fn groups(&self) -> Vec<String> {
+        self.read().groups.keys().cloned().collect()
+    }
+
+    /// Delivers a publication to every local member of its group: the frame
+    /// is encoded once and shared. Returns how many queues took it.
+    pub fn deliver(&self, publication: &Publication) -> usize {
+        let frame = message_frame(
+            &publication.group,
+            &publication.data,
+            publication.position.as_ref(),
+        );
+        let out = Outbound {
+            frame,
+            published_us: publication.ts,
+        };
+        let state = self.read();
+        let Some(members) = state.groups.get(&publication.group) else {
+            return 0;
+        };
+        let mut queued = 0;
+        for handle in members.values() {
+            match handle.tx.try_send(out.clone()) {
+                Ok(()) => queued += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics.dropped(DropReason::SlowConsumer, 1);
+                    handle.close.request(CloseCode::SlowConsumer);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.metrics.dropped(DropReason::Closed, 1);
+                }
+            }
+        }
+        queued
+    }
+
+    /// Asks every matching connection to close; returns how many matched.
+    fn close_where(&self, code: CloseCode, pred: impl Fn(&ConnHandle) -> bool) -> usize {
+        let state = self.read();
+        let mut n = 0;
+        for entry in state.conns.values() {
+            if pred(&entry.handle) {
+                entry.handle.close.request(code);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn close_user(&self, user_id: &str, code: CloseCode) -> usize {
+        self.close_where(code, |h| h.user_id == user_id)
+    }
+
+    pub fn close_digest(&self, digest: &TokenDigest, code: CloseCode) -> usize {
+        self.close_where(code, |h| h.digest == *digest)
+    }
+
+    /// Every registered connection, for draining.
+    pub fn connections(&self) -> Vec<Arc<ConnHandle>> {
+        self.read().conns.values().map(|e| e.handle.clone()).collect()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.read().conns.len()
+    }
+
+    /// Local members of a group.
+    pub fn presence(&self, group: &str) -> Vec<Member> {
+        let state = self.read();
+        let mut members: Vec<Member> = state
+            .groups
+            .get(group)
+            .map(|m| {
+                m.values()
+                    .map(|h| Member {
+                        user_id: h.user_id.clone(),
+                        session: h.session.clone(),
+                        node: self.node.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        members.sort_by(|a, b| a.session.cmp(&b.session));
+        members
+    }
+}
+
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn handle(id: ConnId, user: &str, cap: usize) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(cap);
+        let h = Arc::new(ConnHandle {
+            id,
+            user_id: user.into(),
+            session: format!("s{id}"),
+            digest: TokenDigest([id as u8; 32]),
+            tx,
+            close: CloseSignal::default(),
+        });
+        (h, rx)
+    }
+
+    fn publication(group: &str) -> Publication {
+        Publication {
+            group: group.into(),
+            data: RawValue::from_string("1".into()).unwrap(),
+            position: None,
+            ts: None,
+        }
+    }
+
+    #[test]
+    fn join_leave_and_first_last_member() {
+        let hub = Hub::new("n1".into(), 2, Arc::new(Metrics::new()));
+        let (a, _ra) = handle(1, "u1", 8);
+        let (b, _rb) = handle(2, "u2", 8);
+        hub.register(a);
+        hub.register(b);
+        assert!(hub.join(1, "g").unwrap().first_local);
+        assert!(!hub.join(2, "g").unwrap().first_local);
+        assert!(!hub.join(2, "g").unwrap().new_member);
+        assert_eq!(hub.presence("g").len(), 2);
+        assert_eq!(hub.leave(1, "g"), (true, false));
+        assert_eq!(hub.leave(1, "g"), (false, false));
+        hub.join(2, "h").unwrap();
+        assert_eq!(hub.join(2, "i"), Err(JoinError::TooManyGroups));
+        let mut emptied = hub.unregister(2);
+        emptied.sort();
+        assert_eq!(emptied, vec!["g", "h"]);
+        assert!(hub.groups().is_empty());
+    }
+
+    #[test]
+    fn slow_consumer_is_asked_to_close() {
+        let hub = Hub::new("n1".into(), 10, Arc::new(Metrics::new()));
+        let (a, mut ra) = handle(1, "u1", 1);
+        let (b, mut rb) = handle(2, "u2", 8);
+        hub.register(a.clone());
+        hub.register(b.clone());
+        hub.join(1, "g").unwrap();
+        hub.join(2, "g").unwrap();
+        assert_eq!(hub.deliver(&publication("g")), 2);
+        assert_eq!(hub.deliver(&publication("g")), 1);
+        assert_eq!(a.close.code(), Some(CloseCode::SlowConsumer));
+        assert_eq!(b.close.code(), None);
+        assert!(ra.try_recv().is_ok());
+        assert_eq!(rb.try_recv().unwrap().frame.as_str(), r#"{"type":"message","group":"g","data":1}"#);
+    }
+
+    #[test]
+    fn close_by_user_and_digest() {
+        let hub = Hub::new("n1".into(), 10, Arc::new(Metrics::new()));
+        let (a, _ra) = handle(1, "u1", 1);
+        let (b, _rb) = handle(2, "u2", 1);
+        hub.register(a.clone());
+        hub.register(b.clone());
+        assert_eq!(hub.close_user("u1", CloseCode::AuthFailed), 1);
+        assert_eq!(hub.close_digest(&TokenDigest([2; 32]), CloseCode::AuthFailed), 1);
+        assert_eq!(a.close.code(), Some(CloseCode::AuthFailed));
+        assert_eq!(b.close.code(), Some(CloseCode::AuthFailed));
+    }
+}

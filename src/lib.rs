@@ -1,0 +1,29 @@
+//! wsgate: a WebSocket gateway that authenticates on the first frame and
+//! fans group messages out across a cluster.
+//!
+//! The map, top-down:
+//! - [`config`]: layered configuration (defaults, file, environment).
+//! - [`protocol`]: frames, close codes, group names, the broker envelope. Pure.
+//! - [`auth`]: tokens, the `TokenStore` trait and its SQL stores.
+//! - [`policy`]: which groups a user may join or publish to.
+//! - [`hub`]: this node's connections and groups (local, synchronous).
+//! - [`broker`]: moves publications and commands between nodes (trait + in-process).
+//! - [`handshake`] and [`session`]: one socket, from upgrade to close.
+//! - [`api`]: the backend HTTP API.
+//! - [`ops`]: metrics, health, logging, drain.
+//! - [`state`]: `AppState`, shared by handlers and sessions.
+//! - [`server`]: the composition root; [`cli`]: the command line.
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod handshake;
+pub mod hub;
+pub mod ops;
+pub mod policy;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod state;

@@ -1,0 +1,286 @@
+//! Prometheus metrics (section 8 of the protocol).
+//!
+//! Every metric is registered, and every fixed label value created, at
+//! start-up, so dashboards and alerts see zeros rather than gaps. The struct
+//! holds ready-made children for the hot paths, so counting is one atomic
+//! add with no label lookup.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::auth::AuthSource;
+
+/// Why a session's authentication failed (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    InvalidToken,
+    Timeout,
+    Malformed,
+    BackendUnavailable,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 4] = [
+        AuthFailure::InvalidToken,
+        AuthFailure::Timeout,
+        AuthFailure::Malformed,
+        AuthFailure::BackendUnavailable,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::InvalidToken => "invalid_token",
+            AuthFailure::Timeout => "timeout",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::BackendUnavailable => "backend_unavailable",
+        }
+    }
+}
+
+/// Why a message was not delivered to a connection (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The connection's outbound queue was full; it is closed with 4009.
+    SlowConsumer,
+    /// The connection was already closing.
+    Closed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 2] = [DropReason::SlowConsumer, DropReason::Closed];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::SlowConsumer => "slow_consumer",
+            DropReason::Closed => "closed",
+        }
+    }
+}
+
+/// Which side of the cache answered (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    NegativeHit,
+}
+
+impl CacheResult {
+    pub const ALL: [CacheResult; 3] = [CacheResult::Hit, CacheResult::Miss, CacheResult::NegativeHit];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::NegativeHit => "negative_hit",
+        }
+    }
+}
+
+/// Close-code label values, all exposed from start-up.
+const CLOSE_LABELS: [&str; 16] = [
+    "1000", "1001", "1003", "1005", "1006", "1008", "1009", "1011", "1012", "1013", "4001",
+    "4003", "4008", "4009", "4029", "other",
+];
+
+fn close_label(code: u16) -> &'static str {
+    let text = code.to_string();
+    CLOSE_LABELS
+        .iter()
+        .find(|l| **l == text)
+        .copied()
+        .unwrap_or("other")
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections_pending: IntGauge,
+    pub connections_authenticated: IntGauge,
+    pub connections_opened: IntCounter,
+    connections_closed: IntCounterVec,
+    pub auth_success: IntCounter,
+    auth_failures: IntCounterVec,
+    auth_duration: HistogramVec,
+    cache_requests: IntCounterVec,
+    pub messages_published: IntCounter,
+    pub messages_delivered: IntCounter,
+    messages_dropped: IntCounterVec,
+    pub delivery_latency: Histogram,
+    pub groups: IntGauge,
+    pub redis_up: IntGauge,
+    pub draining: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let connections = IntGaugeVec::new(
+            Opts::new("wsgate_connections", "Open WebSocket connections by state."),
+            &["state"],
+        )
+        .expect("metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "wsgate_connections_closed_total",
+                "WebSocket connections closed, by close code.",
+            ),
+            &["code"],
+        )
+        .expect("metric");
+        let auth_failures = IntCounterVec::new(
+            Opts::new("wsgate_auth_failures_total", "Failed authentications, by reason."),
+            &["reason"],
+        )
+        .expect("metric");
+        let auth_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "wsgate_auth_duration_seconds",
+                "Time to verify a token, by the layer that answered.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ]),
+            &["source"],
+        )
+        .expect("metric");
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "wsgate_auth_cache_requests_total",
+                "Token cache lookups, by result.",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        let messages_dropped = IntCounterVec::new(
+            Opts::new(
+                "wsgate_messages_dropped_total",
+                "Messages not delivered to a connection, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let m = Metrics {
+            connections_pending: connections.with_label_values(&["pending"]),
+            connections_authenticated: connections.with_label_values(&["authenticated"]),
+            connections_opened: IntCounter::new(
+                "wsgate_connections_opened_total",
+                "WebSocket connections upgraded.",
+            )
+            .expect("metric"),
+            connections_closed,
+            auth_success: IntCounter::new(
+                "wsgate_auth_success_total",
+                "Successful authentications.",
+            )
+            .expect("metric"),
+            auth_failures,
+            auth_duration,
+            cache_requests,
+            messages_published: IntCounter::new(
+                "wsgate_messages_published_total",
+                "Messages published through this node (API, client publish).",
+            )
+            .expect("metric"),
+            messages_delivered: IntCounter::new(
+                "wsgate_messages_delivered_total",
+                "Messages written to client sockets.",
+            )
+            .expect("metric"),
+            messages_dropped,
+            delivery_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "wsgate_delivery_latency_seconds",
+                    "Time from publish to the write to a client socket.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    5.0,
+                ]),
+            )
+            .expect("metric"),
+            groups: IntGauge::new("wsgate_groups", "Groups with at least one local member.")
+                .expect("metric"),
+            redis_up: IntGauge::new("wsgate_redis_up", "1 while Redis is reachable (1 when not configured).")
+                .expect("metric"),
+            draining: IntGauge::new("wsgate_draining", "1 while the node drains.").expect("metric"),
+            registry,
+        };
+        for label in CLOSE_LABELS {
+            m.connections_closed.with_label_values(&[label]);
+        }
+        for r in AuthFailure::ALL {
+            m.auth_failures.with_label_values(&[r.as_str()]);
+        }
+        for s in AuthSource::ALL {
+            m.auth_duration.with_label_values(&[s.as_str()]);
+        }
+        for r in CacheResult::ALL {
+            m.cache_requests.with_label_values(&[r.as_str()]);
+        }
+        for r in DropReason::ALL {
+            m.messages_dropped.with_label_values(&[r.as_str()]);
+        }
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(connections),
+            Box::new(m.connections_opened.clone()),
+            Box::new(m.connections_closed.clone()),
+            Box::new(m.auth_success.clone()),
+            Box::new(m.auth_failures.clone()),
+            Box::new(m.auth_duration.clone()),
+            Box::new(m.cache_requests.clone()),
+            Box::new(m.messages_published.clone()),
+            Box::new(m.messages_delivered.clone()),
+            Box::new(m.messages_dropped.clone()),
+            Box::new(m.delivery_latency.clone()),
+            Box::new(m.groups.clone()),
+            Box::new(m.redis_up.clone()),
+            Box::new(m.draining.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("unique metric names");
+        }
+        m
+    }
+
+    /// Counts a close. Codes a client chose are bounded to the known set
+    /// (ours, 1001, 1005 no status, 1006 link dropped) or "other", so a
+    /// client cannot grow the label set.
+    pub fn closed(&self, code: u16) {
+        self.connections_closed
+            .with_label_values(&[close_label(code)])
+            .inc();
+    }
+
+    pub fn auth_failed(&self, reason: AuthFailure) {
+        self.auth_failures.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn auth_duration(&self, source: AuthSource, seconds: f64) {
+        self.auth_duration
+            .with_label_values(&[source.as_str()])
+            .observe(seconds);
+    }
+
+    pub fn cache_request(&self, result: CacheResult) {
+        self.cache_requests.with_label_values(&[result.as_str()]).inc();
+    }
+
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        self.messages_dropped
+            .with_label_values(&[reason.as_str()])
+            .inc_by(n);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

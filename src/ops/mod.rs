@@ -1,0 +1,60 @@
+//! Operations: metrics, health probes, logging and graceful drain.
+
+pub mod drain;
+pub mod metrics;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::config::{LogConfig, LogFormat};
+use crate::state::AppState;
+
+/// `/healthz` and `/readyz`, served on the metrics and the public port.
+pub fn health_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// `/metrics` plus the health probes.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .with_state(state.clone())
+        .merge(health_router(state))
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "broker unavailable\n")
+    }
+}
+
+async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+/// Installs the global log subscriber (stderr; JSON lines when asked).
+/// Returns quietly when one is installed already (tests start many nodes).
+pub fn init_logging(config: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,220 @@
+//! The composition root: the one place that picks concrete backends (which
+//! store, which broker), binds the listeners and runs the node until it is
+//! told to stop, then drains.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::Authenticator;
+use crate::auth::sql::{Db, store_for};
+use crate::auth::StoreError;
+use crate::broker::Broker;
+use crate::broker::memory::MemoryBroker;
+use crate::config::Config;
+use crate::ops::metrics::Metrics;
+use crate::state::AppState;
+use crate::{api, handshake, ops};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {key}: {message}")]
+    Config { key: &'static str, message: String },
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("API key file {path}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where a running node listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub ws: SocketAddr,
+    pub api: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+pub struct Server {
+    state: AppState,
+    listeners: Vec<(TcpListener, Router)>,
+    addrs: Addrs,
+}
+
+impl Server {
+    /// Connects the backends, applies migrations and binds every listener.
+    pub async fn build(config: Config) -> Result<Server, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let db = Db::connect(&config).await?;
+        if config.database.migrate {
+            db.migrate().await?;
+        }
+        let store = store_for(&config, db);
+        let auth = Arc::new(Authenticator::new(Arc::from(store)));
+        let api_keys = resolve_api_keys(&config)?;
+        let broker: Arc<dyn Broker> = match &config.redis.url {
+            None => Arc::new(MemoryBroker::new()),
+            Some(_) => {
+                return Err(StartError::Config {
+                    key: "redis.url",
+                    message: "the Redis broker is not part of this build yet".into(),
+                });
+            }
+        };
+        metrics.redis_up.set(1);
+        let state = AppState::new(config, broker, auth, metrics, &api_keys);
+
+        let config = &state.config;
+        let public = Router::new()
+            .route(&config.server.ws_path, get(handshake::upgrade))
+            .with_state(state.clone())
+            .merge(ops::health_router(state.clone()));
+        // Listeners that share an address share one router.
+        let mut by_addr: BTreeMap<SocketAddr, Router> = BTreeMap::new();
+        for (addr, router) in [
+            (config.server.listen, public),
+            (config.api.listen, api::router(state.clone())),
+            (config.metrics.listen, ops::metrics_router(state.clone())),
+        ] {
+            let merged = match by_addr.remove(&addr) {
+                Some(existing) => existing.merge(router),
+                None => router,
+            };
+            by_addr.insert(addr, merged);
+        }
+        let mut listeners = Vec::new();
+        let mut bound = BTreeMap::new();
+        for (addr, router) in by_addr {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+            bound.insert(addr, local);
+            listeners.push((listener, router));
+        }
+        let addrs = Addrs {
+            ws: bound[&config.server.listen],
+            api: bound[&config.api.listen],
+            metrics: bound[&config.metrics.listen],
+        };
+        Ok(Server {
+            state,
+            listeners,
+            addrs,
+        })
+    }
+
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut servers = Vec::new();
+        for (listener, router) in self.listeners {
+            let mut stop = stop_rx.clone();
+            servers.push(tokio::spawn(async move {
+                let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "listener failed");
+                }
+            }));
+        }
+        tracing::info!(
+            node = %self.state.node_id,
+            ws = %self.addrs.ws,
+            api = %self.addrs.api,
+            metrics = %self.addrs.metrics,
+            store = self.state.auth.store_name(),
+            "wsgate serving"
+        );
+        shutdown.await;
+        ops::drain::drain(&self.state).await;
+        let _ = stop_tx.send(true);
+        for server in servers {
+            let _ = server.await;
+        }
+    }
+}
+
+/// The API keys in force. Without configured keys, embedded mode (no
+/// database URL, no Redis) generates one at first start and keeps it in a
+/// file readable only by its owner; any other mode refuses to start, so no
+/// default key can ever open a production API.
+fn resolve_api_keys(config: &Config) -> Result<Vec<String>, StartError> {
+    if !config.api.keys.is_empty() {
+        return Ok(config.api.keys.clone());
+    }
+    if !config.is_embedded() {
+        return Err(StartError::Config {
+            key: "api.keys",
+            message: "required when database.url or redis.url is set".into(),
+        });
+    }
+    let path = config
+        .api
+        .key_file
+        .clone()
+        .unwrap_or_else(|| config.database.sqlite_path.with_extension("api-key"));
+    let key_file_error = |source| StartError::KeyFile {
+        path: path.clone(),
+        source,
+    };
+    if path.exists() {
+        let key = std::fs::read_to_string(&path).map_err(key_file_error)?;
+        return Ok(vec![key.trim().to_string()]);
+    }
+    let key = generate_api_key();
+    write_private(&path, &key).map_err(key_file_error)?;
+    eprintln!(
+        "wsgate: no api.keys configured; generated an API key for embedded mode in {} \
+         (use it with: Authorization: Bearer $(cat {}))",
+        path.display(),
+        path.display()
+    );
+    Ok(vec![key])
+}
+
+fn generate_api_key() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    format!(
+        "wsk_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")
+}

@@ -1,0 +1,444 @@
+//! One WebSocket connection, from upgrade to close.
+//!
+//! Two phases, in one task:
+//! 1. **Pending**: wait for the first frame (deadline `auth.timeout`), verify
+//!    the token. The connection is in no group and nothing is sent to it but
+//!    a close frame.
+//! 2. **Authenticated**: register with the hub, join the auto-join groups,
+//!    send `welcome`, then serve requests and forward queued frames until
+//!    either side closes. Frames the hub queues before `welcome` is written
+//!    wait in the queue, so nothing overtakes it.
+//!
+//! One task per connection (not a reader and a writer) keeps the per-socket
+//! cost small; queued frames are written in batches with one flush.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tracing::Instrument;
+
+use crate::auth::{Identity, Token};
+use crate::hub::{CloseSignal, ConnHandle, Outbound, unix_micros};
+use crate::ops::metrics::AuthFailure;
+use crate::protocol::{
+    self, ClientFrame, CloseCode, Frame, Publication, Reply, Request, RequestError, ErrorCode,
+};
+use crate::state::{AppState, SessionSlot};
+
+/// Most queued frames written per flush.
+const MAX_BATCH: usize = 64;
+/// How long we wait for the client's answer to our close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Runs a connection to the end. `slot` holds its place in `max_connections`.
+pub async fn run(socket: WebSocket, state: AppState, slot: SessionSlot) {
+    let _slot = slot;
+    let metrics = state.metrics.clone();
+    metrics.connections_opened.inc();
+    metrics.connections_pending.inc();
+    let mut socket = socket;
+    let outcome = authenticate(&mut socket, &state).await;
+    metrics.connections_pending.dec();
+    let identity = match outcome {
+        Ok((identity, token)) => Some((identity, token)),
+        Err(End::Close(code)) => {
+            close(&mut socket, &state, code).await;
+            None
+        }
+        Err(End::ClientGone(code)) => {
+            metrics.closed(code);
+            None
+        }
+    };
+    if let Some((identity, token)) = identity {
+        metrics.auth_success.inc();
+        metrics.connections_authenticated.inc();
+        serve(socket, &state, identity, token).await;
+        metrics.connections_authenticated.dec();
+    }
+}
+
+/// How a phase ended: we close with a code, or the client already went
+/// away (with the code it sent, 1005 without one, 1006 on a dropped link).
+enum End {
+    Close(CloseCode),
+    ClientGone(u16),
+}
+
+/// Phase 1: the first frame and the token check.
+async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Result<(Identity, Token), End> {
+    let metrics = &state.metrics;
+    let mut closing = state.closing();
+    let first = tokio::select! {
+        first = tokio::time::timeout(state.config.auth.timeout, first_frame(socket)) => first,
+        _ = closing.wait_for(|c| *c) => return Err(End::Close(CloseCode::Draining)),
+    };
+    let text = match first {
+        Err(_elapsed) => {
+            metrics.auth_failed(AuthFailure::Timeout);
+            return Err(End::Close(CloseCode::AuthTimeout));
+        }
+        Ok(FirstFrame::Text(text)) => text,
+        Ok(FirstFrame::Malformed) => {
+            metrics.auth_failed(AuthFailure::Malformed);
+            return Err(End::Close(CloseCode::AuthRequired));
+        }
+        Ok(FirstFrame::Gone(code)) => return Err(End::ClientGone(code)),
+    };
+    let token = match protocol::parse_auth_frame(&text) {
+        Ok(token) => Token::new(token),
+        Err(e) => {
+            tracing::debug!(error = %e, "first frame refused");
+            metrics.auth_failed(AuthFailure::Malformed);
+            return Err(End::Close(CloseCode::AuthRequired));
+        }
+    };
+    drop(text);
+    // The store gets its own deadline so a hung database cannot hold a
+    // socket open forever: answering "try again later" is the honest reply.
+    let answer = tokio::time::timeout(state.config.auth.timeout, state.auth.authenticate(&token)).await;
+    match answer {
+        Ok(Ok(answer)) => {
+            metrics.auth_duration(answer.source, answer.elapsed.as_secs_f64());
+            match answer.identity {
+                Some(identity) => Ok((identity, token)),
+                None => {
+                    metrics.auth_failed(AuthFailure::InvalidToken);
+                    Err(End::Close(CloseCode::AuthFailed))
+                }
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, store = state.auth.store_name(), "token check failed");
+            metrics.auth_failed(AuthFailure::BackendUnavailable);
+            Err(End::Close(CloseCode::TryAgainLater))
+        }
+        Err(_elapsed) => {
+            tracing::warn!(store = state.auth.store_name(), "token check timed out");
+            metrics.auth_failed(AuthFailure::BackendUnavailable);
+            Err(End::Close(CloseCode::TryAgainLater))
+        }
+    }
+}
+
+enum FirstFrame {
+    Text(Utf8Bytes),
+    Malformed,
+    Gone(u16),
+}
+
+async fn first_frame(socket: &mut WebSocket) -> FirstFrame {
+    loop {
+        match socket.recv().await {
+            Some(Ok(Message::Text(text))) => return FirstFrame::Text(text),
+            Some(Ok(Message::Binary(_))) => return FirstFrame::Malformed,
+            // Control frames are answered by the library; keep waiting.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(frame))) => return FirstFrame::Gone(client_code(frame)),
+            Some(Err(e)) if is_too_big(&e) => return FirstFrame::Malformed,
+            Some(Err(_)) | None => return FirstFrame::Gone(1006),
+        }
+    }
+}
+
+/// Phase 2: an authenticated connection.
+async fn serve(mut socket: WebSocket, state: &AppState, identity: Identity, token: Token) {
+    let (tx, mut rx) = mpsc::channel(state.config.limits.outbound_queue);
+    let conn = Arc::new(ConnHandle {
+        id: state.next_conn_id(),
+        user_id: identity.user_id,
+        session: new_session_id(),
+        digest: token.digest(),
+        tx,
+        close: CloseSignal::default(),
+    });
+    drop(token);
+    let span = tracing::info_span!("session", session = %conn.session, user_id = %conn.user_id);
+    async move {
+        state.hub.register(conn.clone());
+        let end = match welcome(&mut socket, state, &conn).await {
+            Ok(()) => {
+                tracing::debug!("authenticated");
+                serve_loop(&mut socket, state, &conn, &mut rx).await
+            }
+            Err(end) => end,
+        };
+        for group in state.hub.unregister(conn.id) {
+            unsubscribe_broker(state, &group).await;
+        }
+        match end {
+            End::Close(code) => close(&mut socket, state, code).await,
+            End::ClientGone(code) => state.metrics.closed(code),
+        }
+        tracing::debug!("session ended");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Joins the auto-join groups and writes `welcome`.
+async fn welcome(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle) -> Result<(), End> {
+    let groups = state.policy.auto_join(&conn.user_id);
+    let mut joined = Vec::with_capacity(groups.len());
+    for group in groups {
+        match join(state, conn, &group).await {
+            Ok(()) => joined.push(group),
+            Err(JoinFailure::TooMany) => break,
+            Err(JoinFailure::Broker) => return Err(End::Close(CloseCode::TryAgainLater)),
+        }
+    }
+    let frame = Reply::Welcome {
+        user_id: &conn.user_id,
+        session: &conn.session,
+        node: &state.node_id,
+        groups: &joined,
+    }
+    .encode();
+    send(socket, frame).await
+}
+
+enum JoinFailure {
+    TooMany,
+    Broker,
+}
+
+/// Joins a group locally and, when it is the group's first local member,
+/// makes sure the broker delivers it here before returning.
+async fn join(state: &AppState, conn: &ConnHandle, group: &str) -> Result<(), JoinFailure> {
+    let joined = state
+        .hub
+        .join(conn.id, group)
+        .map_err(|_| JoinFailure::TooMany)?;
+    if joined.first_local
+        && let Err(e) = state.broker.subscribe(group).await
+    {
+        tracing::warn!(error = %e, group, "broker subscribe failed");
+        if state.hub.leave(conn.id, group).1 {
+            unsubscribe_broker(state, group).await;
+        }
+        return Err(JoinFailure::Broker);
+    }
+    Ok(())
+}
+
+async fn unsubscribe_broker(state: &AppState, group: &str) {
+    if let Err(e) = state.broker.unsubscribe(group).await {
+        tracing::warn!(error = %e, group, "broker unsubscribe failed");
+    }
+}
+
+/// When the server pings next, or by when the client must have answered.
+enum KeepAlive {
+    PingAt(Instant),
+    PongBy(Instant),
+}
+
+async fn serve_loop(
+    socket: &mut WebSocket,
+    state: &AppState,
+    conn: &ConnHandle,
+    rx: &mut mpsc::Receiver<Outbound>,
+) -> End {
+    let ping_interval = state.config.server.ping_interval;
+    let pong_timeout = state.config.server.pong_timeout;
+    let mut keepalive = KeepAlive::PingAt(Instant::now() + ping_interval);
+    let mut batch: Vec<Outbound> = Vec::new();
+    loop {
+        let deadline = match keepalive {
+            KeepAlive::PingAt(t) | KeepAlive::PongBy(t) => t,
+        };
+        tokio::select! {
+            // A close request wins over queued frames: a slow consumer is
+            // closed rather than fed further.
+            biased;
+            code = conn.close.requested() => return End::Close(code),
+            incoming = socket.recv() => {
+                // Any frame shows the peer is alive.
+                keepalive = KeepAlive::PingAt(Instant::now() + ping_interval);
+                match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Err(end) = handle_request(socket, state, conn, &text).await {
+                            return end;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => return End::Close(CloseCode::Unsupported),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(frame))) => return End::ClientGone(client_code(frame)),
+                    Some(Err(e)) if is_too_big(&e) => return End::Close(CloseCode::TooBig),
+                    Some(Err(_)) | None => return End::ClientGone(1006),
+                }
+            }
+            first = rx.recv() => {
+                let Some(first) = first else { return End::Close(CloseCode::InternalError) };
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(out) => batch.push(out),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(end) = write_batch(socket, state, &mut batch).await {
+                    return end;
+                }
+            }
+            _ = sleep_until(deadline) => match keepalive {
+                KeepAlive::PingAt(_) => {
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        return End::ClientGone(1006);
+                    }
+                    keepalive = KeepAlive::PongBy(Instant::now() + pong_timeout);
+                }
+                KeepAlive::PongBy(_) => {
+                    tracing::debug!("pong timeout");
+                    // The peer is gone or stuck; it should reconnect.
+                    return End::Close(CloseCode::InternalError);
+                }
+            },
+        }
+    }
+}
+
+/// Writes queued frames with one flush, then counts them.
+async fn write_batch(socket: &mut WebSocket, state: &AppState, batch: &mut Vec<Outbound>) -> Result<(), End> {
+    let n = batch.len() as u64;
+    let mut published = Vec::new();
+    for out in batch.drain(..) {
+        if let Some(us) = out.published_us {
+            published.push(us);
+        }
+        if socket.feed(text_message(out.frame)).await.is_err() {
+            return Err(End::ClientGone(1006));
+        }
+    }
+    if socket.flush().await.is_err() {
+        return Err(End::ClientGone(1006));
+    }
+    let metrics = &state.metrics;
+    metrics.messages_delivered.inc_by(n);
+    if !published.is_empty() {
+        let now = unix_micros();
+        for us in published {
+            metrics
+                .delivery_latency
+                .observe(now.saturating_sub(us) as f64 / 1e6);
+        }
+    }
+    Ok(())
+}
+
+fn text_message(frame: Frame) -> Message {
+    // Frames are built from `String`, so the UTF-8 check cannot fail.
+    Message::Text(Utf8Bytes::try_from(frame.into_bytes()).unwrap_or_default())
+}
+
+async fn send(socket: &mut WebSocket, frame: Frame) -> Result<(), End> {
+    socket
+        .send(text_message(frame))
+        .await
+        .map_err(|_| End::ClientGone(1006))
+}
+
+/// Serves one request. Refusals are `error` replies; only socket and broker
+/// failures end the connection.
+async fn handle_request(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle, text: &str) -> Result<(), End> {
+    let ClientFrame { id, request } = protocol::parse_request(text);
+    let id = id.as_deref();
+    let reply = match request {
+        Err(e) => Reply::error(&e, id),
+        Ok(Request::Ping) => Reply::Pong { id }.encode(),
+        Ok(Request::Subscribe { group, since }) => {
+            if !state.policy.can_subscribe(&conn.user_id, &group) {
+                Reply::error(&forbidden(), id)
+            } else {
+                match join(state, conn, &group).await {
+                    Ok(()) => Reply::Subscribed {
+                        group: &group,
+                        // No history yet: a client asking to recover is told
+                        // it cannot, so it reloads its state.
+                        recovered: since.map(|_| false),
+                        offset: None,
+                        epoch: None,
+                        id,
+                    }
+                    .encode(),
+                    Err(JoinFailure::TooMany) => Reply::error(
+                        &RequestError::new(ErrorCode::TooManyGroups, "too many groups on this connection"),
+                        id,
+                    ),
+                    Err(JoinFailure::Broker) => return Err(End::Close(CloseCode::TryAgainLater)),
+                }
+            }
+        }
+        Ok(Request::Unsubscribe { group }) => {
+            let (_, emptied) = state.hub.leave(conn.id, &group);
+            if emptied {
+                unsubscribe_broker(state, &group).await;
+            }
+            Reply::Unsubscribed { group: &group, id }.encode()
+        }
+        Ok(Request::Publish { group, data }) => {
+            if !state.policy.can_publish(&conn.user_id, &group) {
+                Reply::error(&forbidden(), id)
+            } else {
+                let publication = Publication {
+                    group: group.clone(),
+                    data,
+                    position: None,
+                    ts: Some(unix_micros()),
+                };
+                if let Err(e) = state.broker.publish(vec![publication]).await {
+                    tracing::warn!(error = %e, "client publish failed");
+                    return Err(End::Close(CloseCode::TryAgainLater));
+                }
+                state.metrics.messages_published.inc();
+                Reply::Published { group: &group, id }.encode()
+            }
+        }
+    };
+    send(socket, reply).await
+}
+
+fn forbidden() -> RequestError {
+    RequestError::new(ErrorCode::Forbidden, "group not allowed")
+}
+
+/// Sends a close frame, counts it, and waits briefly for the client's answer.
+async fn close(socket: &mut WebSocket, state: &AppState, code: CloseCode) {
+    state.metrics.closed(code.code());
+    let frame = CloseFrame {
+        code: code.code(),
+        reason: Utf8Bytes::from_static(code.reason()),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+        let _ = tokio::time::timeout(CLOSE_LINGER, async {
+            while let Some(Ok(_)) = socket.recv().await {}
+        })
+        .await;
+    }
+}
+
+fn client_code(frame: Option<CloseFrame>) -> u16 {
+    frame.map(|f| f.code).unwrap_or(1005)
+}
+
+/// The socket library reports frames over `limits.max_message_bytes` as a
+/// capacity error.
+fn is_too_big(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn new_session_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    hex::encode(bytes)
+}

@@ -1,0 +1,181 @@
+//! `AppState`: everything a handler or session needs, shared by all of them.
+//!
+//! Built once by the composition root (`server`), which alone picks the
+//! concrete store and broker. Also holds the [`Dispatcher`], the broker's
+//! way into this node's hub.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::watch;
+
+use crate::auth::{Authenticator, TokenDigest};
+use crate::broker::{Broker, BrokerHandler, NodeInfo};
+use crate::config::Config;
+use crate::hub::{Hub, Member};
+use crate::ops::metrics::Metrics;
+use crate::policy::GroupPolicy;
+use crate::protocol::{CloseCode, Control, Publication};
+
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
+    pub config: Config,
+    pub node_id: String,
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    pub policy: GroupPolicy,
+    /// SHA-256 digests of the API keys.
+    pub api_key_digests: Vec<[u8; 32]>,
+    /// WebSocket sessions open on this node, pending or authenticated.
+    open_sessions: AtomicUsize,
+    next_conn_id: AtomicU64,
+    draining: AtomicBool,
+    /// Flips to true when sessions must close with 1012 now (end of drain);
+    /// pending sessions, which are not in the hub, watch it.
+    closing: watch::Sender<bool>,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        auth: Arc<Authenticator>,
+        metrics: Arc<Metrics>,
+        api_keys: &[String],
+    ) -> AppState {
+        let node_id = config.node_id();
+        let hub = Arc::new(Hub::new(
+            node_id.clone(),
+            config.limits.max_groups_per_connection,
+            metrics.clone(),
+        ));
+        let policy = GroupPolicy::new(&config.groups);
+        let api_key_digests = api_keys
+            .iter()
+            .map(|k| crate::api::key_digest(k.as_bytes()))
+            .collect();
+        let state = AppState(Arc::new(Shared {
+            config,
+            node_id,
+            hub: hub.clone(),
+            broker: broker.clone(),
+            auth,
+            metrics: metrics.clone(),
+            policy,
+            api_key_digests,
+            open_sessions: AtomicUsize::new(0),
+            next_conn_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+            closing: watch::channel(false).0,
+        }));
+        broker.attach(Arc::new(Dispatcher { hub, metrics }));
+        state
+    }
+
+    /// Reserves a session slot, or `None` when the node is full.
+    pub fn try_open_session(&self) -> Option<SessionSlot> {
+        let max = self.config.limits.max_connections;
+        self.open_sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()?;
+        Some(SessionSlot(self.clone()))
+    }
+
+    pub fn open_sessions(&self) -> usize {
+        self.open_sessions.load(Ordering::Acquire)
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.metrics.draining.set(1);
+    }
+
+    /// Tells sessions that have not authenticated yet to close with 1012.
+    pub fn close_pending(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Ready to take clients: not draining and the broker is up.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.broker.is_up()
+    }
+}
+
+/// A reserved place among `limits.max_connections`, released on drop.
+pub struct SessionSlot(AppState);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.open_sessions.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Receives what the broker delivers to this node and hands it to the hub.
+pub struct Dispatcher {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+impl BrokerHandler for Dispatcher {
+    fn on_publication(&self, publication: Publication) {
+        self.hub.deliver(&publication);
+    }
+
+    fn on_control(&self, control: Control) {
+        let closed = match &control {
+            Control::DisconnectUser { user_id } => {
+                self.hub.close_user(user_id, CloseCode::AuthFailed)
+            }
+            Control::RevokeDigest { digest } => match TokenDigest::from_hex(digest) {
+                Some(d) => self.hub.close_digest(&d, CloseCode::AuthFailed),
+                None => 0,
+            },
+        };
+        if closed > 0 {
+            tracing::info!(closed, op = control_name(&control), "closing connections");
+        }
+        let _ = &self.metrics;
+    }
+
+    fn local_presence(&self, group: &str) -> Vec<Member> {
+        self.hub.presence(group)
+    }
+
+    fn local_node(&self) -> NodeInfo {
+        NodeInfo {
+            node: self.hub.node().to_string(),
+            connections: self.hub.connection_count() as u64,
+            last_seen_ms: crate::auth::sql::now_ms() as u64,
+        }
+    }
+}
+
+fn control_name(c: &Control) -> &'static str {
+    match c {
+        Control::DisconnectUser { .. } => "disconnect",
+        Control::RevokeDigest { .. } => "revoke",
+    }
+}
