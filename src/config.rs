@@ -169,6 +169,16 @@ pub struct RedisConfig {
     pub url: Option<String>,
     pub cluster: bool,
     pub prefix: String,
+    /// How often a node refreshes its registry entry and presence.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// How long a node's registry entry and presence outlive its last
+    /// heartbeat (a killed node disappears within this).
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// Longest wait for one Redis command before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -177,6 +187,9 @@ impl Default for RedisConfig {
             url: None,
             cluster: false,
             prefix: "wsgate:".into(),
+            heartbeat: Duration::from_secs(2),
+            node_ttl: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -375,6 +388,18 @@ impl Config {
         }
         if self.redis.prefix.is_empty() {
             return Err(ConfigError::invalid("redis.prefix", "must not be empty"));
+        }
+        if self.redis.heartbeat.is_zero() {
+            return Err(ConfigError::invalid("redis.heartbeat", "must be above zero"));
+        }
+        if self.redis.node_ttl <= self.redis.heartbeat {
+            return Err(ConfigError::invalid(
+                "redis.node_ttl",
+                "must be longer than redis.heartbeat",
+            ));
+        }
+        if self.redis.command_timeout.is_zero() {
+            return Err(ConfigError::invalid("redis.command_timeout", "must be above zero"));
         }
         for (key, patterns) in [
             ("groups.allow", &self.groups.allow),

@@ -148,24 +148,24 @@ impl Hub {
     }
 
     /// Removes a connection from the hub and every group; returns the groups
-    /// that lost their last local member.
+    /// it was in.
     pub fn unregister(&self, id: ConnId) -> Vec<String> {
         let mut state = self.write();
         let Some(entry) = state.conns.remove(&id) else {
             return Vec::new();
         };
-        let mut emptied = Vec::new();
+        let mut left = Vec::with_capacity(entry.groups.len());
         for group in entry.groups {
             if let Some(members) = state.groups.get_mut(&group) {
                 members.remove(&id);
                 if members.is_empty() {
                     state.groups.remove(&group);
-                    emptied.push(group);
                 }
             }
+            left.push(group);
         }
         self.metrics.groups.set(state.groups.len() as i64);
-        emptied
+        left
     }
 
     pub fn join(&self, id: ConnId, group: &str) -> Result<Joined, JoinError> {
@@ -356,9 +356,9 @@ mod tests {
         assert_eq!(hub.leave(1, "g"), (false, false));
         hub.join(2, "h").unwrap();
         assert_eq!(hub.join(2, "i"), Err(JoinError::TooManyGroups));
-        let mut emptied = hub.unregister(2);
-        emptied.sort();
-        assert_eq!(emptied, vec!["g", "h"]);
+        let mut left = hub.unregister(2);
+        left.sort();
+        assert_eq!(left, vec!["g", "h"]);
         assert!(hub.groups().is_empty());
     }
 

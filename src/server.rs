@@ -2,7 +2,6 @@
 //! store, which broker), binds the listeners and runs the node until it is
 //! told to stop, then drains.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,6 +48,13 @@ pub struct Addrs {
     pub metrics: SocketAddr,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Public,
+    Api,
+    Metrics,
+}
+
 pub struct Server {
     state: AppState,
     listeners: Vec<(TcpListener, Router)>,
@@ -79,38 +85,58 @@ impl Server {
         let state = AppState::new(config, broker, auth, metrics, &api_keys);
 
         let config = &state.config;
-        let public = Router::new()
-            .route(&config.server.ws_path, get(handshake::upgrade))
-            .with_state(state.clone())
-            .merge(ops::health_router(state.clone()));
-        // Listeners that share an address share one router.
-        let mut by_addr: BTreeMap<SocketAddr, Router> = BTreeMap::new();
-        for (addr, router) in [
-            (config.server.listen, public),
-            (config.api.listen, api::router(state.clone())),
-            (config.metrics.listen, ops::metrics_router(state.clone())),
+        // One listener per distinct address (port 0 always gets its own);
+        // roles that share an address share its router.
+        let mut by_addr: Vec<(SocketAddr, Vec<Role>)> = Vec::new();
+        for (addr, role) in [
+            (config.server.listen, Role::Public),
+            (config.api.listen, Role::Api),
+            (config.metrics.listen, Role::Metrics),
         ] {
-            let merged = match by_addr.remove(&addr) {
-                Some(existing) => existing.merge(router),
-                None => router,
-            };
-            by_addr.insert(addr, merged);
+            match by_addr.iter_mut().find(|(a, _)| *a == addr && addr.port() != 0) {
+                Some((_, roles)) => roles.push(role),
+                None => by_addr.push((addr, vec![role])),
+            }
         }
         let mut listeners = Vec::new();
-        let mut bound = BTreeMap::new();
-        for (addr, router) in by_addr {
+        let (mut ws, mut api, mut metrics) = (None, None, None);
+        for (addr, roles) in by_addr {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind { addr, source })?;
-            let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-            bound.insert(addr, local);
+            let local = listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let mut router = Router::new();
+            if roles.contains(&Role::Public) || roles.contains(&Role::Metrics) {
+                router = router.merge(ops::health_router(state.clone()));
+            }
+            for role in roles {
+                router = match role {
+                    Role::Public => {
+                        ws = Some(local);
+                        router.merge(
+                            Router::new()
+                                .route(&config.server.ws_path, get(handshake::upgrade))
+                                .with_state(state.clone()),
+                        )
+                    }
+                    Role::Api => {
+                        api = Some(local);
+                        router.merge(api::router(state.clone()))
+                    }
+                    Role::Metrics => {
+                        metrics = Some(local);
+                        router.merge(ops::metrics_router(state.clone()))
+                    }
+                };
+            }
             listeners.push((listener, router));
         }
-        let addrs = Addrs {
-            ws: bound[&config.server.listen],
-            api: bound[&config.api.listen],
-            metrics: bound[&config.metrics.listen],
+        let (Some(ws), Some(api), Some(metrics)) = (ws, api, metrics) else {
+            unreachable!("every role is bound above");
         };
+        let addrs = Addrs { ws, api, metrics };
         Ok(Server {
             state,
             listeners,

@@ -22,7 +22,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
 use crate::auth::{Identity, Token};
-use crate::hub::{CloseSignal, ConnHandle, Outbound, unix_micros};
+use crate::hub::{CloseSignal, ConnHandle, Member, Outbound, unix_micros};
 use crate::ops::metrics::AuthFailure;
 use crate::protocol::{
     self, ClientFrame, CloseCode, Frame, Publication, Reply, Request, RequestError, ErrorCode,
@@ -168,7 +168,7 @@ async fn serve(mut socket: WebSocket, state: &AppState, identity: Identity, toke
             Err(end) => end,
         };
         for group in state.hub.unregister(conn.id) {
-            unsubscribe_broker(state, &group).await;
+            unsubscribe_broker(state, &group, &conn.session).await;
         }
         match end {
             End::Close(code) => close(&mut socket, state, code).await,
@@ -206,27 +206,31 @@ enum JoinFailure {
     Broker,
 }
 
-/// Joins a group locally and, when it is the group's first local member,
-/// makes sure the broker delivers it here before returning.
+/// Joins a group locally and makes sure the broker delivers it here before
+/// returning.
 async fn join(state: &AppState, conn: &ConnHandle, group: &str) -> Result<(), JoinFailure> {
     let joined = state
         .hub
         .join(conn.id, group)
         .map_err(|_| JoinFailure::TooMany)?;
-    if joined.first_local
-        && let Err(e) = state.broker.subscribe(group).await
-    {
+    if !joined.new_member {
+        return Ok(());
+    }
+    let member = Member {
+        user_id: conn.user_id.clone(),
+        session: conn.session.clone(),
+        node: state.node_id.clone(),
+    };
+    if let Err(e) = state.broker.subscribe(group, &member).await {
         tracing::warn!(error = %e, group, "broker subscribe failed");
-        if state.hub.leave(conn.id, group).1 {
-            unsubscribe_broker(state, group).await;
-        }
+        state.hub.leave(conn.id, group);
         return Err(JoinFailure::Broker);
     }
     Ok(())
 }
 
-async fn unsubscribe_broker(state: &AppState, group: &str) {
-    if let Err(e) = state.broker.unsubscribe(group).await {
+async fn unsubscribe_broker(state: &AppState, group: &str, session: &str) {
+    if let Err(e) = state.broker.unsubscribe(group, session).await {
         tracing::warn!(error = %e, group, "broker unsubscribe failed");
     }
 }
@@ -374,9 +378,9 @@ async fn handle_request(socket: &mut WebSocket, state: &AppState, conn: &ConnHan
             }
         }
         Ok(Request::Unsubscribe { group }) => {
-            let (_, emptied) = state.hub.leave(conn.id, &group);
-            if emptied {
-                unsubscribe_broker(state, &group).await;
+            let (was_member, _) = state.hub.leave(conn.id, &group);
+            if was_member {
+                unsubscribe_broker(state, &group, &conn.session).await;
             }
             Reply::Unsubscribed { group: &group, id }.encode()
         }

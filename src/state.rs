@@ -79,7 +79,7 @@ impl AppState {
             draining: AtomicBool::new(false),
             closing: watch::channel(false).0,
         }));
-        broker.attach(Arc::new(Dispatcher { hub, metrics }));
+        broker.attach(Arc::new(Dispatcher { hub }));
         state
     }
 
@@ -136,7 +136,6 @@ impl Drop for SessionSlot {
 /// Receives what the broker delivers to this node and hands it to the hub.
 pub struct Dispatcher {
     hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
 }
 
 impl BrokerHandler for Dispatcher {
@@ -157,7 +156,6 @@ impl BrokerHandler for Dispatcher {
         if closed > 0 {
             tracing::info!(closed, op = control_name(&control), "closing connections");
         }
-        let _ = &self.metrics;
     }
 
     fn local_presence(&self, group: &str) -> Vec<Member> {

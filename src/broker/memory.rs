@@ -37,12 +37,13 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn subscribe(&self, _group: &str) -> Result<(), BrokerError> {
-        // Every publication reaches the handler; the hub filters by group.
+    async fn subscribe(&self, _group: &str, _member: &Member) -> Result<(), BrokerError> {
+        // Every publication reaches the handler; the hub filters by group,
+        // and presence is read from the hub.
         Ok(())
     }
 
-    async fn unsubscribe(&self, _group: &str) -> Result<(), BrokerError> {
+    async fn unsubscribe(&self, _group: &str, _session: &str) -> Result<(), BrokerError> {
         Ok(())
     }
 

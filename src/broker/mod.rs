@@ -43,11 +43,17 @@ pub trait BrokerHandler: Send + Sync + 'static {
 pub trait Broker: Send + Sync + 'static {
     /// Publishes messages, in order, to every node with a member of their group.
     async fn publish(&self, publications: Vec<Publication>) -> Result<(), BrokerError>;
-    /// Starts receiving a group's messages. Returns once the subscription is
-    /// in place, so a publish made afterwards is received.
-    async fn subscribe(&self, group: &str) -> Result<(), BrokerError>;
-    /// Stops receiving a group's messages.
-    async fn unsubscribe(&self, group: &str) -> Result<(), BrokerError>;
+    /// One more local member wants a group's messages. Called on every
+    /// join, not only the first: the broker counts members per group, holds
+    /// its subscription while the count is above zero, and returns only once
+    /// the subscription is in place (also for later joiners while the first
+    /// one's subscription is still being made), so a publish made afterwards
+    /// is received. `member` is recorded for cluster-wide presence.
+    async fn subscribe(&self, group: &str, member: &Member) -> Result<(), BrokerError>;
+    /// One local member left a group (`session` is the member's session id).
+    /// The subscription is dropped when the count reaches zero. Every
+    /// successful `subscribe` is matched by exactly one `unsubscribe`.
+    async fn unsubscribe(&self, group: &str, session: &str) -> Result<(), BrokerError>;
     /// Sends a command to every node, this one included.
     async fn control(&self, control: Control) -> Result<(), BrokerError>;
     /// Members of a group across the cluster.

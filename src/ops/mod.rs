@@ -20,12 +20,11 @@ pub fn health_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `/metrics` plus the health probes.
+/// `/metrics` (the health probes are added by the server beside it).
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
-        .with_state(state.clone())
-        .merge(health_router(state))
+        .with_state(state)
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -52,7 +51,8 @@ pub fn init_logging(config: &LogConfig) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
         LogFormat::Text => builder.try_init(),

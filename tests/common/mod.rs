@@ -1,0 +1,328 @@
+//! Shared by the integration tests: start real nodes on free ports, create
+//! throwaway Postgres databases, and drive real WebSocket clients.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wsgate::auth::sql::{Db, NativeStore};
+use wsgate::config::Config;
+use wsgate::server::{Addrs, Server};
+use wsgate::state::AppState;
+
+pub const API_KEY: &str = "test-api-key-0123456789";
+/// Postgres the machine runs (trust auth); tests make their own databases in it.
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// How long a test waits for any one expected frame.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A config for one test: loopback port 0 everywhere, an embedded SQLite file
+/// in `dir`, a known API key, short drain.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.api.listen = "127.0.0.1:0".parse().unwrap();
+    c.metrics.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.node_id = Some("test-node".into());
+    c.database.sqlite_path = dir.join("wsgate.db");
+    c.api.keys = vec![API_KEY.into()];
+    c.drain.grace = Duration::ZERO;
+    c.drain.spread = Duration::from_millis(50);
+    c
+}
+
+/// A running node.
+pub struct TestNode {
+    pub addrs: Addrs,
+    pub state: AppState,
+    pub config: Config,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Starts a node with `config` and returns once it listens.
+pub async fn spawn(config: Config) -> TestNode {
+    let server = Server::build(config.clone()).await.expect("server starts");
+    let addrs = server.addrs();
+    let state = server.state().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    TestNode {
+        addrs,
+        state,
+        config,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl TestNode {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addrs.ws)
+    }
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addrs.api, path)
+    }
+    pub fn metrics_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addrs.metrics, path)
+    }
+
+    /// Issues a native token for `user` in this node's database.
+    pub async fn issue_token(&self, user: &str) -> String {
+        issue_token(&self.config, user, None).await
+    }
+
+    /// POSTs JSON to the API with the test key; returns status and body.
+    pub async fn api_post(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .post(self.api_url(path))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("api reachable");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn api_get(&self, path: &str) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .get(self.api_url(path))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("api reachable");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn publish(&self, group: &str, data: Value) {
+        let (status, body) = self
+            .api_post("/api/v1/publish", json!({"group": group, "data": data}))
+            .await;
+        assert_eq!(status, 200, "publish answered {body}");
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.metrics_url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Value of one sample line, e.g. `wsgate_auth_success_total` or
+    /// `wsgate_connections_closed_total{code="4003"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
+    /// Triggers the drain and waits for the node to stop.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("node stops")
+                .expect("node task");
+        }
+    }
+
+    /// Starts the drain without waiting for it.
+    pub fn start_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(series)?;
+            rest.strip_prefix(' ')?.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("metric {series} not found"))
+}
+
+pub async fn issue_token(config: &Config, user: &str, ttl: Option<Duration>) -> String {
+    let db = Db::connect(config).await.expect("db");
+    db.migrate().await.expect("migrate");
+    let token = NativeStore::new(db.clone())
+        .issue(user, ttl)
+        .await
+        .expect("issue");
+    db.pool.close().await;
+    token.expose().to_string()
+}
+
+// ---------------------------------------------------------------------------
+// Throwaway Postgres databases.
+
+/// A database created for one test, dropped by [`PgDb::drop_db`].
+pub struct PgDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDb {
+    pub async fn create() -> PgDb {
+        let name = format!("wsgate_t_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let admin = sqlx::PgPool::connect(PG_ADMIN_URL)
+            .await
+            .expect("Postgres at 127.0.0.1:5432 (see README: services)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        admin.close().await;
+        PgDb {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url).await.expect("connect test db")
+    }
+
+    pub async fn drop_db(self) {
+        let admin = sqlx::PgPool::connect(PG_ADMIN_URL).await.expect("admin");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&admin)
+        .await;
+        admin.close().await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A WebSocket client.
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    Code(u16, String),
+    NoCloseFrame,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        Client { ws }
+    }
+
+    /// Connects and authenticates; returns the client and its `welcome`.
+    pub async fn authed(url: &str, token: &str) -> (Client, Value) {
+        let mut c = Client::connect(url).await;
+        c.send_json(json!({"type": "auth", "token": token})).await;
+        let welcome = c.recv_json().await;
+        assert_eq!(welcome["type"], "welcome", "got {welcome}");
+        (c, welcome)
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(Message::text(text.into())).await.expect("send");
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    /// The next text frame as JSON; fails on close or after [`WAIT`].
+    pub async fn recv_json(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame within the wait")
+                .expect("stream open")
+                .expect("frame ok");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("JSON frame"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a request and returns the next frame.
+    pub async fn request(&mut self, v: Value) -> Value {
+        self.send_json(v).await;
+        self.recv_json().await
+    }
+
+    pub async fn subscribe(&mut self, group: &str) {
+        let reply = self.request(json!({"type": "subscribe", "group": group})).await;
+        assert_eq!(reply["type"], "subscribed", "got {reply}");
+    }
+
+    /// Waits for the server to close; returns its code, failing if a data
+    /// frame arrives first.
+    pub async fn expect_close(&mut self) -> Closed {
+        self.close_within(WAIT).await
+    }
+
+    pub async fn close_within(&mut self, wait: Duration) -> Closed {
+        loop {
+            let msg = tokio::time::timeout(wait, self.ws.next())
+                .await
+                .expect("the server closes within the wait");
+            match msg {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return Closed::Code(code.into(), reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Closed::NoCloseFrame,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("expected a close, got {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts nothing but control frames arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Just the code of a close, for terse asserts.
+pub fn code(c: Closed) -> u16 {
+    match c {
+        Closed::Code(code, _) => code,
+        Closed::NoCloseFrame => 0,
+    }
+}
