@@ -44,11 +44,26 @@ async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Libraries whose debug and trace output holds frame payloads or headers
+/// (so possibly a token): capped at `info` whatever `log.level` says.
+const PAYLOAD_LOGGERS: &[&str] = &["tungstenite", "tokio_tungstenite", "hyper", "h2", "reqwest"];
+
+/// The filter for `log.level`, with the payload-logging libraries capped.
+pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    let mut filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for target in PAYLOAD_LOGGERS {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
 /// Installs the global log subscriber (stderr; JSON lines when asked).
 /// Returns quietly when one is installed already (tests start many nodes).
 pub fn init_logging(config: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(&config.level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
