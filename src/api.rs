@@ -109,7 +109,9 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
 }
 
 /// Reads a JSON body, mapping size and syntax errors to 413 and 400.
-fn parse_body<T: for<'de> Deserialize<'de>>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+fn parse_body<T: for<'de> Deserialize<'de>>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge
@@ -145,7 +147,10 @@ fn check_group(group: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn publish(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn publish(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let body: PublishBody = parse_body(body)?;
     let items = match body {
         PublishBody {
@@ -201,7 +206,10 @@ struct DisconnectBody {
     user_id: UserId,
 }
 
-async fn disconnect(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn disconnect(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let body: DisconnectBody = parse_body(body)?;
     let user_id = match body.user_id {
         UserId::Text(s) if !s.is_empty() => s,
@@ -222,7 +230,10 @@ struct RevokeBody {
     token: String,
 }
 
-async fn revoke(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn revoke(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let body: RevokeBody = parse_body(body)?;
     if body.token.is_empty() {
         return Err(bad("token must not be empty"));
@@ -242,14 +253,19 @@ async fn revoke(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
     Ok(Json(json!({"ok": true})))
 }
 
-async fn presence(State(state): State<AppState>, Path(group): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn presence(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     check_group(&group)?;
     let members = state
         .broker
         .presence(&group)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(Json(json!({"group": group, "count": members.len(), "members": members})))
+    Ok(Json(
+        json!({"group": group, "count": members.len(), "members": members}),
+    ))
 }
 
 async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -13,7 +13,11 @@ use crate::config::{Config, StoreKind};
 use crate::server::Server;
 
 #[derive(Parser)]
-#[command(name = "wsgate", version, about = "WebSocket gateway: first-frame auth, groups, cluster fan-out")]
+#[command(
+    name = "wsgate",
+    version,
+    about = "WebSocket gateway: first-frame auth, groups, cluster fan-out"
+)]
 struct Cli {
     /// TOML configuration file (then WSGATE__SECTION__KEY variables override it).
     #[arg(long, global = true, env = "WSGATE_CONFIG")]
@@ -70,7 +74,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wsgate: cannot start the runtime: {e}");
@@ -111,13 +118,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -156,11 +164,17 @@ async fn token(config: Config, cmd: TokenCommand) -> CliResult {
             println!("revoked (live connections close through POST /api/v1/revoke)");
         }
         TokenCommand::List { user } => {
-            println!("{:<14} {:<20} {:<25} {:<25} status", "digest", "user", "created", "expires");
+            println!(
+                "{:<14} {:<20} {:<25} {:<25} status",
+                "digest", "user", "created", "expires"
+            );
             for t in store.list(user.as_deref()).await? {
                 let status = if t.revoked_at.is_some() {
                     "revoked"
-                } else if t.expires_at.is_some_and(|e| e <= crate::auth::sql::now_ms()) {
+                } else if t
+                    .expires_at
+                    .is_some_and(|e| e <= crate::auth::sql::now_ms())
+                {
                     "expired"
                 } else {
                     "live"

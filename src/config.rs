@@ -326,7 +326,10 @@ impl Config {
     /// Checks what types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.server.ws_path.starts_with('/') {
-            return Err(ConfigError::invalid("server.ws_path", "must start with '/'"));
+            return Err(ConfigError::invalid(
+                "server.ws_path",
+                "must start with '/'",
+            ));
         }
         for origin in &self.server.allowed_origins {
             if origin.is_empty() || origin.contains(char::is_whitespace) {
@@ -337,10 +340,16 @@ impl Config {
             }
         }
         if self.server.ping_interval.is_zero() {
-            return Err(ConfigError::invalid("server.ping_interval", "must be above zero"));
+            return Err(ConfigError::invalid(
+                "server.ping_interval",
+                "must be above zero",
+            ));
         }
         if self.server.pong_timeout.is_zero() {
-            return Err(ConfigError::invalid("server.pong_timeout", "must be above zero"));
+            return Err(ConfigError::invalid(
+                "server.pong_timeout",
+                "must be above zero",
+            ));
         }
         if self.api.keys.iter().any(|k| k.len() < 16) {
             return Err(ConfigError::invalid(
@@ -359,7 +368,10 @@ impl Config {
             ));
         }
         if self.database.max_connections == 0 {
-            return Err(ConfigError::invalid("database.max_connections", "must be above zero"));
+            return Err(ConfigError::invalid(
+                "database.max_connections",
+                "must be above zero",
+            ));
         }
         match (self.auth.store, &self.auth.query) {
             (StoreKind::Query, None) => {
@@ -390,7 +402,10 @@ impl Config {
             return Err(ConfigError::invalid("redis.prefix", "must not be empty"));
         }
         if self.redis.heartbeat.is_zero() {
-            return Err(ConfigError::invalid("redis.heartbeat", "must be above zero"));
+            return Err(ConfigError::invalid(
+                "redis.heartbeat",
+                "must be above zero",
+            ));
         }
         if self.redis.node_ttl <= self.redis.heartbeat {
             return Err(ConfigError::invalid(
@@ -399,7 +414,10 @@ impl Config {
             ));
         }
         if self.redis.command_timeout.is_zero() {
-            return Err(ConfigError::invalid("redis.command_timeout", "must be above zero"));
+            return Err(ConfigError::invalid(
+                "redis.command_timeout",
+                "must be above zero",
+            ));
         }
         for (key, patterns) in [
             ("groups.allow", &self.groups.allow),
@@ -411,7 +429,9 @@ impl Config {
                 if !crate::protocol::is_valid_group(&probe) {
                     return Err(ConfigError::invalid(
                         key,
-                        format!("{p:?} is not a group pattern (group characters, '*' and {{user_id}})"),
+                        format!(
+                            "{p:?} is not a group pattern (group characters, '*' and {{user_id}})"
+                        ),
                     ));
                 }
             }
@@ -425,7 +445,10 @@ impl Config {
         for (key, value) in [
             ("limits.max_connections", self.limits.max_connections),
             ("limits.max_message_bytes", self.limits.max_message_bytes),
-            ("limits.max_groups_per_connection", self.limits.max_groups_per_connection),
+            (
+                "limits.max_groups_per_connection",
+                self.limits.max_groups_per_connection,
+            ),
             ("limits.outbound_queue", self.limits.outbound_queue),
         ] {
             if value == 0 {
@@ -525,7 +548,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -559,12 +585,18 @@ mod tests {
     fn errors_name_the_key() {
         for (k, v, key) in [
             ("WSGATE__AUTH__TIMEOUT", "five", "auth.timeout"),
-            ("WSGATE__LIMITS__MAX_CONNECTIONS", "0", "limits.max_connections"),
+            (
+                "WSGATE__LIMITS__MAX_CONNECTIONS",
+                "0",
+                "limits.max_connections",
+            ),
             ("WSGATE__REDIS__URL", "http://x", "redis.url"),
             ("WSGATE__SERVER__LISTEN", "nowhere", "server.listen"),
             ("WSGATE__AUTH__STORE", "ldap", "auth.store"),
         ] {
-            let err = Config::load_with_env(None, env(&[(k, v)])).unwrap_err().to_string();
+            let err = Config::load_with_env(None, env(&[(k, v)]))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(key), "{k}={v}: {err}");
         }
     }

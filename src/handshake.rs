@@ -15,7 +15,11 @@ use crate::state::AppState;
 /// Seconds a refused client is asked to wait.
 const RETRY_AFTER_SECS: &str = "5";
 
-pub async fn upgrade(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let allowed = &state.config.server.allowed_origins;
         let ok = origin
@@ -63,7 +67,11 @@ pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
     let origin = origin.to_ascii_lowercase();
     let (scheme, host_port) = origin.split_once("://").unwrap_or(("", origin.as_str()));
     let host = host_port.rsplit_once(':').map_or(host_port, |(h, port)| {
-        if port.chars().all(|c| c.is_ascii_digit()) { h } else { host_port }
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host_port
+        }
     });
     allowed.iter().any(|entry| {
         let entry = entry.to_ascii_lowercase();
@@ -88,7 +96,10 @@ mod tests {
 
     #[test]
     fn origins() {
-        let list = vec!["https://app.example.com".to_string(), "*.trusted.io".to_string()];
+        let list = vec![
+            "https://app.example.com".to_string(),
+            "*.trusted.io".to_string(),
+        ];
         assert!(origin_allowed(&[], "https://evil.com"));
         assert!(origin_allowed(&list, "https://app.example.com"));
         assert!(origin_allowed(&list, "https://APP.example.com"));

@@ -279,7 +279,11 @@ impl Hub {
 
     /// Every registered connection, for draining.
     pub fn connections(&self) -> Vec<Arc<ConnHandle>> {
-        self.read().conns.values().map(|e| e.handle.clone()).collect()
+        self.read()
+            .conns
+            .values()
+            .map(|e| e.handle.clone())
+            .collect()
     }
 
     pub fn connection_count(&self) -> usize {
@@ -376,7 +380,10 @@ mod tests {
         assert_eq!(a.close.code(), Some(CloseCode::SlowConsumer));
         assert_eq!(b.close.code(), None);
         assert!(ra.try_recv().is_ok());
-        assert_eq!(rb.try_recv().unwrap().frame.as_str(), r#"{"type":"message","group":"g","data":1}"#);
+        assert_eq!(
+            rb.try_recv().unwrap().frame.as_str(),
+            r#"{"type":"message","group":"g","data":1}"#
+        );
     }
 
     #[test]
@@ -387,7 +394,10 @@ mod tests {
         hub.register(a.clone());
         hub.register(b.clone());
         assert_eq!(hub.close_user("u1", CloseCode::AuthFailed), 1);
-        assert_eq!(hub.close_digest(&TokenDigest([2; 32]), CloseCode::AuthFailed), 1);
+        assert_eq!(
+            hub.close_digest(&TokenDigest([2; 32]), CloseCode::AuthFailed),
+            1
+        );
         assert_eq!(a.close.code(), Some(CloseCode::AuthFailed));
         assert_eq!(b.close.code(), Some(CloseCode::AuthFailed));
     }

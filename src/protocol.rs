@@ -222,7 +222,11 @@ pub fn parse_request(text: &str) -> ClientFrame {
         Some(id) if is_number_or_string(id.get()) => Some(id),
         Some(_) => return refused(None, RequestError::bad("id must be a number or a string")),
     };
-    let kind = match raw.kind.as_deref().map(|k| serde_json::from_str::<String>(k.get())) {
+    let kind = match raw
+        .kind
+        .as_deref()
+        .map(|k| serde_json::from_str::<String>(k.get()))
+    {
         Some(Ok(kind)) => kind,
         Some(Err(_)) => return refused(id, RequestError::bad("type must be a string")),
         None => return refused(id, RequestError::bad("missing type")),
@@ -506,7 +510,10 @@ mod tests {
 
     #[test]
     fn auth_frame_forms() {
-        assert_eq!(parse_auth_frame(r#"{"type":"auth","token":"abc"}"#).unwrap(), "abc");
+        assert_eq!(
+            parse_auth_frame(r#"{"type":"auth","token":"abc"}"#).unwrap(),
+            "abc"
+        );
         assert_eq!(parse_auth_frame(r#"{"token":"abc"}"#).unwrap(), "abc");
         assert_eq!(
             parse_auth_frame(r#"{"type":"subscribe","token":"abc"}"#),
@@ -514,9 +521,18 @@ mod tests {
         );
         assert_eq!(parse_auth_frame(r#"[1]"#), Err(AuthFrameError::NotAnObject));
         assert_eq!(parse_auth_frame("nope"), Err(AuthFrameError::NotAnObject));
-        assert_eq!(parse_auth_frame(r#"{"token":5}"#), Err(AuthFrameError::NoToken));
-        assert_eq!(parse_auth_frame(r#"{"token":""}"#), Err(AuthFrameError::NoToken));
-        assert_eq!(parse_auth_frame(r#"{"type":"auth"}"#), Err(AuthFrameError::NoToken));
+        assert_eq!(
+            parse_auth_frame(r#"{"token":5}"#),
+            Err(AuthFrameError::NoToken)
+        );
+        assert_eq!(
+            parse_auth_frame(r#"{"token":""}"#),
+            Err(AuthFrameError::NoToken)
+        );
+        assert_eq!(
+            parse_auth_frame(r#"{"type":"auth"}"#),
+            Err(AuthFrameError::NoToken)
+        );
         let big = format!(r#"{{"token":"{}"}}"#, "a".repeat(MAX_AUTH_FRAME_BYTES));
         assert_eq!(parse_auth_frame(&big), Err(AuthFrameError::TooLarge));
     }
@@ -525,10 +541,19 @@ mod tests {
     fn requests() {
         let f = parse_request(r#"{"type":"subscribe","group":"market.AAPL","id":7}"#);
         assert_eq!(f.id.unwrap().get(), "7");
-        assert!(matches!(f.request, Ok(Request::Subscribe { ref group, since: None }) if group == "market.AAPL"));
+        assert!(
+            matches!(f.request, Ok(Request::Subscribe { ref group, since: None }) if group == "market.AAPL")
+        );
 
-        let f = parse_request(r#"{"type":"subscribe","group":"g","since":{"offset":3,"epoch":"e"}}"#);
-        assert!(matches!(f.request, Ok(Request::Subscribe { since: Some(Since { offset: 3, .. }), .. })));
+        let f =
+            parse_request(r#"{"type":"subscribe","group":"g","since":{"offset":3,"epoch":"e"}}"#);
+        assert!(matches!(
+            f.request,
+            Ok(Request::Subscribe {
+                since: Some(Since { offset: 3, .. }),
+                ..
+            })
+        ));
         let f = parse_request(r#"{"type":"subscribe","group":"g","since":{"offset":-3}}"#);
         assert_eq!(f.request.unwrap_err().code, ErrorCode::BadRequest);
 
@@ -547,9 +572,16 @@ mod tests {
             r#"{"type":"publish","group":"g"}"#,
             r#"{"type":"ping","id":{"a":1}}"#,
         ] {
-            assert_eq!(parse_request(bad).request.unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+            assert_eq!(
+                parse_request(bad).request.unwrap_err().code,
+                ErrorCode::BadRequest,
+                "{bad}"
+            );
         }
-        assert!(matches!(parse_request(r#"{"type":"ping"}"#).request, Ok(Request::Ping)));
+        assert!(matches!(
+            parse_request(r#"{"type":"ping"}"#).request,
+            Ok(Request::Ping)
+        ));
     }
 
     #[test]
@@ -570,13 +602,19 @@ mod tests {
             message_frame("g", &data, None).as_str(),
             r#"{"type":"message","group":"g","data":{"p":1}}"#
         );
-        let pos = Position { offset: 4, epoch: "e1".into() };
+        let pos = Position {
+            offset: 4,
+            epoch: "e1".into(),
+        };
         assert_eq!(
             message_frame("g", &data, Some(&pos)).as_str(),
             r#"{"type":"message","group":"g","data":{"p":1},"offset":4,"epoch":"e1"}"#
         );
         let id = RawValue::from_string("3".into()).unwrap();
-        assert_eq!(Reply::Pong { id: Some(&id) }.encode().as_str(), r#"{"type":"pong","id":3}"#);
+        assert_eq!(
+            Reply::Pong { id: Some(&id) }.encode().as_str(),
+            r#"{"type":"pong","id":3}"#
+        );
     }
 
     #[test]
@@ -589,12 +627,21 @@ mod tests {
         };
         let s = encode_envelope(&p);
         assert_eq!(s, r#"{"v":1,"group":"g","data":[1,2]}"#);
-        assert_eq!(decode_envelope("g", s.as_bytes()).unwrap().data.get(), "[1,2]");
-        assert_eq!(decode_envelope("h", s.as_bytes()).unwrap_err(), EnvelopeError::Group);
+        assert_eq!(
+            decode_envelope("g", s.as_bytes()).unwrap().data.get(),
+            "[1,2]"
+        );
+        assert_eq!(
+            decode_envelope("h", s.as_bytes()).unwrap_err(),
+            EnvelopeError::Group
+        );
         assert_eq!(
             decode_envelope("g", br#"{"v":2,"group":"g","data":1}"#).unwrap_err(),
             EnvelopeError::Version
         );
-        assert_eq!(decode_envelope("g", b"{").unwrap_err(), EnvelopeError::Malformed);
+        assert_eq!(
+            decode_envelope("g", b"{").unwrap_err(),
+            EnvelopeError::Malformed
+        );
     }
 }

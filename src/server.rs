@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::Authenticator;
-use crate::auth::sql::{Db, store_for};
 use crate::auth::StoreError;
+use crate::auth::sql::{Db, store_for};
 use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
 use crate::config::Config;
@@ -93,7 +93,10 @@ impl Server {
             (config.api.listen, Role::Api),
             (config.metrics.listen, Role::Metrics),
         ] {
-            match by_addr.iter_mut().find(|(a, _)| *a == addr && addr.port() != 0) {
+            match by_addr
+                .iter_mut()
+                .find(|(a, _)| *a == addr && addr.port() != 0)
+            {
                 Some((_, roles)) => roles.push(role),
                 None => by_addr.push((addr, vec![role])),
             }

@@ -25,7 +25,7 @@ use crate::auth::{Identity, Token};
 use crate::hub::{CloseSignal, ConnHandle, Member, Outbound, unix_micros};
 use crate::ops::metrics::AuthFailure;
 use crate::protocol::{
-    self, ClientFrame, CloseCode, Frame, Publication, Reply, Request, RequestError, ErrorCode,
+    self, ClientFrame, CloseCode, ErrorCode, Frame, Publication, Reply, Request, RequestError,
 };
 use crate::state::{AppState, SessionSlot};
 
@@ -100,7 +100,8 @@ async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Result<(Ident
     drop(text);
     // The store gets its own deadline so a hung database cannot hold a
     // socket open forever: answering "try again later" is the honest reply.
-    let answer = tokio::time::timeout(state.config.auth.timeout, state.auth.authenticate(&token)).await;
+    let answer =
+        tokio::time::timeout(state.config.auth.timeout, state.auth.authenticate(&token)).await;
     match answer {
         Ok(Ok(answer)) => {
             metrics.auth_duration(answer.source, answer.elapsed.as_secs_f64());
@@ -307,7 +308,11 @@ async fn serve_loop(
 }
 
 /// Writes queued frames with one flush, then counts them.
-async fn write_batch(socket: &mut WebSocket, state: &AppState, batch: &mut Vec<Outbound>) -> Result<(), End> {
+async fn write_batch(
+    socket: &mut WebSocket,
+    state: &AppState,
+    batch: &mut Vec<Outbound>,
+) -> Result<(), End> {
     let n = batch.len() as u64;
     let mut published = Vec::new();
     for out in batch.drain(..) {
@@ -348,7 +353,12 @@ async fn send(socket: &mut WebSocket, frame: Frame) -> Result<(), End> {
 
 /// Serves one request. Refusals are `error` replies; only socket and broker
 /// failures end the connection.
-async fn handle_request(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle, text: &str) -> Result<(), End> {
+async fn handle_request(
+    socket: &mut WebSocket,
+    state: &AppState,
+    conn: &ConnHandle,
+    text: &str,
+) -> Result<(), End> {
     let ClientFrame { id, request } = protocol::parse_request(text);
     let id = id.as_deref();
     let reply = match request {
@@ -370,7 +380,10 @@ async fn handle_request(socket: &mut WebSocket, state: &AppState, conn: &ConnHan
                     }
                     .encode(),
                     Err(JoinFailure::TooMany) => Reply::error(
-                        &RequestError::new(ErrorCode::TooManyGroups, "too many groups on this connection"),
+                        &RequestError::new(
+                            ErrorCode::TooManyGroups,
+                            "too many groups on this connection",
+                        ),
                         id,
                     ),
                     Err(JoinFailure::Broker) => return Err(End::Close(CloseCode::TryAgainLater)),

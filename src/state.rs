@@ -87,7 +87,9 @@ impl AppState {
     pub fn try_open_session(&self) -> Option<SessionSlot> {
         let max = self.config.limits.max_connections;
         self.open_sessions
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()?;
         Some(SessionSlot(self.clone()))
     }

@@ -17,7 +17,12 @@ async fn node() -> (tempfile::TempDir, TestNode) {
 async fn api_key_required() {
     let (_d, node) = node().await;
     let http = reqwest::Client::new();
-    for auth in [None, Some("Bearer wrong-key-0123456789"), Some("Basic abc"), Some("Bearer ")] {
+    for auth in [
+        None,
+        Some("Bearer wrong-key-0123456789"),
+        Some("Basic abc"),
+        Some("Bearer "),
+    ] {
         let mut req = http
             .post(node.api_url("/api/v1/publish"))
             .body(r#"{"group":"g","data":1}"#);
@@ -156,7 +161,9 @@ async fn disconnect_closes_every_connection_of_the_user() {
     let (_c, w) = Client::authed(&node.ws_url(), &t1).await;
     assert_eq!(w["user_id"], "42");
     // A numeric id works too.
-    let (status, _) = node.api_post("/api/v1/disconnect", json!({"user_id": 43})).await;
+    let (status, _) = node
+        .api_post("/api/v1/disconnect", json!({"user_id": 43}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(code(other.expect_close().await), 4003);
 }
@@ -206,11 +213,20 @@ async fn presence_and_cluster_listing() {
         .collect();
     sessions.sort();
     let expected = vec![
-        ("1".to_string(), wa["session"].as_str().unwrap().to_string(), "test-node".to_string()),
-        ("2".to_string(), wb["session"].as_str().unwrap().to_string(), "test-node".to_string()),
+        (
+            "1".to_string(),
+            wa["session"].as_str().unwrap().to_string(),
+            "test-node".to_string(),
+        ),
+        (
+            "2".to_string(),
+            wb["session"].as_str().unwrap().to_string(),
+            "test-node".to_string(),
+        ),
     ];
     assert_eq!(sessions, expected);
-    b.request(json!({"type": "unsubscribe", "group": "room"})).await;
+    b.request(json!({"type": "unsubscribe", "group": "room"}))
+        .await;
     let (_, p) = node.api_get("/api/v1/groups/room/presence").await;
     assert_eq!(p["count"], 1);
     drop(a);
@@ -227,7 +243,10 @@ async fn presence_and_cluster_listing() {
         if cluster["nodes"][0]["connections"] == 1 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "connections: {cluster}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections: {cluster}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

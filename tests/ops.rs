@@ -66,7 +66,10 @@ async fn every_metric_exposed_at_start_and_counted() {
         ("wsgate_connections{state=\"pending\"}", 0.0),
         ("wsgate_auth_success_total", 1.0),
         ("wsgate_auth_failures_total{reason=\"invalid_token\"}", 1.0),
-        ("wsgate_auth_duration_seconds_count{source=\"database\"}", 2.0),
+        (
+            "wsgate_auth_duration_seconds_count{source=\"database\"}",
+            2.0,
+        ),
         ("wsgate_connections_closed_total{code=\"4003\"}", 1.0),
         ("wsgate_messages_published_total", 3.0),
         ("wsgate_messages_delivered_total", 3.0),
@@ -108,7 +111,11 @@ async fn api_and_metrics_may_share_the_public_port() {
     c.subscribe("g").await;
     node.publish("g", json!("same port")).await;
     assert_eq!(c.recv_json().await["data"], "same port");
-    assert!(node.metrics().await.contains("wsgate_connections_opened_total 1"));
+    assert!(
+        node.metrics()
+            .await
+            .contains("wsgate_connections_opened_total 1")
+    );
 }
 
 #[tokio::test]
@@ -118,7 +125,9 @@ async fn full_node_refuses_with_503_and_retry_after() {
     config.limits.max_connections = 1;
     let node = spawn(config).await;
     let _first = Client::connect(&node.ws_url()).await;
-    let err = tokio_tungstenite::connect_async(node.ws_url()).await.unwrap_err();
+    let err = tokio_tungstenite::connect_async(node.ws_url())
+        .await
+        .unwrap_err();
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => {
             assert_eq!(resp.status(), 503);
@@ -144,7 +153,12 @@ async fn origin_allow_list() {
             .await
             .unwrap_or_else(|e| panic!("{ok}: {e}"));
     }
-    for evil in ["https://evil.com", "https://app.example.com.evil.com", "null", "http://app.example.com"] {
+    for evil in [
+        "https://evil.com",
+        "https://app.example.com.evil.com",
+        "null",
+        "http://app.example.com",
+    ] {
         match tokio_tungstenite::connect_async(with_origin(evil)).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status(), 403, "{evil}")
@@ -206,7 +220,10 @@ async fn no_token_in_logs() {
         .current_dir(dir.path())
         .output()
         .unwrap();
-    let revoked = String::from_utf8(revoked_out.stdout).unwrap().trim().to_string();
+    let revoked = String::from_utf8(revoked_out.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
     let mut child = Command::new(bin)
         .current_dir(dir.path())
         .env("WSGATE__SERVER__LISTEN", "127.0.0.1:0")
@@ -232,7 +249,9 @@ async fn no_token_in_logs() {
     });
     let mut log = Vec::new();
     let started = loop {
-        let line = line_rx.recv_timeout(Duration::from_secs(20)).expect("serving line");
+        let line = line_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("serving line");
         log.push(line.clone());
         if line.contains("wsgate serving") {
             break line;
@@ -288,8 +307,17 @@ async fn no_token_in_logs() {
     assert!(status.success(), "exit status {status:?}");
     let all = log.join("\n");
     assert!(all.contains("draining"), "the log was captured:\n{all}");
-    for secret in [good.as_str(), revoked.as_str(), secret_bad, API_KEY, "wrong-secret-api-key-123"] {
-        assert!(!all.contains(secret), "a secret leaked into the log:\n{all}");
+    for secret in [
+        good.as_str(),
+        revoked.as_str(),
+        secret_bad,
+        API_KEY,
+        "wrong-secret-api-key-123",
+    ] {
+        assert!(
+            !all.contains(secret),
+            "a secret leaked into the log:\n{all}"
+        );
     }
 }
 

@@ -13,6 +13,9 @@ async fn quick_start_flow() {
     c.subscribe("market.AAPL").await;
     node.publish("market.AAPL", json!({"p": 1})).await;
     let m = c.recv_json().await;
-    assert_eq!(m, json!({"type":"message","group":"market.AAPL","data":{"p":1}}));
+    assert_eq!(
+        m,
+        json!({"type":"message","group":"market.AAPL","data":{"p":1}})
+    );
     node.shutdown().await;
 }

@@ -26,7 +26,11 @@ async fn valid_token_gets_welcome() {
     assert_eq!(welcome["groups"], json!(["user.42"]));
     assert!(welcome["session"].as_str().is_some_and(|s| !s.is_empty()));
     assert_eq!(node.metric("wsgate_auth_success_total").await, 1.0);
-    assert_eq!(node.metric("wsgate_connections{state=\"authenticated\"}").await, 1.0);
+    assert_eq!(
+        node.metric("wsgate_connections{state=\"authenticated\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -46,8 +50,16 @@ async fn silent_socket_closed_with_4008() {
     let mut c = Client::connect(&node.ws_url()).await;
     let closed = c.close_within(Duration::from_secs(3)).await;
     assert_eq!(closed, Closed::Code(4008, "auth timeout".into()));
-    assert_eq!(node.metric("wsgate_auth_failures_total{reason=\"timeout\"}").await, 1.0);
-    assert_eq!(node.metric("wsgate_connections_closed_total{code=\"4008\"}").await, 1.0);
+    assert_eq!(
+        node.metric("wsgate_auth_failures_total{reason=\"timeout\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        node.metric("wsgate_connections_closed_total{code=\"4008\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -77,7 +89,8 @@ async fn malformed_first_frames_closed_with_4001() {
         );
     }
     assert_eq!(
-        node.metric("wsgate_auth_failures_total{reason=\"malformed\"}").await,
+        node.metric("wsgate_auth_failures_total{reason=\"malformed\"}")
+            .await,
         n as f64
     );
 }
@@ -101,7 +114,8 @@ async fn bad_tokens_closed_with_4003_and_one_text() {
         );
     }
     assert_eq!(
-        node.metric("wsgate_auth_failures_total{reason=\"invalid_token\"}").await,
+        node.metric("wsgate_auth_failures_total{reason=\"invalid_token\"}")
+            .await,
         3.0
     );
 }
@@ -156,7 +170,10 @@ async fn nothing_before_welcome() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     node.publish("user.42", json!("again")).await;
     assert_eq!(pending.recv_json().await["data"], "again");
-    assert_eq!(never.expect_close().await, Closed::Code(4008, "auth timeout".into()));
+    assert_eq!(
+        never.expect_close().await,
+        Closed::Code(4008, "auth timeout".into())
+    );
 }
 
 /// The token is never read from the URL.
@@ -165,7 +182,10 @@ async fn query_string_token_is_ignored() {
     let (_dir, node) = node().await;
     let token = node.issue_token("42").await;
     let mut c = Client::connect(&format!("{}?token={token}&user_id=42", node.ws_url())).await;
-    assert_eq!(c.expect_close().await, Closed::Code(4008, "auth timeout".into()));
+    assert_eq!(
+        c.expect_close().await,
+        Closed::Code(4008, "auth timeout".into())
+    );
 }
 
 /// Ping/pong control frames before auth are fine; the first data frame counts.

@@ -35,7 +35,10 @@ async fn subscribe_unsubscribe_with_id_echo() {
     let r = c
         .request(json!({"type": "subscribe", "group": "market.AAPL", "id": 5}))
         .await;
-    assert_eq!(r, json!({"type": "subscribed", "group": "market.AAPL", "id": 5}));
+    assert_eq!(
+        r,
+        json!({"type": "subscribed", "group": "market.AAPL", "id": 5})
+    );
     node.publish("market.AAPL", json!({"p": 1})).await;
     assert_eq!(
         c.recv_json().await,
@@ -44,11 +47,16 @@ async fn subscribe_unsubscribe_with_id_echo() {
     let r = c
         .request(json!({"type": "unsubscribe", "group": "market.AAPL", "id": "u1"}))
         .await;
-    assert_eq!(r, json!({"type": "unsubscribed", "group": "market.AAPL", "id": "u1"}));
+    assert_eq!(
+        r,
+        json!({"type": "unsubscribed", "group": "market.AAPL", "id": "u1"})
+    );
     node.publish("market.AAPL", json!({"p": 2})).await;
     c.expect_silence(Duration::from_millis(150)).await;
     // Unsubscribing from a group one is not in is not an error.
-    let r = c.request(json!({"type": "unsubscribe", "group": "other"})).await;
+    let r = c
+        .request(json!({"type": "unsubscribe", "group": "other"}))
+        .await;
     assert_eq!(r["type"], "unsubscribed");
 }
 
@@ -57,10 +65,19 @@ async fn subscribe_since_without_history_is_not_recovered() {
     let (_d, node) = node_with(|_| {}).await;
     let mut c = authed(&node, "1").await;
     let r = c
-        .request(json!({"type": "subscribe", "group": "g", "since": {"offset": 120, "epoch": "e1"}}))
+        .request(
+            json!({"type": "subscribe", "group": "g", "since": {"offset": 120, "epoch": "e1"}}),
+        )
         .await;
-    assert_eq!(r, json!({"type": "subscribed", "group": "g", "recovered": false}));
-    for bad in [json!({"offset": "x", "epoch": "e"}), json!({"offset": 1}), json!(5)] {
+    assert_eq!(
+        r,
+        json!({"type": "subscribed", "group": "g", "recovered": false})
+    );
+    for bad in [
+        json!({"offset": "x", "epoch": "e"}),
+        json!({"offset": 1}),
+        json!(5),
+    ] {
         let r = c
             .request(json!({"type": "subscribe", "group": "g2", "since": bad, "id": 1}))
             .await;
@@ -73,7 +90,10 @@ async fn subscribe_since_without_history_is_not_recovered() {
 async fn ping_pong() {
     let (_d, node) = node_with(|_| {}).await;
     let mut c = authed(&node, "1").await;
-    assert_eq!(c.request(json!({"type": "ping"})).await, json!({"type": "pong"}));
+    assert_eq!(
+        c.request(json!({"type": "ping"})).await,
+        json!({"type": "pong"})
+    );
     assert_eq!(
         c.request(json!({"type": "ping", "id": "abc"})).await,
         json!({"type": "pong", "id": "abc"})
@@ -89,7 +109,10 @@ async fn client_publish_only_where_allowed() {
     let r = a
         .request(json!({"type": "publish", "group": "chat.room", "data": {"t": "hi"}, "id": 3}))
         .await;
-    assert_eq!(r, json!({"type": "published", "group": "chat.room", "id": 3}));
+    assert_eq!(
+        r,
+        json!({"type": "published", "group": "chat.room", "id": 3})
+    );
     assert_eq!(
         b.recv_json().await,
         json!({"type": "message", "group": "chat.room", "data": {"t": "hi"}})
@@ -115,7 +138,13 @@ async fn errors_for_bad_requests() {
     assert_eq!(r["id"], 9);
     let r = c.request(json!({"group": "g", "id": 10})).await;
     assert_eq!(error_code(&r), "bad_request");
-    for group in [json!("bad group"), json!(""), json!("x".repeat(129)), json!(5), json!("a/b")] {
+    for group in [
+        json!("bad group"),
+        json!(""),
+        json!("x".repeat(129)),
+        json!(5),
+        json!("a/b"),
+    ] {
         let r = c
             .request(json!({"type": "subscribe", "group": group, "id": 11}))
             .await;
@@ -138,13 +167,17 @@ async fn group_policy_patterns_and_private_user_groups() {
     c.subscribe("market.AAPL").await;
     c.subscribe("team.42.news").await;
     for group in ["news.x", "team.43.news", "user.43"] {
-        let r = c.request(json!({"type": "subscribe", "group": group})).await;
+        let r = c
+            .request(json!({"type": "subscribe", "group": group}))
+            .await;
         assert_eq!(error_code(&r), "forbidden", "{group}");
     }
     // Even with allow = ["*"], another user's group stays private.
     let (_d2, open) = node_with(|_| {}).await;
     let mut c = authed(&open, "42").await;
-    let r = c.request(json!({"type": "subscribe", "group": "user.43"})).await;
+    let r = c
+        .request(json!({"type": "subscribe", "group": "user.43"}))
+        .await;
     assert_eq!(error_code(&r), "forbidden");
     c.subscribe("user.42").await;
 }
@@ -177,11 +210,15 @@ async fn too_many_groups() {
     let mut c = authed(&node, "1").await; // user.1 counts as one
     c.subscribe("a").await;
     c.subscribe("b").await;
-    let r = c.request(json!({"type": "subscribe", "group": "c", "id": 1})).await;
+    let r = c
+        .request(json!({"type": "subscribe", "group": "c", "id": 1}))
+        .await;
     assert_eq!(error_code(&r), "too_many_groups");
     // Subscribing again to a group already joined is fine.
     c.subscribe("a").await;
-    let r = c.request(json!({"type": "unsubscribe", "group": "a"})).await;
+    let r = c
+        .request(json!({"type": "unsubscribe", "group": "a"}))
+        .await;
     assert_eq!(r["type"], "unsubscribed");
     c.subscribe("c").await;
 }
@@ -205,7 +242,11 @@ async fn oversize_frame_closes_1009_and_node_keeps_serving() {
     assert_eq!(code(c.expect_close().await), 1009);
     node.publish("g", json!(1)).await;
     assert_eq!(ok.recv_json().await["data"], 1);
-    assert_eq!(node.metric("wsgate_connections_closed_total{code=\"1009\"}").await, 1.0);
+    assert_eq!(
+        node.metric("wsgate_connections_closed_total{code=\"1009\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -233,15 +274,26 @@ async fn slow_consumer_closed_4009_others_unaffected() {
         let msgs: Vec<Value> = (0..10)
             .map(|i| json!({"group": "ticks", "data": {"i": batch * 10 + i, "pad": payload}}))
             .collect();
-        let (status, _) = node.api_post("/api/v1/publish", json!({"messages": msgs})).await;
+        let (status, _) = node
+            .api_post("/api/v1/publish", json!({"messages": msgs}))
+            .await;
         assert_eq!(status, 200);
     }
-    assert_eq!(reader.await.unwrap(), n, "the reading client got every message");
+    assert_eq!(
+        reader.await.unwrap(),
+        n,
+        "the reading client got every message"
+    );
     // The slow one is told why when it finally reads.
     let mut saw_close = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut slow.ws)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            futures_util::StreamExt::next(&mut slow.ws),
+        )
+        .await
+        {
             Ok(Some(Ok(Message::Close(Some(f))))) => {
                 saw_close = Some(u16::from(f.code));
                 break;
@@ -251,8 +303,16 @@ async fn slow_consumer_closed_4009_others_unaffected() {
         }
     }
     assert_eq!(saw_close, Some(4009));
-    assert!(node.metric("wsgate_messages_dropped_total{reason=\"slow_consumer\"}").await >= 1.0);
-    assert_eq!(node.metric("wsgate_connections_closed_total{code=\"4009\"}").await, 1.0);
+    assert!(
+        node.metric("wsgate_messages_dropped_total{reason=\"slow_consumer\"}")
+            .await
+            >= 1.0
+    );
+    assert_eq!(
+        node.metric("wsgate_connections_closed_total{code=\"4009\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -205,7 +205,9 @@ impl PgDb {
     }
 
     pub async fn pool(&self) -> sqlx::PgPool {
-        sqlx::PgPool::connect(&self.url).await.expect("connect test db")
+        sqlx::PgPool::connect(&self.url)
+            .await
+            .expect("connect test db")
     }
 
     pub async fn drop_db(self) {
@@ -236,7 +238,9 @@ pub enum Closed {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
         Client { ws }
     }
 
@@ -250,7 +254,10 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
-        self.ws.send(Message::text(text.into())).await.expect("send");
+        self.ws
+            .send(Message::text(text.into()))
+            .await
+            .expect("send");
     }
 
     pub async fn send_json(&mut self, v: Value) {
@@ -280,7 +287,9 @@ impl Client {
     }
 
     pub async fn subscribe(&mut self, group: &str) {
-        let reply = self.request(json!({"type": "subscribe", "group": group})).await;
+        let reply = self
+            .request(json!({"type": "subscribe", "group": group}))
+            .await;
         assert_eq!(reply["type"], "subscribed", "got {reply}");
     }
 
@@ -299,7 +308,9 @@ impl Client {
                 Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
                     return Closed::Code(code.into(), reason.to_string());
                 }
-                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Closed::NoCloseFrame,
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                    return Closed::NoCloseFrame;
+                }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(other)) => panic!("expected a close, got {other:?}"),
             }
