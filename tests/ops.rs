@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -207,60 +205,21 @@ async fn drain_refuses_new_clients_and_closes_with_1012() {
 #[tokio::test]
 async fn no_token_in_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_wsgate");
-    let issue = Command::new(bin)
-        .args(["token", "issue", "--user", "42"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(issue.status.success());
-    let good = String::from_utf8(issue.stdout).unwrap().trim().to_string();
-    let revoked_out = Command::new(bin)
-        .args(["token", "issue", "--user", "43"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let revoked = String::from_utf8(revoked_out.stdout)
-        .unwrap()
+    let good = run_bin(dir.path(), &["token", "issue", "--user", "42"], &[])
         .trim()
         .to_string();
-    let mut child = Command::new(bin)
-        .current_dir(dir.path())
-        .env("WSGATE__SERVER__LISTEN", "127.0.0.1:0")
-        .env("WSGATE__API__LISTEN", "127.0.0.1:0")
-        .env("WSGATE__METRICS__LISTEN", "127.0.0.1:0")
-        .env("WSGATE__API__KEYS", API_KEY)
-        .env("WSGATE__LOG__LEVEL", "trace")
-        .env("WSGATE__LOG__FORMAT", "json")
-        .env("WSGATE__DRAIN__GRACE", "0s")
-        .env("WSGATE__DRAIN__SPREAD", "100ms")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut log = Vec::new();
-    let started = loop {
-        let line = line_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("serving line");
-        log.push(line.clone());
-        if line.contains("wsgate serving") {
-            break line;
-        }
-    };
-    let v: serde_json::Value = serde_json::from_str(&started).expect("JSON log line");
-    let ws = v["ws"].as_str().unwrap().to_string();
-    let api = v["api"].as_str().unwrap().to_string();
-    let url = format!("ws://{ws}/ws");
+    let revoked = run_bin(dir.path(), &["token", "issue", "--user", "43"], &[])
+        .trim()
+        .to_string();
+    let mut node = BinNode::start(
+        dir.path(),
+        &[
+            ("WSGATE__LOG__LEVEL", "trace"),
+            ("WSGATE__DRAIN__GRACE", "0s"),
+            ("WSGATE__DRAIN__SPREAD", "100ms"),
+        ],
+    );
+    let url = node.ws_url();
     // Good token, with it also in the query string (which must be ignored).
     let (mut c, _) = Client::authed(&format!("{url}?token={good}"), &good).await;
     c.subscribe("g").await;
@@ -277,7 +236,7 @@ async fn no_token_in_logs() {
     }
     let http = reqwest::Client::new();
     let r = http
-        .post(format!("http://{api}/api/v1/revoke"))
+        .post(format!("http://{}/api/v1/revoke", node.api))
         .bearer_auth(API_KEY)
         .json(&json!({"token": revoked}))
         .send()
@@ -289,7 +248,7 @@ async fn no_token_in_logs() {
     assert_eq!(code(r2.expect_close().await), 4003);
     // A wrong API key is not logged either.
     let r = http
-        .post(format!("http://{api}/api/v1/publish"))
+        .post(format!("http://{}/api/v1/publish", node.api))
         .bearer_auth("wrong-secret-api-key-123")
         .body("{}")
         .send()
@@ -299,13 +258,10 @@ async fn no_token_in_logs() {
     c.ws.close(None).await.unwrap();
     drop(c);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    sigterm(child.id());
-    let status = child.wait().unwrap();
-    while let Ok(line) = line_rx.recv_timeout(Duration::from_millis(500)) {
-        log.push(line);
-    }
+    node.signal("TERM");
+    let status = node.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "exit status {status:?}");
-    let all = log.join("\n");
+    let all = node.drain_log().join("\n");
     assert!(all.contains("draining"), "the log was captured:\n{all}");
     for secret in [
         good.as_str(),
@@ -319,11 +275,4 @@ async fn no_token_in_logs() {
             "a secret leaked into the log:\n{all}"
         );
     }
-}
-
-fn sigterm(pid: u32) {
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
 }

@@ -337,3 +337,129 @@ pub fn code(c: Closed) -> u16 {
         Closed::NoCloseFrame => 0,
     }
 }
+
+// ---------------------------------------------------------------------------
+// The real binary, for tests about signals, exit codes and logs.
+
+/// A `wsgate` process started by a test; killed on drop.
+pub struct BinNode {
+    pub child: std::process::Child,
+    pub ws: String,
+    pub api: String,
+    pub metrics: String,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+/// Runs `wsgate <args>` in `dir` and returns its stdout (fails on a non-zero exit).
+pub fn run_bin(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .expect("run wsgate");
+    assert!(
+        out.status.success(),
+        "wsgate {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl BinNode {
+    /// Starts `wsgate serve` on loopback port 0 with JSON logs, the test API
+    /// key and `env` on top, and waits for its "serving" line.
+    pub fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> BinNode {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .current_dir(dir)
+            .env("WSGATE__SERVER__LISTEN", "127.0.0.1:0")
+            .env("WSGATE__API__LISTEN", "127.0.0.1:0")
+            .env("WSGATE__METRICS__LISTEN", "127.0.0.1:0")
+            .env("WSGATE__API__KEYS", API_KEY)
+            .env("WSGATE__LOG__FORMAT", "json")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn wsgate");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut log = Vec::new();
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| {
+                    panic!("wsgate did not start; log so far:\n{}", log.join("\n"))
+                });
+            log.push(line.clone());
+            if line.contains("wsgate serving") {
+                let v: Value = serde_json::from_str(&line).expect("JSON log line");
+                let field = |k: &str| v[k].as_str().unwrap().to_string();
+                return BinNode {
+                    ws: field("ws"),
+                    api: field("api"),
+                    metrics: field("metrics"),
+                    child,
+                    lines,
+                    log,
+                };
+            }
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.ws)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+    }
+
+    /// Waits for the process to exit (up to `wait`) and collects its log.
+    pub fn wait_exit(&mut self, wait: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.log.push(line);
+                }
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wsgate did not exit in {wait:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Log lines received so far.
+    pub fn drain_log(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        &self.log
+    }
+}
+
+impl Drop for BinNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
