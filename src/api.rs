@@ -18,6 +18,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tracing::Instrument;
 
 use crate::auth::Token;
 use crate::hub::unix_micros;
@@ -74,7 +75,38 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_span))
         .with_state(state)
+}
+
+/// Every API call runs in a span with a request id (the caller's
+/// `X-Request-Id` when it is a short plain token, else a new one), echoed in
+/// the response so backend logs and ours can be joined.
+async fn request_span(request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_string);
+    let request_id = given.unwrap_or_else(|| hex::encode(rand::random::<[u8; 8]>()));
+    let span = tracing::info_span!(
+        "api_request",
+        request_id = %request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "api call"));
+    if let Ok(value) = header::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
 }
 
 /// SHA-256 of an API key: keys are compared as digests so the comparison

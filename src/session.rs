@@ -35,7 +35,22 @@ const MAX_BATCH: usize = 64;
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Runs a connection to the end. `slot` holds its place in `max_connections`.
+/// Every log line of the connection carries its `conn` id, and `session` and
+/// `user_id` once authenticated.
 pub async fn run(socket: WebSocket, state: AppState, slot: SessionSlot) {
+    let conn_id = state.next_conn_id();
+    let span = tracing::info_span!(
+        "connection",
+        conn = conn_id,
+        session = tracing::field::Empty,
+        user_id = tracing::field::Empty,
+    );
+    run_connection(socket, state, slot, conn_id)
+        .instrument(span)
+        .await
+}
+
+async fn run_connection(socket: WebSocket, state: AppState, slot: SessionSlot, conn_id: u64) {
     let _slot = slot;
     let metrics = state.metrics.clone();
     metrics.connections_opened.inc();
@@ -50,6 +65,7 @@ pub async fn run(socket: WebSocket, state: AppState, slot: SessionSlot) {
             None
         }
         Err(End::ClientGone(code)) => {
+            tracing::debug!(code, "client left before authenticating");
             metrics.closed(code);
             None
         }
@@ -57,7 +73,7 @@ pub async fn run(socket: WebSocket, state: AppState, slot: SessionSlot) {
     if let Some((identity, token)) = identity {
         metrics.auth_success.inc();
         metrics.connections_authenticated.inc();
-        serve(socket, &state, identity, token).await;
+        serve(socket, &state, conn_id, identity, token).await;
         metrics.connections_authenticated.dec();
     }
 }
@@ -147,10 +163,16 @@ async fn first_frame(socket: &mut WebSocket) -> FirstFrame {
 }
 
 /// Phase 2: an authenticated connection.
-async fn serve(mut socket: WebSocket, state: &AppState, identity: Identity, token: Token) {
+async fn serve(
+    mut socket: WebSocket,
+    state: &AppState,
+    conn_id: u64,
+    identity: Identity,
+    token: Token,
+) {
     let (tx, mut rx) = mpsc::channel(state.config.limits.outbound_queue);
     let conn = Arc::new(ConnHandle {
-        id: state.next_conn_id(),
+        id: conn_id,
         user_id: identity.user_id,
         session: new_session_id(),
         digest: token.digest(),
@@ -158,27 +180,24 @@ async fn serve(mut socket: WebSocket, state: &AppState, identity: Identity, toke
         close: CloseSignal::default(),
     });
     drop(token);
-    let span = tracing::info_span!("session", session = %conn.session, user_id = %conn.user_id);
-    async move {
-        state.hub.register(conn.clone());
-        let end = match welcome(&mut socket, state, &conn).await {
-            Ok(()) => {
-                tracing::debug!("authenticated");
-                serve_loop(&mut socket, state, &conn, &mut rx).await
-            }
-            Err(end) => end,
-        };
-        for group in state.hub.unregister(conn.id) {
-            unsubscribe_broker(state, &group, &conn.session).await;
+    let span = tracing::Span::current();
+    span.record("session", conn.session.as_str());
+    span.record("user_id", conn.user_id.as_str());
+    state.hub.register(conn.clone());
+    let end = match welcome(&mut socket, state, &conn).await {
+        Ok(()) => {
+            tracing::debug!("authenticated");
+            serve_loop(&mut socket, state, &conn, &mut rx).await
         }
-        match end {
-            End::Close(code) => close(&mut socket, state, code).await,
-            End::ClientGone(code) => state.metrics.closed(code),
-        }
-        tracing::debug!("session ended");
+        Err(end) => end,
+    };
+    for group in state.hub.unregister(conn.id) {
+        unsubscribe_broker(state, &group, &conn.session).await;
     }
-    .instrument(span)
-    .await
+    match end {
+        End::Close(code) => close(&mut socket, state, code).await,
+        End::ClientGone(code) => state.metrics.closed(code),
+    }
 }
 
 /// Joins the auto-join groups and writes `welcome`.
@@ -425,6 +444,7 @@ fn forbidden() -> RequestError {
 
 /// Sends a close frame, counts it, and waits briefly for the client's answer.
 async fn close(socket: &mut WebSocket, state: &AppState, code: CloseCode) {
+    tracing::debug!(code = code.code(), "closing");
     state.metrics.closed(code.code());
     let frame = CloseFrame {
         code: code.code(),
