@@ -70,7 +70,12 @@ impl Server {
             db.migrate().await?;
         }
         let store = store_for(&config, db);
-        let auth = Arc::new(Authenticator::new(Arc::from(store)));
+        let auth = Arc::new(Authenticator::with_local_cache(
+            Arc::from(store),
+            config.auth.cache_ttl,
+            config.auth.negative_ttl,
+            metrics.clone(),
+        ));
         let api_keys = resolve_api_keys(&config)?;
         let broker: Arc<dyn Broker> = match &config.redis.url {
             None => Arc::new(MemoryBroker::new()),

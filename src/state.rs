@@ -79,7 +79,10 @@ impl AppState {
             draining: AtomicBool::new(false),
             closing: watch::channel(false).0,
         }));
-        broker.attach(Arc::new(Dispatcher { hub }));
+        broker.attach(Arc::new(Dispatcher {
+            hub,
+            auth: state.auth.clone(),
+        }));
         state
     }
 
@@ -138,11 +141,15 @@ impl Drop for SessionSlot {
 /// Receives what the broker delivers to this node and hands it to the hub.
 pub struct Dispatcher {
     hub: Arc<Hub>,
+    auth: Arc<Authenticator>,
 }
 
 impl BrokerHandler for Dispatcher {
     fn on_publication(&self, publication: Publication) {
-        self.hub.deliver(&publication);
+        let span = tracing::info_span!("deliver", group = %publication.group, recipients = tracing::field::Empty);
+        let _enter = span.enter();
+        let n = self.hub.deliver(&publication);
+        span.record("recipients", n);
     }
 
     fn on_control(&self, control: Control) {
@@ -151,7 +158,12 @@ impl BrokerHandler for Dispatcher {
                 self.hub.close_user(user_id, CloseCode::AuthFailed)
             }
             Control::RevokeDigest { digest } => match TokenDigest::from_hex(digest) {
-                Some(d) => self.hub.close_digest(&d, CloseCode::AuthFailed),
+                Some(d) => {
+                    // Forget it here first, so a reconnect cannot be let in
+                    // by this node's in-process cache.
+                    self.auth.forget_local(&d);
+                    self.hub.close_digest(&d, CloseCode::AuthFailed)
+                }
                 None => 0,
             },
         };

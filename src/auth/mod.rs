@@ -8,11 +8,12 @@
 //! and everything that is stored, cached or sent between nodes uses the
 //! SHA-256 [`TokenDigest`] instead.
 
+pub mod cache;
 pub mod sql;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
@@ -129,16 +130,57 @@ pub struct AuthAnswer {
 }
 
 /// What sessions and the API use to check and revoke tokens.
+///
+/// Three shapes (see [`cache`] for the layers):
+/// - [`Authenticator::new`]: the store alone, every authentication a query
+///   (tools and tests);
+/// - [`Authenticator::with_local_cache`]: the short in-process layer in front
+///   of the store (embedded mode: one node, so a revocation on it clears the
+///   only local layer there is; a token revoked by another process, such as
+///   `wsgate token revoke`, may still open a connection for up to 5 s);
+/// - [`Authenticator::with_cache`]: the in-process layer, then Redis, then the
+///   store (cluster mode).
 pub struct Authenticator {
     store: Arc<dyn TokenStore>,
+    cache: Option<cache::TokenCache>,
 }
 
 impl Authenticator {
+    /// The store alone, no cache.
     pub fn new(store: Arc<dyn TokenStore>) -> Authenticator {
-        Authenticator { store }
+        Authenticator { store, cache: None }
     }
 
+    /// The in-process layer (TTLs capped at 5 s and 2 s) in front of the store.
+    pub fn with_local_cache(
+        store: Arc<dyn TokenStore>,
+        cache_ttl: Duration,
+        negative_ttl: Duration,
+        metrics: Arc<crate::ops::metrics::Metrics>,
+    ) -> Authenticator {
+        Authenticator {
+            store,
+            cache: Some(cache::TokenCache::local_only(
+                cache_ttl,
+                negative_ttl,
+                metrics,
+            )),
+        }
+    }
+
+    /// The in-process layer, then `redis`, then the store.
+    pub fn with_cache(store: Arc<dyn TokenStore>, redis: cache::RedisTokenCache) -> Authenticator {
+        Authenticator {
+            store,
+            cache: Some(cache::TokenCache::layered(redis)),
+        }
+    }
+
+    /// Who owns `token`. `Err` only when no layer could answer.
     pub async fn authenticate(&self, token: &Token) -> Result<AuthAnswer, StoreError> {
+        if let Some(cache) = &self.cache {
+            return cache.authenticate(self.store.as_ref(), token).await;
+        }
         let started = Instant::now();
         let identity = self.store.verify(token).await?;
         Ok(AuthAnswer {
@@ -148,8 +190,34 @@ impl Authenticator {
         })
     }
 
+    /// Revokes in the store, then forgets the token in Redis and in this
+    /// node's local layer. Other nodes' local layers are cleared by the
+    /// `RevokeDigest` control message ([`Authenticator::forget_local`]).
+    /// Fails when the cache could not forget it (the store revocation stands
+    /// and may be retried: it is idempotent).
     pub async fn revoke(&self, digest: &TokenDigest) -> Result<(), StoreError> {
-        self.store.revoke(digest).await
+        self.store.revoke(digest).await?;
+        self.forget(digest).await
+    }
+
+    /// Forgets `digest` in Redis and this node's local layer without touching
+    /// the store (its row was already deleted or revoked elsewhere).
+    pub async fn forget(&self, digest: &TokenDigest) -> Result<(), StoreError> {
+        match &self.cache {
+            Some(cache) => cache.forget(digest).await.map_err(|e| {
+                StoreError::Unavailable(format!("token cache could not forget the token: {e}"))
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Forgets `digest` in this node's local layer. Synchronous and cheap:
+    /// the control-message dispatcher calls it on every node when a
+    /// `RevokeDigest` arrives.
+    pub fn forget_local(&self, digest: &TokenDigest) {
+        if let Some(cache) = &self.cache {
+            cache.forget_local(digest);
+        }
     }
 
     pub fn store_name(&self) -> &'static str {

@@ -66,7 +66,11 @@ pub enum CacheResult {
 }
 
 impl CacheResult {
-    pub const ALL: [CacheResult; 3] = [CacheResult::Hit, CacheResult::Miss, CacheResult::NegativeHit];
+    pub const ALL: [CacheResult; 3] = [
+        CacheResult::Hit,
+        CacheResult::Miss,
+        CacheResult::NegativeHit,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             CacheResult::Hit => "hit",
@@ -78,8 +82,8 @@ impl CacheResult {
 
 /// Close-code label values, all exposed from start-up.
 const CLOSE_LABELS: [&str; 16] = [
-    "1000", "1001", "1003", "1005", "1006", "1008", "1009", "1011", "1012", "1013", "4001",
-    "4003", "4008", "4009", "4029", "other",
+    "1000", "1001", "1003", "1005", "1006", "1008", "1009", "1011", "1012", "1013", "4001", "4003",
+    "4008", "4009", "4029", "other",
 ];
 
 fn close_label(code: u16) -> &'static str {
@@ -101,6 +105,9 @@ pub struct Metrics {
     auth_failures: IntCounterVec,
     auth_duration: HistogramVec,
     cache_requests: IntCounterVec,
+    /// Redis token-cache calls that failed or timed out (never fatal: the
+    /// store answers instead).
+    pub auth_cache_errors: IntCounter,
     pub messages_published: IntCounter,
     pub messages_delivered: IntCounter,
     messages_dropped: IntCounterVec,
@@ -127,7 +134,10 @@ impl Metrics {
         )
         .expect("metric");
         let auth_failures = IntCounterVec::new(
-            Opts::new("wsgate_auth_failures_total", "Failed authentications, by reason."),
+            Opts::new(
+                "wsgate_auth_failures_total",
+                "Failed authentications, by reason.",
+            ),
             &["reason"],
         )
         .expect("metric");
@@ -176,6 +186,11 @@ impl Metrics {
             auth_failures,
             auth_duration,
             cache_requests,
+            auth_cache_errors: IntCounter::new(
+                "wsgate_auth_cache_errors_total",
+                "Redis token-cache calls that failed or timed out.",
+            )
+            .expect("metric"),
             messages_published: IntCounter::new(
                 "wsgate_messages_published_total",
                 "Messages published through this node (API, client publish).",
@@ -193,15 +208,17 @@ impl Metrics {
                     "Time from publish to the write to a client socket.",
                 )
                 .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                    5.0,
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 ]),
             )
             .expect("metric"),
             groups: IntGauge::new("wsgate_groups", "Groups with at least one local member.")
                 .expect("metric"),
-            redis_up: IntGauge::new("wsgate_redis_up", "1 while Redis is reachable (1 when not configured).")
-                .expect("metric"),
+            redis_up: IntGauge::new(
+                "wsgate_redis_up",
+                "1 while Redis is reachable (1 when not configured).",
+            )
+            .expect("metric"),
             draining: IntGauge::new("wsgate_draining", "1 while the node drains.").expect("metric"),
             registry,
         };
@@ -228,6 +245,7 @@ impl Metrics {
             Box::new(m.auth_failures.clone()),
             Box::new(m.auth_duration.clone()),
             Box::new(m.cache_requests.clone()),
+            Box::new(m.auth_cache_errors.clone()),
             Box::new(m.messages_published.clone()),
             Box::new(m.messages_delivered.clone()),
             Box::new(m.messages_dropped.clone()),
@@ -252,7 +270,9 @@ impl Metrics {
     }
 
     pub fn auth_failed(&self, reason: AuthFailure) {
-        self.auth_failures.with_label_values(&[reason.as_str()]).inc();
+        self.auth_failures
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     pub fn auth_duration(&self, source: AuthSource, seconds: f64) {
@@ -262,7 +282,9 @@ impl Metrics {
     }
 
     pub fn cache_request(&self, result: CacheResult) {
-        self.cache_requests.with_label_values(&[result.as_str()]).inc();
+        self.cache_requests
+            .with_label_values(&[result.as_str()])
+            .inc();
     }
 
     pub fn dropped(&self, reason: DropReason, n: u64) {

@@ -1,0 +1,459 @@
+//! Token caches in front of a [`TokenStore`].
+//!
+//! # Layers
+//!
+//! An authentication asks, in order:
+//!
+//! 1. **The local layer**, an in-process [moka] cache keyed by the token's
+//!    [`TokenDigest`]. It answers bursts (a reconnect storm after a deploy, a
+//!    client hammering one bad token) without a network round trip, and it is
+//!    where single-flight happens: moka's `or_try_insert_with` coalesces
+//!    concurrent calls for the same missing key into one evaluation of the
+//!    lookup, so N simultaneous authentications of one uncached token make one
+//!    Redis read and at most one store query, not N.
+//! 2. **Redis** (`{prefix}auth:{sha256 hex}`), shared by every node: the value
+//!    is `u:<user id>` for a valid token, kept `auth.cache_ttl`, or `-` for an
+//!    invalid one, kept `auth.negative_ttl`, so a flood of bad tokens is
+//!    answered by Redis instead of Postgres. The token itself is never sent to
+//!    Redis, and never appears in a log line or an error from this module.
+//! 3. **The store** (Postgres or SQLite), the source of truth. Its answer is
+//!    written back to Redis. Store errors are never cached.
+//!
+//! # TTLs
+//!
+//! The local layer keeps positives `min(auth.cache_ttl, 5 s)` and negatives
+//! `min(auth.negative_ttl, 2 s)`. It is short on purpose: only the
+//! `RevokeDigest` control message can clear it on other nodes, and that
+//! travels over pub/sub, which can miss a message during a Redis reconnect. A
+//! few seconds is enough to absorb a burst and bounds how long a lost message
+//! can matter. Redis holds the long TTLs because it is shared and a revocation
+//! clears it directly.
+//!
+//! # Failures
+//!
+//! Every Redis call is bounded by `redis.command_timeout` (and fails at once
+//! while the connection is down), is counted in
+//! `wsgate_auth_cache_errors_total` when it fails, and is never fatal: the
+//! store answers instead. After a failed read the write-back is skipped, so a
+//! hung Redis costs one timeout, not two. With Redis warm and the store down,
+//! cached tokens still authenticate; when neither can answer, the store's
+//! error is returned (the session closes with 1013).
+//!
+//! # Revocation
+//!
+//! A revocation writes a negative entry ("tombstone") to Redis, kept for the
+//! longer of the two TTLs, rather than deleting the key: cache writes after a
+//! lookup use `SET NX`, so a lookup that read the old answer just before the
+//! revocation cannot put it back afterwards. On each node, forgetting a digest
+//! records the instant; a cached positive fetched before that instant is not
+//! trusted and is looked up again, which closes the same race for the local
+//! layer (a lookup in flight while the revocation arrived).
+//!
+//! # Metrics
+//!
+//! Each authentication counts once in `wsgate_auth_cache_requests_total` and
+//! reports its source (`wsgate_auth_duration_seconds{source}`):
+//! a local-layer answer is `hit`/`negative_hit` with source `local` (a caller
+//! that waited for another caller's lookup of the same token counts here too:
+//! it was answered in-process); a Redis answer is `hit`/`negative_hit` with
+//! source `redis`; a store answer is `miss` with source `database`, valid or
+//! not.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, KeysInterface};
+use fred::types::config::Options;
+use fred::types::{Expiration, SetOptions, Value};
+use moka::Expiry;
+use moka::future::Cache;
+
+use super::{AuthAnswer, AuthSource, Identity, StoreError, Token, TokenDigest, TokenStore};
+use crate::ops::metrics::{CacheResult, Metrics};
+
+/// Upper bound of the local layer's TTL for valid tokens.
+pub const LOCAL_POSITIVE_TTL: Duration = Duration::from_secs(5);
+/// Upper bound of the local layer's TTL for invalid tokens.
+pub const LOCAL_NEGATIVE_TTL: Duration = Duration::from_secs(2);
+/// Most digests the local layer holds (about 100 bytes each).
+const LOCAL_CAPACITY: u64 = 100_000;
+/// How long a forgotten digest is remembered beyond the local positive TTL:
+/// longer than any lookup can run (sessions give up after `auth.timeout`,
+/// and dropping the caller drops its lookup).
+const FORGET_SLACK: Duration = Duration::from_secs(60);
+
+/// The Redis value of an invalid (unknown or revoked) token.
+const NEGATIVE: &str = "-";
+/// The Redis value of a valid token is this prefix and the user id.
+const POSITIVE_PREFIX: &str = "u:";
+
+/// A Redis token-cache call that did not succeed. Never holds the token.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("redis token cache timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("redis token cache: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// The key holds something this module did not write.
+    #[error("redis token cache entry is unreadable")]
+    Corrupt,
+}
+
+/// What Redis remembers about a digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    Valid(Identity),
+    Invalid,
+}
+
+/// The shared layer: token answers in Redis, by digest.
+pub struct RedisTokenCache {
+    client: Client,
+    options: Options,
+    prefix: String,
+    cache_ttl: Duration,
+    negative_ttl: Duration,
+    command_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl RedisTokenCache {
+    /// `client` is already connected; `prefix` is `redis.prefix` (`wsgate:`).
+    /// A zero TTL turns off caching of that kind of answer in Redis.
+    pub fn new(
+        client: Client,
+        prefix: impl Into<String>,
+        cache_ttl: Duration,
+        negative_ttl: Duration,
+        command_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> RedisTokenCache {
+        let options = Options {
+            timeout: Some(command_timeout),
+            // A cache that is down should be skipped, not waited for.
+            fail_fast: true,
+            ..Options::default()
+        };
+        RedisTokenCache {
+            client,
+            options,
+            prefix: prefix.into(),
+            cache_ttl,
+            negative_ttl,
+            command_timeout,
+            metrics,
+        }
+    }
+
+    /// `{prefix}auth:{sha256 hex}`.
+    pub fn key(&self, digest: &TokenDigest) -> String {
+        format!("{}auth:{}", self.prefix, digest.to_hex())
+    }
+
+    pub fn cache_ttl(&self) -> Duration {
+        self.cache_ttl
+    }
+
+    pub fn negative_ttl(&self) -> Duration {
+        self.negative_ttl
+    }
+
+    /// The cached answer for `digest`, `None` when Redis has none.
+    pub async fn get(&self, digest: &TokenDigest) -> Result<Option<Cached>, CacheError> {
+        let client = self.client.with_options(&self.options);
+        let raw: Option<String> = self.bounded(client.get(self.key(digest))).await?;
+        match raw.as_deref() {
+            None => Ok(None),
+            Some(NEGATIVE) => Ok(Some(Cached::Invalid)),
+            Some(v) => match v.strip_prefix(POSITIVE_PREFIX) {
+                Some(user_id) => Ok(Some(Cached::Valid(Identity {
+                    user_id: user_id.to_string(),
+                }))),
+                None => {
+                    self.metrics.auth_cache_errors.inc();
+                    Err(CacheError::Corrupt)
+                }
+            },
+        }
+    }
+
+    /// Caches a store answer. Without `overwrite` an existing entry wins
+    /// (`SET NX`), so a stale answer cannot replace a revocation's tombstone.
+    pub async fn put(
+        &self,
+        digest: &TokenDigest,
+        identity: Option<&Identity>,
+        overwrite: bool,
+    ) -> Result<(), CacheError> {
+        let (value, ttl) = match identity {
+            Some(id) => (format!("{POSITIVE_PREFIX}{}", id.user_id), self.cache_ttl),
+            None => (NEGATIVE.to_string(), self.negative_ttl),
+        };
+        if ttl.is_zero() {
+            return Ok(());
+        }
+        let condition = (!overwrite).then_some(SetOptions::NX);
+        let client = self.client.with_options(&self.options);
+        let _: Value = self
+            .bounded(client.set(self.key(digest), value, Some(px(ttl)), condition, false))
+            .await?;
+        Ok(())
+    }
+
+    /// Makes every node refuse `digest` from Redis: writes a tombstone kept
+    /// for the longer TTL (deletes the key when both TTLs are zero).
+    pub async fn forget(&self, digest: &TokenDigest) -> Result<(), CacheError> {
+        let ttl = self.cache_ttl.max(self.negative_ttl);
+        let client = self.client.with_options(&self.options);
+        if ttl.is_zero() {
+            let _: i64 = self.bounded(client.del(self.key(digest))).await?;
+        } else {
+            let _: Value = self
+                .bounded(client.set(self.key(digest), NEGATIVE, Some(px(ttl)), None, false))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one Redis call under the command timeout and counts failures.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, CacheError> {
+        let result = match tokio::time::timeout(self.command_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(CacheError::Redis(e)),
+            Err(_) => Err(CacheError::Timeout(self.command_timeout)),
+        };
+        if result.is_err() {
+            self.metrics.auth_cache_errors.inc();
+        }
+        result
+    }
+}
+
+fn px(ttl: Duration) -> Expiration {
+    Expiration::PX(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1))
+}
+
+// ---------------------------------------------------------------------------
+
+/// One answer in the local layer.
+#[derive(Debug, Clone)]
+struct Looked {
+    identity: Option<Identity>,
+    /// Where the lookup that produced it was answered.
+    source: AuthSource,
+    /// When that lookup started: answers older than a revocation are stale.
+    fetched: Instant,
+}
+
+/// Positives and negatives live for different times in the local layer.
+struct LocalExpiry {
+    positive: Duration,
+    negative: Duration,
+}
+
+impl LocalExpiry {
+    fn ttl(&self, value: &Looked) -> Duration {
+        if value.identity.is_some() {
+            self.positive
+        } else {
+            self.negative
+        }
+    }
+}
+
+impl Expiry<TokenDigest, Looked> for LocalExpiry {
+    fn expire_after_create(&self, _: &TokenDigest, value: &Looked, _: Instant) -> Option<Duration> {
+        Some(self.ttl(value))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &TokenDigest,
+        value: &Looked,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.ttl(value))
+    }
+}
+
+/// The local layer, optionally backed by Redis: what an [`Authenticator`]
+/// with a cache holds.
+///
+/// [`Authenticator`]: super::Authenticator
+pub(crate) struct TokenCache {
+    local: Cache<TokenDigest, Looked>,
+    redis: Option<RedisTokenCache>,
+    /// Digests forgotten on this node, and when.
+    forgotten: Mutex<HashMap<TokenDigest, Instant>>,
+    forget_retention: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl TokenCache {
+    /// The local layer alone (embedded mode).
+    pub(crate) fn local_only(
+        cache_ttl: Duration,
+        negative_ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> TokenCache {
+        Self::build(cache_ttl, negative_ttl, None, metrics)
+    }
+
+    /// The local layer in front of Redis.
+    pub(crate) fn layered(redis: RedisTokenCache) -> TokenCache {
+        let metrics = redis.metrics.clone();
+        Self::build(redis.cache_ttl, redis.negative_ttl, Some(redis), metrics)
+    }
+
+    fn build(
+        cache_ttl: Duration,
+        negative_ttl: Duration,
+        redis: Option<RedisTokenCache>,
+        metrics: Arc<Metrics>,
+    ) -> TokenCache {
+        let positive = cache_ttl.min(LOCAL_POSITIVE_TTL);
+        let negative = negative_ttl.min(LOCAL_NEGATIVE_TTL);
+        let local = Cache::builder()
+            .name("wsgate-auth")
+            .max_capacity(LOCAL_CAPACITY)
+            .expire_after(LocalExpiry { positive, negative })
+            .build();
+        TokenCache {
+            local,
+            redis,
+            forgotten: Mutex::new(HashMap::new()),
+            forget_retention: positive + FORGET_SLACK,
+            metrics,
+        }
+    }
+
+    pub(crate) async fn authenticate(
+        &self,
+        store: &dyn TokenStore,
+        token: &Token,
+    ) -> Result<AuthAnswer, StoreError> {
+        let started = Instant::now();
+        let digest = token.digest();
+        // Single-flight: concurrent callers for a missing digest wait for the
+        // one lookup in flight; `is_fresh` tells the caller that ran it.
+        let entry = self
+            .local
+            .entry(digest)
+            .or_try_insert_with(self.lookup(store, token, &digest))
+            .await
+            .map_err(unshare)?;
+        let fresh = entry.is_fresh();
+        let mut looked = entry.into_value();
+        let mut source = if fresh {
+            looked.source
+        } else {
+            AuthSource::Local
+        };
+        if looked.identity.is_some() && self.forgotten_since(&digest, looked.fetched) {
+            // A lookup that was in flight when this node forgot the digest:
+            // ask again rather than trust it.
+            looked = self.lookup(store, token, &digest).await?;
+            source = looked.source;
+            self.local.insert(digest, looked.clone()).await;
+        }
+        self.metrics
+            .cache_request(match (source, &looked.identity) {
+                (AuthSource::Database, _) => CacheResult::Miss,
+                (_, Some(_)) => CacheResult::Hit,
+                (_, None) => CacheResult::NegativeHit,
+            });
+        Ok(AuthAnswer {
+            identity: looked.identity,
+            source,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Below the local layer: Redis, then the store (written back to Redis).
+    async fn lookup(
+        &self,
+        store: &dyn TokenStore,
+        token: &Token,
+        digest: &TokenDigest,
+    ) -> Result<Looked, StoreError> {
+        let fetched = Instant::now();
+        let answer = |identity, source| Looked {
+            identity,
+            source,
+            fetched,
+        };
+        let mut write_back = self.redis.is_some();
+        let mut overwrite = false;
+        if let Some(redis) = &self.redis {
+            match redis.get(digest).await {
+                Ok(Some(Cached::Valid(identity))) => {
+                    return Ok(answer(Some(identity), AuthSource::Redis));
+                }
+                Ok(Some(Cached::Invalid)) => return Ok(answer(None, AuthSource::Redis)),
+                Ok(None) => {}
+                Err(CacheError::Corrupt) => {
+                    tracing::warn!(digest = ?digest, "unreadable auth cache entry replaced");
+                    overwrite = true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "auth cache read failed; asking the store");
+                    // Redis is failing: do not wait on it a second time.
+                    write_back = false;
+                }
+            }
+        }
+        let identity = store.verify(token).await?;
+        if let (true, Some(redis)) = (write_back, &self.redis)
+            && let Err(e) = redis.put(digest, identity.as_ref(), overwrite).await
+        {
+            tracing::warn!(error = %e, "auth cache write failed");
+        }
+        Ok(answer(identity, AuthSource::Database))
+    }
+
+    /// Forgets `digest` in Redis (tombstone) and on this node. The local
+    /// layer forgets it even when Redis fails.
+    pub(crate) async fn forget(&self, digest: &TokenDigest) -> Result<(), CacheError> {
+        let shared = match &self.redis {
+            Some(redis) => redis.forget(digest).await,
+            None => Ok(()),
+        };
+        // After the tombstone, so a lookup started from here on cannot read
+        // the old answer from Redis.
+        self.forget_local(digest);
+        shared
+    }
+
+    /// Forgets `digest` in this node's local layer only.
+    pub(crate) fn forget_local(&self, digest: &TokenDigest) {
+        let now = Instant::now();
+        let mut forgotten = self.forgotten.lock().unwrap_or_else(|e| e.into_inner());
+        forgotten.retain(|_, at| now.duration_since(*at) < self.forget_retention);
+        // The moka entry stays until it expires: `authenticate` refuses to
+        // trust a positive fetched before this instant. That works from the
+        // (synchronous) control dispatcher, and also covers a lookup still
+        // in flight, which would re-insert the old answer after a removal.
+        forgotten.insert(*digest, now);
+    }
+
+    /// Whether `digest` was forgotten at or after `fetched`.
+    fn forgotten_since(&self, digest: &TokenDigest, fetched: Instant) -> bool {
+        let forgotten = self.forgotten.lock().unwrap_or_else(|e| e.into_inner());
+        forgotten.get(digest).is_some_and(|at| *at >= fetched)
+    }
+}
+
+/// moka shares one lookup's error among the callers that waited for it.
+fn unshare(e: Arc<StoreError>) -> StoreError {
+    Arc::try_unwrap(e).unwrap_or_else(|shared| match &*shared {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Query(m) => StoreError::Query(m.clone()),
+        StoreError::Unsupported(s) => StoreError::Unsupported(s),
+    })
+}
