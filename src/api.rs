@@ -181,7 +181,20 @@ fn check_group(group: &str) -> Result<(), ApiError> {
 
 async fn publish(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let span = tracing::info_span!("publish", messages = tracing::field::Empty);
+    crate::ops::telemetry::set_parent_from_headers(&span, &headers);
+    publish_in_span(state, body, span.clone())
+        .instrument(span)
+        .await
+}
+
+async fn publish_in_span(
+    state: AppState,
+    body: Result<Bytes, BytesRejection>,
+    span: tracing::Span,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body: PublishBody = parse_body(body)?;
     let items = match body {
@@ -206,6 +219,7 @@ async fn publish(
     }
     let ts = unix_micros();
     let n = items.len() as u64;
+    span.record("messages", n);
     let publications = items
         .into_iter()
         .map(|item| Publication {

@@ -107,9 +107,11 @@ pub fn main() -> ExitCode {
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 async fn serve(config: Config) -> CliResult {
-    crate::ops::init_logging(&config.log);
+    let telemetry = crate::ops::telemetry::init(&config.log);
     let server = Server::build(config).await?;
     server.run(shutdown_signal()).await;
+    // Flush spans before exiting; blocking, so off the async workers.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     Ok(())
 }
 

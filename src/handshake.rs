@@ -20,6 +20,15 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let span = tracing::info_span!("handshake", outcome = tracing::field::Empty);
+    let _enter = span.enter(); // no .await below: the guard never crosses one
+    let (outcome, response) = decide(&state, &headers, ws);
+    span.record("outcome", outcome);
+    response
+}
+
+/// The handshake's answer, and a word for the span.
+fn decide(state: &AppState, headers: &HeaderMap, ws: WebSocketUpgrade) -> (&'static str, Response) {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let allowed = &state.config.server.allowed_origins;
         let ok = origin
@@ -27,25 +36,32 @@ pub async fn upgrade(
             .is_ok_and(|origin| origin_allowed(allowed, origin));
         if !ok {
             tracing::debug!("handshake refused: origin not allowed");
-            return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+            return (
+                "forbidden_origin",
+                (StatusCode::FORBIDDEN, "origin not allowed\n").into_response(),
+            );
         }
     }
     if state.is_draining() {
-        return unavailable("node draining\n");
+        return ("draining", unavailable("node draining\n"));
     }
     let Some(slot) = state.try_open_session() else {
         tracing::debug!("handshake refused: node full");
-        return unavailable("node full\n");
+        return ("full", unavailable("node full\n"));
     };
+    let state = state.clone();
     let limits = &state.config.limits;
-    ws
+    let ws = ws
         // Small buffers: an idle socket should cost little memory.
         .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(limits.max_message_bytes)
-        .max_frame_size(limits.max_message_bytes)
-        .on_upgrade(move |socket| session::run(socket, state, slot))
+        .max_frame_size(limits.max_message_bytes);
+    (
+        "upgraded",
+        ws.on_upgrade(move |socket| session::run(socket, state, slot)),
+    )
 }
 
 fn unavailable(text: &'static str) -> Response {

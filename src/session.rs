@@ -116,30 +116,45 @@ async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Result<(Ident
     drop(text);
     // The store gets its own deadline so a hung database cannot hold a
     // socket open forever: answering "try again later" is the honest reply.
-    let answer =
-        tokio::time::timeout(state.config.auth.timeout, state.auth.authenticate(&token)).await;
-    match answer {
+    let span = tracing::info_span!(
+        "authenticate",
+        auth.source = tracing::field::Empty,
+        auth.result = tracing::field::Empty,
+    );
+    let answer = tokio::time::timeout(state.config.auth.timeout, state.auth.authenticate(&token))
+        .instrument(span.clone())
+        .await;
+    let (result, verdict) = match answer {
         Ok(Ok(answer)) => {
+            span.record("auth.source", answer.source.as_str());
             metrics.auth_duration(answer.source, answer.elapsed.as_secs_f64());
             match answer.identity {
-                Some(identity) => Ok((identity, token)),
+                Some(identity) => ("ok", Ok((identity, token))),
                 None => {
                     metrics.auth_failed(AuthFailure::InvalidToken);
-                    Err(End::Close(CloseCode::AuthFailed))
+                    ("invalid_token", Err(End::Close(CloseCode::AuthFailed)))
                 }
             }
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, store = state.auth.store_name(), "token check failed");
             metrics.auth_failed(AuthFailure::BackendUnavailable);
-            Err(End::Close(CloseCode::TryAgainLater))
+            (
+                "backend_unavailable",
+                Err(End::Close(CloseCode::TryAgainLater)),
+            )
         }
         Err(_elapsed) => {
             tracing::warn!(store = state.auth.store_name(), "token check timed out");
             metrics.auth_failed(AuthFailure::BackendUnavailable);
-            Err(End::Close(CloseCode::TryAgainLater))
+            (
+                "backend_unavailable",
+                Err(End::Close(CloseCode::TryAgainLater)),
+            )
         }
-    }
+    };
+    span.record("auth.result", result);
+    verdict
 }
 
 enum FirstFrame {

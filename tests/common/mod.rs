@@ -370,6 +370,7 @@ pub fn run_bin(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> St
 impl BinNode {
     /// Starts `wsgate serve` on loopback port 0 with JSON logs, the test API
     /// key and `env` on top, and waits for its "serving" line.
+    #[allow(clippy::zombie_processes)] // the child is killed and waited for in Drop
     pub fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> BinNode {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))

@@ -1,0 +1,146 @@
+//! Logs and traces.
+//!
+//! Logs go to stderr as text or JSON lines. Traces go over OTLP/HTTP when
+//! the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is
+//! set; `OTEL_SERVICE_NAME` and the other `OTEL_*` variables are read by the
+//! OpenTelemetry SDK itself. Spans: `handshake`, `authenticate` (with the
+//! cache layer that answered), `publish` (parented on a caller's
+//! `traceparent`), and `deliver` on every node that delivers it (parented on
+//! the publish through the envelope).
+//!
+//! Libraries that log frame payloads or headers at debug/trace are capped at
+//! `info`, so a token can never reach a log line or a span.
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Libraries whose debug and trace output holds frame payloads or headers.
+const PAYLOAD_LOGGERS: &[&str] = &["tungstenite", "tokio_tungstenite", "hyper", "h2", "reqwest"];
+
+/// The filter for `log.level`, with the payload-logging libraries capped.
+pub fn log_filter(level: &str) -> EnvFilter {
+    let mut filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    for target in PAYLOAD_LOGGERS {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
+/// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes it.
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Flushes pending spans (called at the end of a drain).
+    pub fn shutdown(&self) {
+        if let Some(provider) = &self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("wsgate: flushing traces failed: {e}");
+        }
+    }
+}
+
+fn otlp_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()))
+}
+
+/// A tracer provider for the given exporter, named `wsgate` unless
+/// `OTEL_SERVICE_NAME` says otherwise.
+pub fn provider_with<E>(exporter: E, batch: bool) -> SdkTracerProvider
+where
+    E: opentelemetry_sdk::trace::SpanExporter + 'static,
+{
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_err() {
+        resource = resource.with_service_name("wsgate");
+    }
+    let builder = SdkTracerProvider::builder().with_resource(resource.build());
+    if batch {
+        builder.with_batch_exporter(exporter).build()
+    } else {
+        builder.with_simple_exporter(exporter).build()
+    }
+}
+
+/// The tracing layer that turns spans into OpenTelemetry spans.
+pub fn otel_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + use<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("wsgate"))
+        .with_level(true)
+}
+
+/// Installs the global subscriber: logs per `config`, plus OTLP traces when
+/// configured. Quietly does nothing when one is installed already.
+pub fn init(config: &LogConfig) -> Telemetry {
+    let provider = if otlp_configured() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
+            Ok(exporter) => Some(provider_with(exporter, true)),
+            Err(e) => {
+                eprintln!("wsgate: OTLP exporter not started: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match config.format {
+        LogFormat::Json => Box::new(fmt.json().flatten_event(true).with_current_span(true)),
+        LogFormat::Text => Box::new(fmt),
+    };
+    let otel = provider.as_ref().map(|p| otel_layer(p));
+    let _ = Registry::default()
+        .with(fmt.with_filter(log_filter(&config.level)))
+        .with(otel.with_filter(log_filter("info")))
+        .try_init();
+    Telemetry { provider }
+}
+
+/// The W3C `traceparent` of the current span, to carry in an envelope.
+pub fn current_traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Parents `span` on a W3C `traceparent`, when it parses.
+pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
+    let mut carrier = std::collections::HashMap::new();
+    carrier.insert("traceparent".to_string(), traceparent.to_string());
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    let _ = span.set_parent(cx);
+}
+
+/// Parents `span` on the trace context in HTTP headers, when present.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    let cx = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
+    let _ = span.set_parent(cx);
+}
