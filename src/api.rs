@@ -41,6 +41,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("no such endpoint")]
     NotFound,
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
 }
 
 impl IntoResponse for ApiError {
@@ -51,6 +53,7 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         };
         let body = Json(json!({"error": code, "message": self.to_string()}));
         if status == StatusCode::UNAUTHORIZED {
@@ -73,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/groups/{group}/presence", get(presence))
         .route("/api/v1/cluster", get(cluster))
         .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_span))

@@ -534,11 +534,16 @@ fn describe(e: config::ConfigError) -> ConfigError {
         .nth(1)
         .and_then(|rest| rest.split('`').next())
     {
-        let key = key.trim_start_matches("WSGATE.").to_lowercase();
-        return ConfigError::Invalid {
-            key,
-            message: text.split(" for key `").next().unwrap_or(&text).to_string(),
-        };
+        let mut key = key.trim_start_matches("WSGATE.").to_lowercase();
+        let message = text.split(" for key `").next().unwrap_or(&text).to_string();
+        // "unknown field `x`" inside section `s`: the key is `s.x`.
+        if let Some(field) = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            key = format!("{key}.{field}");
+        }
+        return ConfigError::Invalid { key, message };
     }
     ConfigError::Load(text)
 }

@@ -65,6 +65,8 @@ impl Server {
     /// Connects the backends, applies migrations and binds every listener.
     pub async fn build(config: Config) -> Result<Server, StartError> {
         let metrics = Arc::new(Metrics::new());
+        // Keys first: a refused start should not create a database file.
+        let api_keys = resolve_api_keys(&config)?;
         let db = Db::connect(&config).await?;
         if config.database.migrate {
             db.migrate().await?;
@@ -76,7 +78,6 @@ impl Server {
             config.auth.negative_ttl,
             metrics.clone(),
         ));
-        let api_keys = resolve_api_keys(&config)?;
         let broker: Arc<dyn Broker> = match &config.redis.url {
             None => Arc::new(MemoryBroker::new()),
             Some(_) => {

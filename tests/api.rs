@@ -39,6 +39,15 @@ async fn api_key_required() {
         let resp = http.get(node.api_url(path)).send().await.unwrap();
         assert_eq!(resp.status(), 401, "{path}");
     }
+    // A wrong method gets the same JSON error shape.
+    let resp = http
+        .get(node.api_url("/api/v1/publish"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "method_not_allowed");
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 //! per-database copies. Each database keeps its own migration folder because
 //! later migrations (triggers) are Postgres-only.
 
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -39,7 +40,7 @@ impl Db {
     pub fn url(config: &Config) -> String {
         match &config.database.url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}?mode=rwc", config.database.sqlite_path.display()),
+            None => sqlite_url(&config.database.sqlite_path),
         }
     }
 
@@ -102,6 +103,27 @@ impl Db {
     }
 }
 
+/// The URL of the SQLite file at `path`. The path is percent-encoded (sqlx
+/// decodes it back), so a space, `?`, `#` or `%` in a directory or file name
+/// reaches SQLite unchanged instead of being read as URL syntax.
+fn sqlite_url(path: &Path) -> String {
+    let mut encoded = String::new();
+    for &b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    // `sqlite:///abs/path` for absolute paths; `sqlite:rel/path` for relative
+    // ones (with `//` the first segment would be read as a host).
+    if path.is_absolute() {
+        format!("sqlite://{encoded}?mode=rwc")
+    } else {
+        format!("sqlite:{encoded}?mode=rwc")
+    }
+}
+
 /// Builds the store the configuration names.
 pub fn store_for(config: &Config, db: Db) -> Box<dyn TokenStore> {
     match config.auth.store {
@@ -122,17 +144,50 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Errors where the database did not answer at all become `Unavailable`
-/// (close 1013); errors it answered with become `Query`.
+/// Errors where the database did not answer, or answered that it cannot
+/// serve right now, become `Unavailable` (close 1013); errors about the SQL
+/// or the schema become `Query`.
 fn classify(e: sqlx::Error) -> StoreError {
     match e {
+        sqlx::Error::Database(db) if cannot_serve_now(db.as_ref()) => {
+            StoreError::Unavailable(db.message().to_string())
+        }
         sqlx::Error::Database(db) => StoreError::Query(db.message().to_string()),
         sqlx::Error::ColumnNotFound(_)
         | sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::ColumnIndexOutOfBounds { .. }
-        | sqlx::Error::TypeNotFound { .. } => StoreError::Query(e.to_string()),
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::Encode(_)
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::AnyDriverError(_)
+        | sqlx::Error::Configuration(_)
+        | sqlx::Error::InvalidArgument(_)
+        | sqlx::Error::RowNotFound => StoreError::Query(e.to_string()),
         other => StoreError::Unavailable(other.to_string()),
     }
+}
+
+/// Database errors that say "not now" rather than "wrong SQL": the server is
+/// shutting down or restarting, out of connections, the database was dropped
+/// or is not there (yet), or the SQLite file is locked or unreadable.
+fn cannot_serve_now(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        let code = pg.code();
+        // 08 connection exception, 53 insufficient resources, 57 operator
+        // intervention (admin shutdown, cannot connect now, database
+        // dropped, statement timeout), 58 system error, 3D000 no such database.
+        return ["08", "53", "57", "58"]
+            .iter()
+            .any(|class| code.starts_with(class))
+            || code == "3D000";
+    }
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // The primary result code is the low byte of the extended one:
+        // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_CANTOPEN.
+        let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0) & 0xff;
+        return matches!(code, 5 | 6 | 10 | 14);
+    }
+    false
 }
 
 /// Reads the user id from the first column, whatever its SQL type.

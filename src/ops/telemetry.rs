@@ -115,7 +115,7 @@ pub fn init(config: &LogConfig) -> Telemetry {
         LogFormat::Json => Box::new(fmt.json().flatten_event(true).with_current_span(true)),
         LogFormat::Text => Box::new(fmt),
     };
-    let otel = provider.as_ref().map(|p| otel_layer(p));
+    let otel = provider.as_ref().map(otel_layer);
     let _ = Registry::default()
         .with(fmt.with_filter(log_filter(&config.level)))
         .with(otel.with_filter(log_filter("info")))
