@@ -222,6 +222,7 @@ async fn publish_in_span(
         check_group(&item.group)?;
     }
     let ts = unix_micros();
+    let trace = crate::ops::telemetry::current_traceparent();
     let n = items.len() as u64;
     span.record("messages", n);
     let publications = items
@@ -231,6 +232,7 @@ async fn publish_in_span(
             data: item.data,
             position: None,
             ts: Some(ts),
+            trace: trace.clone(),
         })
         .collect();
     state

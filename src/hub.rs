@@ -342,6 +342,7 @@ mod tests {
             data: RawValue::from_string("1".into()).unwrap(),
             position: None,
             ts: None,
+            trace: None,
         }
     }
 

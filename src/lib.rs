@@ -24,6 +24,7 @@ pub mod hub;
 pub mod ops;
 pub mod policy;
 pub mod protocol;
+pub mod redis;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -424,6 +424,9 @@ pub struct Publication {
     pub data: Box<RawValue>,
     pub position: Option<Position>,
     pub ts: Option<u64>,
+    /// W3C `traceparent` of the publish, so delivery spans on every node
+    /// join the publisher's trace (`tp` in the envelope).
+    pub trace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -448,6 +451,8 @@ pub fn encode_envelope(p: &Publication) -> String {
         epoch: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         ts: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tp: Option<&'a str>,
     }
     serde_json::to_string(&Envelope {
         v: 1,
@@ -456,6 +461,7 @@ pub fn encode_envelope(p: &Publication) -> String {
         offset: p.position.as_ref().map(|p| p.offset),
         epoch: p.position.as_ref().map(|p| p.epoch.as_str()),
         ts: p.ts,
+        tp: p.trace.as_deref(),
     })
     .unwrap_or_default()
 }
@@ -473,6 +479,8 @@ pub fn decode_envelope(channel_group: &str, payload: &[u8]) -> Result<Publicatio
         epoch: Option<String>,
         #[serde(default)]
         ts: Option<u64>,
+        #[serde(default)]
+        tp: Option<String>,
     }
     let env: Envelope = serde_json::from_slice(payload).map_err(|_| EnvelopeError::Malformed)?;
     if env.v != 1 {
@@ -490,6 +498,10 @@ pub fn decode_envelope(channel_group: &str, payload: &[u8]) -> Result<Publicatio
         data: env.data,
         position,
         ts: env.ts,
+        // Only a plausible traceparent is carried on (bounded, printable).
+        trace: env
+            .tp
+            .filter(|t| t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic())),
     })
 }
 
@@ -624,6 +636,7 @@ mod tests {
             data: RawValue::from_string("[1,2]".into()).unwrap(),
             position: None,
             ts: None,
+            trace: None,
         };
         let s = encode_envelope(&p);
         assert_eq!(s, r#"{"v":1,"group":"g","data":[1,2]}"#);
@@ -642,6 +655,16 @@ mod tests {
         assert_eq!(
             decode_envelope("g", b"{").unwrap_err(),
             EnvelopeError::Malformed
+        );
+        // The trace context travels with the message to other nodes.
+        let traced = Publication {
+            trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            ..p
+        };
+        let s = encode_envelope(&traced);
+        assert_eq!(
+            decode_envelope("g", s.as_bytes()).unwrap().trace,
+            traced.trace
         );
     }
 }

@@ -6,21 +6,24 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::Authenticator;
 use crate::auth::StoreError;
+use crate::auth::cache::RedisTokenCache;
 use crate::auth::sql::{Db, store_for};
+use crate::auth::{Authenticator, TokenStore};
 use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
 use crate::config::Config;
 use crate::ops::metrics::Metrics;
 use crate::state::AppState;
-use crate::{api, handshake, ops};
+use crate::{api, handshake, ops, redis};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -28,6 +31,8 @@ pub enum StartError {
     Config { key: &'static str, message: String },
     #[error("database: {0}")]
     Store(#[from] StoreError),
+    #[error("redis: {0}")]
+    Redis(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -57,6 +62,9 @@ enum Role {
 
 pub struct Server {
     state: AppState,
+    /// Kept to leave the cluster cleanly at the end of a drain: the broker
+    /// and the auth cache's Redis client.
+    redis: Option<(Arc<RedisBroker>, fred::clients::Client)>,
     listeners: Vec<(TcpListener, Router)>,
     addrs: Addrs,
 }
@@ -71,23 +79,47 @@ impl Server {
         if config.database.migrate {
             db.migrate().await?;
         }
-        let store = store_for(&config, db);
-        let auth = Arc::new(Authenticator::with_local_cache(
-            Arc::from(store),
-            config.auth.cache_ttl,
-            config.auth.negative_ttl,
-            metrics.clone(),
-        ));
-        let broker: Arc<dyn Broker> = match &config.redis.url {
-            None => Arc::new(MemoryBroker::new()),
+        let store: Arc<dyn TokenStore> = Arc::from(store_for(&config, db));
+        // Without Redis: the in-process broker and an in-process token cache.
+        // With Redis: the Redis broker, and the Redis cache in front of the store.
+        let (broker, auth, redis_handles): (Arc<dyn Broker>, _, _) = match &config.redis.url {
+            None => {
+                metrics.redis_up.set(1);
+                let auth = Authenticator::with_local_cache(
+                    store,
+                    config.auth.cache_ttl,
+                    config.auth.negative_ttl,
+                    metrics.clone(),
+                );
+                (Arc::new(MemoryBroker::new()), auth, None)
+            }
             Some(_) => {
-                return Err(StartError::Config {
-                    key: "redis.url",
-                    message: "the Redis broker is not part of this build yet".into(),
-                });
+                let broker = RedisBroker::connect(&config.redis, config.node_id(), metrics.clone())
+                    .await
+                    .map_err(|e| StartError::Redis(e.to_string()))?;
+                let client =
+                    redis::client(&config.redis).map_err(|e| StartError::Redis(e.to_string()))?;
+                let within = config.redis.command_timeout * 3;
+                redis::connect(&client, within)
+                    .await
+                    .map_err(|e| StartError::Redis(e.to_string()))?;
+                let cache = RedisTokenCache::new(
+                    client.clone(),
+                    config.redis.prefix.clone(),
+                    config.auth.cache_ttl,
+                    config.auth.negative_ttl,
+                    config.redis.command_timeout,
+                    metrics.clone(),
+                );
+                let auth = Authenticator::with_cache(store, cache);
+                (
+                    broker.clone() as Arc<dyn Broker>,
+                    auth,
+                    Some((broker, client)),
+                )
             }
         };
-        metrics.redis_up.set(1);
+        let auth = Arc::new(auth);
         let state = AppState::new(config, broker, auth, metrics, &api_keys);
 
         let config = &state.config;
@@ -148,6 +180,7 @@ impl Server {
         let addrs = Addrs { ws, api, metrics };
         Ok(Server {
             state,
+            redis: redis_handles,
             listeners,
             addrs,
         })
@@ -186,6 +219,11 @@ impl Server {
         );
         shutdown.await;
         ops::drain::drain(&self.state).await;
+        if let Some((broker, cache_client)) = &self.redis {
+            broker.shutdown().await;
+            use fred::interfaces::ClientLike;
+            let _ = tokio::time::timeout(Duration::from_secs(2), cache_client.quit()).await;
+        }
         let _ = stop_tx.send(true);
         for server in servers {
             let _ = server.await;

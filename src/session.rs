@@ -440,6 +440,7 @@ async fn handle_request(
                     data,
                     position: None,
                     ts: Some(unix_micros()),
+                    trace: None,
                 };
                 if let Err(e) = state.broker.publish(vec![publication]).await {
                     tracing::warn!(error = %e, "client publish failed");

@@ -146,7 +146,14 @@ pub struct Dispatcher {
 
 impl BrokerHandler for Dispatcher {
     fn on_publication(&self, publication: Publication) {
-        let span = tracing::info_span!("deliver", group = %publication.group, recipients = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "deliver",
+            group = %publication.group,
+            recipients = tracing::field::Empty,
+        );
+        if let Some(tp) = &publication.trace {
+            crate::ops::telemetry::set_parent_from_traceparent(&span, tp);
+        }
         let _enter = span.enter();
         let n = self.hub.deliver(&publication);
         span.record("recipients", n);

@@ -7,6 +7,7 @@
 //! the same trait, so nothing above this module changes between the two.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 

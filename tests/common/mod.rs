@@ -2,6 +2,8 @@
 //! throwaway Postgres databases, and drive real WebSocket clients.
 #![allow(dead_code)]
 
+pub mod redis_servers;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

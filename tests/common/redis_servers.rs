@@ -1,0 +1,200 @@
+//! Throwaway `redis-server` processes for tests that kill Redis or need a
+//! Redis Cluster; the shared server at 127.0.0.1:6379 is never stopped or
+//! flushed (tests use their own key prefix there).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+
+/// A key prefix no other test uses.
+pub fn random_prefix() -> String {
+    format!("wsgate_t_{}:", hex::encode(rand::random::<[u8; 6]>()))
+}
+
+/// A port that is free now, with its cluster bus port (+10000) free too.
+pub fn free_port() -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn wait_for_port(port: u16, up: bool) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() != up {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "redis-server on {port} did not {}",
+            if up { "start" } else { "stop" }
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One throwaway `redis-server`, killed on drop; can be killed and started
+/// again on the same port.
+pub struct RedisProc {
+    pub port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisProc {
+    pub fn start(dir: &Path) -> RedisProc {
+        Self::start_with(dir, free_port(), &[])
+    }
+
+    pub fn start_with(dir: &Path, port: u16, extra: &[&str]) -> RedisProc {
+        let mut p = RedisProc {
+            port,
+            dir: dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        p.restart();
+        p
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        wait_for_port(self.port, false);
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        wait_for_port(self.port, true);
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A 3-master Redis Cluster of throwaway servers.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisProc>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> RedisCluster {
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for _ in 0..masters {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let conf = dir.path().join("nodes.conf");
+            nodes.push(RedisProc::start_with(
+                dir.path(),
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().unwrap(),
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            ));
+            dirs.push(dir);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let status = Command::new("timeout")
+            .arg("30")
+            .arg("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli --cluster create");
+        assert!(status.success(), "cluster create failed");
+        // Wait until every node reports the cluster healthy.
+        let start = Instant::now();
+        for n in &nodes {
+            loop {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("cluster info");
+                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(30), "cluster not ok");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        RedisCluster { nodes, _dirs: dirs }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port)
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+}
+
+/// `redis-cli -p <port> <args>` output lines.
+pub fn redis_cli(port: u16, args: &[&str]) -> Vec<String> {
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    assert!(out.status.success(), "redis-cli {args:?} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Deletes the keys under `prefix` on the shared Redis (never anything else).
+pub fn cleanup_prefix(prefix: &str) {
+    let keys = redis_cli(6379, &["--scan", "--pattern", &format!("{prefix}*")]);
+    for chunk in keys.chunks(100) {
+        let mut args = vec!["del"];
+        args.extend(chunk.iter().map(String::as_str));
+        redis_cli(6379, &args);
+    }
+}

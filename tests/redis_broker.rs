@@ -1,0 +1,886 @@
+//! The Redis broker against real Redis.
+//!
+//! Most tests share the Redis at 127.0.0.1:6379 and stay inside a random key
+//! prefix (`wsgate_t_<hex>:`), deleting their keys at the end; the server is
+//! never flushed. Tests that stop Redis or need Redis Cluster start their own
+//! `redis-server` processes on free ports, killed by a guard even when the
+//! test fails.
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fred::prelude::{Client, ClientLike, KeysInterface, PubsubInterface};
+use futures_util::StreamExt;
+use serde_json::value::RawValue;
+use wsgate::broker::redis::RedisBroker;
+use wsgate::broker::{Broker, BrokerError, BrokerHandler, NodeInfo};
+use wsgate::config::RedisConfig;
+use wsgate::hub::Member;
+use wsgate::ops::metrics::Metrics;
+use wsgate::protocol::{Control, Publication};
+
+const SHARED_URL: &str = "redis://127.0.0.1:6379";
+const WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+/// Collects what a node's broker hands over.
+#[derive(Default)]
+struct Collector {
+    node: String,
+    publications: Mutex<Vec<(String, String)>>,
+    controls: Mutex<Vec<Control>>,
+}
+
+impl Collector {
+    fn new(node: &str) -> Arc<Collector> {
+        Arc::new(Collector {
+            node: node.into(),
+            ..Collector::default()
+        })
+    }
+    fn received(&self) -> Vec<(String, String)> {
+        self.publications.lock().unwrap().clone()
+    }
+    fn received_in(&self, group: &str) -> Vec<String> {
+        self.received()
+            .into_iter()
+            .filter(|(g, _)| g == group)
+            .map(|(_, d)| d)
+            .collect()
+    }
+    fn controls(&self) -> Vec<Control> {
+        self.controls.lock().unwrap().clone()
+    }
+}
+
+impl BrokerHandler for Collector {
+    fn on_publication(&self, p: Publication) {
+        self.publications
+            .lock()
+            .unwrap()
+            .push((p.group, p.data.get().to_string()));
+    }
+    fn on_control(&self, control: Control) {
+        self.controls.lock().unwrap().push(control);
+    }
+    fn local_presence(&self, _group: &str) -> Vec<Member> {
+        Vec::new()
+    }
+    fn local_node(&self) -> NodeInfo {
+        NodeInfo {
+            node: self.node.clone(),
+            connections: 7,
+            last_seen_ms: 0,
+        }
+    }
+}
+
+fn random_prefix() -> String {
+    format!("wsgate_t_{:016x}:", rand::random::<u64>())
+}
+
+fn config(url: &str, prefix: &str) -> RedisConfig {
+    RedisConfig {
+        url: Some(url.into()),
+        prefix: prefix.into(),
+        heartbeat: Duration::from_millis(200),
+        node_ttl: Duration::from_millis(1500),
+        command_timeout: Duration::from_secs(1),
+        ..RedisConfig::default()
+    }
+}
+
+struct Node {
+    broker: Arc<RedisBroker>,
+    seen: Arc<Collector>,
+    metrics: Arc<Metrics>,
+}
+
+async fn node(cfg: &RedisConfig, id: &str) -> Node {
+    let metrics = Arc::new(Metrics::new());
+    let broker = RedisBroker::connect(cfg, id.into(), metrics.clone())
+        .await
+        .expect("connect to Redis");
+    let seen = Collector::new(id);
+    broker.attach(seen.clone());
+    Node {
+        broker,
+        seen,
+        metrics,
+    }
+}
+
+fn member(node: &str, session: &str) -> Member {
+    Member {
+        user_id: format!("u-{session}"),
+        session: session.into(),
+        node: node.into(),
+    }
+}
+
+fn publication(group: &str, data: &str) -> Publication {
+    Publication {
+        group: group.into(),
+        data: RawValue::from_string(data.into()).unwrap(),
+        position: None,
+        ts: None,
+        trace: None,
+    }
+}
+
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn plain_client(url: &str) -> Client {
+    let client = Client::new(
+        fred::prelude::Config::from_url(url).unwrap(),
+        None,
+        None,
+        None,
+    );
+    client.init().await.expect("plain client");
+    client
+}
+
+/// Channels on a (non-cluster) Redis that match `pattern`.
+async fn channels(client: &Client, pattern: &str) -> HashSet<String> {
+    let list: Vec<String> = client.pubsub_channels(pattern).await.unwrap();
+    list.into_iter().collect()
+}
+
+/// Deletes every key under `prefix` (never anything else).
+async fn cleanup(url: &str, prefix: &str) {
+    let client = plain_client(url).await;
+    let keys: Vec<_> = client
+        .scan_buffered(format!("{prefix}*"), Some(500), None)
+        .filter_map(|k| async move { k.ok() })
+        .collect()
+        .await;
+    for key in keys {
+        let _: Result<i64, _> = client.del(key).await;
+    }
+    let _ = client.quit().await;
+}
+
+/// A port that is free now, with its cluster bus port (+10000) free too.
+fn free_port() -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `redis-server` children, killed (SIGKILL) and reaped on drop.
+#[derive(Default)]
+struct Servers {
+    children: Vec<(u16, Child)>,
+}
+
+impl Servers {
+    fn start(&mut self, port: u16, dir: &Path, extra: &[&str]) {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.children.push((port, child));
+    }
+
+    fn kill(&mut self, port: u16) {
+        self.children.retain_mut(|(p, child)| {
+            if *p == port {
+                let _ = child.kill();
+                let _ = child.wait();
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a short command, killing it if it outlives `WAIT`; returns whether
+/// it succeeded and its standard output.
+async fn run_bounded(mut command: Command) -> (bool, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            if let Some(mut stdout) = child.stdout.take() {
+                let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+            }
+            return (status.success(), out);
+        }
+        if start.elapsed() > WAIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (false, String::new());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `PUBSUB SHARDCHANNELS <pattern>` on each cluster node.
+async fn shard_channels(ports: &[u16], pattern: &str) -> Vec<Vec<String>> {
+    let mut all = Vec::new();
+    for port in ports {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &port.to_string(), "pubsub", "shardchannels", pattern]);
+        let (ok, out) = run_bounded(cmd).await;
+        assert!(ok);
+        all.push(
+            out.lines()
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect(),
+        );
+    }
+    all
+}
+
+async fn wait_for_port(port: u16) {
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < WAIT,
+            "redis-server on {port} did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests on the shared Redis.
+
+#[tokio::test]
+async fn cross_node_delivery() {
+    let prefix = random_prefix();
+    let cfg = config(SHARED_URL, &prefix);
+    let a = node(&cfg, "a").await;
+    let b = node(&cfg, "b").await;
+    assert!(a.broker.is_up() && b.broker.is_up());
+    assert_eq!(a.metrics.redis_up.get(), 1);
+
+    b.broker.subscribe("g", &member("b", "s1")).await.unwrap();
+    a.broker
+        .publish(vec![
+            publication("g", r#"{"n":1}"#),
+            publication("other", "2"),
+        ])
+        .await
+        .unwrap();
+    wait_until("b receives", || b.seen.received_in("g") == [r#"{"n":1}"#]).await;
+    // A holds no member of g, so nothing reaches it; no one holds "other".
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(a.seen.received().is_empty());
+    assert_eq!(b.seen.received().len(), 1);
+
+    // Both nodes with members: both receive, including the publisher.
+    a.broker.subscribe("g", &member("a", "s2")).await.unwrap();
+    b.broker.publish(vec![publication("g", "3")]).await.unwrap();
+    wait_until("both receive", || {
+        a.seen.received_in("g") == ["3"] && b.seen.received_in("g").len() == 2
+    })
+    .await;
+
+    a.broker.shutdown().await;
+    b.broker.shutdown().await;
+    cleanup(SHARED_URL, &prefix).await;
+}
+
+#[tokio::test]
+async fn order_of_1000_sequential_messages() {
+    let prefix = random_prefix();
+    let cfg = config(SHARED_URL, &prefix);
+    let a = node(&cfg, "a").await;
+    let b = node(&cfg, "b").await;
+    b.broker.subscribe("seq", &member("b", "s1")).await.unwrap();
+
+    let start = Instant::now();
+    for i in 0..1000 {
+        a.broker
+            .publish(vec![publication("seq", &i.to_string())])
+            .await
+            .unwrap();
+    }
+    // And one call carrying many, in order.
+    let batch: Vec<Publication> = (1000..1500)
+        .map(|i| publication("seq", &i.to_string()))
+        .collect();
+    a.broker.publish(batch).await.unwrap();
+    wait_until("1500 messages", || b.seen.received_in("seq").len() == 1500).await;
+    let got: Vec<u32> = b
+        .seen
+        .received_in("seq")
+        .iter()
+        .map(|d| d.parse().unwrap())
+        .collect();
+    assert_eq!(got, (0..1500).collect::<Vec<u32>>());
+    assert_eq!(b.broker.lost_messages(), 0);
+    eprintln!("1500 messages in order in {:?}", start.elapsed());
+
+    a.broker.shutdown().await;
+    b.broker.shutdown().await;
+    cleanup(SHARED_URL, &prefix).await;
+}
+
+#[tokio::test]
+async fn raw_publish_from_another_client_and_bad_envelopes() {
+    let prefix = random_prefix();
+    let cfg = config(SHARED_URL, &prefix);
+    let b = node(&cfg, "b").await;
+    b.broker.subscribe("g", &member("b", "s1")).await.unwrap();
+    let raw = plain_client(SHARED_URL).await;
+    let channel = format!("{prefix}group:g");
+
+    // A backend publishing straight to Redis (protocol section 5).
+    let receivers: i64 = raw
+        .publish(&channel, r#"{"v":1,"group":"g","data":{"x":[1,2]}}"#)
+        .await
+        .unwrap();
+    assert_eq!(receivers, 1);
+    wait_until("raw message", || {
+        b.seen.received_in("g") == [r#"{"x":[1,2]}"#]
+    })
+    .await;
+
+    // Bad envelopes are counted and dropped, never delivered.
+    for bad in [
+        "not json",
+        r#"{"v":2,"group":"g","data":1}"#,
+        r#"{"v":1,"group":"other","data":1}"#,
+        r#"{"v":1,"group":"g"}"#,
+    ] {
+        let _: i64 = raw.publish(&channel, bad).await.unwrap();
+    }
+    let _: i64 = raw
+        .publish(format!("{prefix}control"), r#"{"op":"nope"}"#)
+        .await
+        .unwrap();
+    wait_until("bad envelopes counted", || b.broker.bad_envelopes() == 5).await;
+    let _: i64 = raw
+        .publish(&channel, r#"{"v":1,"group":"g","data":"after"}"#)
+        .await
+        .unwrap();
+    wait_until("still delivering", || b.seen.received_in("g").len() == 2).await;
+    assert!(b.seen.controls().is_empty());
+
+    let _ = raw.quit().await;
+    b.broker.shutdown().await;
+    cleanup(SHARED_URL, &prefix).await;
+}
+
+#[tokio::test]
+async fn subscription_only_while_a_member_is_local() {
+    let prefix = random_prefix();
+    let cfg = config(SHARED_URL, &prefix);
+    let a = node(&cfg, "a").await;
+    let raw = plain_client(SHARED_URL).await;
+    let pattern = format!("{prefix}group:*");
+    let g = format!("{prefix}group:g");
+
+    assert!(channels(&raw, &pattern).await.is_empty());
+    a.broker.subscribe("g", &member("a", "s1")).await.unwrap();
+    a.broker.subscribe("g", &member("a", "s2")).await.unwrap();
+    assert_eq!(channels(&raw, &pattern).await, HashSet::from([g.clone()]));
+    a.broker.unsubscribe("g", "s1").await.unwrap();
+    assert_eq!(channels(&raw, &pattern).await, HashSet::from([g.clone()]));
+    a.broker.unsubscribe("g", "s2").await.unwrap();
+    assert!(channels(&raw, &pattern).await.is_empty());
+    assert!(a.broker.local_groups().is_empty());
+    // An unknown leave changes nothing.
+    a.broker.unsubscribe("g", "nobody").await.unwrap();
+    assert!(channels(&raw, &pattern).await.is_empty());
+    // The control channel is always held.
+    assert!(channels(&raw, &format!("{prefix}control")).await.len() == 1);
+
+    let _ = raw.quit().await;
+    a.broker.shutdown().await;
+    cleanup(SHARED_URL, &prefix).await;
+}
+
+#[tokio::test]
+async fn concurrent_joins_and_leaves_stay_consistent() {
+    let prefix = random_prefix();
+    let cfg = config(SHARED_URL, &prefix);
+    let a = node(&cfg, "a").await;
+    let b = node(&cfg, "b").await;
+    let raw = plain_client(SHARED_URL).await;
+    let pattern = format!("{prefix}group:*");
+    let g = format!("{prefix}group:race");
+
+    for round in 0..3 {
+        // 40 sessions each join and leave a few times concurrently; the
+        // first `keep` sessions end joined.
+        let keep = [0usize, 1, 7][round];
+        let mut tasks = Vec::new();
+        for s in 0..40usize {
+            let broker = a.broker.clone();
+            tasks.push(tokio::spawn(async move {
+                let session = format!("r{round}-s{s}");
+                for _ in 0..5 {
+                    broker
+                        .subscribe("race", &member("a", &session))
+                        .await
+                        .unwrap();
+                    tokio::task::yield_now().await;
+                    broker.unsubscribe("race", &session).await.unwrap();
+                }
+                if s < keep {
+                    broker
+                        .subscribe("race", &member("a", &session))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let held = channels(&raw, &pattern).await;
+        if keep == 0 {
+            assert!(held.is_empty(), "round {round}: {held:?}");
+            assert!(a.broker.local_groups().is_empty());
+        } else {
+            assert_eq!(held, HashSet::from([g.clone()]), "round {round}");
+            let before = a.seen.received_in("race").len();
+            b.broker
+                .publish(vec![publication("race", "1")])
+                .await
+                .unwrap();
+            wait_until("delivery after the race", || {
+                a.seen.received_in("race").len() == before + 1
+            })
+            .await;
+            let present = b.broker.presence("race").await.unwrap();
+            assert_eq!(present.len(), keep, "round {round}: {present:?}");
+            for s in 0..keep {
+                a.broker
+                    .unsubscribe("race", &format!("r{round}-s{s}"))
+                    .await
+                    .unwrap();
+            }
+            assert!(channels(&raw, &pattern).await.is_empty());
+            assert!(b.broker.presence("race").await.unwrap().is_empty());
+        }
+    }
+
+    let _ = raw.quit().await;
+    a.broker.shutdown().await;
+    b.broker.shutdown().await;
+    cleanup(SHARED_URL, &prefix).await;
+}
+
+#[tokio::test]
+async fn control_reaches_every_node_including_the_sender() {
+    let prefix = random_prefix();
+    let cfg = config(SHARED_URL, &prefix);
+    let nodes = [
+        node(&cfg, "a").await,
+        node(&cfg, "b").await,
+        node(&cfg, "c").await,
+    ];
+    let command = Control::DisconnectUser {
+        user_id: "42".into(),
+    };
+    nodes[1].broker.control(command.clone()).await.unwrap();
+    for n in &nodes {
+        wait_until("control", || n.seen.controls() == [command.clone()]).await;
+    }
+    for n in &nodes {
+        n.broker.shutdown().await;
+    }
+    cleanup(SHARED_URL, &prefix).await;
+}
+
+#[tokio::test]
+async fn presence_and_node_listing() {
+    let prefix = random_prefix();
+    let cfg = config(SHARED_URL, &prefix);
+    let a = node(&cfg, "a").await;
+    let b = node(&cfg, "b").await;
+    let c = node(&cfg, "c").await;
+
+    a.broker
+        .subscribe("room", &member("a", "s1"))
+        .await
+        .unwrap();
+    a.broker
+        .subscribe("room", &member("a", "s2"))
+        .await
+        .unwrap();
+    b.broker
+        .subscribe("room", &member("b", "s3"))
+        .await
+        .unwrap();
+    b.broker
+        .subscribe("lobby", &member("b", "s3"))
+        .await
+        .unwrap();
+
+    let present = c.broker.presence("room").await.unwrap();
+    assert_eq!(
+        present,
+        vec![member("a", "s1"), member("a", "s2"), member("b", "s3")]
+    );
+    assert_eq!(
+        c.broker.presence("lobby").await.unwrap(),
+        vec![member("b", "s3")]
+    );
+    assert!(c.broker.presence("empty").await.unwrap().is_empty());
+
+    let listed = c.broker.nodes().await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|n| n.node.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert!(
+        listed
+            .iter()
+            .all(|n| n.connections == 7 && n.last_seen_ms > 0)
+    );
+
+    // Presence outlives the heartbeat interval (it is refreshed).
+    tokio::time::sleep(cfg.node_ttl + Duration::from_millis(500)).await;
+    assert_eq!(c.broker.presence("room").await.unwrap().len(), 3);
+
+    a.broker.unsubscribe("room", "s1").await.unwrap();
+    assert_eq!(
+        c.broker.presence("room").await.unwrap(),
+        vec![member("a", "s2"), member("b", "s3")]
+    );
+
+    // A clean shutdown leaves at once.
+    a.broker.shutdown().await;
+    let ids: Vec<String> = c
+        .broker
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node)
+        .collect();
+    assert_eq!(ids, ["b", "c"]);
+    assert_eq!(
+        c.broker.presence("room").await.unwrap(),
+        vec![member("b", "s3")]
+    );
+
+    // A node that stops without cleaning up (as under SIGKILL: no shutdown,
+    // no more heartbeats) drops out within node_ttl.
+    let Node { broker, .. } = b;
+    drop(broker);
+    let killed = Instant::now();
+    loop {
+        let ids: Vec<String> = c
+            .broker
+            .nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.node)
+            .collect();
+        let present = c.broker.presence("room").await.unwrap();
+        if ids == ["c"] && present.is_empty() {
+            break;
+        }
+        assert!(
+            killed.elapsed() < cfg.node_ttl + Duration::from_millis(500),
+            "killed node still listed: {ids:?} {present:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("killed node gone after {:?}", killed.elapsed());
+
+    c.broker.shutdown().await;
+    cleanup(SHARED_URL, &prefix).await;
+}
+
+// ---------------------------------------------------------------------------
+// Tests with their own Redis.
+
+#[tokio::test]
+async fn resubscribes_after_redis_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut servers = Servers::default();
+    servers.start(port, dir.path(), &[]);
+    wait_for_port(port).await;
+
+    let prefix = random_prefix();
+    let cfg = config(&url, &prefix);
+    let a = node(&cfg, "a").await;
+    let b = node(&cfg, "b").await;
+    // Many groups, joined concurrently.
+    let groups: Vec<String> = (0..150).map(|i| format!("g{i}")).collect();
+    let s1 = member("b", "s1");
+    let joins = groups.iter().map(|g| b.broker.subscribe(g, &s1));
+    for result in futures_util::future::join_all(joins).await {
+        result.unwrap();
+    }
+    let raw = plain_client(&url).await;
+    assert_eq!(channels(&raw, &format!("{prefix}group:*")).await.len(), 150);
+    a.broker
+        .publish(vec![publication("g1", "1")])
+        .await
+        .unwrap();
+    wait_until("delivery before the restart", || {
+        b.seen.received_in("g1") == ["1"]
+    })
+    .await;
+    let _ = raw.quit().await;
+
+    servers.kill(port);
+    let down = Instant::now();
+    wait_until("link down", || !a.broker.is_up() && !b.broker.is_up()).await;
+    eprintln!("link down noticed after {:?}", down.elapsed());
+    assert_eq!(b.metrics.redis_up.get(), 0);
+    // Joining a new group while Redis is away is accepted at once and the
+    // group is subscribed when Redis is back; joining a group already held
+    // is accepted too, and a leave is settled once Redis is back.
+    let t = Instant::now();
+    b.broker.subscribe("new", &member("b", "s2")).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    b.broker.subscribe("g1", &member("b", "s3")).await.unwrap();
+    b.broker.unsubscribe("g2", "s1").await.unwrap();
+    // Publishing fails fast too, rather than queueing.
+    let t = Instant::now();
+    let err = a
+        .broker
+        .publish(vec![publication("g1", "0")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BrokerError::Unavailable(_)));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    // Stay down across several reconnection attempts.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!a.broker.is_up() && !b.broker.is_up());
+
+    let restarted = Instant::now();
+    servers.start(port, dir.path(), &[]);
+    wait_until("link up again", || a.broker.is_up() && b.broker.is_up()).await;
+    eprintln!("up again {:?} after the restart", restarted.elapsed());
+    assert_eq!(b.metrics.redis_up.get(), 1);
+
+    let raw = plain_client(&url).await;
+    let mut expected: HashSet<String> = groups
+        .iter()
+        .filter(|g| *g != "g2")
+        .map(|g| format!("{prefix}group:{g}"))
+        .collect();
+    expected.insert(format!("{prefix}control"));
+    expected.insert(format!("{prefix}group:new"));
+    assert_eq!(channels(&raw, &format!("{prefix}*")).await, expected);
+    let all: Vec<Publication> = groups.iter().map(|g| publication(g, "2")).collect();
+    a.broker.publish(all).await.unwrap();
+    wait_until("delivery after the restart", || {
+        groups
+            .iter()
+            .filter(|g| *g != "g2")
+            .all(|g| b.seen.received_in(g).last().map(String::as_str) == Some("2"))
+    })
+    .await;
+    assert!(b.seen.received_in("g2").is_empty());
+    // The group joined during the outage receives too.
+    a.broker
+        .publish(vec![publication("new", "3")])
+        .await
+        .unwrap();
+    wait_until("delivery to the group joined during the outage", || {
+        b.seen.received_in("new") == ["3"]
+    })
+    .await;
+    // Control works again, and registry and presence are rewritten.
+    a.broker
+        .control(Control::RevokeDigest {
+            digest: "ab".into(),
+        })
+        .await
+        .unwrap();
+    wait_until("control after restart", || b.seen.controls().len() == 1).await;
+    let start = Instant::now();
+    loop {
+        let nodes = a.broker.nodes().await.unwrap();
+        let present = a.broker.presence("g1").await.unwrap();
+        if nodes.len() == 2 && present == [member("b", "s1"), member("b", "s3")] {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "registry not restored: {nodes:?} {present:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.broker.presence("g2").await.unwrap().is_empty());
+
+    let _ = raw.quit().await;
+    a.broker.shutdown().await;
+    b.broker.shutdown().await;
+    drop(servers);
+}
+
+#[tokio::test]
+async fn connect_fails_without_redis() {
+    let port = free_port();
+    let cfg = config(&format!("redis://127.0.0.1:{port}"), &random_prefix());
+    let t = Instant::now();
+    let result = RedisBroker::connect(&cfg, "x".into(), Arc::new(Metrics::new())).await;
+    assert!(matches!(result, Err(BrokerError::Unavailable(_))));
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn redis_cluster_with_sharded_pubsub() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let mut servers = Servers::default();
+    for port in ports {
+        let conf = dir.path().join(format!("nodes-{port}.conf"));
+        let conf = conf.to_str().unwrap();
+        servers.start(
+            port,
+            dir.path(),
+            &["--cluster-enabled", "yes", "--cluster-config-file", conf],
+        );
+    }
+    for port in ports {
+        wait_for_port(port).await;
+    }
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut create = Command::new("redis-cli");
+    create.arg("--cluster").arg("create").args(&addrs).args([
+        "--cluster-replicas",
+        "0",
+        "--cluster-yes",
+    ]);
+    let (ok, _) = run_bounded(create).await;
+    assert!(ok, "redis-cli --cluster create failed");
+    // Wait until every node agrees the cluster is up.
+    let start = Instant::now();
+    for port in ports {
+        loop {
+            let mut info = Command::new("redis-cli");
+            info.args(["-p", &port.to_string(), "cluster", "info"]);
+            let (_, out) = run_bounded(info).await;
+            if out.contains("cluster_state:ok") {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "cluster did not settle");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let prefix = random_prefix();
+    let cfg = config(&format!("redis-cluster://127.0.0.1:{}", ports[0]), &prefix);
+    let a = node(&cfg, "a").await;
+    let b = node(&cfg, "b").await;
+    // Enough groups to land on every shard.
+    let groups: Vec<String> = (0..12).map(|i| format!("g{i}")).collect();
+    for g in &groups {
+        b.broker.subscribe(g, &member("b", "s1")).await.unwrap();
+    }
+    a.broker.subscribe("g0", &member("a", "s2")).await.unwrap();
+    let batch: Vec<Publication> = groups
+        .iter()
+        .flat_map(|g| (0..5).map(move |i| publication(g, &i.to_string())))
+        .collect();
+    a.broker.publish(batch).await.unwrap();
+    for g in &groups {
+        wait_until("sharded delivery", || {
+            b.seen.received_in(g) == ["0", "1", "2", "3", "4"]
+        })
+        .await;
+    }
+    wait_until("publisher's own member", || {
+        a.seen.received_in("g0").len() == 5
+    })
+    .await;
+    assert_eq!(a.seen.received().len(), 5);
+
+    // Control uses classic pub/sub, which reaches every node of the cluster.
+    a.broker
+        .control(Control::DisconnectUser {
+            user_id: "1".into(),
+        })
+        .await
+        .unwrap();
+    wait_until("control on the cluster", || {
+        a.seen.controls().len() == 1 && b.seen.controls().len() == 1
+    })
+    .await;
+
+    // Group channels are sharded channels, spread over the shards.
+    let sharded = shard_channels(&ports, &format!("{prefix}group:*")).await;
+    assert_eq!(
+        sharded.iter().map(Vec::len).sum::<usize>(),
+        12,
+        "{sharded:?}"
+    );
+    assert!(
+        sharded.iter().all(|on_node| !on_node.is_empty()),
+        "{sharded:?}"
+    );
+
+    // Registry and presence span slots.
+    assert_eq!(a.broker.nodes().await.unwrap().len(), 2);
+    assert_eq!(
+        a.broker.presence("g0").await.unwrap(),
+        vec![member("a", "s2"), member("b", "s1")]
+    );
+    for g in &groups {
+        b.broker.unsubscribe(g, "s1").await.unwrap();
+    }
+    assert!(b.broker.local_groups().is_empty());
+    let sharded = shard_channels(&ports, &format!("{prefix}group:*")).await;
+    assert_eq!(sharded.concat(), [format!("{prefix}group:g0")]);
+    a.broker
+        .publish(vec![publication("g5", "99")])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.seen.received_in("g5").len(), 5);
+
+    a.broker.shutdown().await;
+    b.broker.shutdown().await;
+    drop(servers);
+}
