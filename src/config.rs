@@ -55,6 +55,13 @@ pub struct ServerConfig {
     pub ping_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub pong_timeout: Duration,
+    /// Longest time a client may take to send its HTTP request headers
+    /// (slow or half-open upgrades are dropped).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` / `Forwarded` headers are
+    /// believed when finding a client's IP; empty means the peer address.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +73,8 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -220,6 +229,19 @@ pub struct LimitsConfig {
     pub max_groups_per_connection: usize,
     /// Frames queued for one connection before it is closed as a slow consumer.
     pub outbound_queue: usize,
+    /// WebSocket connections from one client IP (0 = no limit).
+    pub max_connections_per_ip: usize,
+    /// Connections still waiting for their first frame, per node.
+    pub max_pending: usize,
+    /// Connections still waiting for their first frame, per client IP.
+    pub max_pending_per_ip: usize,
+    /// Failed authentications per client IP per minute before further
+    /// attempts are closed with 4029 unseen by the cache and database (0 = off).
+    pub auth_failures_per_minute: u32,
+    /// Requests per second one connection may send; over it, requests get
+    /// `rate_limited`, and a client that keeps going at twice the rate is
+    /// closed with 4029 (0 = off).
+    pub messages_per_second: u32,
 }
 
 impl Default for LimitsConfig {
@@ -229,6 +251,11 @@ impl Default for LimitsConfig {
             max_message_bytes: 65_536,
             max_groups_per_connection: 100,
             outbound_queue: 1024,
+            max_connections_per_ip: 1000,
+            max_pending: 10_000,
+            max_pending_per_ip: 100,
+            auth_failures_per_minute: 30,
+            messages_per_second: 100,
         }
     }
 }
@@ -277,6 +304,7 @@ impl Default for LogConfig {
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &[
     "server.allowed_origins",
+    "server.trusted_proxies",
     "api.keys",
     "groups.allow",
     "groups.auto_join",
@@ -344,6 +372,20 @@ impl Config {
                 "server.ping_interval",
                 "must be above zero",
             ));
+        }
+        if self.server.handshake_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.handshake_timeout",
+                "must be above zero",
+            ));
+        }
+        for cidr in &self.server.trusted_proxies {
+            if crate::limits::parse_cidr(cidr).is_none() {
+                return Err(ConfigError::invalid(
+                    "server.trusted_proxies",
+                    format!("{cidr:?} is not an IP address or CIDR"),
+                ));
+            }
         }
         if self.server.pong_timeout.is_zero() {
             return Err(ConfigError::invalid(
@@ -450,6 +492,8 @@ impl Config {
                 self.limits.max_groups_per_connection,
             ),
             ("limits.outbound_queue", self.limits.outbound_queue),
+            ("limits.max_pending", self.limits.max_pending),
+            ("limits.max_pending_per_ip", self.limits.max_pending_per_ip),
         ] {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be above zero"));

@@ -4,11 +4,14 @@
 //! The request URI (and so any query string) is never logged or read: a
 //! token put there by a misguided client goes nowhere.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::limits::{Refusal, SessionSlot};
 use crate::session;
 use crate::state::AppState;
 
@@ -17,51 +20,96 @@ const RETRY_AFTER_SECS: &str = "5";
 
 pub async fn upgrade(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     let span = tracing::info_span!("handshake", outcome = tracing::field::Empty);
     let _enter = span.enter(); // no .await below: the guard never crosses one
-    let (outcome, response) = decide(&state, &headers, ws);
+    let (outcome, response) = decide(&state, peer, &headers, ws);
     span.record("outcome", outcome);
     response
 }
 
+/// Why an upgrade was refused.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    Origin,
+    Draining,
+    Limit(Refusal),
+}
+
+impl Refused {
+    fn reason(self) -> &'static str {
+        match self {
+            Refused::Origin => "origin",
+            Refused::Draining => "draining",
+            Refused::Limit(r) => r.as_str(),
+        }
+    }
+
+    fn response(self) -> Response {
+        match self {
+            Refused::Origin => (StatusCode::FORBIDDEN, "origin not allowed\n").into_response(),
+            Refused::Draining => unavailable("node draining\n"),
+            // The node as a whole is busy: another node may take the client.
+            Refused::Limit(Refusal::Full | Refusal::Pending) => unavailable("node full\n"),
+            // This client holds too much: slow it down.
+            Refused::Limit(Refusal::PerIp | Refusal::PendingPerIp) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
+                "too many connections from this address\n",
+            )
+                .into_response(),
+        }
+    }
+}
+
 /// The handshake's answer, and a word for the span.
-fn decide(state: &AppState, headers: &HeaderMap, ws: WebSocketUpgrade) -> (&'static str, Response) {
+fn decide(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    ws: WebSocketUpgrade,
+) -> (&'static str, Response) {
+    match check(state, peer, headers) {
+        Ok(slot) => {
+            let state = state.clone();
+            let limits = &state.config.limits;
+            let ws = ws
+                // Small buffers: an idle socket should cost little memory.
+                .read_buffer_size(4 * 1024)
+                .write_buffer_size(8 * 1024)
+                .max_write_buffer_size(4 * 1024 * 1024)
+                .max_message_size(limits.max_message_bytes)
+                .max_frame_size(limits.max_message_bytes);
+            let response = ws.on_upgrade(move |socket| session::run(socket, state, slot));
+            ("upgraded", response)
+        }
+        Err(refused) => {
+            tracing::debug!(reason = refused.reason(), "handshake refused");
+            state.metrics.rejected(refused.reason());
+            (refused.reason(), refused.response())
+        }
+    }
+}
+
+/// Origin, drain and capacity checks; a place for the socket if they pass.
+fn check(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Result<SessionSlot, Refused> {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let allowed = &state.config.server.allowed_origins;
         let ok = origin
             .to_str()
             .is_ok_and(|origin| origin_allowed(allowed, origin));
         if !ok {
-            tracing::debug!("handshake refused: origin not allowed");
-            return (
-                "forbidden_origin",
-                (StatusCode::FORBIDDEN, "origin not allowed\n").into_response(),
-            );
+            return Err(Refused::Origin);
         }
     }
     if state.is_draining() {
-        return ("draining", unavailable("node draining\n"));
+        return Err(Refused::Draining);
     }
-    let Some(slot) = state.try_open_session() else {
-        tracing::debug!("handshake refused: node full");
-        return ("full", unavailable("node full\n"));
-    };
-    let state = state.clone();
-    let limits = &state.config.limits;
-    let ws = ws
-        // Small buffers: an idle socket should cost little memory.
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(4 * 1024 * 1024)
-        .max_message_size(limits.max_message_bytes)
-        .max_frame_size(limits.max_message_bytes);
-    (
-        "upgraded",
-        ws.on_upgrade(move |socket| session::run(socket, state, slot)),
-    )
+    let ip = state.proxies.client_ip(peer.ip(), headers);
+    state.limits.try_open(ip).map_err(Refused::Limit)
 }
 
 fn unavailable(text: &'static str) -> Response {

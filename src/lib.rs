@@ -8,7 +8,8 @@
 //! - [`policy`]: which groups a user may join or publish to.
 //! - [`hub`]: this node's connections and groups (local, synchronous).
 //! - [`broker`]: moves publications and commands between nodes (trait + in-process).
-//! - [`handshake`] and [`session`]: one socket, from upgrade to close.
+//! - [`handshake`] and [`session`]: one socket, from upgrade to close;
+//!   [`limits`]: per-node and per-IP caps and rate limits at that edge.
 //! - [`api`]: the backend HTTP API.
 //! - [`ops`]: metrics, health, logging, drain.
 //! - [`state`]: `AppState`, shared by handlers and sessions.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod handshake;
 pub mod hub;
+pub mod limits;
 pub mod ops;
 pub mod policy;
 pub mod protocol;

@@ -198,16 +198,14 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut servers = Vec::new();
+        let handshake_timeout = self.state.config.server.handshake_timeout;
         for (listener, router) in self.listeners {
-            let mut stop = stop_rx.clone();
-            servers.push(tokio::spawn(async move {
-                let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "listener failed");
-                }
-            }));
+            servers.push(tokio::spawn(serve_listener(
+                listener,
+                router,
+                handshake_timeout,
+                stop_rx.clone(),
+            )));
         }
         tracing::info!(
             node = %self.state.node_id,
@@ -229,6 +227,73 @@ impl Server {
             let _ = server.await;
         }
     }
+}
+
+/// Accepts connections until `stop` flips, serving HTTP/1.1 with upgrades.
+///
+/// Our own loop rather than `axum::serve`, for two things it does not do: a
+/// deadline on the request headers (`server.handshake_timeout`), so slow or
+/// half-open upgrades (slowloris) are dropped, and the peer address as
+/// `ConnectInfo` for the per-IP limits.
+async fn serve_listener(
+    listener: TcpListener,
+    router: Router,
+    handshake_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    // Every connection task holds a sender; when all are dropped, all are done.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                tower_service::Service::call(&mut router.clone(), request)
+            },
+        );
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(handshake_timeout)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stop = stop.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            let _done = done;
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    // Finish the request in flight, then close.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    // Plain HTTP connections (API calls, probes) get a moment to finish;
+    // an upgraded socket leaves hyper at its upgrade (the drain closed it).
+    drop(done_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
 }
 
 /// The API keys in force. Without configured keys, embedded mode (no

@@ -23,11 +23,12 @@ use tracing::Instrument;
 
 use crate::auth::{Identity, Token};
 use crate::hub::{CloseSignal, ConnHandle, Member, Outbound, unix_micros};
+use crate::limits::{MessageLimiter, RateVerdict, SessionSlot};
 use crate::ops::metrics::AuthFailure;
 use crate::protocol::{
     self, ClientFrame, CloseCode, ErrorCode, Frame, Publication, Reply, Request, RequestError,
 };
-use crate::state::{AppState, SessionSlot};
+use crate::state::AppState;
 
 /// Most queued frames written per flush.
 const MAX_BATCH: usize = 64;
@@ -51,13 +52,26 @@ pub async fn run(socket: WebSocket, state: AppState, slot: SessionSlot) {
 }
 
 async fn run_connection(socket: WebSocket, state: AppState, slot: SessionSlot, conn_id: u64) {
-    let _slot = slot;
+    let mut slot = slot;
+    let ip = slot.ip();
     let metrics = state.metrics.clone();
     metrics.connections_opened.inc();
     metrics.connections_pending.inc();
     let mut socket = socket;
-    let outcome = authenticate(&mut socket, &state).await;
+    let outcome = if state.auth_failures.is_blocked(ip) {
+        // Too many failures from this address: refuse before the cache or
+        // the database sees anything.
+        metrics.rate_limited("auth");
+        Err(End::Close(CloseCode::RateLimited))
+    } else {
+        authenticate(&mut socket, &state).await
+    };
     metrics.connections_pending.dec();
+    if let Err(End::Close(CloseCode::AuthFailed | CloseCode::AuthRequired)) = &outcome
+        && state.auth_failures.record_failure(ip)
+    {
+        tracing::info!(%ip, "authentication failures over the limit; address blocked for a while");
+    }
     let identity = match outcome {
         Ok((identity, token)) => Some((identity, token)),
         Err(End::Close(code)) => {
@@ -71,6 +85,7 @@ async fn run_connection(socket: WebSocket, state: AppState, slot: SessionSlot, c
         }
     };
     if let Some((identity, token)) = identity {
+        slot.authenticated();
         metrics.auth_success.inc();
         metrics.connections_authenticated.inc();
         serve(socket, &state, conn_id, identity, token).await;
@@ -285,6 +300,7 @@ async fn serve_loop(
     let ping_interval = state.config.server.ping_interval;
     let pong_timeout = state.config.server.pong_timeout;
     let mut keepalive = KeepAlive::PingAt(Instant::now() + ping_interval);
+    let limiter = MessageLimiter::new(state.config.limits.messages_per_second);
     let mut batch: Vec<Outbound> = Vec::new();
     loop {
         let deadline = match keepalive {
@@ -300,7 +316,21 @@ async fn serve_loop(
                 keepalive = KeepAlive::PingAt(Instant::now() + ping_interval);
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        if let Err(end) = handle_request(socket, state, conn, &text).await {
+                        let verdict = limiter.as_ref().map_or(RateVerdict::Allow, |l| l.check());
+                        let handled = match verdict {
+                            RateVerdict::Allow => handle_request(socket, state, conn, &text).await,
+                            RateVerdict::Refuse => {
+                                state.metrics.rate_limited("messages");
+                                let id = protocol::parse_request(&text).id;
+                                let error = RequestError::new(ErrorCode::RateLimited, "too many requests");
+                                send(socket, Reply::error(&error, id.as_deref())).await
+                            }
+                            RateVerdict::Close => {
+                                state.metrics.rate_limited("closed");
+                                Err(End::Close(CloseCode::RateLimited))
+                            }
+                        };
+                        if let Err(end) = handled {
                             return end;
                         }
                     }

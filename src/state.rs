@@ -5,7 +5,7 @@
 //! way into this node's hub.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
@@ -13,6 +13,7 @@ use crate::auth::{Authenticator, TokenDigest};
 use crate::broker::{Broker, BrokerHandler, NodeInfo};
 use crate::config::Config;
 use crate::hub::{Hub, Member};
+use crate::limits::{AuthFailureLimiter, ConnectionLimits, TrustedProxies};
 use crate::ops::metrics::Metrics;
 use crate::policy::GroupPolicy;
 use crate::protocol::{CloseCode, Control, Publication};
@@ -37,8 +38,12 @@ pub struct Shared {
     pub policy: GroupPolicy,
     /// SHA-256 digests of the API keys.
     pub api_key_digests: Vec<[u8; 32]>,
-    /// WebSocket sessions open on this node, pending or authenticated.
-    open_sessions: AtomicUsize,
+    /// Socket counts against `limits.max_*`, per node and per client IP.
+    pub limits: Arc<ConnectionLimits>,
+    /// Which peers' forwarding headers name the client.
+    pub proxies: TrustedProxies,
+    /// Authentication failures per client IP.
+    pub auth_failures: AuthFailureLimiter,
     next_conn_id: AtomicU64,
     draining: AtomicBool,
     /// Flips to true when sessions must close with 1012 now (end of drain);
@@ -61,6 +66,9 @@ impl AppState {
             metrics.clone(),
         ));
         let policy = GroupPolicy::new(&config.groups);
+        let limits = ConnectionLimits::new(&config.limits);
+        let proxies = TrustedProxies::new(&config.server);
+        let auth_failures = AuthFailureLimiter::new(&config.limits);
         let api_key_digests = api_keys
             .iter()
             .map(|k| crate::api::key_digest(k.as_bytes()))
@@ -74,7 +82,9 @@ impl AppState {
             metrics: metrics.clone(),
             policy,
             api_key_digests,
-            open_sessions: AtomicUsize::new(0),
+            limits,
+            proxies,
+            auth_failures,
             next_conn_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             closing: watch::channel(false).0,
@@ -86,19 +96,9 @@ impl AppState {
         state
     }
 
-    /// Reserves a session slot, or `None` when the node is full.
-    pub fn try_open_session(&self) -> Option<SessionSlot> {
-        let max = self.config.limits.max_connections;
-        self.open_sessions
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(SessionSlot(self.clone()))
-    }
-
+    /// WebSocket sessions open on this node, pending or authenticated.
     pub fn open_sessions(&self) -> usize {
-        self.open_sessions.load(Ordering::Acquire)
+        self.limits.open()
     }
 
     pub fn next_conn_id(&self) -> u64 {
@@ -126,15 +126,6 @@ impl AppState {
     /// Ready to take clients: not draining and the broker is up.
     pub fn is_ready(&self) -> bool {
         !self.is_draining() && self.broker.is_up()
-    }
-}
-
-/// A reserved place among `limits.max_connections`, released on drop.
-pub struct SessionSlot(AppState);
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        self.0.open_sessions.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

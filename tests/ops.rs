@@ -33,6 +33,11 @@ const METRICS: &[&str] = &[
     "wsgate_groups",
     "wsgate_redis_up",
     "wsgate_draining",
+    "wsgate_auth_cache_errors_total",
+    "wsgate_connections_rejected_total{reason=\"ip_limit\"}",
+    "wsgate_connections_rejected_total{reason=\"origin\"}",
+    "wsgate_rate_limited_total{kind=\"auth\"}",
+    "wsgate_rate_limited_total{kind=\"messages\"}",
 ];
 
 #[tokio::test]

@@ -95,6 +95,16 @@ fn close_label(code: u16) -> &'static str {
         .unwrap_or("other")
 }
 
+/// Reasons an upgrade is refused (labels of `wsgate_connections_rejected_total`).
+pub const REJECT_REASONS: [&str; 6] = [
+    "origin",
+    "draining",
+    "full",
+    "ip_limit",
+    "pending_limit",
+    "pending_ip_limit",
+];
+
 pub struct Metrics {
     registry: Registry,
     pub connections_pending: IntGauge,
@@ -115,6 +125,8 @@ pub struct Metrics {
     pub groups: IntGauge,
     pub redis_up: IntGauge,
     pub draining: IntGauge,
+    rejected: IntCounterVec,
+    rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -220,6 +232,23 @@ impl Metrics {
             )
             .expect("metric"),
             draining: IntGauge::new("wsgate_draining", "1 while the node drains.").expect("metric"),
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "wsgate_connections_rejected_total",
+                    "WebSocket upgrades refused before the upgrade, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("metric"),
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "wsgate_rate_limited_total",
+                    "Requests refused by a rate limit: auth (per-IP failures, closed 4029), \
+                     messages (per-connection requests, rate_limited), closed (4029).",
+                ),
+                &["kind"],
+            )
+            .expect("metric"),
             registry,
         };
         for label in CLOSE_LABELS {
@@ -237,6 +266,12 @@ impl Metrics {
         for r in DropReason::ALL {
             m.messages_dropped.with_label_values(&[r.as_str()]);
         }
+        for reason in REJECT_REASONS {
+            m.rejected.with_label_values(&[reason]);
+        }
+        for kind in ["auth", "messages", "closed"] {
+            m.rate_limited.with_label_values(&[kind]);
+        }
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(connections),
             Box::new(m.connections_opened.clone()),
@@ -253,11 +288,23 @@ impl Metrics {
             Box::new(m.groups.clone()),
             Box::new(m.redis_up.clone()),
             Box::new(m.draining.clone()),
+            Box::new(m.rejected.clone()),
+            Box::new(m.rate_limited.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("unique metric names");
         }
         m
+    }
+
+    /// Counts an upgrade refused before it happened.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a rate-limit refusal of the given kind.
+    pub fn rate_limited(&self, kind: &'static str) {
+        self.rate_limited.with_label_values(&[kind]).inc();
     }
 
     /// Counts a close. Codes a client chose are bounded to the known set
