@@ -209,6 +209,18 @@ pub struct GroupsConfig {
     pub allow: Vec<String>,
     pub auto_join: Vec<String>,
     pub client_publish: Vec<String>,
+    /// Groups whose messages a slow reader may receive conflated: only the
+    /// latest queued message per value of `key` (a dotted path in `data`).
+    pub conflate: Vec<ConflateRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConflateRule {
+    /// A group pattern (`*` matches any run of characters).
+    pub groups: String,
+    /// Dotted path of the key in the message data, e.g. `symbol`.
+    pub key: String,
 }
 
 impl Default for GroupsConfig {
@@ -217,6 +229,7 @@ impl Default for GroupsConfig {
             allow: vec!["*".into()],
             auto_join: vec!["user.{user_id}".into()],
             client_publish: Vec::new(),
+            conflate: Vec::new(),
         }
     }
 }
@@ -229,6 +242,9 @@ pub struct LimitsConfig {
     pub max_groups_per_connection: usize,
     /// Frames queued for one connection before it is closed as a slow consumer.
     pub outbound_queue: usize,
+    /// Queued frames past which messages of `groups.conflate` groups replace
+    /// their older queued version instead of queuing more.
+    pub conflate_after: usize,
     /// WebSocket connections from one client IP (0 = no limit).
     pub max_connections_per_ip: usize,
     /// Connections still waiting for their first frame, per node.
@@ -251,6 +267,7 @@ impl Default for LimitsConfig {
             max_message_bytes: 65_536,
             max_groups_per_connection: 100,
             outbound_queue: 1024,
+            conflate_after: 64,
             max_connections_per_ip: 1000,
             max_pending: 10_000,
             max_pending_per_ip: 100,
@@ -301,6 +318,11 @@ impl Default for LogConfig {
     }
 }
 
+/// Longest duration any setting accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Largest `limits.outbound_queue` (frames queued for one connection).
+pub const MAX_OUTBOUND_QUEUE: usize = 1_000_000;
+
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &[
     "server.allowed_origins",
@@ -330,21 +352,17 @@ impl Config {
                     file.display()
                 )));
             }
-            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+            let source = config::File::from(file).format(config::FileFormat::Toml);
+            let table = config::Source::collect(&source).map_err(describe)?;
+            // The config crate reads a top-level key as a path, where
+            // `"a[99999999999]"` allocates that many entries: only plain
+            // names get through.
+            if let Some(key) = table.keys().find(|k| !is_plain_key(k)) {
+                return Err(ConfigError::invalid(key, "not a configuration key"));
+            }
+            builder = builder.add_source(Collected(table));
         }
-        let env: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("WSGATE__"))
-            .collect();
-        let mut source = config::Environment::with_prefix("WSGATE")
-            .prefix_separator("__")
-            .separator("__")
-            .list_separator(",")
-            .source(Some(env));
-        for key in LIST_KEYS {
-            source = source.with_list_parse_key(key);
-        }
-        builder = builder.add_source(source.try_parsing(true));
+        builder = builder.add_source(Collected(env_values(env)?));
         let raw = builder.build().map_err(describe)?;
         let config: Config = raw.try_deserialize().map_err(describe)?;
         config.validate()?;
@@ -478,6 +496,27 @@ impl Config {
                 }
             }
         }
+        for rule in &self.groups.conflate {
+            let probe = rule.groups.replace('*', "x");
+            if !crate::protocol::is_valid_group(&probe) {
+                return Err(ConfigError::invalid(
+                    "groups.conflate",
+                    format!("{:?} is not a group pattern", rule.groups),
+                ));
+            }
+            if rule.key.is_empty() || rule.key.split('.').any(str::is_empty) {
+                return Err(ConfigError::invalid(
+                    "groups.conflate",
+                    format!("{:?} is not a dotted key path", rule.key),
+                ));
+            }
+        }
+        if self.limits.conflate_after > self.limits.outbound_queue {
+            return Err(ConfigError::invalid(
+                "limits.conflate_after",
+                "must not exceed limits.outbound_queue",
+            ));
+        }
         if self.groups.auto_join.iter().any(|p| p.contains('*')) {
             return Err(ConfigError::invalid(
                 "groups.auto_join",
@@ -503,6 +542,44 @@ impl Config {
             return Err(ConfigError::invalid(
                 "limits.max_message_bytes",
                 "must be at least 4096 (the first frame may be 4 KiB)",
+            ));
+        }
+        if self
+            .server
+            .node_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "server.node_id",
+                "must not be empty (leave it unset for the host name)",
+            ));
+        }
+        // Past these, deadlines overflow (`Instant + Duration` panics in
+        // every session) or a queue cannot be made: no setting needs them.
+        // New duration settings belong in this list.
+        for (key, value) in [
+            ("server.ping_interval", self.server.ping_interval),
+            ("server.pong_timeout", self.server.pong_timeout),
+            ("server.handshake_timeout", self.server.handshake_timeout),
+            ("database.connect_timeout", self.database.connect_timeout),
+            ("auth.timeout", self.auth.timeout),
+            ("auth.cache_ttl", self.auth.cache_ttl),
+            ("auth.negative_ttl", self.auth.negative_ttl),
+            ("redis.heartbeat", self.redis.heartbeat),
+            ("redis.node_ttl", self.redis.node_ttl),
+            ("redis.command_timeout", self.redis.command_timeout),
+            ("drain.grace", self.drain.grace),
+            ("drain.spread", self.drain.spread),
+        ] {
+            if value > MAX_DURATION {
+                return Err(ConfigError::invalid(key, "must be at most 365 days"));
+            }
+        }
+        if self.limits.outbound_queue > MAX_OUTBOUND_QUEUE {
+            return Err(ConfigError::invalid(
+                "limits.outbound_queue",
+                format!("must be at most {MAX_OUTBOUND_QUEUE}"),
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -568,9 +645,79 @@ pub fn mask_url(url: &str) -> String {
     }
 }
 
+/// Configuration values gathered beforehand, handed to the config crate.
+#[derive(Debug, Clone)]
+struct Collected(config::Map<String, config::Value>);
+
+impl config::Source for Collected {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// A section or field name: letters, digits, `_` and `-`.
+fn is_plain_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `WSGATE__SECTION__KEY=value` as `section.key`. Values stay the strings
+/// they are (the field's type parses them, so `007` stays `007` in a string
+/// field and `1.5` is no count); list keys split on `,`, an empty value
+/// being the empty list. A variable whose name is not such a key is an
+/// error that names it.
+fn env_values(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<config::Map<String, config::Value>, ConfigError> {
+    let origin = "the environment".to_string();
+    let mut values = config::Map::new();
+    for (var, value) in env {
+        let Some(name) = var.strip_prefix("WSGATE__") else {
+            continue;
+        };
+        let segments: Vec<String> = name.split("__").map(str::to_lowercase).collect();
+        if !segments.iter().all(|s| is_plain_key(s)) {
+            return Err(ConfigError::invalid(
+                &var,
+                "not a configuration key (WSGATE__SECTION__KEY: letters, digits and _)",
+            ));
+        }
+        let key = segments.join(".");
+        let kind = if LIST_KEYS.contains(&key.as_str()) {
+            let items = value
+                .split(',')
+                .filter(|_| !value.is_empty())
+                .map(|item| config::Value::new(Some(&origin), item.to_string()))
+                .collect::<Vec<_>>();
+            config::ValueKind::Array(items)
+        } else {
+            config::ValueKind::String(value)
+        };
+        values.insert(key, config::Value::new(Some(&origin), kind));
+    }
+    Ok(values)
+}
+
 /// Turns the config crate's errors into one line that names the key.
 fn describe(e: config::ConfigError) -> ConfigError {
     let text = e.to_string();
+    // An unknown section: the config crate names no key, the field is it.
+    if let Some(field) = text
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .filter(|field| !field.is_empty())
+    {
+        return ConfigError::Invalid {
+            key: field.to_lowercase(),
+            message: text.clone(),
+        };
+    }
     // The config crate says "... for key `auth.timeout`" or names the key
     // after "unknown field"; keep its words and make the key easy to spot.
     if let Some(key) = text
@@ -657,5 +804,79 @@ mod tests {
             "postgres://u:********@db:5432/x"
         );
         assert_eq!(mask_url("redis://h:6379"), "redis://h:6379");
+    }
+
+    /// Inputs found by the property tests and fuzzing (tests/proptest_protocol.rs).
+    #[test]
+    fn odd_inputs_are_errors_that_name_the_key() {
+        // Environment values are not re-typed: a string field keeps them.
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("WSGATE__SERVER__NODE_ID", "007"),
+                ("WSGATE__REDIS__PREFIX", "1e3"),
+                ("WSGATE__API__KEYS", "00001234567890123456789"),
+                ("WSGATE__GROUPS__AUTO_JOIN", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.node_id.as_deref(), Some("007"));
+        assert_eq!(c.redis.prefix, "1e3");
+        assert_eq!(c.api.keys, vec!["00001234567890123456789"]);
+        assert!(c.groups.auto_join.is_empty());
+        for (k, v, key) in [
+            (
+                "WSGATE__LIMITS__MAX_CONNECTIONS",
+                "1.5",
+                "limits.max_connections",
+            ),
+            (
+                "WSGATE__LIMITS__MAX_CONNECTIONS",
+                "1e400",
+                "limits.max_connections",
+            ),
+            (
+                "WSGATE__LIMITS__OUTBOUND_QUEUE",
+                "18446744073709551615",
+                "limits.outbound_queue",
+            ),
+            (
+                "WSGATE__SERVER__PING_INTERVAL",
+                "300000000000years",
+                "server.ping_interval",
+            ),
+            ("WSGATE__DRAIN__GRACE", "400days", "drain.grace"),
+            ("WSGATE__SERVER__NODE_ID", " ", "server.node_id"),
+            ("WSGATE__FOO", "1", "foo"),
+            ("WSGATE__", "1", "WSGATE__"),
+            ("WSGATE__SERVER__", "1", "WSGATE__SERVER__"),
+            // Read as a path, this would allocate 10^11 entries.
+            (
+                "WSGATE__SERVER__ALLOWED_ORIGINS[99999999999]",
+                "x",
+                "ALLOWED_ORIGINS[99999999999]",
+            ),
+        ] {
+            let err = Config::load_with_env(None, env(&[(k, v)])).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { key: named, .. } if named.contains(key)),
+                "{k}={v}: {err:?}"
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("wsgate-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (body, key) in [
+            ("\"server[99999999999]\" = 1\n", "server[99999999999]"),
+            ("foo = 1\n", "foo"),
+        ] {
+            let file = dir.join("c.toml");
+            std::fs::write(&file, body).unwrap();
+            let err = Config::load_with_env(Some(&file), env(&[])).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { key: named, .. } if named == key),
+                "{body}: {err:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

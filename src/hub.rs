@@ -11,21 +11,16 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
+use wildmatch::WildMatch;
 
 use crate::auth::TokenDigest;
+use crate::config::ConflateRule;
 use crate::ops::metrics::{DropReason, Metrics};
-use crate::protocol::{CloseCode, Frame, Publication, message_frame};
+use crate::protocol::{CloseCode, Publication, message_frame};
+pub use crate::queue::{ConflationKey, Outbound, OutboundQueue, Pushed};
 
 pub type ConnId = u64;
-
-/// A frame queued for one connection, with its publish time (unix
-/// microseconds) when it is a group message, for the latency histogram.
-#[derive(Debug, Clone)]
-pub struct Outbound {
-    pub frame: Frame,
-    pub published_us: Option<u64>,
-}
 
 /// A one-shot "please close with this code" for one connection. The first
 /// code wins; later requests are ignored.
@@ -68,7 +63,7 @@ pub struct ConnHandle {
     pub user_id: String,
     pub session: String,
     pub digest: TokenDigest,
-    pub tx: mpsc::Sender<Outbound>,
+    pub queue: OutboundQueue,
     pub close: CloseSignal,
 }
 
@@ -111,6 +106,7 @@ struct Entry {
 pub struct Hub {
     node: String,
     max_groups: usize,
+    conflate: Vec<ConflateRule>,
     state: RwLock<State>,
     metrics: Arc<Metrics>,
 }
@@ -120,9 +116,40 @@ impl Hub {
         Hub {
             node,
             max_groups,
+            conflate: Vec::new(),
             state: RwLock::default(),
             metrics,
         }
+    }
+
+    /// Groups whose messages slow readers receive conflated (`groups.conflate`).
+    pub fn with_conflation(mut self, rules: Vec<ConflateRule>) -> Hub {
+        self.conflate = rules;
+        self
+    }
+
+    /// The conflation key of a publication, when its group is conflated and
+    /// its data has the key (a string, number or boolean).
+    fn conflation_key(&self, publication: &Publication) -> Option<Arc<ConflationKey>> {
+        let rule = self
+            .conflate
+            .iter()
+            .find(|r| WildMatch::new(&r.groups).matches(&publication.group))?;
+        let data: serde_json::Value = serde_json::from_str(publication.data.get()).ok()?;
+        let mut value = &data;
+        for part in rule.key.split('.') {
+            value = value.get(part)?;
+        }
+        let key = match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => return None,
+        };
+        Some(Arc::new(ConflationKey {
+            group: publication.group.clone(),
+            key,
+        }))
     }
 
     pub fn node(&self) -> &str {
@@ -232,23 +259,28 @@ impl Hub {
             &publication.data,
             publication.position.as_ref(),
         );
-        let out = Outbound {
-            frame,
-            published_us: publication.ts,
-        };
         let state = self.read();
         let Some(members) = state.groups.get(&publication.group) else {
             return 0;
         };
+        let out = Outbound {
+            frame,
+            published_us: publication.ts,
+            conflation: self.conflation_key(publication),
+        };
         let mut queued = 0;
         for handle in members.values() {
-            match handle.tx.try_send(out.clone()) {
-                Ok(()) => queued += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+            match handle.queue.push(out.clone()) {
+                Pushed::Queued => queued += 1,
+                Pushed::Conflated => {
+                    queued += 1;
+                    self.metrics.messages_conflated.inc();
+                }
+                Pushed::Full => {
                     self.metrics.dropped(DropReason::SlowConsumer, 1);
                     handle.close.request(CloseCode::SlowConsumer);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
+                Pushed::Closed => {
                     self.metrics.dropped(DropReason::Closed, 1);
                 }
             }
@@ -323,17 +355,22 @@ mod tests {
     use super::*;
     use serde_json::value::RawValue;
 
-    fn handle(id: ConnId, user: &str, cap: usize) -> (Arc<ConnHandle>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(cap);
+    fn handle(id: ConnId, user: &str, cap: usize) -> Arc<ConnHandle> {
         let h = Arc::new(ConnHandle {
             id,
             user_id: user.into(),
             session: format!("s{id}"),
             digest: TokenDigest([id as u8; 32]),
-            tx,
+            queue: OutboundQueue::new(cap, cap),
             close: CloseSignal::default(),
         });
-        (h, rx)
+        h
+    }
+
+    async fn first_frame(h: &ConnHandle) -> crate::protocol::Frame {
+        let mut batch = Vec::new();
+        h.queue.pop_batch(&mut batch, 1).await;
+        batch.remove(0).frame
     }
 
     fn publication(group: &str) -> Publication {
@@ -349,8 +386,8 @@ mod tests {
     #[test]
     fn join_leave_and_first_last_member() {
         let hub = Hub::new("n1".into(), 2, Arc::new(Metrics::new()));
-        let (a, _ra) = handle(1, "u1", 8);
-        let (b, _rb) = handle(2, "u2", 8);
+        let a = handle(1, "u1", 8);
+        let b = handle(2, "u2", 8);
         hub.register(a);
         hub.register(b);
         assert!(hub.join(1, "g").unwrap().first_local);
@@ -367,11 +404,11 @@ mod tests {
         assert!(hub.groups().is_empty());
     }
 
-    #[test]
-    fn slow_consumer_is_asked_to_close() {
+    #[tokio::test]
+    async fn slow_consumer_is_asked_to_close() {
         let hub = Hub::new("n1".into(), 10, Arc::new(Metrics::new()));
-        let (a, mut ra) = handle(1, "u1", 1);
-        let (b, mut rb) = handle(2, "u2", 8);
+        let a = handle(1, "u1", 1);
+        let b = handle(2, "u2", 8);
         hub.register(a.clone());
         hub.register(b.clone());
         hub.join(1, "g").unwrap();
@@ -380,9 +417,9 @@ mod tests {
         assert_eq!(hub.deliver(&publication("g")), 1);
         assert_eq!(a.close.code(), Some(CloseCode::SlowConsumer));
         assert_eq!(b.close.code(), None);
-        assert!(ra.try_recv().is_ok());
+        assert_eq!(a.queue.len(), 1);
         assert_eq!(
-            rb.try_recv().unwrap().frame.as_str(),
+            first_frame(&b).await.as_str(),
             r#"{"type":"message","group":"g","data":1}"#
         );
     }
@@ -390,8 +427,8 @@ mod tests {
     #[test]
     fn close_by_user_and_digest() {
         let hub = Hub::new("n1".into(), 10, Arc::new(Metrics::new()));
-        let (a, _ra) = handle(1, "u1", 1);
-        let (b, _rb) = handle(2, "u2", 1);
+        let a = handle(1, "u1", 1);
+        let b = handle(2, "u2", 1);
         hub.register(a.clone());
         hub.register(b.clone());
         assert_eq!(hub.close_user("u1", CloseCode::AuthFailed), 1);
@@ -401,5 +438,39 @@ mod tests {
         );
         assert_eq!(a.close.code(), Some(CloseCode::AuthFailed));
         assert_eq!(b.close.code(), Some(CloseCode::AuthFailed));
+    }
+
+    #[tokio::test]
+    async fn conflated_groups_keep_the_latest_per_key() {
+        let rules = vec![ConflateRule {
+            groups: "market.*".into(),
+            key: "q.symbol".into(),
+        }];
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new("n1".into(), 10, metrics.clone()).with_conflation(rules);
+        let slow = Arc::new(ConnHandle {
+            queue: OutboundQueue::new(4, 2),
+            ..Arc::into_inner(handle(1, "u1", 1)).unwrap()
+        });
+        hub.register(slow.clone());
+        hub.join(1, "market.all").unwrap();
+        let tick = |sym: &str, p: u32| Publication {
+            data: RawValue::from_string(format!(r#"{{"q":{{"symbol":"{sym}","p":{p}}}}}"#))
+                .unwrap(),
+            ..publication("market.all")
+        };
+        for p in 0..50 {
+            for sym in ["AAPL", "MSFT"] {
+                hub.deliver(&tick(sym, p));
+            }
+        }
+        assert_eq!(slow.close.code(), None, "conflated, not closed");
+        assert_eq!(slow.queue.len(), 2);
+        assert_eq!(metrics.messages_conflated.get(), 98);
+        let mut batch = Vec::new();
+        slow.queue.pop_batch(&mut batch, 10).await;
+        let texts: Vec<&str> = batch.iter().map(|o| o.frame.as_str()).collect();
+        assert!(texts[0].contains(r#""symbol":"AAPL","p":49"#), "{texts:?}");
+        assert!(texts[1].contains(r#""symbol":"MSFT","p":49"#), "{texts:?}");
     }
 }

@@ -6,7 +6,8 @@
 //! - [`protocol`]: frames, close codes, group names, the broker envelope. Pure.
 //! - [`auth`]: tokens, the `TokenStore` trait and its SQL stores.
 //! - [`policy`]: which groups a user may join or publish to.
-//! - [`hub`]: this node's connections and groups (local, synchronous).
+//! - [`hub`]: this node's connections and groups (local, synchronous), and
+//!   [`queue`]: each connection's bounded, conflating outbound queue.
 //! - [`broker`]: moves publications and commands between nodes (trait + in-process).
 //! - [`handshake`] and [`session`]: one socket, from upgrade to close;
 //!   [`limits`]: per-node and per-IP caps and rate limits at that edge.
@@ -26,6 +27,7 @@ pub mod limits;
 pub mod ops;
 pub mod policy;
 pub mod protocol;
+pub mod queue;
 pub mod redis;
 pub mod server;
 pub mod session;

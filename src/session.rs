@@ -17,12 +17,11 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
 use crate::auth::{Identity, Token};
-use crate::hub::{CloseSignal, ConnHandle, Member, Outbound, unix_micros};
+use crate::hub::{CloseSignal, ConnHandle, Member, Outbound, OutboundQueue, unix_micros};
 use crate::limits::{MessageLimiter, RateVerdict, SessionSlot};
 use crate::ops::metrics::AuthFailure;
 use crate::protocol::{
@@ -200,13 +199,13 @@ async fn serve(
     identity: Identity,
     token: Token,
 ) {
-    let (tx, mut rx) = mpsc::channel(state.config.limits.outbound_queue);
+    let limits = &state.config.limits;
     let conn = Arc::new(ConnHandle {
         id: conn_id,
         user_id: identity.user_id,
         session: new_session_id(),
         digest: token.digest(),
-        tx,
+        queue: OutboundQueue::new(limits.outbound_queue, limits.conflate_after),
         close: CloseSignal::default(),
     });
     drop(token);
@@ -217,10 +216,11 @@ async fn serve(
     let end = match welcome(&mut socket, state, &conn).await {
         Ok(()) => {
             tracing::debug!("authenticated");
-            serve_loop(&mut socket, state, &conn, &mut rx).await
+            serve_loop(&mut socket, state, &conn).await
         }
         Err(end) => end,
     };
+    conn.queue.close();
     for group in state.hub.unregister(conn.id) {
         unsubscribe_broker(state, &group, &conn.session).await;
     }
@@ -291,12 +291,7 @@ enum KeepAlive {
     PongBy(Instant),
 }
 
-async fn serve_loop(
-    socket: &mut WebSocket,
-    state: &AppState,
-    conn: &ConnHandle,
-    rx: &mut mpsc::Receiver<Outbound>,
-) -> End {
+async fn serve_loop(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle) -> End {
     let ping_interval = state.config.server.ping_interval;
     let pong_timeout = state.config.server.pong_timeout;
     let mut keepalive = KeepAlive::PingAt(Instant::now() + ping_interval);
@@ -341,14 +336,9 @@ async fn serve_loop(
                     Some(Err(_)) | None => return End::ClientGone(1006),
                 }
             }
-            first = rx.recv() => {
-                let Some(first) = first else { return End::Close(CloseCode::InternalError) };
-                batch.push(first);
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(out) => batch.push(out),
-                        Err(_) => break,
-                    }
+            open = conn.queue.pop_batch(&mut batch, MAX_BATCH) => {
+                if !open {
+                    return End::Close(CloseCode::InternalError);
                 }
                 if let Err(end) = write_batch(socket, state, &mut batch).await {
                     return end;

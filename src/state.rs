@@ -60,11 +60,14 @@ impl AppState {
         api_keys: &[String],
     ) -> AppState {
         let node_id = config.node_id();
-        let hub = Arc::new(Hub::new(
-            node_id.clone(),
-            config.limits.max_groups_per_connection,
-            metrics.clone(),
-        ));
+        let hub = Arc::new(
+            Hub::new(
+                node_id.clone(),
+                config.limits.max_groups_per_connection,
+                metrics.clone(),
+            )
+            .with_conflation(config.groups.conflate.clone()),
+        );
         let policy = GroupPolicy::new(&config.groups);
         let limits = ConnectionLimits::new(&config.limits);
         let proxies = TrustedProxies::new(&config.server);

@@ -120,6 +120,7 @@ pub struct Metrics {
     pub auth_cache_errors: IntCounter,
     pub messages_published: IntCounter,
     pub messages_delivered: IntCounter,
+    pub messages_conflated: IntCounter,
     messages_dropped: IntCounterVec,
     pub delivery_latency: Histogram,
     pub groups: IntGauge,
@@ -213,6 +214,11 @@ impl Metrics {
                 "Messages written to client sockets.",
             )
             .expect("metric"),
+            messages_conflated: IntCounter::new(
+                "wsgate_messages_conflated_total",
+                "Queued messages replaced by a newer one with the same key (groups.conflate).",
+            )
+            .expect("metric"),
             messages_dropped,
             delivery_latency: Histogram::with_opts(
                 HistogramOpts::new(
@@ -284,6 +290,7 @@ impl Metrics {
             Box::new(m.messages_published.clone()),
             Box::new(m.messages_delivered.clone()),
             Box::new(m.messages_dropped.clone()),
+            Box::new(m.messages_conflated.clone()),
             Box::new(m.delivery_latency.clone()),
             Box::new(m.groups.clone()),
             Box::new(m.redis_up.clone()),

@@ -1,0 +1,212 @@
+//! One connection's outbound queue: bounded, single consumer, and able to
+//! conflate.
+//!
+//! The hub pushes (never blocking, never awaiting); the session pops in
+//! batches and writes them with one flush. A full queue means a slow
+//! consumer, normally closed with 4009. For groups matching
+//! `groups.conflate`, once the queue holds `groups.conflate_after` frames a
+//! new message replaces the queued one with the same group and key (say, the
+//! same `symbol`) instead of growing the queue: a slow reader of market data
+//! gets the latest price of every symbol rather than a disconnect. Only when
+//! nothing can be replaced does the queue fill up.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::protocol::Frame;
+
+/// What makes two messages interchangeable: same group, same key value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConflationKey {
+    pub group: String,
+    pub key: String,
+}
+
+/// A frame queued for one connection, with its publish time (unix
+/// microseconds) when it is a group message, for the latency histogram.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    pub frame: Frame,
+    pub published_us: Option<u64>,
+    /// Set for messages of conflated groups (shared by all recipients).
+    pub conflation: Option<Arc<ConflationKey>>,
+}
+
+impl Outbound {
+    pub fn frame(frame: Frame) -> Outbound {
+        Outbound {
+            frame,
+            published_us: None,
+            conflation: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Replaced an older queued message with the same conflation key.
+    Conflated,
+    /// The queue is full: the connection is a slow consumer.
+    Full,
+    /// The connection is gone.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    items: VecDeque<Outbound>,
+    closed: bool,
+}
+
+pub struct OutboundQueue {
+    state: Mutex<State>,
+    ready: Notify,
+    capacity: usize,
+    conflate_after: usize,
+}
+
+impl OutboundQueue {
+    pub fn new(capacity: usize, conflate_after: usize) -> OutboundQueue {
+        OutboundQueue {
+            state: Mutex::default(),
+            ready: Notify::new(),
+            capacity,
+            conflate_after: conflate_after.min(capacity),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn push(&self, out: Outbound) -> Pushed {
+        let mut state = self.lock();
+        if state.closed {
+            return Pushed::Closed;
+        }
+        if state.items.len() >= self.conflate_after
+            && let Some(key) = &out.conflation
+            && let Some(slot) = state
+                .items
+                .iter_mut()
+                .rev()
+                .find(|queued| queued.conflation.as_deref() == Some(key))
+        {
+            // Keep the older message's place in line, with the newer content.
+            *slot = out;
+            return Pushed::Conflated;
+        }
+        if state.items.len() >= self.capacity {
+            return Pushed::Full;
+        }
+        state.items.push_back(out);
+        drop(state);
+        self.ready.notify_one();
+        Pushed::Queued
+    }
+
+    /// Waits for at least one frame and moves up to `max` into `batch`.
+    /// Returns false once the queue is closed and empty.
+    pub async fn pop_batch(&self, batch: &mut Vec<Outbound>, max: usize) -> bool {
+        loop {
+            {
+                let mut state = self.lock();
+                if !state.items.is_empty() {
+                    let n = state.items.len().min(max);
+                    batch.extend(state.items.drain(..n));
+                    return true;
+                }
+                if state.closed {
+                    return false;
+                }
+            }
+            // `notify_one` keeps a permit when nobody waits, so a push between
+            // the check above and this await is not missed.
+            self.ready.notified().await;
+        }
+    }
+
+    /// Refuses further pushes (the connection is ending).
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(text: &str, key: Option<&Arc<ConflationKey>>) -> Outbound {
+        Outbound {
+            frame: Frame::from_string(text.into()),
+            published_us: None,
+            conflation: key.cloned(),
+        }
+    }
+
+    fn key(k: &str) -> Arc<ConflationKey> {
+        Arc::new(ConflationKey {
+            group: "market".into(),
+            key: k.into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn conflates_past_the_threshold_and_fills_otherwise() {
+        let q = OutboundQueue::new(4, 2);
+        let (a, b) = (key("AAPL"), key("MSFT"));
+        assert_eq!(q.push(out("a1", Some(&a))), Pushed::Queued);
+        assert_eq!(q.push(out("b1", Some(&b))), Pushed::Queued);
+        // Past the threshold: same key replaces in place.
+        assert_eq!(q.push(out("a2", Some(&a))), Pushed::Conflated);
+        assert_eq!(q.push(out("plain", None)), Pushed::Queued);
+        assert_eq!(q.push(out("b2", Some(&b))), Pushed::Conflated);
+        assert_eq!(q.push(out("c1", Some(&key("GOOG")))), Pushed::Queued);
+        assert_eq!(q.push(out("plain2", None)), Pushed::Full);
+        let mut batch = Vec::new();
+        assert!(q.pop_batch(&mut batch, 10).await);
+        let texts: Vec<&str> = batch.iter().map(|o| o.frame.as_str()).collect();
+        assert_eq!(texts, ["a2", "b2", "plain", "c1"]);
+        q.close();
+        assert_eq!(q.push(out("late", None)), Pushed::Closed);
+        batch.clear();
+        assert!(!q.pop_batch(&mut batch, 10).await);
+    }
+
+    #[tokio::test]
+    async fn below_the_threshold_nothing_is_conflated() {
+        let q = OutboundQueue::new(8, 4);
+        let a = key("AAPL");
+        for _ in 0..4 {
+            assert_eq!(q.push(out("a", Some(&a))), Pushed::Queued);
+        }
+        assert_eq!(q.push(out("a", Some(&a))), Pushed::Conflated);
+        assert_eq!(q.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn pop_waits_for_a_push() {
+        let q = Arc::new(OutboundQueue::new(4, 4));
+        let q2 = q.clone();
+        let popper = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            q2.pop_batch(&mut batch, 4).await;
+            batch.len()
+        });
+        tokio::task::yield_now().await;
+        q.push(out("x", None));
+        assert_eq!(popper.await.unwrap(), 1);
+    }
+}
