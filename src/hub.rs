@@ -356,15 +356,14 @@ mod tests {
     use serde_json::value::RawValue;
 
     fn handle(id: ConnId, user: &str, cap: usize) -> Arc<ConnHandle> {
-        let h = Arc::new(ConnHandle {
+        Arc::new(ConnHandle {
             id,
             user_id: user.into(),
             session: format!("s{id}"),
             digest: TokenDigest([id as u8; 32]),
             queue: OutboundQueue::new(cap, cap),
             close: CloseSignal::default(),
-        });
-        h
+        })
     }
 
     async fn first_frame(h: &ConnHandle) -> crate::protocol::Frame {
