@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::auth::StoreError;
 use crate::auth::cache::RedisTokenCache;
-use crate::auth::sql::{Db, store_for};
+use crate::auth::sql::{Backend, Db, store_for};
 use crate::auth::{Authenticator, TokenStore};
 use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
@@ -62,6 +62,8 @@ enum Role {
 
 pub struct Server {
     state: AppState,
+    /// The Postgres revocation listener, when the store is on Postgres.
+    revocations: Option<tokio::task::JoinHandle<()>>,
     /// Kept to leave the cluster cleanly at the end of a drain: the broker
     /// and the auth cache's Redis client.
     redis: Option<(Arc<RedisBroker>, fred::clients::Client)>,
@@ -79,6 +81,7 @@ impl Server {
         if config.database.migrate {
             db.migrate().await?;
         }
+        let on_postgres = db.backend == Backend::Postgres;
         let store: Arc<dyn TokenStore> = Arc::from(store_for(&config, db));
         // Without Redis: the in-process broker and an in-process token cache.
         // With Redis: the Redis broker, and the Redis cache in front of the store.
@@ -121,6 +124,16 @@ impl Server {
         };
         let auth = Arc::new(auth);
         let state = AppState::new(config, broker, auth, metrics, &api_keys);
+        // Deleting or revoking a token in Postgres closes its sockets.
+        let revocations = if on_postgres {
+            let url = Db::url(&state.config);
+            let task = crate::auth::listen::listen(&url, state.auth.clone(), state.hub.clone())
+                .await
+                .map_err(|e| StartError::Store(StoreError::Unavailable(e.to_string())))?;
+            Some(task)
+        } else {
+            None
+        };
 
         let config = &state.config;
         // One listener per distinct address (port 0 always gets its own);
@@ -180,6 +193,7 @@ impl Server {
         let addrs = Addrs { ws, api, metrics };
         Ok(Server {
             state,
+            revocations,
             redis: redis_handles,
             listeners,
             addrs,
@@ -217,6 +231,9 @@ impl Server {
         );
         shutdown.await;
         ops::drain::drain(&self.state).await;
+        if let Some(task) = &self.revocations {
+            task.abort();
+        }
         if let Some((broker, cache_client)) = &self.redis {
             broker.shutdown().await;
             use fred::interfaces::ClientLike;

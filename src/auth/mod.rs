@@ -9,6 +9,7 @@
 //! SHA-256 [`TokenDigest`] instead.
 
 pub mod cache;
+pub mod listen;
 pub mod sql;
 
 use std::fmt;
