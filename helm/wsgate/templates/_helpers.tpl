@@ -1,0 +1,142 @@
+{{/* Names and labels. */}}
+{{- define "wsgate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "wsgate.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "wsgate.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "wsgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "wsgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "wsgate.labels" -}}
+helm.sh/chart: {{ include "wsgate.chart" . }}
+{{ include "wsgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ (default .Chart.AppVersion .Values.image.tag) | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "wsgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "wsgate.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret the pods read: the existing one, or the chart's own. */}}
+{{- define "wsgate.secretName" -}}
+{{- default (include "wsgate.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{/* "true" when the chart creates its own Secret (something to put in it). */}}
+{{- define "wsgate.createSecret" -}}
+{{- $s := .Values.secrets }}
+{{- if and (not $s.existingSecret) (or $s.databaseUrl $s.redisUrl $s.apiKeys) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when Redis is configured (an existing Secret must then hold it). */}}
+{{- define "wsgate.hasRedis" -}}
+{{- if and .Values.secrets.keys.redisUrl (or .Values.secrets.existingSecret .Values.secrets.redisUrl) }}true{{ end }}
+{{- end }}
+
+{{/*
+Seconds in a duration as wsgate writes them ("250ms", "5s", "2m", "1h",
+"1m30s"). Rounded up.
+*/}}
+{{- define "wsgate.durationSeconds" -}}
+{{- $total := 0.0 }}
+{{- range $part := regexFindAll "[0-9]+(ms|s|m|h)" (toString .) -1 }}
+{{- $n := regexFind "^[0-9]+" $part | float64 }}
+{{- $unit := regexFind "(ms|s|m|h)$" $part }}
+{{- if eq $unit "ms" }}{{ $total = addf $total (divf $n 1000) }}
+{{- else if eq $unit "s" }}{{ $total = addf $total $n }}
+{{- else if eq $unit "m" }}{{ $total = addf $total (mulf $n 60) }}
+{{- else }}{{ $total = addf $total (mulf $n 3600) }}
+{{- end }}
+{{- end }}
+{{- ceil $total | int }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: the preStop sleep runs first and counts
+against the grace period, then SIGTERM starts the drain (drain.grace, then
+closes spread over drain.spread), then a margin to flush telemetry and exit.
+*/}}
+{{- define "wsgate.terminationGracePeriodSeconds" -}}
+{{- if not (kindIs "invalid" .Values.terminationGracePeriodSeconds) }}
+{{- .Values.terminationGracePeriodSeconds | int }}
+{{- else }}
+{{- $drain := .Values.config.drain | default dict }}
+{{- $grace := include "wsgate.durationSeconds" (default "5s" $drain.grace) | int }}
+{{- $spread := include "wsgate.durationSeconds" (default "20s" $drain.spread) | int }}
+{{- add (int .Values.lifecycle.preStopSleepSeconds) $grace $spread (int .Values.terminationGraceMarginSeconds) }}
+{{- end }}
+{{- end }}
+
+{{/*
+One TOML value: string, bool, whole number, a list of values, or a table
+(written inline, e.g. groups.conflate = [{ groups = "market.*", key = "symbol" }]).
+*/}}
+{{- define "wsgate.tomlValue" -}}
+{{- if kindIs "string" . }}{{ toJson . }}
+{{- else if kindIs "bool" . }}{{ . }}
+{{- else if or (kindIs "float64" .) (kindIs "int" .) (kindIs "int64" .) }}{{ int64 . }}
+{{- else if kindIs "slice" . }}[{{ range $i, $v := . }}{{ if $i }}, {{ end }}{{ include "wsgate.tomlValue" $v }}{{ end }}]
+{{- else if kindIs "map" . }}{ {{- $first := true }}{{ range $k, $v := . }}{{ if not $first }},{{ end }}{{ $first = false }} {{ $k }} = {{ include "wsgate.tomlValue" $v }}{{ end }} }
+{{- else }}{{ fail (printf "wsgate: config value %v (%s) cannot be written to TOML" . (kindOf .)) }}
+{{- end }}
+{{- end }}
+
+{{/* wsgate.toml: `config` plus the listen addresses from `ports`. */}}
+{{- define "wsgate.configToml" -}}
+{{- $cfg := deepCopy (.Values.config | default dict) }}
+{{- range $section := list "server" "api" "metrics" }}
+{{- if not (kindIs "map" (get $cfg $section)) }}{{ $_ := set $cfg $section dict }}{{ end }}
+{{- end }}
+{{- $_ := set $cfg.server "listen" (printf "0.0.0.0:%d" (int .Values.ports.ws)) }}
+{{- $_ := set $cfg.api "listen" (printf "0.0.0.0:%d" (int .Values.ports.api)) }}
+{{- $_ := set $cfg.metrics "listen" (printf "0.0.0.0:%d" (int .Values.ports.metrics)) -}}
+# wsgate configuration rendered by the Helm chart from `.Values.config`.
+# server.node_id, database.url, redis.url and api.keys come from the
+# environment (pod name and Secret), which overrides this file.
+{{- range $section, $values := $cfg }}
+
+[{{ $section }}]
+{{- range $key, $value := $values }}
+{{ $key }} = {{ include "wsgate.tomlValue" $value }}
+{{- end }}
+{{- end }}
+{{ end }}
+
+{{/* Refuses combinations that install something broken. */}}
+{{- define "wsgate.validate" -}}
+{{- if and (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) (not (include "wsgate.hasRedis" .)) }}
+{{- fail "wsgate: replicaCount > 1 or autoscaling.enabled needs Redis (secrets.redisUrl, or secrets.existingSecret holding it): without it every pod is a separate gateway that does not see the others' groups" }}
+{{- end }}
+{{- $s := .Values.secrets }}
+{{- if and (not $s.existingSecret) (or $s.databaseUrl $s.redisUrl) (not $s.apiKeys) }}
+{{- fail "wsgate: secrets.apiKeys is required when secrets.databaseUrl or secrets.redisUrl is set (wsgate only generates a key in embedded mode)" }}
+{{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not .Values.autoscaling.enabled) }}
+{{- if ge (int .Values.podDisruptionBudget.minAvailable) (int .Values.replicaCount) }}
+{{- fail "wsgate: podDisruptionBudget.minAvailable must be below replicaCount, or no pod can ever be evicted (node drains would hang)" }}
+{{- end }}
+{{- end }}
+{{- end }}
