@@ -88,7 +88,6 @@ async fn run_connection(socket: WebSocket, state: AppState, slot: SessionSlot, c
         metrics.auth_success.inc();
         metrics.connections_authenticated.inc();
         serve(socket, &state, conn_id, identity, token).await;
-        metrics.connections_authenticated.dec();
     }
 }
 
@@ -224,6 +223,8 @@ async fn serve(
     for group in state.hub.unregister(conn.id) {
         unsubscribe_broker(state, &group, &conn.session).await;
     }
+    // It no longer serves, even while its close frame waits for a stalled peer.
+    state.metrics.connections_authenticated.dec();
     match end {
         End::Close(code) => close(&mut socket, state, code).await,
         End::ClientGone(code) => state.metrics.closed(code),
@@ -312,19 +313,22 @@ async fn serve_loop(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle)
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
                         let verdict = limiter.as_ref().map_or(RateVerdict::Allow, |l| l.check());
-                        let handled = match verdict {
-                            RateVerdict::Allow => handle_request(socket, state, conn, &text).await,
-                            RateVerdict::Refuse => {
-                                state.metrics.rate_limited("messages");
-                                let id = protocol::parse_request(&text).id;
-                                let error = RequestError::new(ErrorCode::RateLimited, "too many requests");
-                                send(socket, Reply::error(&error, id.as_deref())).await
+                        let handled = bounded_write(conn, pong_timeout, async {
+                            match verdict {
+                                RateVerdict::Allow => handle_request(socket, state, conn, &text).await,
+                                RateVerdict::Refuse => {
+                                    state.metrics.rate_limited("messages");
+                                    let id = protocol::parse_request(&text).id;
+                                    let error = RequestError::new(ErrorCode::RateLimited, "too many requests");
+                                    send(socket, Reply::error(&error, id.as_deref())).await
+                                }
+                                RateVerdict::Close => {
+                                    state.metrics.rate_limited("closed");
+                                    Err(End::Close(CloseCode::RateLimited))
+                                }
                             }
-                            RateVerdict::Close => {
-                                state.metrics.rate_limited("closed");
-                                Err(End::Close(CloseCode::RateLimited))
-                            }
-                        };
+                        })
+                        .await;
                         if let Err(end) = handled {
                             return end;
                         }
@@ -340,14 +344,21 @@ async fn serve_loop(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle)
                 if !open {
                     return End::Close(CloseCode::InternalError);
                 }
-                if let Err(end) = write_batch(socket, state, &mut batch).await {
+                let written = write_batch(socket, state, &mut batch);
+                if let Err(end) = bounded_write(conn, pong_timeout, written).await {
                     return end;
                 }
             }
             _ = sleep_until(deadline) => match keepalive {
                 KeepAlive::PingAt(_) => {
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
-                        return End::ClientGone(1006);
+                    let ping = async {
+                        socket
+                            .send(Message::Ping(Default::default()))
+                            .await
+                            .map_err(|_| End::ClientGone(1006))
+                    };
+                    if let Err(end) = bounded_write(conn, pong_timeout, ping).await {
+                        return end;
                     }
                     keepalive = KeepAlive::PongBy(Instant::now() + pong_timeout);
                 }
@@ -486,11 +497,34 @@ async fn close(socket: &mut WebSocket, state: &AppState, code: CloseCode) {
         code: code.code(),
         reason: Utf8Bytes::from_static(code.reason()),
     };
-    if socket.send(Message::Close(Some(frame))).await.is_ok() {
+    // A stalled peer (a slow consumer) takes the frame only when it reads
+    // again: give it until the pong timeout, then drop the socket.
+    let limit = state.config.server.pong_timeout;
+    let sent = tokio::time::timeout(limit, socket.send(Message::Close(Some(frame)))).await;
+    if let Ok(Ok(())) = sent {
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
             while let Some(Ok(_)) = socket.recv().await {}
         })
         .await;
+    }
+}
+
+/// Runs a write to the socket, giving up when a close is requested meanwhile
+/// (say the queue overflowed while the peer stalled) or when the peer takes
+/// nothing for `limit`: a socket that does not drain is a slow consumer.
+/// Cancelling a write is safe: the library keeps the unwritten bytes buffered
+/// ahead of the close frame that follows.
+async fn bounded_write(
+    conn: &ConnHandle,
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), End>>,
+) -> Result<(), End> {
+    tokio::select! {
+        biased;
+        code = conn.close.requested() => Err(End::Close(code)),
+        written = tokio::time::timeout(limit, write) => {
+            written.unwrap_or(Err(End::Close(CloseCode::SlowConsumer)))
+        }
     }
 }
 

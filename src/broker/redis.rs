@@ -174,6 +174,7 @@ struct Inner {
     prefix: String,
     node_ttl: Duration,
     heartbeat: Duration,
+    command_timeout: Duration,
     /// Redis Cluster: group channels are sharded.
     sharded: bool,
     client: Client,
@@ -184,6 +185,8 @@ struct Inner {
     /// Connection generation; bumped on every disconnection and reconnection.
     epoch: AtomicU64,
     up: AtomicBool,
+    /// A heartbeat timed out on a connection that still looks open.
+    stale: AtomicBool,
     /// Some group may hold a subscription it should not (a failed UNSUBSCRIBE).
     cleanup: AtomicBool,
     heartbeat_now: Notify,
@@ -253,7 +256,9 @@ impl Inner {
     }
 
     fn connected(&self) -> bool {
-        self.subscriber.is_connected() && self.client.is_connected()
+        self.subscriber.is_connected()
+            && self.client.is_connected()
+            && !self.stale.load(Ordering::Acquire)
     }
 
     /// Records the link state; returns whether it changed.
@@ -429,17 +434,55 @@ impl Inner {
             Ok(())
         }
         .await;
-        if let Err(e) = queued.and(pipeline.all::<Value>().await.map(|_| ())) {
+        let registered = queued.and(pipeline.all::<Value>().await.map(|_| ()));
+        if let Err(e) = &registered {
             tracing::debug!(error = %e, "node registration failed");
         }
 
         self.refresh_presence().await;
 
-        // Keeps traffic on the subscriber connection, so one that stopped
-        // answering is noticed (fred's unresponsive check) and reopened.
-        if let Err(e) = self.subscriber.ping::<Value>(None).await {
+        let pinged = self.subscriber.ping::<Value>(None).await.map(|_| ());
+        if let Err(e) = &pinged {
             tracing::debug!(error = %e, "subscriber ping failed");
         }
+        // A connection that is open but answers nothing (state lost in a
+        // NAT or firewall, a host gone without a reset) still looks
+        // connected, and fred's unresponsive check is reset by every write.
+        // A timed-out heartbeat is the sign: report the link down and reopen
+        // the connection; the supervisor resubscribes once it is back.
+        // A slow Redis can time out a heartbeat too, so a timeout is only a
+        // hint: a PING with a long deadline (3 command timeouts) decides.
+        let stale_client =
+            registered.as_ref().is_err_and(is_timeout) && !self.answers_ping(&self.client).await;
+        let stale_subscriber =
+            pinged.as_ref().is_err_and(is_timeout) && !self.answers_ping(&self.subscriber).await;
+        if stale_client || stale_subscriber {
+            if !self.stale.swap(true, Ordering::AcqRel) {
+                tracing::warn!("Redis stopped answering; reconnecting");
+            }
+            self.set_up(false);
+            if stale_client {
+                force_reconnect(self.client.clone());
+            }
+            if stale_subscriber {
+                force_reconnect(self.subscriber.clone());
+            }
+        } else if registered.is_ok() && pinged.is_ok() {
+            self.stale.store(false, Ordering::Release);
+        }
+    }
+
+    /// Whether the connection answers a PING within 3 command timeouts.
+    async fn answers_ping<C: ClientLike>(&self, client: &C) -> bool {
+        let options = fred::types::config::Options {
+            timeout: Some(self.command_timeout * 3),
+            ..Default::default()
+        };
+        client
+            .with_options(&options)
+            .ping::<Value>(None)
+            .await
+            .is_ok()
     }
 
     /// Extends every local group's presence hash; rewrites those that are
@@ -649,6 +692,21 @@ async fn dispatch(inner: Arc<Inner>, mut messages: broadcast::Receiver<Message>)
     }
 }
 
+fn is_timeout(e: &fred::error::Error) -> bool {
+    *e.kind() == fred::error::ErrorKind::Timeout
+}
+
+/// Reopens a client's connection in the background, bounded in time.
+fn force_reconnect<C: ClientLike + Send + Sync + 'static>(client: C) {
+    tokio::spawn(async move {
+        let forced =
+            tokio::time::timeout(Duration::from_secs(5), client.force_reconnection()).await;
+        if let Ok(Err(e)) = forced {
+            tracing::debug!(error = %e, "forced reconnection failed");
+        }
+    });
+}
+
 async fn heartbeat(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.heartbeat.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -702,6 +760,7 @@ impl RedisBroker {
             prefix: cfg.prefix.clone(),
             node_ttl: cfg.node_ttl,
             heartbeat: cfg.heartbeat,
+            command_timeout: cfg.command_timeout,
             sharded: subscriber.is_clustered(),
             client,
             subscriber,
@@ -710,6 +769,7 @@ impl RedisBroker {
             groups: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             up: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
             cleanup: AtomicBool::new(false),
             heartbeat_now: Notify::new(),
             bad_envelopes: AtomicU64::new(0),

@@ -2,6 +2,7 @@
 //! throwaway Postgres databases, and drive real WebSocket clients.
 #![allow(dead_code)]
 
+pub mod pg_server;
 pub mod redis_servers;
 
 use std::time::Duration;
@@ -401,11 +402,12 @@ impl BinNode {
         });
         let mut log = Vec::new();
         loop {
-            let line = lines
-                .recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| {
-                    panic!("wsgate did not start; log so far:\n{}", log.join("\n"))
-                });
+            let Ok(line) = lines.recv_timeout(Duration::from_secs(30)) else {
+                // Never leave the process behind.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("wsgate did not start; log so far:\n{}", log.join("\n"));
+            };
             log.push(line.clone());
             if line.contains("wsgate serving") {
                 let v: Value = serde_json::from_str(&line).expect("JSON log line");
