@@ -1,0 +1,373 @@
+#!/usr/bin/env bash
+# scripts/bench.sh [--quick] [--no-peer] [--no-build] [--keep] [--out FILE]
+#
+# Runs every scenario of the performance issue (issue 6) with wsgate-bench
+# against wsgate nodes this script starts itself, and rewrites BENCHMARKS.md
+# with the machine, date, commit, exact command lines and results.
+#
+#   - one node, embedded mode (SQLite file in a temp dir, in-process broker);
+#   - two nodes over the machine's Redis (127.0.0.1:6379, a unique key
+#     prefix) with a throwaway PostgreSQL database (127.0.0.1:5432, user
+#     postgres) that is created here and dropped at the end;
+#   - when ../shared/peers/django_channels exists, the Django Channels peer
+#     (copied to target/bench-peer, throwaway database) for the same fan-out
+#     and connect scenarios, with the ratios wsgate/peer.
+#
+# A full run takes about 10 minutes; --quick about 2 to 3 (shorter runs, same
+# socket counts; the first peer setup adds a pip install). All load stays on
+# loopback, every run is bounded and stops by itself. Tokens and the API key
+# only ever live in files under a private temp dir; nothing prints them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+QUICK=0 PEER=1 BUILD=1 KEEP=0 OUT=BENCHMARKS.md
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --no-peer) PEER=0 ;;
+        --no-build) BUILD=0 ;;
+        --keep) KEEP=1 ;;
+        --out) OUT=$2; shift ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+log() { printf '\n== %s\n' "$*" >&2; }
+die() { echo "bench.sh: $*" >&2; exit 1; }
+
+# Every socket is a file descriptor, on both ends.
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+if [ "$BUILD" = 1 ]; then
+    log "cargo build --release -p wsgate -p wsgate-bench"
+    cargo build --release -p wsgate -p wsgate-bench
+fi
+WSGATE=$ROOT/target/release/wsgate
+BENCH=$ROOT/target/release/wsgate-bench
+[ -x "$WSGATE" ] && [ -x "$BENCH" ] || die "release binaries missing (run without --no-build)"
+for tool in curl psql redis-cli; do
+    command -v "$tool" >/dev/null || die "$tool is needed"
+done
+
+if [ "$QUICK" = 1 ]; then
+    MODE=quick D=3 DRAIN=3 HOLD=2 MISS_TOKENS=20000 PEER_D=3 PEER_TOKENS=2000
+else
+    MODE=full D=10 DRAIN=5 HOLD=5 MISS_TOKENS=60000 PEER_D=8 PEER_TOKENS=5000
+fi
+
+WORK=$(mktemp -d /tmp/wsgate-bench.XXXXXX)
+chmod 700 "$WORK"
+RUN_ID="$(date +%s)$$"
+RESULTS=$WORK/results.jsonl
+COMMANDS=$WORK/commands.txt
+: >"$RESULTS"
+: >"$COMMANDS"
+PIDS=()
+PGDB="wsgate_bench_${RUN_ID}"
+PEERDB="wsgate_bench_peer_${RUN_ID}"
+PREFIX="wsgate-bench-${RUN_ID}:"
+PG_CREATED=0 PEERDB_CREATED=0
+FAILED=()
+FOREIGN_MAX=0
+STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+psql_admin() { psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
+
+stop_pid() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    if [ "$PG_CREATED" = 1 ]; then psql_admin -c "DROP DATABASE IF EXISTS $PGDB WITH (FORCE)"; fi
+    if [ "$PEERDB_CREATED" = 1 ]; then psql_admin -c "DROP DATABASE IF EXISTS $PEERDB WITH (FORCE)"; fi
+    redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "${PREFIX}*" 2>/dev/null |
+        xargs -r -n 500 redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1
+    if [ "$KEEP" = 1 ]; then echo "bench.sh: kept $WORK" >&2; else rm -rf "$WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Ports: a block of free loopback ports below the ephemeral range.
+port_free() { ! ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
+BASE=${WSGATE_BENCH_PORT_BASE:-17100}
+for _ in $(seq 20); do
+    ok=1
+    for off in $(seq 0 12); do port_free $((BASE + off)) || { ok=0; break; }; done
+    [ "$ok" = 1 ] && break
+    BASE=$((BASE + 100))
+done
+[ "$ok" = 1 ] || die "no free port block found"
+
+# A random API key, kept in a private file.
+API_KEY_FILE=$WORK/api-key
+(umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$API_KEY_FILE")
+API_KEY=$(cat "$API_KEY_FILE")
+
+# The benchmark plays thousands of clients from a few loopback addresses:
+# lift the per-IP limits where this build has them (unknown keys are errors).
+CHECK=$(cd "$WORK" && WSGATE__API__KEYS="$API_KEY" "$WSGATE" config check 2>/dev/null || true)
+has_key() { grep -qE "^$1 = " <<<"$CHECK"; }
+LIMIT_ENV=(WSGATE__LOG__LEVEL=warn WSGATE__DRAIN__GRACE=0s WSGATE__DRAIN__SPREAD=1s)
+has_key max_connections_per_ip && LIMIT_ENV+=(WSGATE__LIMITS__MAX_CONNECTIONS_PER_IP=0)
+has_key max_pending && LIMIT_ENV+=(WSGATE__LIMITS__MAX_PENDING=100000)
+has_key max_pending_per_ip && LIMIT_ENV+=(WSGATE__LIMITS__MAX_PENDING_PER_IP=100000)
+has_key auth_failures_per_minute && LIMIT_ENV+=(WSGATE__LIMITS__AUTH_FAILURES_PER_MINUTE=0)
+
+# note_cmd WORDS...: records a command line (paths shortened, no secrets).
+note_cmd() {
+    printf '%s\n' "$*" | sed -e "s#$WORK#\$WORK#g" -e "s#$ROOT/##g" >>"$COMMANDS"
+}
+
+# start_node NAME WS_PORT API_PORT METRICS_PORT [VAR=VALUE...]: sets NODE_PID.
+start_node() {
+    local name=$1 ws=$2 api=$3 met=$4
+    shift 4
+    mkdir -p "$WORK/$name"
+    note_cmd "# node $name:" WSGATE__SERVER__LISTEN="127.0.0.1:$ws" WSGATE__API__LISTEN="127.0.0.1:$api" \
+        WSGATE__METRICS__LISTEN="127.0.0.1:$met" WSGATE__SERVER__NODE_ID="$name" \
+        'WSGATE__API__KEYS=$(cat $WORK/api-key)' "${LIMIT_ENV[@]}" "$@" target/release/wsgate serve
+    (cd "$WORK/$name" && exec env \
+        WSGATE__SERVER__LISTEN="127.0.0.1:$ws" WSGATE__API__LISTEN="127.0.0.1:$api" \
+        WSGATE__METRICS__LISTEN="127.0.0.1:$met" WSGATE__SERVER__NODE_ID="$name" \
+        WSGATE__API__KEYS="$API_KEY" "${LIMIT_ENV[@]}" "$@" "$WSGATE" serve) \
+        >"$WORK/$name.log" 2>&1 &
+    NODE_PID=$!
+    PIDS+=("$NODE_PID")
+    for _ in $(seq 150); do
+        if curl -fsS -o /dev/null "http://127.0.0.1:$ws/readyz" 2>/dev/null; then return 0; fi
+        kill -0 "$NODE_PID" 2>/dev/null || { tail -20 "$WORK/$name.log" >&2; die "node $name died"; }
+        sleep 0.2
+    done
+    tail -20 "$WORK/$name.log" >&2
+    die "node $name not ready in 30 s"
+}
+
+# Counts compiler and cargo processes that are not ours (other builds).
+sample_foreign() {
+    local n
+    n=$(pgrep -c -x 'rustc|cargo|cc1|cc1plus' 2>/dev/null || true)
+    n=${n:-0}
+    [ "$n" -gt "$FOREIGN_MAX" ] && FOREIGN_MAX=$n
+    return 0
+}
+
+# bench LABEL SCENARIO ARGS...: one wsgate-bench run, recorded.
+bench() {
+    local label=$1 scenario=$2
+    shift 2
+    local cmd=("$BENCH" "$scenario" --label "$label" --json-out "$RESULTS" "$@")
+    printf '%q ' "${cmd[@]}" | sed -e "s#$WORK#\$WORK#g" -e "s#$ROOT/##g" >>"$COMMANDS"
+    echo >>"$COMMANDS"
+    log "$label"
+    sample_foreign
+    if ! "${cmd[@]}" >/dev/null; then
+        echo "bench.sh: run $label failed" >&2
+        FAILED+=("$label")
+    fi
+    sample_foreign
+}
+
+REDIS_PID=$(redis-cli -h 127.0.0.1 -p 6379 info server 2>/dev/null | tr -d '\r' | awk -F: '/^process_id:/{print $2}')
+[ -n "$REDIS_PID" ] || die "Redis at 127.0.0.1:6379 does not answer"
+pg_isready -h 127.0.0.1 -p 5432 -q || die "PostgreSQL at 127.0.0.1:5432 does not answer"
+
+WS1=$BASE API1=$((BASE + 1)) MET1=$((BASE + 2))
+WSR1=$((BASE + 3)) APIR1=$((BASE + 4)) METR1=$((BASE + 5))
+WSR2=$((BASE + 6)) APIR2=$((BASE + 7)) METR2=$((BASE + 8))
+PEER_PORT=$((BASE + 9))
+
+KEYS=(--api-key-file "$API_KEY_FILE")
+
+# --- one node, embedded mode ------------------------------------------------
+one_node() { # one_node NAME PORT...
+    local name=$1 ws=$2 api=$3 met=$4
+    mkdir -p "$WORK/$name"
+    note_cmd "# tokens: WSGATE__DATABASE__SQLITE_PATH=$WORK/$name/wsgate.db target/release/wsgate token issue --user 1 > $WORK/$name/tokens.txt"
+    (cd "$WORK/$name" && umask 077 &&
+        WSGATE__DATABASE__SQLITE_PATH="$WORK/$name/wsgate.db" WSGATE__API__KEYS="$API_KEY" \
+            "$WSGATE" token issue --user 1 >"$WORK/$name/tokens.txt")
+    start_node "$name" "$ws" "$api" "$met" WSGATE__DATABASE__SQLITE_PATH="$WORK/$name/wsgate.db"
+}
+
+log "one node, embedded mode (ports $WS1/$API1)"
+one_node embedded "$WS1" "$API1" "$MET1"
+N1=(--ws "ws://127.0.0.1:$WS1/ws" --api "http://127.0.0.1:$API1" --tokens-file "$WORK/embedded/tokens.txt"
+    "${KEYS[@]}" --server-pid "$NODE_PID")
+EMBEDDED_PID=$NODE_PID
+
+bench fanout-1k-500 fanout "${N1[@]}" --subscribers 1000 --rate 500 --inflight 64 --duration "$D" --drain "$DRAIN"
+bench fanout-1k-max fanout "${N1[@]}" --subscribers 1000 --rate 0 --window 32 --inflight 8 --duration "$D" --drain "$DRAIN"
+bench fanout-1k-batch10-max fanout "${N1[@]}" --subscribers 1000 --rate 0 --batch 10 --window 40 --inflight 8 --duration "$D" --drain "$DRAIN"
+bench fanout-10k-5 fanout "${N1[@]}" --subscribers 10000 --rate 5 --duration "$D" --drain "$DRAIN"
+bench fanout-10k-max fanout "${N1[@]}" --subscribers 10000 --rate 0 --window 8 --inflight 4 --duration "$D" --drain "$DRAIN"
+bench groups-10k groups "${N1[@]}" --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
+bench connect-hit connect "${N1[@]}" --mode hit --duration "$D" --concurrency 64
+stop_pid "$EMBEDDED_PID"
+
+# Idle sockets on a fresh node, so earlier runs' memory does not hide the cost.
+log "idle sockets on a fresh embedded node"
+one_node idle "$WS1" "$API1" "$MET1"
+bench idle-19k idle --ws "ws://127.0.0.1:$WS1/ws" --tokens-file "$WORK/idle/tokens.txt" \
+    --server-pid "$NODE_PID" --sockets 19000 --sockets-per-process 10000 --settle 2 --hold "$HOLD"
+stop_pid "$NODE_PID"
+
+# --- two nodes over Redis, PostgreSQL token store -----------------------------
+log "two nodes over Redis (prefix $PREFIX), PostgreSQL database $PGDB"
+psql_admin -c "CREATE DATABASE $PGDB"
+PG_CREATED=1
+DB_ENV=(WSGATE__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$PGDB"
+    WSGATE__REDIS__URL="redis://127.0.0.1:6379" WSGATE__REDIS__PREFIX="$PREFIX")
+mkdir -p "$WORK/redis"
+note_cmd "# tokens: ${DB_ENV[*]} target/release/wsgate token issue --user 1 > $WORK/redis/tokens.txt"
+note_cmd "# miss tokens: target/release/wsgate-bench gen-tokens --count $MISS_TOKENS --out $WORK/redis/miss-tokens.txt," \
+    "then psql inserts encode(sha256(token), 'hex') of each into wsgate_tokens"
+(umask 077 && env "${DB_ENV[@]}" WSGATE__API__KEYS="$API_KEY" "$WSGATE" token issue --user 1 >"$WORK/redis/tokens.txt")
+# Cache-miss tokens: random native tokens; PostgreSQL stores their SHA-256
+# digests exactly as `wsgate token issue` does (hex of the token's bytes).
+"$BENCH" gen-tokens --count "$MISS_TOKENS" --out "$WORK/redis/miss-tokens.txt"
+psql -h 127.0.0.1 -U postgres -d "$PGDB" -v ON_ERROR_STOP=1 -q <<SQL
+CREATE TEMP TABLE bench_tokens (token text);
+\copy bench_tokens FROM '$WORK/redis/miss-tokens.txt'
+INSERT INTO wsgate_tokens (digest, user_id, created_at, expires_at, revoked_at)
+SELECT encode(sha256(convert_to(token, 'UTF8')), 'hex'), 'miss-' || row_number() OVER (),
+       (extract(epoch FROM now()) * 1000)::bigint, NULL, NULL
+FROM bench_tokens;
+SQL
+start_node r1 "$WSR1" "$APIR1" "$METR1" "${DB_ENV[@]}"
+R1_PID=$NODE_PID
+start_node r2 "$WSR2" "$APIR2" "$METR2" "${DB_ENV[@]}"
+R2_PID=$NODE_PID
+R2=(--ws "ws://127.0.0.1:$WSR1/ws" --ws "ws://127.0.0.1:$WSR2/ws" --api "http://127.0.0.1:$APIR1"
+    --tokens-file "$WORK/redis/tokens.txt" "${KEYS[@]}" --server-pid "$R1_PID" --server-pid "$R2_PID"
+    --aux-pid "$REDIS_PID")
+bench redis2-fanout-1k-max fanout "${R2[@]}" --subscribers 1000 --rate 0 --window 32 --inflight 8 --duration "$D" --drain "$DRAIN"
+bench redis2-fanout-1k-batch10-max fanout "${R2[@]}" --subscribers 1000 --rate 0 --batch 10 --window 40 --inflight 8 --duration "$D" --drain "$DRAIN"
+bench redis2-fanout-10k-max fanout "${R2[@]}" --subscribers 10000 --rate 0 --window 8 --inflight 4 --duration "$D" --drain "$DRAIN"
+bench connect-miss connect --ws "ws://127.0.0.1:$WSR1/ws" --tokens-file "$WORK/redis/miss-tokens.txt" \
+    --server-pid "$R1_PID" --aux-pid "$REDIS_PID" --mode miss --duration "$D" --concurrency 64
+bench publish-batch publish --api "http://127.0.0.1:$APIR1" "${KEYS[@]}" --server-pid "$R1_PID" \
+    --aux-pid "$REDIS_PID" --batch 100 --concurrency 8 --groups 100 --duration "$D"
+stop_pid "$R1_PID"
+stop_pid "$R2_PID"
+
+# --- the Django Channels peer ---------------------------------------------------
+PEER_SRC=$ROOT/../shared/peers/django_channels
+PEER_NOTE="not run"
+if [ "$PEER" = 1 ] && [ -d "$PEER_SRC" ] && command -v python3 >/dev/null; then
+    log "Django Channels peer (database $PEERDB)"
+    PEER_DIR=${WSGATE_BENCH_PEER_DIR:-$ROOT/target/bench-peer}
+    mkdir -p "$PEER_DIR"
+    # A fresh copy of the peer, keeping its virtualenv between runs.
+    find "$PEER_DIR" -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {} +
+    cp -r "$PEER_SRC/." "$PEER_DIR/"
+    chmod -R u+w "$PEER_DIR"
+    export PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres PGDATABASE=$PEERDB
+    export WSGATE_API_KEYS=$API_KEY REDIS_URL=${WSGATE_BENCH_PEER_REDIS:-redis://127.0.0.1:6379/0}
+    PEERDB_CREATED=1
+    note_cmd "# peer: cp -r ../shared/peers/django_channels $PEER_DIR; cd $PEER_DIR;" \
+        "PGDATABASE=$PEERDB WSGATE_API_KEYS=\$(cat \$WORK/api-key) ./setup.sh;" \
+        ".venv/bin/python make_tokens.py $PEER_TOKENS \$WORK/peer-tokens.txt; ./start.sh $PEER_PORT"
+    if (cd "$PEER_DIR" && ./setup.sh >"$WORK/peer-setup.log" 2>&1) &&
+        (cd "$PEER_DIR" && umask 077 && .venv/bin/python make_tokens.py "$PEER_TOKENS" "$WORK/peer-tokens.txt" >/dev/null) &&
+        PEER_PID=$(cd "$PEER_DIR" && ./start.sh "$PEER_PORT"); then
+        PIDS+=("$PEER_PID")
+        PEER_NOTE=$(grep -o 'Django .*' "$WORK/peer-setup.log" | tail -1)
+        head -n 1 "$WORK/peer-tokens.txt" >"$WORK/peer-token-hit.txt"
+        PEERARGS=(--ws "ws://127.0.0.1:$PEER_PORT/ws" --api "http://127.0.0.1:$PEER_PORT" "${KEYS[@]}"
+            --server-pid "$PEER_PID" --aux-pid "$REDIS_PID")
+        bench peer-fanout-1k-max fanout "${PEERARGS[@]}" --tokens-file "$WORK/peer-tokens.txt" \
+            --group "bench.fanout.$RUN_ID" --subscribers 1000 --rate 0 --window 4 --inflight 4 \
+            --duration "$PEER_D" --drain "$DRAIN" --connect-concurrency 32
+        bench peer-connect-hit connect "${PEERARGS[@]}" --tokens-file "$WORK/peer-token-hit.txt" \
+            --mode hit --duration "$PEER_D" --concurrency 64
+        bench peer-connect-miss connect "${PEERARGS[@]}" --tokens-file "$WORK/peer-tokens.txt" \
+            --mode miss --duration "$PEER_D" --concurrency 64
+        stop_pid "$PEER_PID"
+    else
+        echo "bench.sh: the Django peer could not be set up or started (see $WORK/peer-setup.log); skipping it" >&2
+        tail -5 "$WORK/peer-setup.log" >&2 || true
+        PEER_NOTE="setup failed"
+        FAILED+=("peer")
+    fi
+fi
+
+# --- BENCHMARKS.md ----------------------------------------------------------------
+log "writing $OUT"
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=""
+if [ -n "$(git status --porcelain 2>/dev/null)" ]; then DIRTY=" (with uncommitted changes in the work tree)"; fi
+CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+MEM=$(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)
+OTHER=$(jq -s '[.[].machine.other_cores // 0] | max' "$RESULTS" 2>/dev/null || echo "?")
+OTHER_AVG=$(jq -s '[.[].machine.other_cores // 0] | (add / (length | if . == 0 then 1 else . end)) * 100 | round / 100' "$RESULTS" 2>/dev/null || echo "?")
+{
+    echo "# Benchmarks"
+    echo
+    echo "Written by \`scripts/bench.sh\` ($MODE run); re-run it rather than editing this file."
+    echo "How the figures are measured: [docs/performance.md](docs/performance.md)."
+    echo
+    echo "## Machine and run"
+    echo
+    echo "- date: $STARTED_AT (UTC), $MODE run; commit $COMMIT$DIRTY"
+    echo "- machine: $(nproc) cores ($CPU_MODEL), $MEM memory, Linux $(uname -r), open-file limit $(ulimit -n)"
+    echo "- $(rustc --version 2>/dev/null || echo 'rustc ?'); release profile"
+    echo "- the load generator runs on the same $(nproc) cores as the server(s), Redis and PostgreSQL"
+    echo "- load average at start $LOAD_START, at end $LOAD_END; compiler/test processes seen during the run: up to $FOREIGN_MAX"
+    echo "- CPU used by other processes (neither server, generator nor Redis) during the runs: up to $OTHER cores, $OTHER_AVG on average (column \"other load\")"
+    if awk -v o="$OTHER" -v f="$FOREIGN_MAX" 'BEGIN { exit !((o + 0) > 0.2 || (f + 0) > 0) }'; then
+        echo
+        echo "**These figures were measured while other builds and tests ran on the machine**; they"
+        echo "are lower bounds. Server CPU per delivery (from /proc) depends least on that."
+    fi
+    if [ "$QUICK" = 1 ]; then
+        echo
+        echo "This was a \`--quick\` run (${D} s per run instead of 10 s); run \`scripts/bench.sh\` for the full one."
+    fi
+    if [ "${#FAILED[@]}" -gt 0 ]; then
+        echo
+        echo "Runs that failed (no figures): ${FAILED[*]}."
+    fi
+    echo
+    echo "Peer: Django Channels from \`../shared/peers/django_channels\`: $PEER_NOTE (one uvicorn node, channels_redis core layer)."
+    echo
+    "$BENCH" report --results "$RESULTS"
+    echo
+    echo "## Command lines"
+    echo
+    echo "Nodes: embedded and idle = one node on SQLite with the in-process broker; r1, r2 = two"
+    echo "nodes on PostgreSQL and Redis. Every node runs with \`${LIMIT_ENV[*]}\`: the per-IP"
+    echo "limits are lifted because the generator plays thousands of clients from 4 addresses."
+    echo "\`\$WORK\` is the run's private temp dir (tokens and the API key live in files there)."
+    echo
+    echo '```sh'
+    cat "$COMMANDS"
+    echo '```'
+    echo
+    echo "## Raw results"
+    echo
+    echo "One JSON object per run, as \`wsgate-bench\` printed it:"
+    echo
+    echo '```json'
+    cat "$RESULTS"
+    echo '```'
+} >"$OUT.tmp"
+mv "$OUT.tmp" "$OUT"
+log "done: $OUT"
+if [ "${#FAILED[@]}" -gt 0 ]; then
+    echo "bench.sh: some runs failed: ${FAILED[*]}" >&2
+fi
