@@ -155,9 +155,7 @@ impl Server {
         let mut listeners = Vec::new();
         let (mut ws, mut api, mut metrics) = (None, None, None);
         for (addr, roles) in by_addr {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })?;
+            let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
             let local = listener
                 .local_addr()
                 .map_err(|source| StartError::Bind { addr, source })?;
@@ -244,6 +242,21 @@ impl Server {
             let _ = server.await;
         }
     }
+}
+
+/// Listen backlog: reconnect storms (a drained node's clients arriving at
+/// once) need more than the usual 128 or 1024 pending handshakes.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Accepts connections until `stop` flips, serving HTTP/1.1 with upgrades.

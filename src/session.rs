@@ -63,7 +63,10 @@ async fn run_connection(socket: WebSocket, state: AppState, slot: SessionSlot, c
         metrics.rate_limited("auth");
         Err(End::Close(CloseCode::RateLimited))
     } else {
-        authenticate(&mut socket, &state).await
+        // Boxed, like the other big one-off steps below: the task of an idle
+        // socket then keeps only the serve loop's state, not the largest
+        // future it ever awaited (measured: most of an idle socket's memory).
+        Box::pin(authenticate(&mut socket, &state)).await
     };
     metrics.connections_pending.dec();
     if let Err(End::Close(CloseCode::AuthFailed | CloseCode::AuthRequired)) = &outcome
@@ -212,7 +215,7 @@ async fn serve(
     span.record("session", conn.session.as_str());
     span.record("user_id", conn.user_id.as_str());
     state.hub.register(conn.clone());
-    let end = match welcome(&mut socket, state, &conn).await {
+    let end = match Box::pin(welcome(&mut socket, state, &conn)).await {
         Ok(()) => {
             tracing::debug!("authenticated");
             serve_loop(&mut socket, state, &conn).await
@@ -298,10 +301,17 @@ async fn serve_loop(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle)
     let mut keepalive = KeepAlive::PingAt(Instant::now() + ping_interval);
     let limiter = MessageLimiter::new(state.config.limits.messages_per_second);
     let mut batch: Vec<Outbound> = Vec::new();
+    // One timer for the connection, moved rather than re-registered on
+    // every wake-up.
+    let timer = sleep_until(Instant::now() + ping_interval);
+    tokio::pin!(timer);
     loop {
         let deadline = match keepalive {
             KeepAlive::PingAt(t) | KeepAlive::PongBy(t) => t,
         };
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             // A close request wins over queued frames: a slow consumer is
             // closed rather than fed further.
@@ -315,7 +325,9 @@ async fn serve_loop(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle)
                         let verdict = limiter.as_ref().map_or(RateVerdict::Allow, |l| l.check());
                         let handled = bounded_write(conn, pong_timeout, async {
                             match verdict {
-                                RateVerdict::Allow => handle_request(socket, state, conn, &text).await,
+                                RateVerdict::Allow => {
+                                    Box::pin(handle_request(socket, state, conn, &text)).await
+                                }
                                 RateVerdict::Refuse => {
                                     state.metrics.rate_limited("messages");
                                     let id = protocol::parse_request(&text).id;
@@ -349,7 +361,7 @@ async fn serve_loop(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle)
                     return end;
                 }
             }
-            _ = sleep_until(deadline) => match keepalive {
+            _ = &mut timer => match keepalive {
                 KeepAlive::PingAt(_) => {
                     let ping = async {
                         socket

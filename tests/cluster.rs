@@ -508,6 +508,8 @@ async fn single_flight_200_connections_one_query() {
     let mut config = node_config(dir.path(), "node-a", SHARED_REDIS, &prefix, &pg);
     config.auth.store = wsgate::config::StoreKind::Query;
     config.auth.query = Some("SELECT user_id FROM lookup_token($1)".into());
+    // 200 sockets from one address wait for their first frame at once.
+    config.limits.max_pending_per_ip = 1000;
     let node = spawn(config).await;
     let url = node.ws_url();
     let mut tasks = Vec::new();
