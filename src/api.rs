@@ -64,6 +64,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The `error` label of `wsgate_api_errors_total` for a refused call.
+fn error_label(status: StatusCode) -> Option<&'static str> {
+    Some(match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "payload_too_large",
+        503 => "unavailable",
+        s if s >= 400 => "other",
+        _ => return None,
+    })
+}
+
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(message.into())
 }
@@ -79,14 +93,14 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(request_span))
+        .layer(middleware::from_fn_with_state(state.clone(), request_span))
         .with_state(state)
 }
 
 /// Every API call runs in a span with a request id (the caller's
 /// `X-Request-Id` when it is a short plain token, else a new one), echoed in
 /// the response so backend logs and ours can be joined.
-async fn request_span(request: Request, next: Next) -> Response {
+async fn request_span(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let given = request
         .headers()
         .get("x-request-id")
@@ -107,6 +121,9 @@ async fn request_span(request: Request, next: Next) -> Response {
     );
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "api call"));
+    if let Some(label) = error_label(response.status()) {
+        state.metrics.api_error(label);
+    }
     if let Ok(value) = header::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }

@@ -216,6 +216,7 @@ impl Server {
                 listener,
                 router,
                 handshake_timeout,
+                self.state.metrics.clone(),
                 stop_rx.clone(),
             )));
         }
@@ -269,6 +270,7 @@ async fn serve_listener(
     listener: TcpListener,
     router: Router,
     handshake_timeout: Duration,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -304,6 +306,7 @@ async fn serve_listener(
             .with_upgrades();
         let mut stop = stop.clone();
         let done = done_tx.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let _done = done;
             let mut connection = std::pin::pin!(connection);
@@ -316,6 +319,10 @@ async fn serve_listener(
                 }
             };
             if let Err(e) = result {
+                if e.is_timeout() {
+                    // The request headers did not arrive in time (slowloris).
+                    metrics.rejected("handshake_timeout");
+                }
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

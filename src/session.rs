@@ -21,6 +21,8 @@ use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
 use crate::auth::{Identity, Token};
+use serde_json::value::RawValue;
+
 use crate::hub::{CloseSignal, ConnHandle, Member, Outbound, OutboundQueue, unix_micros};
 use crate::limits::{MessageLimiter, RateVerdict, SessionSlot};
 use crate::ops::metrics::AuthFailure;
@@ -332,7 +334,7 @@ async fn serve_loop(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle)
                                     state.metrics.rate_limited("messages");
                                     let id = protocol::parse_request(&text).id;
                                     let error = RequestError::new(ErrorCode::RateLimited, "too many requests");
-                                    send(socket, Reply::error(&error, id.as_deref())).await
+                                    send(socket, refuse(state, &error, id.as_deref())).await
                                 }
                                 RateVerdict::Close => {
                                     state.metrics.rate_limited("closed");
@@ -439,11 +441,11 @@ async fn handle_request(
     let ClientFrame { id, request } = protocol::parse_request(text);
     let id = id.as_deref();
     let reply = match request {
-        Err(e) => Reply::error(&e, id),
+        Err(e) => refuse(state, &e, id),
         Ok(Request::Ping) => Reply::Pong { id }.encode(),
         Ok(Request::Subscribe { group, since }) => {
             if !state.policy.can_subscribe(&conn.user_id, &group) {
-                Reply::error(&forbidden(), id)
+                refuse(state, &forbidden(), id)
             } else {
                 match join(state, conn, &group).await {
                     Ok(()) => Reply::Subscribed {
@@ -456,7 +458,8 @@ async fn handle_request(
                         id,
                     }
                     .encode(),
-                    Err(JoinFailure::TooMany) => Reply::error(
+                    Err(JoinFailure::TooMany) => refuse(
+                        state,
                         &RequestError::new(
                             ErrorCode::TooManyGroups,
                             "too many groups on this connection",
@@ -476,7 +479,7 @@ async fn handle_request(
         }
         Ok(Request::Publish { group, data }) => {
             if !state.policy.can_publish(&conn.user_id, &group) {
-                Reply::error(&forbidden(), id)
+                refuse(state, &forbidden(), id)
             } else {
                 let publication = Publication {
                     group: group.clone(),
@@ -495,6 +498,12 @@ async fn handle_request(
         }
     };
     send(socket, reply).await
+}
+
+/// An `error` reply, counted by its code.
+fn refuse(state: &AppState, error: &RequestError, id: Option<&RawValue>) -> Frame {
+    state.metrics.request_error(error.code.as_str());
+    Reply::error(error, id)
 }
 
 fn forbidden() -> RequestError {

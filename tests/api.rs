@@ -47,7 +47,10 @@ async fn api_key_required() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 405);
-    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "method_not_allowed");
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"],
+        "method_not_allowed"
+    );
 }
 
 #[tokio::test]
@@ -149,6 +152,11 @@ async fn body_over_1_mib_gets_413() {
     assert_eq!(resp.status(), 413);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"], "payload_too_large");
+    assert_eq!(
+        node.metric("wsgate_api_errors_total{error=\"payload_too_large\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]

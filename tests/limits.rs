@@ -60,6 +60,11 @@ async fn slow_handshake_is_dropped() {
         start.elapsed()
     );
     assert!(start.elapsed() >= Duration::from_millis(250));
+    assert_eq!(
+        node.metric("wsgate_connections_rejected_total{reason=\"handshake_timeout\"}")
+            .await,
+        1.0
+    );
     // Normal clients are unaffected.
     let token = node.issue_token("1").await;
     Client::authed(&node.ws_url(), &token).await;

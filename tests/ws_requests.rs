@@ -214,6 +214,11 @@ async fn too_many_groups() {
         .request(json!({"type": "subscribe", "group": "c", "id": 1}))
         .await;
     assert_eq!(error_code(&r), "too_many_groups");
+    assert_eq!(
+        node.metric("wsgate_request_errors_total{code=\"too_many_groups\"}")
+            .await,
+        1.0
+    );
     // Subscribing again to a group already joined is fine.
     c.subscribe("a").await;
     let r = c

@@ -96,7 +96,8 @@ fn close_label(code: u16) -> &'static str {
 }
 
 /// Reasons an upgrade is refused (labels of `wsgate_connections_rejected_total`).
-pub const REJECT_REASONS: [&str; 6] = [
+pub const REJECT_REASONS: [&str; 7] = [
+    "handshake_timeout",
     "origin",
     "draining",
     "full",
@@ -127,6 +128,8 @@ pub struct Metrics {
     pub redis_up: IntGauge,
     pub draining: IntGauge,
     rejected: IntCounterVec,
+    request_errors: IntCounterVec,
+    api_errors: IntCounterVec,
     rate_limited: IntCounterVec,
 }
 
@@ -246,6 +249,22 @@ impl Metrics {
                 &["reason"],
             )
             .expect("metric"),
+            api_errors: IntCounterVec::new(
+                Opts::new(
+                    "wsgate_api_errors_total",
+                    "Backend API calls refused, by error (401, 400, 413, ...).",
+                ),
+                &["error"],
+            )
+            .expect("metric"),
+            request_errors: IntCounterVec::new(
+                Opts::new(
+                    "wsgate_request_errors_total",
+                    "Client requests refused with an error reply, by code.",
+                ),
+                &["code"],
+            )
+            .expect("metric"),
             rate_limited: IntCounterVec::new(
                 Opts::new(
                     "wsgate_rate_limited_total",
@@ -275,6 +294,26 @@ impl Metrics {
         for reason in REJECT_REASONS {
             m.rejected.with_label_values(&[reason]);
         }
+        for code in [
+            "bad_request",
+            "unknown_type",
+            "forbidden",
+            "too_many_groups",
+            "rate_limited",
+        ] {
+            m.request_errors.with_label_values(&[code]);
+        }
+        for error in [
+            "bad_request",
+            "unauthorized",
+            "not_found",
+            "method_not_allowed",
+            "payload_too_large",
+            "unavailable",
+            "other",
+        ] {
+            m.api_errors.with_label_values(&[error]);
+        }
         for kind in ["auth", "messages", "closed"] {
             m.rate_limited.with_label_values(&[kind]);
         }
@@ -297,6 +336,8 @@ impl Metrics {
             Box::new(m.draining.clone()),
             Box::new(m.rejected.clone()),
             Box::new(m.rate_limited.clone()),
+            Box::new(m.request_errors.clone()),
+            Box::new(m.api_errors.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("unique metric names");
@@ -307,6 +348,16 @@ impl Metrics {
     /// Counts an upgrade refused before it happened.
     pub fn rejected(&self, reason: &'static str) {
         self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a refused API call.
+    pub fn api_error(&self, error: &'static str) {
+        self.api_errors.with_label_values(&[error]).inc();
+    }
+
+    /// Counts an `error` reply to a client request.
+    pub fn request_error(&self, code: &'static str) {
+        self.request_errors.with_label_values(&[code]).inc();
     }
 
     /// Counts a rate-limit refusal of the given kind.
