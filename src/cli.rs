@@ -163,7 +163,9 @@ async fn token(config: Config, cmd: TokenCommand) -> CliResult {
         }
         TokenCommand::Revoke { token } => {
             store.revoke(&Token::new(token).digest()).await?;
-            println!("revoked (on Postgres its live sockets close now; on SQLite use POST /api/v1/revoke)");
+            println!(
+                "revoked (on Postgres its live sockets close now; on SQLite use POST /api/v1/revoke)"
+            );
         }
         TokenCommand::List { user } => {
             println!(
