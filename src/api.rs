@@ -179,6 +179,8 @@ fn parse_body<T: for<'de> Deserialize<'de>>(
 #[serde(deny_unknown_fields)]
 struct PublishBody {
     group: Option<String>,
+    // `"data": null` is data like any other JSON, not a missing field.
+    #[serde(default, deserialize_with = "crate::protocol::present")]
     data: Option<Box<RawValue>>,
     messages: Option<Vec<PublishItem>>,
 }

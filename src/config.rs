@@ -358,6 +358,7 @@ impl Config {
             // `"a[99999999999]"` allocates that many entries: only plain
             // names get through.
             if let Some(key) = table.keys().find(|k| !is_plain_key(k)) {
+                let key = if key.is_empty() { "\"\"" } else { key };
                 return Err(ConfigError::invalid(key, "not a configuration key"));
             }
             builder = builder.add_source(Collected(table));
@@ -707,17 +708,6 @@ fn env_values(
 /// Turns the config crate's errors into one line that names the key.
 fn describe(e: config::ConfigError) -> ConfigError {
     let text = e.to_string();
-    // An unknown section: the config crate names no key, the field is it.
-    if let Some(field) = text
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next())
-        .filter(|field| !field.is_empty())
-    {
-        return ConfigError::Invalid {
-            key: field.to_lowercase(),
-            message: text.clone(),
-        };
-    }
     // The config crate says "... for key `auth.timeout`" or names the key
     // after "unknown field"; keep its words and make the key easy to spot.
     if let Some(key) = text
@@ -735,6 +725,17 @@ fn describe(e: config::ConfigError) -> ConfigError {
             key = format!("{key}.{field}");
         }
         return ConfigError::Invalid { key, message };
+    }
+    // An unknown section: the config crate names no key, the field is it.
+    if let Some(field) = text
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .filter(|field| !field.is_empty())
+    {
+        return ConfigError::Invalid {
+            key: field.to_lowercase(),
+            message: text.clone(),
+        };
     }
     ConfigError::Load(text)
 }
@@ -868,6 +869,7 @@ mod tests {
         for (body, key) in [
             ("\"server[99999999999]\" = 1\n", "server[99999999999]"),
             ("foo = 1\n", "foo"),
+            ("[\"\"]\n", "\"\""),
         ] {
             let file = dir.join("c.toml");
             std::fs::write(&file, body).unwrap();

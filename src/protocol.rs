@@ -19,7 +19,9 @@ pub const MAX_GROUP_LEN: usize = 128;
 #[repr(u16)]
 pub enum CloseCode {
     Normal = 1000,
+    ProtocolError = 1002,
     Unsupported = 1003,
+    InvalidData = 1007,
     PolicyViolation = 1008,
     TooBig = 1009,
     InternalError = 1011,
@@ -34,9 +36,11 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every code, so metrics can be exposed at zero from start-up.
-    pub const ALL: [CloseCode; 12] = [
+    pub const ALL: [CloseCode; 14] = [
         CloseCode::Normal,
+        CloseCode::ProtocolError,
         CloseCode::Unsupported,
+        CloseCode::InvalidData,
         CloseCode::PolicyViolation,
         CloseCode::TooBig,
         CloseCode::InternalError,
@@ -62,7 +66,9 @@ impl CloseCode {
     pub fn reason(self) -> &'static str {
         match self {
             CloseCode::Normal => "normal",
+            CloseCode::ProtocolError => "protocol error",
             CloseCode::Unsupported => "binary frames are not supported",
+            CloseCode::InvalidData => "invalid UTF-8",
             CloseCode::PolicyViolation => "policy violation",
             CloseCode::TooBig => "message too big",
             CloseCode::InternalError => "internal error",
@@ -203,7 +209,8 @@ pub fn parse_request(text: &str) -> ClientFrame {
         id: Option<Box<RawValue>>,
         #[serde(default)]
         group: Option<Box<RawValue>>,
-        #[serde(default)]
+        // `"data":null` is data like any other JSON, not a missing field.
+        #[serde(default, deserialize_with = "present")]
         data: Option<Box<RawValue>>,
         #[serde(default)]
         since: Option<Box<RawValue>>,
@@ -265,6 +272,13 @@ pub fn parse_request(text: &str) -> ClientFrame {
         )),
     };
     ClientFrame { id, request }
+}
+
+/// A field that is there, even when it is `null`.
+pub(crate) fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 fn refused(id: Option<RequestId>, error: RequestError) -> ClientFrame {
@@ -594,6 +608,9 @@ mod tests {
             parse_request(r#"{"type":"ping"}"#).request,
             Ok(Request::Ping)
         ));
+        // `null` is data like any other JSON.
+        let f = parse_request(r#"{"type":"publish","group":"g","data":null}"#);
+        assert!(matches!(f.request, Ok(Request::Publish { ref data, .. }) if data.get() == "null"));
     }
 
     #[test]

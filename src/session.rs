@@ -189,7 +189,11 @@ async fn first_frame(socket: &mut WebSocket) -> FirstFrame {
             // Control frames are answered by the library; keep waiting.
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Close(frame))) => return FirstFrame::Gone(client_code(frame)),
-            Some(Err(e)) if is_too_big(&e) => return FirstFrame::Malformed,
+            // A first frame too big, not UTF-8 or not a valid frame at
+            // all is a malformed first frame (4001).
+            Some(Err(e)) if is_too_big(&e) || bad_frames(&e).is_some() => {
+                return FirstFrame::Malformed;
+            }
             Some(Err(_)) | None => return FirstFrame::Gone(1006),
         }
     }
@@ -351,6 +355,9 @@ async fn serve_loop(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle)
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(frame))) => return End::ClientGone(client_code(frame)),
                     Some(Err(e)) if is_too_big(&e) => return End::Close(CloseCode::TooBig),
+                    Some(Err(e)) if bad_frames(&e).is_some() => {
+                        return End::Close(bad_frames(&e).unwrap_or(CloseCode::ProtocolError));
+                    }
                     Some(Err(_)) | None => return End::ClientGone(1006),
                 }
             }
@@ -556,14 +563,29 @@ fn client_code(frame: Option<CloseFrame>) -> u16 {
 /// The socket library reports frames over `limits.max_message_bytes` as a
 /// capacity error.
 fn is_too_big(e: &axum::Error) -> bool {
+    matches!(socket_error(e), Some(tungstenite::Error::Capacity(_)))
+}
+
+/// What a socket error says about the client's frames, when it says
+/// anything: invalid UTF-8 in a text frame (1007), or a frame that breaks
+/// RFC 6455 (1002). Either is answered with a close frame, not a silent drop.
+fn bad_frames(e: &axum::Error) -> Option<CloseCode> {
+    match socket_error(e)? {
+        tungstenite::Error::Utf8(_) => Some(CloseCode::InvalidData),
+        tungstenite::Error::Protocol(_) => Some(CloseCode::ProtocolError),
+        _ => None,
+    }
+}
+
+fn socket_error(e: &axum::Error) -> Option<&tungstenite::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
-            return true;
+        if let Some(ws) = err.downcast_ref::<tungstenite::Error>() {
+            return Some(ws);
         }
         source = err.source();
     }
-    false
+    None
 }
 
 fn new_session_id() -> String {

@@ -81,9 +81,9 @@ impl CacheResult {
 }
 
 /// Close-code label values, all exposed from start-up.
-const CLOSE_LABELS: [&str; 16] = [
-    "1000", "1001", "1003", "1005", "1006", "1008", "1009", "1011", "1012", "1013", "4001", "4003",
-    "4008", "4009", "4029", "other",
+const CLOSE_LABELS: [&str; 18] = [
+    "1000", "1001", "1002", "1003", "1005", "1006", "1007", "1008", "1009", "1011", "1012", "1013",
+    "4001", "4003", "4008", "4009", "4029", "other",
 ];
 
 fn close_label(code: u16) -> &'static str {
