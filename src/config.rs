@@ -583,8 +583,17 @@ impl Config {
                 format!("must be at most {MAX_OUTBOUND_QUEUE}"),
             ));
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err(ConfigError::invalid("log.level", e.to_string()));
+        // The filter parser panics on some non-ASCII input (tracing-subscriber
+        // 0.3.23 slices inside a character; found by fuzzing), so only ASCII
+        // directives reach it, and a panic is still caught.
+        if !self.log.level.is_ascii() {
+            return Err(ConfigError::invalid("log.level", "must be ASCII"));
+        }
+        let level = self.log.level.clone();
+        match std::panic::catch_unwind(move || tracing_subscriber::EnvFilter::try_new(level)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(ConfigError::invalid("log.level", e.to_string())),
+            Err(_) => return Err(ConfigError::invalid("log.level", "not a valid filter")),
         }
         Ok(())
     }
