@@ -31,6 +31,11 @@
 #                    coverage instrumentation: about 12 CPU-minutes, 10 to 20
 #                    minutes on 2 cores; later ones only recompile wsgate.
 #   FUZZ_RSS_MB      memory limit of a run (default 2048)
+#   FUZZ_RUNS        a fixed number of runs per target, with a fixed seed and
+#                    only the committed seeds and regressions as inputs (no
+#                    corpus carried over): the same inputs every time, so a
+#                    CI run is reproducible and does not fail on a find of
+#                    chance. Exploratory runs leave it unset.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 FUZZ_DIR=$PWD
@@ -80,6 +85,11 @@ for target in "${TARGETS[@]}"; do
     mkdir -p "$corpus" "$artifacts" "$FUZZ_DIR/seeds/$target"
     # Artifacts of an earlier run are not this run's findings.
     find "$artifacts" -type f -delete
+    limits=(-max_total_time="$SECS")
+    if [ -n "${FUZZ_RUNS:-}" ]; then
+        corpus=$(mktemp -d)
+        limits+=(-runs="$FUZZ_RUNS" -seed=1)
+    fi
     inputs=("$corpus" "$FUZZ_DIR/seeds/$target")
     if [ -d "$FUZZ_DIR/regressions/$target" ]; then
         inputs+=("$FUZZ_DIR/regressions/$target")
@@ -94,7 +104,7 @@ for target in "${TARGETS[@]}"; do
     # first if the sources changed meanwhile.
     bin=$TARGET_DIR/$HOST/release/$target
     set +e
-    "$bin" -max_total_time="$SECS" -timeout=10 -rss_limit_mb="$RSS_MB" \
+    "$bin" "${limits[@]}" -timeout=10 -rss_limit_mb="$RSS_MB" \
         -artifact_prefix="$artifacts/" -print_final_stats=1 "${dict[@]}" \
         "${inputs[@]}" 2>"$TARGET_DIR/$target.log"
     status=$?
