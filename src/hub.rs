@@ -106,7 +106,9 @@ struct Entry {
 pub struct Hub {
     node: String,
     max_groups: usize,
-    conflate: Vec<ConflateRule>,
+    /// `groups.conflate`, with each group pattern compiled once: it is
+    /// matched on every publication.
+    conflate: Vec<(WildMatch, ConflateRule)>,
     state: RwLock<State>,
     metrics: Arc<Metrics>,
 }
@@ -124,17 +126,20 @@ impl Hub {
 
     /// Groups whose messages slow readers receive conflated (`groups.conflate`).
     pub fn with_conflation(mut self, rules: Vec<ConflateRule>) -> Hub {
-        self.conflate = rules;
+        self.conflate = rules
+            .into_iter()
+            .map(|rule| (WildMatch::new(&rule.groups), rule))
+            .collect();
         self
     }
 
     /// The conflation key of a publication, when its group is conflated and
     /// its data has the key (a string, number or boolean).
     fn conflation_key(&self, publication: &Publication) -> Option<Arc<ConflationKey>> {
-        let rule = self
+        let (_, rule) = self
             .conflate
             .iter()
-            .find(|r| WildMatch::new(&r.groups).matches(&publication.group))?;
+            .find(|(pattern, _)| pattern.matches(&publication.group))?;
         let data: serde_json::Value = serde_json::from_str(publication.data.get()).ok()?;
         let mut value = &data;
         for part in rule.key.split('.') {
@@ -240,10 +245,6 @@ impl Hub {
         }
         self.metrics.groups.set(state.groups.len() as i64);
         (true, emptied)
-    }
-
-    pub fn has_local_members(&self, group: &str) -> bool {
-        self.read().groups.contains_key(group)
     }
 
     /// The groups with at least one local member.

@@ -355,9 +355,7 @@ async fn serve_loop(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle)
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(frame))) => return End::ClientGone(client_code(frame)),
                     Some(Err(e)) if is_too_big(&e) => return End::Close(CloseCode::TooBig),
-                    Some(Err(e)) if bad_frames(&e).is_some() => {
-                        return End::Close(bad_frames(&e).unwrap_or(CloseCode::ProtocolError));
-                    }
+                    Some(Err(e)) if let Some(code) = bad_frames(&e) => return End::Close(code),
                     Some(Err(_)) | None => return End::ClientGone(1006),
                 }
             }

@@ -190,6 +190,12 @@ fn cannot_serve_now(db: &dyn sqlx::error::DatabaseError) -> bool {
     false
 }
 
+/// The identity a verification query answered, if it returned a row.
+fn identity_of(row: Option<AnyRow>) -> Result<Option<Identity>, StoreError> {
+    row.map(|r| user_id_of(&r).map(|user_id| Identity { user_id }))
+        .transpose()
+}
+
 /// Reads the user id from the first column, whatever its SQL type.
 fn user_id_of(row: &AnyRow) -> Result<String, StoreError> {
     if let Ok(s) = row.try_get::<String, _>(0) {
@@ -282,8 +288,7 @@ impl TokenStore for NativeStore {
         .fetch_optional(&self.db.pool)
         .await
         .map_err(classify)?;
-        row.map(|r| user_id_of(&r).map(|user_id| Identity { user_id }))
-            .transpose()
+        identity_of(row)
     }
 
     async fn revoke(&self, digest: &TokenDigest) -> Result<(), StoreError> {
@@ -358,8 +363,7 @@ impl TokenStore for QueryStore {
             .fetch_optional(&self.db.pool)
             .await
             .map_err(classify)?;
-        row.map(|r| user_id_of(&r).map(|user_id| Identity { user_id }))
-            .transpose()
+        identity_of(row)
     }
 
     async fn revoke(&self, digest: &TokenDigest) -> Result<(), StoreError> {
