@@ -41,6 +41,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub drain: DrainConfig,
     pub log: LogConfig,
+    pub history: HistoryConfig,
+    pub compat: CompatConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,6 +160,10 @@ pub struct AuthConfig {
     pub cache_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub negative_ttl: Duration,
+    /// How often live connections' tokens are checked again against the
+    /// store (expired, revoked, user deactivated); `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub revalidate_interval: Duration,
 }
 
 impl Default for AuthConfig {
@@ -168,6 +174,7 @@ impl Default for AuthConfig {
             timeout: Duration::from_secs(5),
             cache_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(10),
+            revalidate_interval: Duration::ZERO,
         }
     }
 }
@@ -295,6 +302,59 @@ impl Default for DrainConfig {
     }
 }
 
+/// Message history, for recovery after a reconnect (`since`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Group patterns whose publications get an offset and are kept.
+    pub groups: Vec<String>,
+    /// Publications kept per group.
+    pub size: usize,
+    /// How long a group's history outlives its last publication.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long a group's offset and epoch outlive its last publication
+    /// (longer than `ttl`, so a client that is away for a while is told
+    /// `recovered: false` rather than getting offsets that start again).
+    #[serde(with = "humantime_serde")]
+    pub meta_ttl: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            groups: Vec::new(),
+            size: 100,
+            ttl: Duration::from_secs(300),
+            meta_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Compatibility with other stacks' publishers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompatConfig {
+    /// Also deliver what Django Channels' `RedisPubSubChannelLayer`
+    /// publishes with `group_send` (needs `redis.url`).
+    pub channels_redis: bool,
+    /// The channel layer's `prefix` setting.
+    pub channels_prefix: String,
+    /// Which key of a `group_send` message is delivered as `data`; empty
+    /// means the whole message without its `type`.
+    pub payload_key: String,
+}
+
+impl Default for CompatConfig {
+    fn default() -> Self {
+        CompatConfig {
+            channels_redis: false,
+            channels_prefix: "asgi".into(),
+            payload_key: String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -323,6 +383,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Largest `limits.outbound_queue` (frames queued for one connection).
 pub const MAX_OUTBOUND_QUEUE: usize = 1_000_000;
 
+/// Largest `history.size` (publications kept per group).
+pub const MAX_HISTORY_SIZE: usize = 100_000;
+
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &[
     "server.allowed_origins",
@@ -331,6 +394,7 @@ const LIST_KEYS: &[&str] = &[
     "groups.allow",
     "groups.auto_join",
     "groups.client_publish",
+    "history.groups",
 ];
 
 impl Config {
@@ -512,6 +576,35 @@ impl Config {
                 ));
             }
         }
+        for p in &self.history.groups {
+            if !crate::protocol::is_valid_group(&p.replace('*', "x")) {
+                return Err(ConfigError::invalid(
+                    "history.groups",
+                    format!("{p:?} is not a group pattern"),
+                ));
+            }
+        }
+        if self.history.size == 0 || self.history.size > MAX_HISTORY_SIZE {
+            return Err(ConfigError::invalid(
+                "history.size",
+                format!("must be between 1 and {MAX_HISTORY_SIZE}"),
+            ));
+        }
+        if self.history.ttl.is_zero() {
+            return Err(ConfigError::invalid("history.ttl", "must be above zero"));
+        }
+        if self.history.meta_ttl < self.history.ttl {
+            return Err(ConfigError::invalid(
+                "history.meta_ttl",
+                "must be at least history.ttl",
+            ));
+        }
+        if self.compat.channels_redis && self.redis.url.is_none() {
+            return Err(ConfigError::invalid(
+                "compat.channels_redis",
+                "needs redis.url (channels_redis publishes through Redis)",
+            ));
+        }
         if self.limits.conflate_after > self.limits.outbound_queue {
             return Err(ConfigError::invalid(
                 "limits.conflate_after",
@@ -572,6 +665,9 @@ impl Config {
             ("redis.command_timeout", self.redis.command_timeout),
             ("drain.grace", self.drain.grace),
             ("drain.spread", self.drain.spread),
+            ("auth.revalidate_interval", self.auth.revalidate_interval),
+            ("history.ttl", self.history.ttl),
+            ("history.meta_ttl", self.history.meta_ttl),
         ] {
             if value > MAX_DURATION {
                 return Err(ConfigError::invalid(key, "must be at most 365 days"));
