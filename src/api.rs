@@ -254,13 +254,21 @@ async fn publish_in_span(
             trace: trace.clone(),
         })
         .collect();
-    state
+    let positions = state
         .broker
         .publish(publications)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     state.metrics.messages_published.inc_by(n);
-    Ok(Json(json!({"ok": true})))
+    if !state.history.is_on() {
+        return Ok(Json(json!({"ok": true})));
+    }
+    // One offset per message, in request order (null: no history there).
+    let offsets: Vec<Option<u64>> = positions
+        .iter()
+        .map(|p| p.as_ref().map(|p| p.offset))
+        .collect();
+    Ok(Json(json!({"ok": true, "offsets": offsets})))
 }
 
 /// A user id may be sent as a string or a number; it is a string on the wire.

@@ -7,17 +7,17 @@
 //! [`CloseSignal`]. Locks are never held across an `.await`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use wildmatch::WildMatch;
 
-use crate::auth::TokenDigest;
+use crate::auth::{Credential, TokenDigest};
 use crate::config::ConflateRule;
 use crate::ops::metrics::{DropReason, Metrics};
-use crate::protocol::{CloseCode, Publication, message_frame};
+use crate::protocol::{CloseCode, Position, Publication, message_frame};
 pub use crate::queue::{ConflationKey, Outbound, OutboundQueue, Pushed};
 
 pub type ConnId = u64;
@@ -62,7 +62,9 @@ pub struct ConnHandle {
     pub id: ConnId,
     pub user_id: String,
     pub session: String,
-    pub digest: TokenDigest,
+    /// The connection's token and its digest; an in-band `refresh` swaps
+    /// them, so revocation and re-validation follow the current token.
+    pub credential: Credential,
     pub queue: OutboundQueue,
     pub close: CloseSignal,
 }
@@ -103,9 +105,34 @@ struct Entry {
     groups: HashSet<String>,
 }
 
+/// Connections replaying a group's history: group → connection → state.
+type Held = HashMap<String, HashMap<ConnId, Hold>>;
+
+/// One connection's view of one group around a history replay.
+enum Hold {
+    /// Replay in progress: live messages wait here, in arrival order.
+    Holding(Vec<(Option<Position>, Outbound)>),
+    /// Replay written up to `upto`: a live message of the same epoch at or
+    /// below it was already sent (it was still on its way from Redis when
+    /// the history was read), so it is dropped. Ends at the first newer one.
+    Skipping(Position),
+}
+
+/// Whether a message at `position` is one the replay up to `upto` covered.
+fn covered(position: Option<&Position>, upto: &Position) -> bool {
+    position.is_some_and(|p| p.epoch == upto.epoch && p.offset <= upto.offset)
+}
+
 pub struct Hub {
     node: String,
     max_groups: usize,
+    /// Connections replaying history (see [`Hub::hold`]).
+    held: Mutex<Held>,
+    /// How many (connection, group) pairs are held; deliveries check it
+    /// without the lock, so the common case pays one atomic load.
+    held_count: AtomicUsize,
+    /// Most messages held for one connection and group (its queue size).
+    max_held: usize,
     /// `groups.conflate`, with each group pattern compiled once: it is
     /// matched on every publication.
     conflate: Vec<(WildMatch, ConflateRule)>,
@@ -118,10 +145,20 @@ impl Hub {
         Hub {
             node,
             max_groups,
+            held: Mutex::default(),
+            held_count: AtomicUsize::new(0),
+            max_held: crate::config::LimitsConfig::default().outbound_queue,
             conflate: Vec::new(),
             state: RwLock::default(),
             metrics,
         }
+    }
+
+    /// Most live messages held for one connection while it replays history
+    /// (`limits.outbound_queue`); past it the connection is a slow consumer.
+    pub fn with_max_held(mut self, max_held: usize) -> Hub {
+        self.max_held = max_held;
+        self
     }
 
     /// Groups whose messages slow readers receive conflated (`groups.conflate`).
@@ -197,6 +234,16 @@ impl Hub {
             left.push(group);
         }
         self.metrics.groups.set(state.groups.len() as i64);
+        drop(state);
+        // Any hold of this connection, also one whose join never finished.
+        let mut held = self.lock_held();
+        held.retain(|_, conns| {
+            if conns.remove(&id).is_some() {
+                self.held_count.fetch_sub(1, Ordering::AcqRel);
+            }
+            !conns.is_empty()
+        });
+        drop(held);
         left
     }
 
@@ -244,6 +291,9 @@ impl Hub {
             }
         }
         self.metrics.groups.set(state.groups.len() as i64);
+        drop(state);
+        // A replay's leftover filter for this group is moot now.
+        self.release(id, group);
         (true, emptied)
     }
 
@@ -269,8 +319,37 @@ impl Hub {
             published_us: publication.ts,
             conflation: self.conflation_key(publication),
         };
+        let mut held = if self.held_count.load(Ordering::Acquire) > 0 {
+            Some(self.lock_held())
+        } else {
+            None
+        };
+        let mut held_here = held.as_mut().and_then(|h| h.get_mut(&publication.group));
+        let position = publication.position.as_ref();
         let mut queued = 0;
         for handle in members.values() {
+            if let Some(conns) = held_here.as_mut()
+                && let Some(hold) = conns.get_mut(&handle.id)
+            {
+                match hold {
+                    Hold::Holding(buffer) if buffer.len() < self.max_held => {
+                        buffer.push((position.cloned(), out.clone()));
+                        queued += 1;
+                        continue;
+                    }
+                    Hold::Holding(_) => {
+                        self.metrics.dropped(DropReason::SlowConsumer, 1);
+                        handle.close.request(CloseCode::SlowConsumer);
+                        continue;
+                    }
+                    Hold::Skipping(upto) if covered(position, upto) => continue,
+                    Hold::Skipping(_) if position.is_none() => {}
+                    Hold::Skipping(_) => {
+                        conns.remove(&handle.id);
+                        self.held_count.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+            }
             match handle.queue.push(out.clone()) {
                 Pushed::Queued => queued += 1,
                 Pushed::Conflated => {
@@ -286,7 +365,86 @@ impl Hub {
                 }
             }
         }
+        if held_here.is_some_and(|conns| conns.is_empty())
+            && let Some(held) = held.as_mut()
+        {
+            held.remove(&publication.group);
+        }
         queued
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds back this connection's live messages of `group` (call before
+    /// joining it) while the session replays the group's history: they are
+    /// queued by [`Hub::release_after`] after the replay, minus those the
+    /// replay already covered, so nothing arrives twice or out of order.
+    pub fn hold(&self, id: ConnId, group: &str) {
+        let mut held = self.lock_held();
+        let conns = held.entry(group.to_string()).or_default();
+        if conns.insert(id, Hold::Holding(Vec::new())).is_none() {
+            self.held_count.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Ends [`Hub::hold`] once the replay up to `upto` is written: queues
+    /// the held messages it did not cover (all of them without `upto`), and
+    /// from then on drops late copies of covered ones. Returns how many
+    /// were queued.
+    pub fn release_after(&self, id: ConnId, group: &str, upto: Option<Position>) -> usize {
+        // The state lock before (not inside) the `held` lock: deliveries
+        // take them in that order.
+        let handle = self.read().conns.get(&id).map(|e| e.handle.clone());
+        let mut held = self.lock_held();
+        let taken = Self::take_held(&mut held, &self.held_count, id, group);
+        let (Some(Hold::Holding(buffer)), Some(handle)) = (taken, handle) else {
+            return 0;
+        };
+        let mut queued = 0;
+        for (position, out) in buffer {
+            if let Some(upto) = &upto
+                && covered(position.as_ref(), upto)
+            {
+                continue;
+            }
+            match handle.queue.push(out) {
+                Pushed::Queued | Pushed::Conflated => queued += 1,
+                Pushed::Full => {
+                    self.metrics.dropped(DropReason::SlowConsumer, 1);
+                    handle.close.request(CloseCode::SlowConsumer);
+                }
+                Pushed::Closed => self.metrics.dropped(DropReason::Closed, 1),
+            }
+        }
+        if let Some(upto) = upto {
+            held.entry(group.to_string())
+                .or_default()
+                .insert(id, Hold::Skipping(upto));
+            self.held_count.fetch_add(1, Ordering::AcqRel);
+        }
+        // Released only now: a delivery waiting on the lock queues its
+        // message after these.
+        drop(held);
+        queued
+    }
+
+    /// Drops a hold without queueing anything (the join failed or the
+    /// connection left).
+    pub fn release(&self, id: ConnId, group: &str) {
+        let mut held = self.lock_held();
+        Self::take_held(&mut held, &self.held_count, id, group);
+    }
+
+    fn take_held(held: &mut Held, count: &AtomicUsize, id: ConnId, group: &str) -> Option<Hold> {
+        let conns = held.get_mut(group)?;
+        let buffer = conns.remove(&id)?;
+        if conns.is_empty() {
+            held.remove(group);
+        }
+        count.fetch_sub(1, Ordering::AcqRel);
+        Some(buffer)
     }
 
     /// Asks every matching connection to close; returns how many matched.
@@ -307,7 +465,7 @@ impl Hub {
     }
 
     pub fn close_digest(&self, digest: &TokenDigest, code: CloseCode) -> usize {
-        self.close_where(code, |h| h.digest == *digest)
+        self.close_where(code, |h| h.credential.digest() == *digest)
     }
 
     /// Every registered connection, for draining.
@@ -361,7 +519,7 @@ mod tests {
             id,
             user_id: user.into(),
             session: format!("s{id}"),
-            digest: TokenDigest([id as u8; 32]),
+            credential: Credential::new(crate::auth::Token::new(format!("t{id}"))),
             queue: OutboundQueue::new(cap, cap),
             close: CloseSignal::default(),
         })
@@ -381,6 +539,61 @@ mod tests {
             ts: None,
             trace: None,
         }
+    }
+
+    fn at(group: &str, offset: u64, epoch: &str) -> Publication {
+        Publication {
+            position: Some(Position {
+                offset,
+                epoch: epoch.into(),
+            }),
+            ..publication(group)
+        }
+    }
+
+    fn queued_offsets(h: &ConnHandle) -> Vec<u64> {
+        let mut offsets = Vec::new();
+        while !h.queue.is_empty() {
+            let mut batch = Vec::new();
+            futures_util::FutureExt::now_or_never(h.queue.pop_batch(&mut batch, 64));
+            for out in batch {
+                let v: serde_json::Value = serde_json::from_str(out.frame.as_str()).unwrap();
+                offsets.push(v["offset"].as_u64().unwrap());
+            }
+        }
+        offsets
+    }
+
+    #[test]
+    fn a_replay_holds_live_messages_and_drops_late_copies() {
+        let hub = Hub::new("n1".into(), 4, Arc::new(Metrics::new()));
+        let a = handle(1, "u1", 64);
+        hub.register(a.clone());
+        hub.hold(1, "g");
+        hub.join(1, "g").unwrap();
+        // Arrive while the replay (up to 5) is being read and written.
+        for o in [4, 5, 6] {
+            hub.deliver(&at("g", o, "e"));
+        }
+        assert!(queued_offsets(&a).is_empty(), "held, not queued");
+        let upto = Position {
+            offset: 5,
+            epoch: "e".into(),
+        };
+        assert_eq!(hub.release_after(1, "g", Some(upto)), 1);
+        // A late copy of a replayed message (still in flight from Redis)
+        // is dropped; newer ones and other epochs pass.
+        hub.deliver(&at("g", 5, "e"));
+        hub.deliver(&at("g", 7, "e"));
+        hub.deliver(&at("g", 3, "e"));
+        assert_eq!(queued_offsets(&a), vec![6, 7, 3]);
+        assert_eq!(hub.held_count.load(Ordering::Acquire), 0, "filter ended");
+        // Leaving or unregistering drops any hold.
+        hub.hold(1, "g");
+        hub.leave(1, "g");
+        hub.hold(1, "h");
+        hub.unregister(1);
+        assert_eq!(hub.held_count.load(Ordering::Acquire), 0);
     }
 
     #[test]
@@ -433,7 +646,10 @@ mod tests {
         hub.register(b.clone());
         assert_eq!(hub.close_user("u1", CloseCode::AuthFailed), 1);
         assert_eq!(
-            hub.close_digest(&TokenDigest([2; 32]), CloseCode::AuthFailed),
+            hub.close_digest(
+                &crate::auth::Token::new("t2".into()).digest(),
+                CloseCode::AuthFailed
+            ),
             1
         );
         assert_eq!(a.close.code(), Some(CloseCode::AuthFailed));

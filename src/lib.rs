@@ -14,12 +14,14 @@
 //! - [`api`]: the backend HTTP API.
 //! - [`ops`]: metrics, health, logging, drain.
 //! - [`state`]: `AppState`, shared by handlers and sessions.
+//! - [`compat`]: delivers Django Channels `group_send` (`channels_redis`).
 //! - [`server`]: the composition root; [`cli`]: the command line.
 
 pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod compat;
 pub mod config;
 pub mod handshake;
 pub mod hub;

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::auth::Token;
+
 /// Largest first (authentication) frame, in bytes.
 pub const MAX_AUTH_FRAME_BYTES: usize = 4 * 1024;
 /// Longest group name, in characters.
@@ -144,12 +146,15 @@ pub struct Since {
     pub epoch: String,
 }
 
+/// A request after `welcome`. `Refresh` is the in-band token refresh: the
+/// connection continues on its token.
 #[derive(Debug)]
 pub enum Request {
     Subscribe { group: String, since: Option<Since> },
     Unsubscribe { group: String },
     Publish { group: String, data: Box<RawValue> },
     Ping,
+    Refresh { token: Token },
 }
 
 /// A refused request: the error frame's `code` and `message`.
@@ -214,6 +219,8 @@ pub fn parse_request(text: &str) -> ClientFrame {
         data: Option<Box<RawValue>>,
         #[serde(default)]
         since: Option<Box<RawValue>>,
+        #[serde(default)]
+        token: Option<Box<RawValue>>,
     }
     let raw: Raw = match serde_json::from_str::<Box<RawValue>>(text) {
         Ok(v) if v.get().starts_with('{') => match serde_json::from_str(v.get()) {
@@ -265,6 +272,21 @@ pub fn parse_request(text: &str) -> ClientFrame {
             None => Err(RequestError::bad("missing data")),
         }),
         "ping" => Ok(Request::Ping),
+        // The same bounds as the first frame: at most 4 KiB, a non-empty
+        // string token.
+        "refresh" if text.len() > MAX_AUTH_FRAME_BYTES => {
+            Err(RequestError::bad("a refresh frame may be at most 4 KiB"))
+        }
+        "refresh" => match raw
+            .token
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<String>(t.get()).ok())
+        {
+            Some(token) if !token.is_empty() => Ok(Request::Refresh {
+                token: Token::new(token),
+            }),
+            _ => Err(RequestError::bad("refresh needs a non-empty string token")),
+        },
         "auth" => Err(RequestError::bad("already authenticated")),
         _ => Err(RequestError::new(
             ErrorCode::UnknownType,
@@ -399,6 +421,11 @@ pub enum Reply<'a> {
         id: Option<&'a RawValue>,
     },
     Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    /// A `refresh` was accepted: the connection now runs on the new token.
+    Refreshed {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RawValue>,
     },
@@ -611,6 +638,58 @@ mod tests {
         // `null` is data like any other JSON.
         let f = parse_request(r#"{"type":"publish","group":"g","data":null}"#);
         assert!(matches!(f.request, Ok(Request::Publish { ref data, .. }) if data.get() == "null"));
+    }
+
+    #[test]
+    fn refresh_requests() {
+        let f = parse_request(r#"{"type":"refresh","token":"wsg_new","id":4}"#);
+        assert_eq!(f.id.as_ref().unwrap().get(), "4");
+        match f.request {
+            Ok(Request::Refresh { token }) => assert_eq!(token.expose(), "wsg_new"),
+            other => panic!("expected a refresh, got {other:?}"),
+        }
+        // The token never shows in a debug print of the request.
+        let f = parse_request(r#"{"type":"refresh","token":"super-secret"}"#);
+        assert!(!format!("{f:?}").contains("super-secret"));
+        let id = RawValue::from_string("4".into()).unwrap();
+        assert_eq!(
+            Reply::Refreshed { id: Some(&id) }.encode().as_str(),
+            r#"{"type":"refreshed","id":4}"#
+        );
+        assert_eq!(
+            Reply::Refreshed { id: None }.encode().as_str(),
+            r#"{"type":"refreshed"}"#
+        );
+        let big = format!(
+            r#"{{"type":"refresh","token":"{}","id":1}}"#,
+            "a".repeat(MAX_AUTH_FRAME_BYTES)
+        );
+        let almost = format!(
+            r#"{{"type":"refresh","token":"{}"}}"#,
+            "a".repeat(MAX_AUTH_FRAME_BYTES - 30)
+        );
+        assert!(almost.len() <= MAX_AUTH_FRAME_BYTES);
+        assert!(matches!(
+            parse_request(&almost).request,
+            Ok(Request::Refresh { .. })
+        ));
+        let f = parse_request(&big);
+        assert_eq!(f.id.unwrap().get(), "1", "the id is still echoed");
+        assert_eq!(f.request.unwrap_err().code, ErrorCode::BadRequest);
+        for bad in [
+            r#"{"type":"refresh"}"#,
+            r#"{"type":"refresh","token":null}"#,
+            r#"{"type":"refresh","token":""}"#,
+            r#"{"type":"refresh","token":5}"#,
+            r#"{"type":"refresh","token":["a"]}"#,
+            r#"{"type":"refresh","token":{"t":"a"}}"#,
+        ] {
+            assert_eq!(
+                parse_request(bad).request.unwrap_err().code,
+                ErrorCode::BadRequest,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

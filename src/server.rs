@@ -15,11 +15,12 @@ use tokio::sync::watch;
 
 use crate::auth::StoreError;
 use crate::auth::cache::RedisTokenCache;
+use crate::auth::revalidate::Revalidator;
 use crate::auth::sql::{Backend, Db, store_for};
 use crate::auth::{Authenticator, TokenStore};
-use crate::broker::Broker;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, HistoryPolicy};
 use crate::config::Config;
 use crate::ops::metrics::Metrics;
 use crate::state::AppState;
@@ -64,9 +65,14 @@ pub struct Server {
     state: AppState,
     /// The Postgres revocation listener, when the store is on Postgres.
     revocations: Option<tokio::task::JoinHandle<()>>,
+    /// Re-validation sweeps (`auth.revalidate_interval`, and catch-ups after
+    /// the revocation listener reconnects).
+    revalidation: Option<tokio::task::JoinHandle<()>>,
     /// Kept to leave the cluster cleanly at the end of a drain: the broker
     /// and the auth cache's Redis client.
     redis: Option<(Arc<RedisBroker>, fred::clients::Client)>,
+    /// Delivers Django Channels `group_send` (`compat.channels_redis`).
+    compat: Option<crate::compat::ChannelsBridge>,
     listeners: Vec<(TcpListener, Router)>,
     addrs: Addrs,
 }
@@ -94,12 +100,19 @@ impl Server {
                     config.auth.negative_ttl,
                     metrics.clone(),
                 );
-                (Arc::new(MemoryBroker::new()), auth, None)
+                let history = HistoryPolicy::new(&config.history);
+                (Arc::new(MemoryBroker::with_history(history)), auth, None)
             }
             Some(_) => {
-                let broker = RedisBroker::connect(&config.redis, config.node_id(), metrics.clone())
-                    .await
-                    .map_err(|e| StartError::Redis(e.to_string()))?;
+                let history = HistoryPolicy::new(&config.history);
+                let broker = RedisBroker::connect_with(
+                    &config.redis,
+                    config.node_id(),
+                    metrics.clone(),
+                    history,
+                )
+                .await
+                .map_err(|e| StartError::Redis(e.to_string()))?;
                 let client =
                     redis::client(&config.redis).map_err(|e| StartError::Redis(e.to_string()))?;
                 let within = config.redis.command_timeout * 3;
@@ -124,10 +137,26 @@ impl Server {
         };
         let auth = Arc::new(auth);
         let state = AppState::new(config, broker, auth, metrics, &api_keys);
+        // channels_redis group messages, delivered to this node's members only.
+        let compat = if state.config.compat.channels_redis {
+            let hub = state.hub.clone();
+            let deliver: crate::compat::Deliver = Arc::new(move |p| hub.deliver(p));
+            let bridge = crate::compat::ChannelsBridge::start(&state.config, deliver)
+                .await
+                .map_err(|e| StartError::Redis(e.to_string()))?;
+            Some(bridge)
+        } else {
+            None
+        };
+        // Periodic re-validation, and the catch-up sweep after the listener
+        // below reconnects (notices sent meanwhile are lost): see auth::revalidate.
+        let revalidator = (on_postgres || !state.config.auth.revalidate_interval.is_zero())
+            .then(|| Revalidator::new(state.hub.clone(), state.auth.clone(), &state.config.auth));
         // Deleting or revoking a token in Postgres closes its sockets.
         let revocations = if on_postgres {
             let url = Db::url(&state.config);
-            let task = crate::auth::listen::listen(&url, state.auth.clone(), state.hub.clone())
+            let (auth, hub) = (state.auth.clone(), state.hub.clone());
+            let task = crate::auth::listen::listen(&url, auth, hub, revalidator.clone())
                 .await
                 .map_err(|e| StartError::Store(StoreError::Unavailable(e.to_string())))?;
             Some(task)
@@ -192,7 +221,9 @@ impl Server {
         Ok(Server {
             state,
             revocations,
+            revalidation: revalidator.map(Revalidator::spawn),
             redis: redis_handles,
+            compat,
             listeners,
             addrs,
         })
@@ -204,6 +235,18 @@ impl Server {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    /// Adds routes to the public listener. Only `wsgate demo` does (its
+    /// page), so no configuration can expose them in `serve`.
+    pub fn with_public_routes(mut self, routes: Router) -> Server {
+        let ws = self.addrs.ws;
+        for (listener, router) in &mut self.listeners {
+            if listener.local_addr().ok() == Some(ws) {
+                *router = std::mem::take(router).merge(routes.clone());
+            }
+        }
+        self
     }
 
     /// Serves until `shutdown` completes, then drains and returns.
@@ -230,7 +273,13 @@ impl Server {
         );
         shutdown.await;
         ops::drain::drain(&self.state).await;
+        if let Some(compat) = &self.compat {
+            compat.shutdown().await;
+        }
         if let Some(task) = &self.revocations {
+            task.abort();
+        }
+        if let Some(task) = &self.revalidation {
             task.abort();
         }
         if let Some((broker, cache_client)) = &self.redis {

@@ -12,6 +12,7 @@
 //! One task per connection (not a reader and a writer) keeps the per-socket
 //! cost small; queued frames are written in batches with one flush.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,14 +21,16 @@ use futures_util::SinkExt;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
-use crate::auth::{Identity, Token};
+use crate::auth::{Credential, Identity, Token};
 use serde_json::value::RawValue;
 
+use crate::broker::Recovery;
 use crate::hub::{CloseSignal, ConnHandle, Member, Outbound, OutboundQueue, unix_micros};
 use crate::limits::{MessageLimiter, RateVerdict, SessionSlot};
 use crate::ops::metrics::AuthFailure;
 use crate::protocol::{
-    self, ClientFrame, CloseCode, ErrorCode, Frame, Publication, Reply, Request, RequestError,
+    self, ClientFrame, CloseCode, ErrorCode, Frame, Position, Publication, Reply, Request,
+    RequestError, message_frame,
 };
 use crate::state::AppState;
 
@@ -92,7 +95,7 @@ async fn run_connection(socket: WebSocket, state: AppState, slot: SessionSlot, c
         slot.authenticated();
         metrics.auth_success.inc();
         metrics.connections_authenticated.inc();
-        serve(socket, &state, conn_id, identity, token).await;
+        serve(socket, &state, conn_id, identity, token, ip).await;
     }
 }
 
@@ -206,17 +209,19 @@ async fn serve(
     conn_id: u64,
     identity: Identity,
     token: Token,
+    ip: IpAddr,
 ) {
     let limits = &state.config.limits;
+    // The token stays with the connection (redacted): re-validation asks the
+    // `query` and `django` stores about the token itself.
     let conn = Arc::new(ConnHandle {
         id: conn_id,
         user_id: identity.user_id,
         session: new_session_id(),
-        digest: token.digest(),
+        credential: Credential::new(token),
         queue: OutboundQueue::new(limits.outbound_queue, limits.conflate_after),
         close: CloseSignal::default(),
     });
-    drop(token);
     let span = tracing::Span::current();
     span.record("session", conn.session.as_str());
     span.record("user_id", conn.user_id.as_str());
@@ -224,7 +229,7 @@ async fn serve(
     let end = match Box::pin(welcome(&mut socket, state, &conn)).await {
         Ok(()) => {
             tracing::debug!("authenticated");
-            serve_loop(&mut socket, state, &conn).await
+            serve_loop(&mut socket, state, &conn, ip).await
         }
         Err(end) => end,
     };
@@ -246,7 +251,7 @@ async fn welcome(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle) ->
     let mut joined = Vec::with_capacity(groups.len());
     for group in groups {
         match join(state, conn, &group).await {
-            Ok(()) => joined.push(group),
+            Ok(_) => joined.push(group),
             Err(JoinFailure::TooMany) => break,
             Err(JoinFailure::Broker) => return Err(End::Close(CloseCode::TryAgainLater)),
         }
@@ -267,14 +272,14 @@ enum JoinFailure {
 }
 
 /// Joins a group locally and makes sure the broker delivers it here before
-/// returning.
-async fn join(state: &AppState, conn: &ConnHandle, group: &str) -> Result<(), JoinFailure> {
+/// returning. Answers whether the connection is new in the group.
+async fn join(state: &AppState, conn: &ConnHandle, group: &str) -> Result<bool, JoinFailure> {
     let joined = state
         .hub
         .join(conn.id, group)
         .map_err(|_| JoinFailure::TooMany)?;
     if !joined.new_member {
-        return Ok(());
+        return Ok(false);
     }
     let member = Member {
         user_id: conn.user_id.clone(),
@@ -286,7 +291,7 @@ async fn join(state: &AppState, conn: &ConnHandle, group: &str) -> Result<(), Jo
         state.hub.leave(conn.id, group);
         return Err(JoinFailure::Broker);
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn unsubscribe_broker(state: &AppState, group: &str, session: &str) {
@@ -301,7 +306,12 @@ enum KeepAlive {
     PongBy(Instant),
 }
 
-async fn serve_loop(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle) -> End {
+async fn serve_loop(
+    socket: &mut WebSocket,
+    state: &AppState,
+    conn: &ConnHandle,
+    ip: IpAddr,
+) -> End {
     let ping_interval = state.config.server.ping_interval;
     let pong_timeout = state.config.server.pong_timeout;
     let mut keepalive = KeepAlive::PingAt(Instant::now() + ping_interval);
@@ -332,7 +342,7 @@ async fn serve_loop(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle)
                         let handled = bounded_write(conn, pong_timeout, async {
                             match verdict {
                                 RateVerdict::Allow => {
-                                    Box::pin(handle_request(socket, state, conn, &text)).await
+                                    Box::pin(handle_request(socket, state, conn, ip, &text)).await
                                 }
                                 RateVerdict::Refuse => {
                                     state.metrics.rate_limited("messages");
@@ -441,6 +451,7 @@ async fn handle_request(
     socket: &mut WebSocket,
     state: &AppState,
     conn: &ConnHandle,
+    ip: IpAddr,
     text: &str,
 ) -> Result<(), End> {
     let ClientFrame { id, request } = protocol::parse_request(text);
@@ -448,29 +459,33 @@ async fn handle_request(
     let reply = match request {
         Err(e) => refuse(state, &e, id),
         Ok(Request::Ping) => Reply::Pong { id }.encode(),
+        Ok(Request::Refresh { token }) => {
+            refresh(state, conn, ip, token).await?;
+            Reply::Refreshed { id }.encode()
+        }
         Ok(Request::Subscribe { group, since }) => {
             if !state.policy.can_subscribe(&conn.user_id, &group) {
                 refuse(state, &forbidden(), id)
+            } else if state.history.applies(&group) {
+                let since = since.map(|s| Position {
+                    offset: s.offset,
+                    epoch: s.epoch,
+                });
+                return subscribe_with_history(socket, state, conn, &group, since.as_ref(), id)
+                    .await;
             } else {
                 match join(state, conn, &group).await {
-                    Ok(()) => Reply::Subscribed {
+                    Ok(_) => Reply::Subscribed {
                         group: &group,
-                        // No history yet: a client asking to recover is told
-                        // it cannot, so it reloads its state.
+                        // No history here: a client asking to recover is
+                        // told it cannot, so it reloads its state.
                         recovered: since.map(|_| false),
                         offset: None,
                         epoch: None,
                         id,
                     }
                     .encode(),
-                    Err(JoinFailure::TooMany) => refuse(
-                        state,
-                        &RequestError::new(
-                            ErrorCode::TooManyGroups,
-                            "too many groups on this connection",
-                        ),
-                        id,
-                    ),
+                    Err(JoinFailure::TooMany) => refuse(state, &too_many_groups(), id),
                     Err(JoinFailure::Broker) => return Err(End::Close(CloseCode::TryAgainLater)),
                 }
             }
@@ -503,6 +518,148 @@ async fn handle_request(
         }
     };
     send(socket, reply).await
+}
+
+/// An in-band token refresh: checks `token` as the first frame's token is
+/// checked (caches, `auth.timeout`, the per-IP failure limiter, the same
+/// metrics) and, when it is valid and of the same user, makes it the
+/// connection's token. Any refusal ends the connection: 4003 for a token that
+/// is not valid or belongs to someone else, 4029 for an address over its
+/// failure limit, 1013 when no layer can answer.
+async fn refresh(state: &AppState, conn: &ConnHandle, ip: IpAddr, token: Token) -> Result<(), End> {
+    let metrics = &state.metrics;
+    if state.auth_failures.is_blocked(ip) {
+        metrics.rate_limited("auth");
+        return Err(End::Close(CloseCode::RateLimited));
+    }
+    let span = tracing::info_span!(
+        "refresh",
+        auth.source = tracing::field::Empty,
+        auth.result = tracing::field::Empty,
+    );
+    let answer = tokio::time::timeout(state.config.auth.timeout, state.auth.authenticate(&token))
+        .instrument(span.clone())
+        .await;
+    let (result, verdict) = match answer {
+        Ok(Ok(answer)) => {
+            span.record("auth.source", answer.source.as_str());
+            metrics.auth_duration(answer.source, answer.elapsed.as_secs_f64());
+            match answer.identity {
+                Some(identity) if identity.user_id == conn.user_id => ("ok", Ok(())),
+                // Unknown, expired, revoked, inactive, or another user's.
+                _ => ("invalid_token", Err(AuthFailure::InvalidToken)),
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, store = state.auth.store_name(), "refresh: token check failed");
+            ("backend_unavailable", Err(AuthFailure::BackendUnavailable))
+        }
+        Err(_elapsed) => {
+            tracing::warn!(
+                store = state.auth.store_name(),
+                "refresh: token check timed out"
+            );
+            ("backend_unavailable", Err(AuthFailure::BackendUnavailable))
+        }
+    };
+    span.record("auth.result", result);
+    match verdict {
+        Ok(()) => {
+            conn.credential.replace(token);
+            metrics.auth_success.inc();
+            tracing::debug!("token refreshed");
+            Ok(())
+        }
+        Err(reason) => {
+            metrics.auth_failed(reason);
+            if reason == AuthFailure::BackendUnavailable {
+                return Err(End::Close(CloseCode::TryAgainLater));
+            }
+            if state.auth_failures.record_failure(ip) {
+                tracing::info!(%ip, "authentication failures over the limit; address blocked for a while");
+            }
+            Err(End::Close(CloseCode::AuthFailed))
+        }
+    }
+}
+
+/// Subscribes to a group with history: its live messages are held back
+/// while the session joins, reads what history holds after `since`, writes
+/// that replay and the `subscribed` reply; then the held messages the replay
+/// did not cover follow. The subscription is in place before history is
+/// read, so every message is in the replay, among the held ones, or both
+/// (and then sent once): no gap and no duplicate.
+async fn subscribe_with_history(
+    socket: &mut WebSocket,
+    state: &AppState,
+    conn: &ConnHandle,
+    group: &str,
+    since: Option<&Position>,
+    id: Option<&RawValue>,
+) -> Result<(), End> {
+    state.hub.hold(conn.id, group);
+    let new_member = match join(state, conn, group).await {
+        Ok(new_member) => new_member,
+        Err(failure) => {
+            state.hub.release(conn.id, group);
+            return match failure {
+                JoinFailure::TooMany => send(socket, refuse(state, &too_many_groups(), id)).await,
+                JoinFailure::Broker => Err(End::Close(CloseCode::TryAgainLater)),
+            };
+        }
+    };
+    if !new_member {
+        // Already subscribed: its messages have been arriving all along.
+        state.hub.release_after(conn.id, group, None);
+    }
+    let read = if new_member { since } else { None };
+    let Recovery {
+        position,
+        recovered,
+        publications,
+    } = match state.broker.history(group, read).await {
+        Ok(recovery) => recovery,
+        Err(e) => {
+            tracing::warn!(error = %e, group, "history read failed");
+            return Err(End::Close(CloseCode::TryAgainLater));
+        }
+    };
+    let recovered = if new_member {
+        recovered
+    } else {
+        since.map(|s| s.epoch == position.epoch && s.offset <= position.offset)
+    };
+    if !publications.is_empty() {
+        for p in &publications {
+            let frame = message_frame(&p.group, &p.data, p.position.as_ref());
+            if socket.feed(text_message(frame)).await.is_err() {
+                return Err(End::ClientGone(1006));
+            }
+        }
+        state
+            .metrics
+            .messages_delivered
+            .inc_by(publications.len() as u64);
+    }
+    let reply = Reply::Subscribed {
+        group,
+        recovered,
+        offset: Some(position.offset),
+        epoch: Some(&position.epoch),
+        id,
+    }
+    .encode();
+    // The replay is written with the reply, before any held message.
+    send(socket, reply).await?;
+    state.hub.release_after(conn.id, group, Some(position));
+    Ok(())
+}
+
+fn too_many_groups() -> RequestError {
+    RequestError::new(
+        ErrorCode::TooManyGroups,
+        "too many groups on this connection",
+    )
 }
 
 /// An `error` reply, counted by its code.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::watch;
 
 use crate::auth::{Authenticator, TokenDigest};
-use crate::broker::{Broker, BrokerHandler, NodeInfo};
+use crate::broker::{Broker, BrokerHandler, HistoryPolicy, NodeInfo};
 use crate::config::Config;
 use crate::hub::{Hub, Member};
 use crate::limits::{AuthFailureLimiter, ConnectionLimits, TrustedProxies};
@@ -36,6 +36,8 @@ pub struct Shared {
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     pub policy: GroupPolicy,
+    /// Which groups keep history (`history.*`); the broker keeps it.
+    pub history: HistoryPolicy,
     /// SHA-256 digests of the API keys.
     pub api_key_digests: Vec<[u8; 32]>,
     /// Socket counts against `limits.max_*`, per node and per client IP.
@@ -66,9 +68,11 @@ impl AppState {
                 config.limits.max_groups_per_connection,
                 metrics.clone(),
             )
-            .with_conflation(config.groups.conflate.clone()),
+            .with_conflation(config.groups.conflate.clone())
+            .with_max_held(config.limits.outbound_queue),
         );
         let policy = GroupPolicy::new(&config.groups);
+        let history = HistoryPolicy::new(&config.history);
         let limits = ConnectionLimits::new(&config.limits);
         let proxies = TrustedProxies::new(&config.server);
         let auth_failures = AuthFailureLimiter::new(&config.limits);
@@ -84,6 +88,7 @@ impl AppState {
             auth,
             metrics: metrics.clone(),
             policy,
+            history,
             api_key_digests,
             limits,
             proxies,

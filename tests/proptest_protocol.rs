@@ -114,6 +114,7 @@ enum Outcome {
     Unsubscribe(String),
     Publish(String, String),
     Ping,
+    Refresh(String),
     Refused(&'static str),
 }
 
@@ -155,6 +156,13 @@ fn reference_request(v: &Value) -> (Option<String>, Outcome) {
             None => Err(Refused("bad_request")),
         }),
         "ping" => Ok(Outcome::Ping),
+        // Bounded like the first frame: the whole frame at most 4 KiB, and
+        // a non-empty string token.
+        "refresh" if v.to_string().len() > MAX_AUTH_FRAME_BYTES => Err(Refused("bad_request")),
+        "refresh" => match field("token") {
+            Some(Value::String(t)) if !t.is_empty() => Ok(Outcome::Refresh(t.clone())),
+            _ => Err(Refused("bad_request")),
+        },
         "auth" => Err(Refused("bad_request")),
         _ => Err(Refused("unknown_type")),
     };
@@ -170,6 +178,7 @@ fn actual_request(frame: ClientFrame) -> (Option<String>, Outcome) {
         Ok(Request::Unsubscribe { group }) => Outcome::Unsubscribe(group),
         Ok(Request::Publish { group, data }) => Outcome::Publish(group, data.get().to_string()),
         Ok(Request::Ping) => Outcome::Ping,
+        Ok(Request::Refresh { token }) => Outcome::Refresh(token.expose().to_string()),
     };
     (frame.id.map(|id| id.get().to_string()), outcome)
 }
@@ -182,6 +191,7 @@ fn request_like() -> impl Strategy<Value = Value> {
             "unsubscribe",
             "publish",
             "ping",
+            "refresh",
             "auth",
             "Subscribe",
             "nope",
@@ -203,21 +213,30 @@ fn request_like() -> impl Strategy<Value = Value> {
         any::<u64>().prop_map(|o| json!({"offset": o, "epoch": "e", "x": 1})),
         json_value(),
     ];
+    let token = prop_oneof![
+        "[A-Za-z0-9_-]{0,64}".prop_map(Value::from),
+        any::<String>().prop_map(Value::from),
+        // Around the 4 KiB bound of a refresh frame.
+        (4000usize..4120).prop_map(|n| Value::from("t".repeat(n))),
+        json_value(),
+    ];
     (
         prop::option::of(kind),
         prop::option::of(id),
         prop::option::of(group),
         prop::option::of(json_value()),
         prop::option::of(since),
+        prop::option::of(token),
         prop::collection::btree_map(json_key(), json_value(), 0..3),
     )
-        .prop_map(|(kind, id, group, data, since, mut extra)| {
+        .prop_map(|(kind, id, group, data, since, token, mut extra)| {
             for (k, v) in [
                 ("type", kind),
                 ("id", id),
                 ("group", group),
                 ("data", data),
                 ("since", since),
+                ("token", token),
             ] {
                 match v {
                     Some(v) => extra.insert(k.to_string(), v),
@@ -356,6 +375,49 @@ proptest! {
         } else {
             prop_assert!(frame.id.is_none());
             prop_assert_eq!(frame.request.unwrap_err().code.as_str(), "bad_request");
+        }
+    }
+
+    /// An accepted refresh carries the token exactly as sent (escapes
+    /// decoded), its reply echoes the id, and nothing over 4 KiB is taken.
+    #[test]
+    fn refresh_round_trips(
+        token in prop_oneof![
+            "[A-Za-z0-9_-]{1,64}",
+            any::<String>(),
+            (4000usize..4100).prop_map(|n| "k".repeat(n)),
+        ],
+        id in prop::option::of(prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+        ]),
+    ) {
+        let mut request = json!({"type": "refresh", "token": token});
+        if let Some(id) = &id {
+            request["id"] = id.clone();
+        }
+        let text = request.to_string();
+        let frame = parse_request(&text);
+        prop_assert_eq!(frame.id.as_ref().map(|i| i.get().to_string()), id.as_ref().map(Value::to_string));
+        match frame.request {
+            Ok(Request::Refresh { token: got }) => {
+                prop_assert!(!token.is_empty() && text.len() <= MAX_AUTH_FRAME_BYTES, "{}", text);
+                prop_assert_eq!(got.expose(), token.as_str());
+                // The request's debug form never shows the token.
+                let debug = format!("{:?}", Request::Refresh { token: got });
+                prop_assert_eq!(debug, "Refresh { token: Token(<redacted>) }");
+                let reply = Reply::Refreshed { id: frame.id.as_deref() }.encode();
+                let mut expected = json!({"type": "refreshed"});
+                if let Some(id) = id {
+                    expected["id"] = id;
+                }
+                prop_assert_eq!(serde_json::from_str::<Value>(reply.as_str()).unwrap(), expected);
+            }
+            Err(e) => {
+                prop_assert!(token.is_empty() || text.len() > MAX_AUTH_FRAME_BYTES, "{}", text);
+                prop_assert_eq!(e.code.as_str(), "bad_request");
+            }
+            Ok(other) => return Err(TestCaseError::fail(format!("{other:?} from {text}"))),
         }
     }
 

@@ -158,3 +158,85 @@ async fn django_logout_and_deactivation_close_sockets() {
     node.shutdown().await;
     pg.drop_db().await;
 }
+
+/// The listener survives a Postgres restart: it reconnects by itself, a
+/// token deleted afterwards loses its socket within a second as before, and
+/// a token deleted while no notice could reach the node (simulated with the
+/// trigger disabled) is caught by the catch-up sweep that follows the
+/// reconnect, with periodic re-validation off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_reconnects_after_a_postgres_restart() {
+    use common::pg_server::PgServer;
+    let mut pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let url = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.database.url = Some(url.clone());
+    config.database.connect_timeout = Duration::from_secs(1);
+    assert!(
+        config.auth.revalidate_interval.is_zero(),
+        "periodic sweeps off"
+    );
+    let node = spawn(config).await;
+    let missed = node.issue_token("1").await;
+    let deleted = node.issue_token("2").await;
+    let kept = node.issue_token("3").await;
+    let (mut m, _) = Client::authed(&node.ws_url(), &missed).await;
+    let (mut d, _) = Client::authed(&node.ws_url(), &deleted).await;
+    let (mut k, _) = Client::authed(&node.ws_url(), &kept).await;
+
+    // A deletion whose notice never reaches the node.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    for sql in [
+        "ALTER TABLE wsgate_tokens DISABLE TRIGGER USER",
+        &format!(
+            "DELETE FROM wsgate_tokens WHERE digest = '{}'",
+            digest(&missed)
+        ),
+        "ALTER TABLE wsgate_tokens ENABLE TRIGGER USER",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+    m.expect_silence(Duration::from_millis(300)).await;
+
+    let stopped = Instant::now();
+    let (pg, down) = tokio::task::spawn_blocking(move || {
+        pg.stop_immediate();
+        let down = stopped.elapsed();
+        pg.start_again();
+        (pg, down)
+    })
+    .await
+    .unwrap();
+    let up = stopped.elapsed();
+    // Reconnect, LISTEN, then the catch-up sweep finds the missed deletion.
+    assert_eq!(code(m.close_within(Duration::from_secs(10)).await), 4003);
+    println!(
+        "Postgres stopped at {down:?}, accepting again at {up:?}; listener back and \
+         missed deletion caught at {:?} (from the stop)",
+        stopped.elapsed()
+    );
+
+    // Listening again (the sweep runs only after LISTEN): a delete now
+    // closes its socket within a second.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let start = Instant::now();
+    sqlx::query("DELETE FROM wsgate_tokens WHERE digest = $1")
+        .bind(digest(&deleted))
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(code(d.close_within(Duration::from_secs(1)).await), 4003);
+    println!(
+        "DELETE after the restart closed the token's socket in {:?}",
+        start.elapsed()
+    );
+    assert_eq!(k.request(json!({"type": "ping"})).await["type"], "pong");
+    pool.close().await;
+    node.shutdown().await;
+    drop(pg);
+}

@@ -77,6 +77,15 @@ fn check_frame(text: &str) {
     let reply = match &request {
         Err(e) => Reply::error(e, id),
         Ok(Request::Ping) => Reply::Pong { id }.encode(),
+        Ok(Request::Refresh { token }) => {
+            assert!(!token.expose().is_empty(), "empty refresh token accepted");
+            assert!(
+                text.len() <= MAX_AUTH_FRAME_BYTES,
+                "{} byte refresh accepted",
+                text.len()
+            );
+            Reply::Refreshed { id }.encode()
+        }
         Ok(Request::Subscribe { group, since }) => {
             assert!(is_valid_group(group), "group {group:?} accepted");
             Reply::Subscribed {

@@ -5,50 +5,124 @@
 //! forgets the digest in its caches and closes the token's local sockets
 //! with 4003, so a deleted token loses its sockets within milliseconds.
 //!
-//! sqlx's `PgListener` reconnects and listens again by itself after a
-//! Postgres restart; notifications sent while it was away are lost (the
-//! cache TTLs bound how long such a token stays usable on a new socket).
+//! # Reconnecting
+//!
+//! The listener keeps one dedicated connection. When it is lost (Postgres
+//! restarted, crashed, or the connection was terminated), the task drops it
+//! and connects again with backoff ([`RETRY_MIN`] doubling to [`RETRY_MAX`],
+//! each attempt bounded by [`CONNECT_TIMEOUT`]) until it can `LISTEN` again,
+//! then keeps serving: the node never restarts and never drops a client for
+//! it. We do the reconnecting ourselves rather than rely on `PgListener`'s,
+//! which retries only on some I/O errors and forwards others (say a reset
+//! connection) for ever.
+//!
+//! Notifications sent while no connection listened are lost. So once it
+//! listens again, the task asks the [`Revalidator`] for a catch-up sweep:
+//! every live connection's token is checked against the store (batched,
+//! spread over a couple of seconds), which closes the sockets of any token
+//! deleted or revoked in the gap. This happens whether or not periodic
+//! re-validation is on. The listen comes first, the sweep second, so no
+//! revocation falls between the two.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgNotification};
 
+use super::revalidate::Revalidator;
 use super::{Authenticator, TokenDigest};
 use crate::hub::Hub;
 use crate::protocol::CloseCode;
 
 pub const CHANNEL: &str = "wsgate_revoke";
 
+/// First wait between reconnect attempts.
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between reconnect attempts.
+pub const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Longest one reconnect attempt may take (a database that accepts TCP but
+/// does not answer).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Listens until the task is aborted. Returns an error only when the first
-/// connection cannot be made.
+/// connection cannot be made. After a reconnect, `revalidator` (when given)
+/// is asked for a catch-up sweep.
 pub async fn listen(
     database_url: &str,
     auth: Arc<Authenticator>,
     hub: Arc<Hub>,
+    revalidator: Option<Arc<Revalidator>>,
 ) -> Result<tokio::task::JoinHandle<()>, sqlx::Error> {
-    let mut listener = PgListener::connect(database_url).await?;
-    listener.listen(CHANNEL).await?;
+    let listener = connect(database_url).await?;
+    let url = database_url.to_string();
     Ok(tokio::spawn(async move {
+        let mut first = Some(listener);
         loop {
-            match listener.recv().await {
-                Ok(notification) => {
-                    let Some(digest) = TokenDigest::from_hex(notification.payload()) else {
-                        tracing::debug!("ignoring a malformed revocation notice");
-                        continue;
-                    };
-                    if let Err(e) = auth.forget(&digest).await {
-                        tracing::warn!(error = %e, "revocation notice: cache not cleared");
+            let mut current = match first.take() {
+                Some(listener) => listener,
+                None => {
+                    let listener = reconnect(&url).await;
+                    // Notices may have been lost while nobody listened.
+                    if let Some(revalidator) = &revalidator {
+                        revalidator.catch_up();
                     }
-                    let closed = hub.close_digest(&digest, CloseCode::AuthFailed);
-                    tracing::info!(closed, "token revoked in the database");
+                    listener
                 }
-                Err(e) => {
-                    // The listener reconnects on the next call.
-                    tracing::warn!(error = %e, "revocation listener lost Postgres; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+            };
+            let error = serve(&mut current, &auth, &hub).await;
+            tracing::warn!(error = %error, "revocation listener lost Postgres; reconnecting");
+            drop(current);
         }
     }))
+}
+
+async fn connect(url: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect(url).await?;
+    // A lost connection is reported (`Ok(None)`) and left to us.
+    listener.eager_reconnect(false);
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Connects again, however long it takes.
+async fn reconnect(url: &str) -> PgListener {
+    let mut wait = RETRY_MIN;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let error = match tokio::time::timeout(CONNECT_TIMEOUT, connect(url)).await {
+            Ok(Ok(listener)) => {
+                tracing::info!(attempts, "revocation listener reconnected to Postgres");
+                return listener;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect timed out".to_string(),
+        };
+        tracing::debug!(attempts, error = %error, "revocation listener: reconnect failed");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
+
+/// Handles notices until the connection fails; returns why it did.
+async fn serve(listener: &mut PgListener, auth: &Authenticator, hub: &Hub) -> String {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => on_notice(&notification, auth, hub).await,
+            Ok(None) => return "connection lost".to_string(),
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
+async fn on_notice(notification: &PgNotification, auth: &Authenticator, hub: &Hub) {
+    let Some(digest) = TokenDigest::from_hex(notification.payload()) else {
+        tracing::debug!("ignoring a malformed revocation notice");
+        return;
+    };
+    if let Err(e) = auth.forget(&digest).await {
+        tracing::warn!(error = %e, "revocation notice: cache not cleared");
+    }
+    let closed = hub.close_digest(&digest, CloseCode::AuthFailed);
+    tracing::info!(closed, "token revoked in the database");
 }

@@ -10,10 +10,11 @@
 
 pub mod cache;
 pub mod listen;
+pub mod revalidate;
 pub mod sql;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -73,6 +74,44 @@ impl fmt::Debug for TokenDigest {
     }
 }
 
+/// The token a live connection holds, and its digest: replaced by an in-band
+/// `refresh`, read by revocation (which matches the digest) and by
+/// re-validation (which needs the token itself for the `query` and `django`
+/// stores). One lock for both, so they never disagree.
+pub struct Credential(Mutex<(Token, TokenDigest)>);
+
+impl Credential {
+    pub fn new(token: Token) -> Credential {
+        let digest = token.digest();
+        Credential(Mutex::new((token, digest)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Token, TokenDigest)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn digest(&self) -> TokenDigest {
+        self.lock().1
+    }
+
+    /// The token and its digest, as of now.
+    pub fn get(&self) -> (Token, TokenDigest) {
+        self.lock().clone()
+    }
+
+    /// Swaps in `token`; returns the digest it replaced.
+    pub fn replace(&self, token: Token) -> TokenDigest {
+        let digest = token.digest();
+        std::mem::replace(&mut *self.lock(), (token, digest)).1
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credential({:?})", self.digest())
+    }
+}
+
 /// Who a valid token belongs to. The user id is a string whatever its type
 /// in the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +136,16 @@ pub enum StoreError {
 pub trait TokenStore: Send + Sync + 'static {
     /// `Ok(None)` means the token is unknown, expired, revoked, or its user inactive.
     async fn verify(&self, token: &Token) -> Result<Option<Identity>, StoreError>;
+    /// [`TokenStore::verify`] for many tokens at once, answers in the same
+    /// order (re-validation of live connections). The default asks one by
+    /// one; stores that can answer a batch in one query override it.
+    async fn verify_many(&self, tokens: &[Token]) -> Result<Vec<Option<Identity>>, StoreError> {
+        let mut answers = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            answers.push(self.verify(token).await?);
+        }
+        Ok(answers)
+    }
     /// Refuses the token from now on. Stores that read someone else's table
     /// record the digest in `wsgate_revocations`.
     async fn revoke(&self, digest: &TokenDigest) -> Result<(), StoreError>;
@@ -224,6 +273,12 @@ impl Authenticator {
     pub fn store_name(&self) -> &'static str {
         self.store.name()
     }
+
+    /// The store itself, bypassing the caches (re-validation: a cached
+    /// answer could hide a revocation for up to `auth.cache_ttl`).
+    pub fn store(&self) -> &Arc<dyn TokenStore> {
+        &self.store
+    }
 }
 
 #[cfg(test)]
@@ -245,6 +300,17 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(TokenDigest::from_hex(&d.to_hex()), Some(d));
+    }
+
+    #[test]
+    fn credential_swaps_token_and_digest_together() {
+        let old = Token::new("old-secret".into());
+        let new = Token::new("new-secret".into());
+        let c = Credential::new(old.clone());
+        assert_eq!(c.digest(), old.digest());
+        assert_eq!(c.replace(new.clone()), old.digest());
+        assert_eq!(c.get(), (new.clone(), new.digest()));
+        assert!(!format!("{c:?}").contains("secret"));
     }
 
     #[test]

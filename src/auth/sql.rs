@@ -93,6 +93,26 @@ impl Db {
         Ok(())
     }
 
+    /// Which of `digests` are in `wsgate_revocations`, in one query.
+    async fn revoked_among(
+        &self,
+        digests: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let bound = padded(digests);
+        let sql = format!(
+            "SELECT digest FROM wsgate_revocations WHERE digest IN ({})",
+            placeholders(1, bound.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for digest in bound {
+            query = query.bind(digest);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(classify)?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(classify))
+            .collect()
+    }
+
     async fn is_revoked(&self, digest: &TokenDigest) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT 1 FROM wsgate_revocations WHERE digest = $1")
             .bind(digest.to_hex())
@@ -128,11 +148,10 @@ fn sqlite_url(path: &Path) -> String {
 pub fn store_for(config: &Config, db: Db) -> Box<dyn TokenStore> {
     match config.auth.store {
         StoreKind::Native => Box::new(NativeStore { db }),
-        StoreKind::Query => Box::new(QueryStore {
-            sql: config.auth.query.clone().unwrap_or_default().into(),
+        StoreKind::Query => Box::new(QueryStore::new(
             db,
-            name: "query",
-        }),
+            config.auth.query.clone().unwrap_or_default(),
+        )),
         StoreKind::Django => Box::new(QueryStore::django(db)),
     }
 }
@@ -194,6 +213,29 @@ fn cannot_serve_now(db: &dyn sqlx::error::DatabaseError) -> bool {
 fn identity_of(row: Option<AnyRow>) -> Result<Option<Identity>, StoreError> {
     row.map(|r| user_id_of(&r).map(|user_id| Identity { user_id }))
         .transpose()
+}
+
+/// Most tokens one batched lookup ([`TokenStore::verify_many`]) binds: far
+/// below the bound-parameter limits of Postgres (65535) and SQLite (32766).
+pub const MAX_BATCH: usize = 512;
+
+/// `$first, $first+1, ...`: `n` placeholders for an `IN (...)` list.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A batch's values padded (repeating the last) to the next power of two, so
+/// the `IN (...)` lists come in at most ten shapes and the prepared-statement
+/// cache of each connection is not churned by every batch size.
+fn padded<T: Clone>(values: &[T]) -> Vec<T> {
+    let mut out = values.to_vec();
+    if let Some(last) = values.last() {
+        out.resize(values.len().next_power_of_two(), last.clone());
+    }
+    out
 }
 
 /// Reads the user id from the first column, whatever its SQL type.
@@ -291,6 +333,39 @@ impl TokenStore for NativeStore {
         identity_of(row)
     }
 
+    /// One query per [`MAX_BATCH`] tokens: the same conditions as `verify`
+    /// over `digest IN (...)`.
+    async fn verify_many(&self, tokens: &[Token]) -> Result<Vec<Option<Identity>>, StoreError> {
+        let mut answers = Vec::with_capacity(tokens.len());
+        for chunk in tokens.chunks(MAX_BATCH) {
+            let digests: Vec<String> = chunk.iter().map(|t| t.digest().to_hex()).collect();
+            let bound = padded(&digests);
+            let sql = format!(
+                "SELECT t.user_id, t.digest FROM wsgate_tokens t \
+                 WHERE t.digest IN ({}) AND t.revoked_at IS NULL \
+                   AND (t.expires_at IS NULL OR t.expires_at > $1) \
+                   AND NOT EXISTS (SELECT 1 FROM wsgate_revocations r WHERE r.digest = t.digest)",
+                placeholders(2, bound.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
+            for digest in bound {
+                query = query.bind(digest);
+            }
+            let rows = query.fetch_all(&self.db.pool).await.map_err(classify)?;
+            let mut valid = std::collections::HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let digest: String = row.try_get(1).map_err(classify)?;
+                valid.insert(digest, user_id_of(row)?);
+            }
+            answers.extend(digests.iter().map(|d| {
+                valid.get(d).map(|user_id| Identity {
+                    user_id: user_id.clone(),
+                })
+            }));
+        }
+        Ok(answers)
+    }
+
     async fn revoke(&self, digest: &TokenDigest) -> Result<(), StoreError> {
         let done = sqlx::query(
             "UPDATE wsgate_tokens SET revoked_at = $2 WHERE digest = $1 AND revoked_at IS NULL",
@@ -321,6 +396,9 @@ pub struct QueryStore {
     /// Operator-supplied SQL: configuration, never client input.
     sql: std::sync::Arc<str>,
     name: &'static str,
+    /// The `django` preset's batched lookup: this text followed by
+    /// `IN (<placeholders>)`, returning the user id and the key.
+    batch_prefix: Option<&'static str>,
 }
 
 impl QueryStore {
@@ -329,6 +407,7 @@ impl QueryStore {
             db,
             sql: sql.into(),
             name: "query",
+            batch_prefix: None,
         }
     }
 
@@ -344,10 +423,21 @@ impl QueryStore {
                  JOIN auth_user u ON u.id = t.user_id WHERE t.key = $1 AND u.is_active"
             }
         };
+        let batch_prefix = match db.backend {
+            Backend::Postgres => {
+                "SELECT u.id::text AS user_id, t.key FROM authtoken_token t \
+                 JOIN auth_user u ON u.id = t.user_id WHERE u.is_active AND t.key"
+            }
+            Backend::Sqlite => {
+                "SELECT CAST(u.id AS TEXT) AS user_id, t.key FROM authtoken_token t \
+                 JOIN auth_user u ON u.id = t.user_id WHERE u.is_active AND t.key"
+            }
+        };
         QueryStore {
             db,
             sql: sql.into(),
             name: "django",
+            batch_prefix: Some(batch_prefix),
         }
     }
 }
@@ -364,6 +454,61 @@ impl TokenStore for QueryStore {
             .await
             .map_err(classify)?;
         identity_of(row)
+    }
+
+    /// Per [`MAX_BATCH`] tokens: one query for `wsgate_revocations`, then for
+    /// the `django` preset one query for the batch; an arbitrary `auth.query`
+    /// cannot be batched, so it runs once per token not revoked.
+    async fn verify_many(&self, tokens: &[Token]) -> Result<Vec<Option<Identity>>, StoreError> {
+        let mut answers = Vec::with_capacity(tokens.len());
+        for chunk in tokens.chunks(MAX_BATCH) {
+            let digests: Vec<String> = chunk.iter().map(|t| t.digest().to_hex()).collect();
+            let revoked = self.db.revoked_among(&digests).await?;
+            let live: Vec<&Token> = chunk
+                .iter()
+                .zip(&digests)
+                .filter(|(_, d)| !revoked.contains(*d))
+                .map(|(t, _)| t)
+                .collect();
+            let mut valid = std::collections::HashMap::new();
+            match self.batch_prefix {
+                Some(prefix) if !live.is_empty() => {
+                    let bound = padded(&live);
+                    let sql = format!("{prefix} IN ({})", placeholders(1, bound.len()));
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for token in bound {
+                        query = query.bind(token.expose());
+                    }
+                    let rows = query.fetch_all(&self.db.pool).await.map_err(classify)?;
+                    for row in &rows {
+                        let key: String = row.try_get(1).map_err(classify)?;
+                        valid.insert(key, user_id_of(row)?);
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    for token in live {
+                        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.clone()))
+                            .bind(token.expose())
+                            .fetch_optional(&self.db.pool)
+                            .await
+                            .map_err(classify)?;
+                        if let Some(identity) = identity_of(row)? {
+                            valid.insert(token.expose().to_string(), identity.user_id);
+                        }
+                    }
+                }
+            }
+            answers.extend(chunk.iter().zip(&digests).map(|(token, digest)| {
+                if revoked.contains(digest) {
+                    return None;
+                }
+                valid.get(token.expose()).map(|user_id| Identity {
+                    user_id: user_id.clone(),
+                })
+            }));
+        }
+        Ok(answers)
     }
 
     async fn revoke(&self, digest: &TokenDigest) -> Result<(), StoreError> {

@@ -1,23 +1,83 @@
 //! The in-process broker: single-node mode, no Redis. A publish is handed
 //! straight to this node's handler, so it is delivered before `publish`
 //! returns (in order, per publisher).
+//!
+//! History for single-node mode is kept here too: per group, the last
+//! `history.size` publications with their offsets, dropped `history.ttl`
+//! after the group's last publication; the epoch is new per process (and
+//! when a group's history expired), so a restart tells recovering clients
+//! `recovered: false` instead of serving offsets that started again.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{Broker, BrokerError, BrokerHandler, NodeInfo};
+use super::{Broker, BrokerError, BrokerHandler, HistoryPolicy, NodeInfo, Recovery, new_epoch};
 use crate::hub::Member;
-use crate::protocol::{Control, Publication};
+use crate::protocol::{Control, Position, Publication};
 
-#[derive(Default)]
 pub struct MemoryBroker {
     handler: OnceLock<Arc<dyn BrokerHandler>>,
+    policy: HistoryPolicy,
+    /// History per group. Held while a history publication is handed to the
+    /// handler, so offsets are delivered in order whoever publishes.
+    history: Mutex<Histories>,
+}
+
+#[derive(Default)]
+struct Histories {
+    groups: HashMap<String, GroupHistory>,
+    /// Publications since the last sweep of expired groups.
+    since_sweep: usize,
+}
+
+struct GroupHistory {
+    epoch: String,
+    offset: u64,
+    entries: VecDeque<Publication>,
+    last_publish: Instant,
+}
+
+impl GroupHistory {
+    fn new() -> GroupHistory {
+        GroupHistory {
+            epoch: new_epoch(),
+            offset: 0,
+            entries: VecDeque::new(),
+            last_publish: Instant::now(),
+        }
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            offset: self.offset,
+            epoch: self.epoch.clone(),
+        }
+    }
+}
+
+/// How many publications between sweeps of expired groups.
+const SWEEP_EVERY: usize = 4096;
+
+impl Default for MemoryBroker {
+    fn default() -> Self {
+        MemoryBroker::new()
+    }
 }
 
 impl MemoryBroker {
     pub fn new() -> MemoryBroker {
-        MemoryBroker::default()
+        MemoryBroker::with_history(HistoryPolicy::off())
+    }
+
+    pub fn with_history(policy: HistoryPolicy) -> MemoryBroker {
+        MemoryBroker {
+            handler: OnceLock::new(),
+            policy,
+            history: Mutex::new(Histories::default()),
+        }
     }
 
     fn handler(&self) -> Result<&Arc<dyn BrokerHandler>, BrokerError> {
@@ -25,16 +85,92 @@ impl MemoryBroker {
             .get()
             .ok_or_else(|| BrokerError::Unavailable("broker not attached".into()))
     }
+
+    fn histories(&self) -> MutexGuard<'_, Histories> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The group's live history: expired entries and epochs are dropped
+    /// first, as Redis would have expired them.
+    fn group<'a>(&self, histories: &'a mut Histories, group: &str) -> &'a mut GroupHistory {
+        let now = Instant::now();
+        let policy = &self.policy;
+        let h = histories
+            .groups
+            .entry(group.to_string())
+            .or_insert_with(GroupHistory::new);
+        let idle = now.duration_since(h.last_publish);
+        if idle > policy.meta_ttl {
+            *h = GroupHistory::new();
+        } else if idle > policy.ttl {
+            h.entries.clear();
+        }
+        h
+    }
+
+    fn sweep(&self, histories: &mut Histories) {
+        histories.since_sweep += 1;
+        if histories.since_sweep < SWEEP_EVERY {
+            return;
+        }
+        histories.since_sweep = 0;
+        let meta_ttl = self.policy.meta_ttl;
+        histories
+            .groups
+            .retain(|_, h| h.last_publish.elapsed() <= meta_ttl);
+    }
 }
 
 #[async_trait]
 impl Broker for MemoryBroker {
-    async fn publish(&self, publications: Vec<Publication>) -> Result<(), BrokerError> {
+    async fn publish(
+        &self,
+        publications: Vec<Publication>,
+    ) -> Result<Vec<Option<Position>>, BrokerError> {
         let handler = self.handler()?;
-        for p in publications {
+        let mut positions = Vec::with_capacity(publications.len());
+        for mut p in publications {
+            if !self.policy.applies(&p.group) {
+                handler.on_publication(p);
+                positions.push(None);
+                continue;
+            }
+            let mut histories = self.histories();
+            self.sweep(&mut histories);
+            let size = self.policy.size;
+            let h = self.group(&mut histories, &p.group);
+            h.offset += 1;
+            h.last_publish = Instant::now();
+            let position = h.position();
+            p.position = Some(position.clone());
+            h.entries.push_back(p.clone());
+            while h.entries.len() > size {
+                h.entries.pop_front();
+            }
+            // Still under the lock: the next offset is delivered after this one.
             handler.on_publication(p);
+            positions.push(Some(position));
         }
-        Ok(())
+        Ok(positions)
+    }
+
+    async fn history(
+        &self,
+        group: &str,
+        since: Option<&Position>,
+    ) -> Result<Recovery, BrokerError> {
+        let mut histories = self.histories();
+        let h = self.group(&mut histories, group);
+        let after = match since {
+            Some(since) if since.epoch == h.epoch => h
+                .entries
+                .iter()
+                .filter(|p| p.position.as_ref().is_some_and(|q| q.offset > since.offset))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Recovery::decide(since, h.position(), after))
     }
 
     async fn subscribe(&self, _group: &str, _member: &Member) -> Result<(), BrokerError> {

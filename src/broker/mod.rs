@@ -5,16 +5,25 @@
 //! in-process [`memory::MemoryBroker`] serves single-node mode: publishing
 //! calls the handler directly. The Redis broker (cluster mode) implements
 //! the same trait, so nothing above this module changes between the two.
+//!
+//! History (`history.*`) lives in the broker too, because offsets must be
+//! assigned where publications are ordered: the broker that carries a
+//! publication gives it the next offset of its group in the same step, so
+//! the order of offsets is the order of delivery on every node.
 
 pub mod memory;
 pub mod redis;
+mod redis_history;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use wildmatch::WildMatch;
 
+use crate::config::HistoryConfig;
 use crate::hub::Member;
-use crate::protocol::{Control, Publication};
+use crate::protocol::{Control, Position, Publication};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -30,6 +39,94 @@ pub struct NodeInfo {
     pub last_seen_ms: u64,
 }
 
+/// Which groups keep history, and how much (`history.*`).
+#[derive(Debug, Clone)]
+pub struct HistoryPolicy {
+    patterns: Vec<WildMatch>,
+    pub size: usize,
+    pub ttl: Duration,
+    pub meta_ttl: Duration,
+}
+
+impl HistoryPolicy {
+    pub fn new(cfg: &HistoryConfig) -> HistoryPolicy {
+        HistoryPolicy {
+            patterns: cfg.groups.iter().map(|p| WildMatch::new(p)).collect(),
+            size: cfg.size,
+            ttl: cfg.ttl,
+            meta_ttl: cfg.meta_ttl,
+        }
+    }
+
+    /// No group keeps history.
+    pub fn off() -> HistoryPolicy {
+        HistoryPolicy::new(&HistoryConfig::default())
+    }
+
+    /// Whether any group keeps history (the publish API then answers offsets).
+    pub fn is_on(&self) -> bool {
+        !self.patterns.is_empty()
+    }
+
+    pub fn applies(&self, group: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(group))
+    }
+}
+
+/// A new random epoch: it names one continuous run of a group's offsets.
+pub fn new_epoch() -> String {
+    let bytes: [u8; 6] = rand::random();
+    hex::encode(bytes)
+}
+
+/// What a group's history says to a subscriber.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// The group's latest offset and epoch.
+    pub position: Position,
+    /// With `since`: whether everything after it is here (`publications`).
+    pub recovered: Option<bool>,
+    /// The publications after `since`, in order (empty unless recovered).
+    pub publications: Vec<Publication>,
+}
+
+impl Recovery {
+    /// Decides a recovery from the group's current position and the
+    /// publications history still holds after `since` (in offset order).
+    /// Recovered means: same epoch and no offset missing between `since`
+    /// and the current position.
+    pub fn decide(
+        since: Option<&Position>,
+        position: Position,
+        after_since: Vec<Publication>,
+    ) -> Recovery {
+        let Some(since) = since else {
+            return Recovery {
+                position,
+                recovered: None,
+                publications: Vec::new(),
+            };
+        };
+        let complete = since.epoch == position.epoch
+            && since.offset <= position.offset
+            && (since.offset == position.offset || {
+                let offsets = after_since
+                    .iter()
+                    .map(|p| p.position.as_ref().map(|p| p.offset));
+                // Exactly since+1 ..= position.offset, in order.
+                after_since.len() as u64 == position.offset - since.offset
+                    && offsets
+                        .zip(since.offset + 1..)
+                        .all(|(got, want)| got == Some(want))
+            });
+        Recovery {
+            position,
+            recovered: Some(complete),
+            publications: if complete { after_since } else { Vec::new() },
+        }
+    }
+}
+
 /// What the broker calls when something arrives for this node.
 pub trait BrokerHandler: Send + Sync + 'static {
     fn on_publication(&self, publication: Publication);
@@ -42,8 +139,18 @@ pub trait BrokerHandler: Send + Sync + 'static {
 
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Publishes messages, in order, to every node with a member of their group.
-    async fn publish(&self, publications: Vec<Publication>) -> Result<(), BrokerError>;
+    /// Publishes messages, in order, to every node with a member of their
+    /// group. Publications to history groups get the next offset of their
+    /// group; the answer holds it (`None` for a group without history).
+    async fn publish(
+        &self,
+        publications: Vec<Publication>,
+    ) -> Result<Vec<Option<Position>>, BrokerError>;
+    /// A history group's current position and, with `since`, what it
+    /// still holds after it. Creates the group's epoch if it has none yet,
+    /// so a subscriber that received nothing can still recover later.
+    async fn history(&self, group: &str, since: Option<&Position>)
+    -> Result<Recovery, BrokerError>;
     /// One more local member wants a group's messages. Called on every
     /// join, not only the first: the broker counts members per group, holds
     /// its subscription while the count is above zero, and returns only once
@@ -65,4 +172,61 @@ pub trait Broker: Send + Sync + 'static {
     fn is_up(&self) -> bool;
     /// Connects the handler that receives what arrives. Called once, at start-up.
     fn attach(&self, handler: Arc<dyn BrokerHandler>);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offset: u64, epoch: &str) -> Position {
+        Position {
+            offset,
+            epoch: epoch.into(),
+        }
+    }
+
+    fn kept(offsets: std::ops::RangeInclusive<u64>) -> Vec<Publication> {
+        offsets
+            .map(|o| Publication {
+                group: "g".into(),
+                data: serde_json::value::RawValue::from_string(o.to_string()).unwrap(),
+                position: Some(at(o, "e")),
+                ts: None,
+                trace: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn recovery_needs_the_same_epoch_and_every_offset() {
+        let decide = |since: Option<Position>, now: u64, after| {
+            let r = Recovery::decide(since.as_ref(), at(now, "e"), after);
+            (r.recovered, r.publications.len())
+        };
+        assert_eq!(decide(None, 5, vec![]), (None, 0));
+        assert_eq!(decide(Some(at(5, "e")), 5, vec![]), (Some(true), 0));
+        assert_eq!(decide(Some(at(2, "e")), 5, kept(3..=5)), (Some(true), 3));
+        // The oldest missed message is gone.
+        assert_eq!(decide(Some(at(1, "e")), 5, kept(3..=5)), (Some(false), 0));
+        // One in the middle is missing (an entry that did not decode).
+        let mut holey = kept(3..=5);
+        holey.remove(1);
+        assert_eq!(decide(Some(at(2, "e")), 5, holey), (Some(false), 0));
+        // Another epoch, or an offset the group never reached.
+        assert_eq!(decide(Some(at(2, "x")), 5, vec![]), (Some(false), 0));
+        assert_eq!(decide(Some(at(9, "e")), 5, vec![]), (Some(false), 0));
+    }
+
+    #[test]
+    fn policy_matches_patterns() {
+        let policy = HistoryPolicy::new(&HistoryConfig {
+            groups: vec!["market.*".into(), "news".into()],
+            ..HistoryConfig::default()
+        });
+        assert!(policy.is_on());
+        assert!(policy.applies("market.AAPL"));
+        assert!(policy.applies("news"));
+        assert!(!policy.applies("newsroom"));
+        assert!(!HistoryPolicy::off().is_on());
+    }
 }

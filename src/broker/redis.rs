@@ -45,18 +45,19 @@ use fred::prelude::{
     Client, ClientLike, EventInterface, Expiration, HashesInterface, KeysInterface,
     PubsubInterface, SortedSetsInterface, Value,
 };
-use fred::types::Message;
+use fred::types::{ClusterHash, CustomCommand, Message};
 use futures_util::StreamExt;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use super::{Broker, BrokerError, BrokerHandler, NodeInfo};
+use super::redis_history as history;
+use super::{Broker, BrokerError, BrokerHandler, HistoryPolicy, NodeInfo, Recovery};
 use crate::config::RedisConfig;
 use crate::hub::Member;
 use crate::ops::metrics::Metrics;
-use crate::protocol::{self, Control, Publication};
+use crate::protocol::{self, Control, Position, Publication};
 use crate::redis as redis_setup;
 
 /// Messages buffered between fred's reader and our dispatcher.
@@ -177,6 +178,7 @@ struct Inner {
     command_timeout: Duration,
     /// Redis Cluster: group channels are sharded.
     sharded: bool,
+    history: HistoryPolicy,
     client: Client,
     subscriber: SubscriberClient,
     metrics: Arc<Metrics>,
@@ -537,6 +539,12 @@ impl Inner {
         let epoch = self.epoch.load(Ordering::Acquire);
         if full {
             self.subscriber.subscribe(self.control_channel()).await?;
+            if self.history.is_on() {
+                // A restarted Redis has no scripts; load them before the
+                // node reports itself up again.
+                history::PUBLISH.load(&self.client).await?;
+                history::READ.load(&self.client).await?;
+            }
         }
         self.cleanup.store(false, Ordering::Release);
         let results: Vec<Result<(), fred::error::Error>> = futures_util::stream::iter(self.slots())
@@ -738,6 +746,16 @@ impl RedisBroker {
         node_id: String,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
+        RedisBroker::connect_with(cfg, node_id, metrics, HistoryPolicy::off()).await
+    }
+
+    /// As [`RedisBroker::connect`], keeping history for the groups of `history`.
+    pub async fn connect_with(
+        cfg: &RedisConfig,
+        node_id: String,
+        metrics: Arc<Metrics>,
+        history: HistoryPolicy,
+    ) -> Result<Arc<RedisBroker>, BrokerError> {
         let setup = |e: redis_setup::RedisSetupError| BrokerError::Unavailable(e.to_string());
         metrics.redis_up.set(0);
         let client = redis_setup::client(cfg).map_err(setup)?;
@@ -762,6 +780,7 @@ impl RedisBroker {
             heartbeat: cfg.heartbeat,
             command_timeout: cfg.command_timeout,
             sharded: subscriber.is_clustered(),
+            history,
             client,
             subscriber,
             metrics,
@@ -926,25 +945,94 @@ impl Drop for RedisBroker {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    async fn publish(&self, publications: Vec<Publication>) -> Result<(), BrokerError> {
+    async fn publish(
+        &self,
+        publications: Vec<Publication>,
+    ) -> Result<Vec<Option<Position>>, BrokerError> {
         if publications.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let inner = &self.inner;
         inner.check_link()?;
+        // One pipeline, in order: plain publishes, and the history script
+        // for history groups (it publishes too).
         let pipeline = inner.client.pipeline();
+        let mut scripted = Vec::with_capacity(publications.len());
         for p in &publications {
             let channel = inner.group_channel(&p.group);
-            let envelope = protocol::encode_envelope(p);
-            let queued: Result<(), _> = if inner.sharded {
-                pipeline.spublish(channel, envelope).await
+            let with_history = inner.history.applies(&p.group);
+            let queued: Result<(), _> = if with_history {
+                let args = history::publish_args(&inner.history, &channel, p, inner.sharded);
+                scripted.push(Some((history::keys(&channel), args.clone())));
+                // Pipelines have no EVALSHA method in fred 10; routed by the
+                // first key (argument 2), which shares the channel's slot.
+                let mut call: Vec<String> = vec![history::PUBLISH.sha1().to_string(), "2".into()];
+                call.extend(history::keys(&channel));
+                call.extend(args);
+                pipeline
+                    .custom::<(), _>(
+                        CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false),
+                        call,
+                    )
+                    .await
             } else {
-                pipeline.publish(channel, envelope).await
+                scripted.push(None);
+                let envelope = protocol::encode_envelope(p);
+                if inner.sharded {
+                    pipeline.spublish(channel, envelope).await
+                } else {
+                    pipeline.publish(channel, envelope).await
+                }
             };
             queued.map_err(unavailable)?;
         }
-        pipeline.all::<Value>().await.map_err(unavailable)?;
-        Ok(())
+        let results = pipeline.try_all::<Value>().await;
+        let mut positions = Vec::with_capacity(publications.len());
+        for (result, script) in results.into_iter().zip(scripted) {
+            let Some((keys, args)) = script else {
+                result.map_err(unavailable)?;
+                positions.push(None);
+                continue;
+            };
+            let reply = match result {
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    // Redis lost its scripts (restart, SCRIPT FLUSH) after
+                    // this node loaded them: load and run it once more.
+                    history::PUBLISH
+                        .evalsha_with_reload::<Value, _, _>(&inner.client, keys, args)
+                        .await
+                }
+                other => other,
+            }
+            .map_err(unavailable)?;
+            let position = reply
+                .convert::<Vec<String>>()
+                .ok()
+                .and_then(history::parse_position)
+                .ok_or_else(|| BrokerError::Unavailable("unexpected history reply".into()))?;
+            positions.push(Some(position));
+        }
+        Ok(positions)
+    }
+
+    async fn history(
+        &self,
+        group: &str,
+        since: Option<&Position>,
+    ) -> Result<Recovery, BrokerError> {
+        let inner = &self.inner;
+        inner.check_link()?;
+        let channel = inner.group_channel(group);
+        let reply: Vec<String> = history::READ
+            .evalsha_with_reload(
+                &inner.client,
+                history::keys(&channel),
+                history::read_args(&inner.history, since),
+            )
+            .await
+            .map_err(unavailable)?;
+        history::parse_read(group, since, reply)
+            .ok_or_else(|| BrokerError::Unavailable("unexpected history reply".into()))
     }
 
     async fn subscribe(&self, group: &str, member: &Member) -> Result<(), BrokerError> {

@@ -1,0 +1,43 @@
+from django.conf import settings
+from rest_framework import serializers
+from rest_framework.permissions import IsAdminUser, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import publish
+
+
+class TickSerializer(serializers.Serializer):
+    symbol = serializers.RegexField(r"^[A-Z0-9.]{1,16}$")
+    price = serializers.DecimalField(max_digits=12, decimal_places=4, coerce_to_string=False)
+    via = serializers.ChoiceField(choices=["http", "redis", "channels"], default="http")
+
+
+class PublishTick(APIView):
+    """POST /api/market/ticks/ {"symbol": "AAPL", "price": 189.5, "via": "http"}
+    (staff only): pushes the tick to group market.<symbol>."""
+
+    permission_classes = [IsAdminUser]
+
+    def post(self, request):
+        tick = TickSerializer(data=request.data)
+        tick.is_valid(raise_exception=True)
+        symbol = tick.validated_data["symbol"]
+        data = {"symbol": symbol, "price": float(tick.validated_data["price"])}
+        sender = {
+            "http": publish.publish_http,
+            "redis": publish.publish_redis,
+            "channels": publish.publish_channels,
+        }[tick.validated_data["via"]]
+        sender(f"market.{symbol}", data)
+        return Response({"ok": True, "group": f"market.{symbol}"}, status=202)
+
+
+class ClientConfig(APIView):
+    """GET /api/market/config/: what the front end needs to reach wsgate.
+    The token is the one the user got from /auth/token/login/."""
+
+    permission_classes = [IsAuthenticated]
+
+    def get(self, request):
+        return Response({"ws_url": settings.WSGATE_WS_URL, "user_id": str(request.user.pk)})

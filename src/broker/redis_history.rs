@@ -1,0 +1,191 @@
+//! History on Redis: offsets, epochs and the kept publications of a group.
+//!
+//! Why Lua: an offset must be assigned, stored and published in one atomic
+//! step, or two nodes publishing to one group at once could publish offset
+//! 6 before offset 5, and a client that saw 6 would skip 5 on recovery.
+//! Redis runs a script alone, so the script's `PUBLISH` order is the offset
+//! order on every node.
+//!
+//! Per history group, two keys in the slot of the group's channel (so the
+//! script's keys and its `SPUBLISH` live on one shard of a Redis Cluster):
+//! - `{<channel>}:meta`, a hash: `e` the epoch, `o` the last offset; it
+//!   expires `history.meta_ttl` after the last publication;
+//! - `{<channel>}:history`, a stream of the last `history.size` envelopes
+//!   (with their offset and epoch), entry id `0-<offset>`; it expires
+//!   `history.ttl` after the last publication.
+//!
+//! A lost meta hash (expired, flushed, failed over without it) starts a new
+//! epoch and drops the stream, so a client holding an old position is told
+//! `recovered: false` rather than being served offsets that started again.
+//!
+//! A backend's raw `PUBLISH` to a history group bypasses the script: it is
+//! delivered live, without an offset, and is not kept.
+
+use std::sync::LazyLock;
+
+use fred::types::scripts::Script;
+
+use super::{HistoryPolicy, Recovery, new_epoch};
+use crate::protocol::{self, Position, Publication};
+
+const PUBLISH_LUA: &str = r#"
+local epoch = redis.call('HGET', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
+  redis.call('DEL', KEYS[1])
+end
+local offset = redis.call('HINCRBY', KEYS[2], 'o', 1)
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+local o = string.format('%d', offset)
+local envelope = ARGV[2] .. ',"offset":' .. o .. ',"epoch":"' .. epoch .. '"}'
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], '0-' .. o, 'd', envelope)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call(ARGV[7], ARGV[1], envelope)
+return {o, epoch}
+"#;
+
+const READ_LUA: &str = r#"
+local epoch = redis.call('HGET', KEYS[2], 'e')
+local offset = 0
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  redis.call('DEL', KEYS[1])
+else
+  offset = tonumber(redis.call('HGET', KEYS[2], 'o'))
+end
+local out = {epoch, string.format('%d', offset)}
+if ARGV[3] ~= '' and ARGV[4] == epoch then
+  local since = tonumber(ARGV[3])
+  if since < offset then
+    local first = '0-' .. string.format('%d', since + 1)
+    local entries = redis.call('XRANGE', KEYS[1], first, '+', 'COUNT', ARGV[5])
+    for _, entry in ipairs(entries) do
+      out[#out + 1] = entry[2][2]
+    end
+  end
+end
+return out
+"#;
+
+/// Assigns the next offset, keeps the envelope and publishes it.
+pub(super) static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::from_lua(PUBLISH_LUA));
+/// Reads the position (creating the epoch if none) and what follows `since`.
+pub(super) static READ: LazyLock<Script> = LazyLock::new(|| Script::from_lua(READ_LUA));
+
+/// A key in the same cluster slot as `channel`: its hash tag if it has
+/// one, else the whole channel name as the tag.
+fn slot_key(channel: &str, suffix: &str) -> String {
+    let tagged = channel
+        .find('{')
+        .and_then(|open| channel[open + 1..].find('}').map(|close| close > 0))
+        .unwrap_or(false);
+    if tagged {
+        format!("{channel}:{suffix}")
+    } else {
+        format!("{{{channel}}}:{suffix}")
+    }
+}
+
+/// The script keys of a group: `[stream, meta]`.
+pub(super) fn keys(channel: &str) -> Vec<String> {
+    vec![slot_key(channel, "history"), slot_key(channel, "meta")]
+}
+
+fn millis(d: std::time::Duration) -> String {
+    d.as_millis().max(1).to_string()
+}
+
+/// Arguments of [`PUBLISH`] for one publication.
+pub(super) fn publish_args(
+    policy: &HistoryPolicy,
+    channel: &str,
+    publication: &Publication,
+    sharded: bool,
+) -> Vec<String> {
+    let mut envelope = protocol::encode_envelope(publication);
+    // The script appends `,"offset":..,"epoch":..}`.
+    envelope.pop();
+    vec![
+        channel.to_string(),
+        envelope,
+        policy.size.to_string(),
+        millis(policy.ttl),
+        millis(policy.meta_ttl),
+        new_epoch(),
+        if sharded { "SPUBLISH" } else { "PUBLISH" }.to_string(),
+    ]
+}
+
+/// Arguments of [`READ`].
+pub(super) fn read_args(policy: &HistoryPolicy, since: Option<&Position>) -> Vec<String> {
+    vec![
+        new_epoch(),
+        millis(policy.meta_ttl),
+        since.map(|s| s.offset.to_string()).unwrap_or_default(),
+        since.map(|s| s.epoch.clone()).unwrap_or_default(),
+        policy.size.to_string(),
+    ]
+}
+
+/// The position [`PUBLISH`] answered.
+pub(super) fn parse_position(reply: Vec<String>) -> Option<Position> {
+    match <[String; 2]>::try_from(reply) {
+        Ok([offset, epoch]) => Some(Position {
+            offset: offset.parse().ok()?,
+            epoch,
+        }),
+        Err(_) => None,
+    }
+}
+
+/// The recovery [`READ`] answered: `[epoch, offset, envelope...]`. An entry
+/// that does not decode counts as missing (so `recovered` turns false).
+pub(super) fn parse_read(
+    group: &str,
+    since: Option<&Position>,
+    reply: Vec<String>,
+) -> Option<Recovery> {
+    let mut items = reply.into_iter();
+    let epoch = items.next()?;
+    let offset = items.next()?.parse().ok()?;
+    let after: Vec<Publication> = items
+        .filter_map(|envelope| protocol::decode_envelope(group, envelope.as_bytes()).ok())
+        .collect();
+    Some(Recovery::decide(since, Position { offset, epoch }, after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_channel_slot() {
+        assert_eq!(
+            keys("wsgate:group:g"),
+            vec!["{wsgate:group:g}:history", "{wsgate:group:g}:meta"]
+        );
+        // A prefix with a hash tag already decides the slot.
+        assert_eq!(
+            keys("{ws}:group:g"),
+            vec!["{ws}:group:g:history", "{ws}:group:g:meta"]
+        );
+        // `{}` is no tag.
+        assert_eq!(keys("{}x")[0], "{{}x}:history");
+    }
+
+    #[test]
+    fn position_reply() {
+        assert_eq!(
+            parse_position(vec!["7".into(), "e1".into()]),
+            Some(Position {
+                offset: 7,
+                epoch: "e1".into()
+            })
+        );
+        assert_eq!(parse_position(vec!["x".into(), "e1".into()]), None);
+        assert_eq!(parse_position(vec!["1".into()]), None);
+    }
+}

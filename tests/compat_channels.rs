@@ -1,0 +1,418 @@
+//! `compat.channels_redis`: what Django Channels' real `channels_redis`
+//! (`RedisPubSubChannelLayer.group_send`) publishes reaches wsgate's
+//! subscribed, authenticated sockets, and the example Django project works
+//! against a real node.
+//!
+//! The Python side runs in the virtualenv made by
+//! `scripts/install-python-tools.sh` (`$WSGATE_PYENV`, else
+//! `~/.cache/wsgate-pyenv`); without it these tests fail, naming the script.
+//! Each test uses its own Redis key prefix and channel-layer prefix on the
+//! shared Redis (or its own `redis-server`), and its own Postgres database.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::redis_servers::{RedisProc, SHARED_REDIS, cleanup_prefix, random_prefix, redis_cli};
+use common::{API_KEY, Client, PgDb, code, spawn, test_config};
+use fred::prelude::{ClientLike, PubsubInterface};
+use serde_json::{Value, json};
+use wsgate::config::{Config, StoreKind};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The virtualenv's python; panics (never skips) when it is missing.
+fn python() -> PathBuf {
+    let venv = std::env::var_os("WSGATE_PYENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            Path::new(&home).join(".cache/wsgate-pyenv")
+        });
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "the Python virtualenv with channels_redis is missing ({}): \
+         run `bash scripts/install-python-tools.sh` first",
+        python.display()
+    );
+    python
+}
+
+/// Runs the venv's python with `args` in `dir` and `env`; returns stdout,
+/// failing the test on a non-zero exit.
+async fn run_python(
+    dir: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<String>,
+) -> String {
+    let python = python();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let dir = dir.to_string();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new(&python)
+            .args(&args)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .envs(env)
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start python");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().expect("python runs");
+        assert!(
+            out.status.success(),
+            "python {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// `channel_layer.group_send(group, message)` for each pair, in order,
+/// through the real channels_redis.
+async fn group_send(redis_url: &str, layer_prefix: &str, messages: Value) {
+    let n = messages.as_array().unwrap().len();
+    let out = run_python(
+        REPO,
+        &[
+            "tests/compat/group_send.py",
+            "--redis",
+            redis_url,
+            "--prefix",
+            layer_prefix,
+        ],
+        &[],
+        Some(messages.to_string()),
+    )
+    .await;
+    assert_eq!(out.trim(), format!("sent {n}"));
+}
+
+/// A node on `redis_url` with compat on, its own prefixes; no auth timeout
+/// to race with the silence checks.
+fn compat_config(dir: &Path, redis_url: &str) -> (Config, String) {
+    let mut c = test_config(dir);
+    c.redis.url = Some(redis_url.into());
+    c.redis.prefix = random_prefix();
+    c.compat.channels_redis = true;
+    c.compat.channels_prefix = format!("{}asgi", random_prefix());
+    c.auth.timeout = Duration::from_secs(60);
+    let layer_prefix = c.compat.channels_prefix.clone();
+    (c, layer_prefix)
+}
+
+fn cleanup(config: &Config) {
+    cleanup_prefix(&config.redis.prefix);
+    cleanup_prefix(&config.compat.channels_prefix);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_send_reaches_authenticated_members_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, layer) = compat_config(dir.path(), SHARED_REDIS);
+    let node = spawn(config.clone()).await;
+    let (mut member, _) = Client::authed(&node.ws_url(), &node.issue_token("1").await).await;
+    member.subscribe("market.AAPL").await;
+    let (mut elsewhere, _) = Client::authed(&node.ws_url(), &node.issue_token("2").await).await;
+    elsewhere.subscribe("market.MSFT").await;
+    // Upgraded, never authenticated: must receive nothing.
+    let mut pending = Client::connect(&node.ws_url()).await;
+
+    let payload = json!({
+        "symbol": "AAPL",
+        "price": 189.25,
+        "step": 0.1,
+        "volume": 1200,
+        "big": 1_099_511_627_776_u64,
+        "neg": -42,
+        "ok": true,
+        "none": null,
+        "tags": ["a", "b"],
+        "nested": {"bid": 189.2, "ask": [1, 2.5], "empty": {}},
+        "text": "été – 株 \"quoted\"",
+    });
+    let mut message = payload.clone();
+    message["type"] = json!("market.tick");
+    group_send(
+        SHARED_REDIS,
+        &layer,
+        json!([
+            // Not a wsgate group name (space, '!'): dropped.
+            ["bad group!", {"type": "market.tick", "p": 1}],
+            ["market.AAPL", message],
+        ]),
+    )
+    .await;
+    assert_eq!(
+        member.recv_json().await,
+        json!({"type": "message", "group": "market.AAPL", "data": payload}),
+        "the member receives the group_send message, without its type"
+    );
+    elsewhere.expect_silence(Duration::from_millis(300)).await;
+    pending.expect_silence(Duration::from_millis(300)).await;
+    // Authenticating later does not replay anything either.
+    pending
+        .send_json(json!({"type": "auth", "token": node.issue_token("3").await}))
+        .await;
+    assert_eq!(pending.recv_json().await["type"], "welcome");
+    pending.expect_silence(Duration::from_millis(300)).await;
+    member.expect_silence(Duration::from_millis(100)).await;
+
+    node.shutdown().await;
+    cleanup(&config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_key_delivers_only_that_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, layer) = compat_config(dir.path(), SHARED_REDIS);
+    config.compat.payload_key = "message".into();
+    let node = spawn(config.clone()).await;
+    let (mut c, _) = Client::authed(&node.ws_url(), &node.issue_token("7").await).await;
+    c.subscribe("chat.room-1").await;
+
+    group_send(
+        SHARED_REDIS,
+        &layer,
+        json!([
+            ["chat.room-1", {"type": "chat.message", "message": {"text": "hi", "n": 1}, "sender": "x"}],
+            // No "message" key: dropped.
+            ["chat.room-1", {"type": "chat.message", "text": "lost"}],
+            ["chat.room-1", {"type": "chat.message", "message": "plain string"}],
+        ]),
+    )
+    .await;
+    assert_eq!(
+        c.recv_json().await,
+        json!({"type": "message", "group": "chat.room-1", "data": {"text": "hi", "n": 1}})
+    );
+    assert_eq!(
+        c.recv_json().await,
+        json!({"type": "message", "group": "chat.room-1", "data": "plain string"})
+    );
+    c.expect_silence(Duration::from_millis(300)).await;
+    node.shutdown().await;
+    cleanup(&config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_does_not_break_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, layer) = compat_config(dir.path(), SHARED_REDIS);
+    let node = spawn(config.clone()).await;
+    let (mut c, _) = Client::authed(&node.ws_url(), &node.issue_token("9").await).await;
+    c.subscribe("market.X").await;
+
+    let publisher = wsgate::redis::client(&config.redis).unwrap();
+    wsgate::redis::connect(&publisher, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let channel = format!("{layer}__group__market.X");
+    let mut deep = vec![0x81, 0xa1, b'a'];
+    deep.extend(std::iter::repeat_n(0x91, 100_000));
+    deep.push(0xc0);
+    let garbage: Vec<Vec<u8>> = vec![
+        b"not msgpack at all".to_vec(),
+        vec![0xc1],                               // a marker MessagePack never uses
+        vec![0xdf, 0xff, 0xff, 0xff, 0xff],       // a map "of 4 billion entries", truncated
+        vec![0x81, 0xa1, b'a'],                   // truncated map
+        vec![0x92, 0x01, 0x02],                   // an array, not a map
+        vec![0x81, 0xa1, b'a', 0x01, 0x00],       // bytes after the value
+        vec![0x81, 0xa1, b'a', 0xc4, 0x01, 0xff], // bin: no JSON for it
+        vec![0x81, 0xa1, b'a', 0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 0], // NaN
+        vec![0x81, 0xa1, b'a', 0xa2, 0xff, 0xfe], // a str that is not UTF-8
+        vec![0x81, 0xa1, b'a', 0xd4, 0x01, 0x00], // an ext type
+        deep,                                     // nesting far past the limit
+        vec![0u8; (1 << 20) + 1],                 // over the size limit
+        Vec::new(),                               // empty
+    ];
+    for body in garbage {
+        let receivers: i64 = publisher.publish(&channel, body).await.unwrap();
+        assert!(receivers >= 1, "the node holds the channel layer's pattern");
+    }
+    // A well-formed message on a channel whose group is not a wsgate name.
+    let _: i64 = publisher
+        .publish(format!("{layer}__group__{}", "x".repeat(129)), vec![0x80u8])
+        .await
+        .unwrap();
+    let _ = publisher.quit().await;
+
+    group_send(
+        SHARED_REDIS,
+        &layer,
+        json!([["market.X", {"type": "t", "after": "garbage"}]]),
+    )
+    .await;
+    assert_eq!(
+        c.recv_json().await,
+        json!({"type": "message", "group": "market.X", "data": {"after": "garbage"}}),
+        "the first frame is the valid message: every bad one was dropped"
+    );
+    c.expect_silence(Duration::from_millis(200)).await;
+    node.shutdown().await;
+    cleanup(&config);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribes_after_a_redis_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisProc::start(dir.path());
+    let (config, layer) = compat_config(dir.path(), &redis.url());
+    let node = spawn(config.clone()).await;
+    let (mut c, _) = Client::authed(&node.ws_url(), &node.issue_token("5").await).await;
+    c.subscribe("market.R").await;
+    group_send(
+        &redis.url(),
+        &layer,
+        json!([["market.R", {"type": "t", "n": 1}]]),
+    )
+    .await;
+    assert_eq!(c.recv_json().await["data"], json!({"n": 1}));
+
+    redis.kill();
+    redis.restart();
+    // The pattern is back once Redis counts it (the broker uses no patterns).
+    let start = Instant::now();
+    while redis_cli(redis.port, &["pubsub", "numpat"]) != ["1"] {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the channels_redis pattern was not resubscribed after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "pattern resubscribed {:?} after the restart",
+        start.elapsed()
+    );
+    group_send(
+        &redis.url(),
+        &layer,
+        json!([["market.R", {"type": "t", "n": 2}]]),
+    )
+    .await;
+    assert_eq!(
+        c.recv_json().await,
+        json!({"type": "message", "group": "market.R", "data": {"n": 2}}),
+        "delivery resumes on the same socket"
+    );
+    node.shutdown().await;
+}
+
+/// The example Django project: `manage.py check` and `migrate` on Postgres
+/// (with its revocation trigger), a DRF token issued by Django that the
+/// `django` store accepts, the three publishing paths of
+/// `market/publish.py` reaching the socket, and logout (deleting the token
+/// row) closing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_example_end_to_end() {
+    let example = format!("{REPO}/examples/django");
+    // The migration ships a copy of the trigger SQL: it must not drift.
+    assert_eq!(
+        std::fs::read_to_string(format!(
+            "{example}/market/migrations/wsgate_revoke_trigger.sql"
+        ))
+        .unwrap(),
+        std::fs::read_to_string(format!("{REPO}/deploy/sql/django-revoke-trigger.sql")).unwrap(),
+        "examples/django/market/migrations/wsgate_revoke_trigger.sql differs from deploy/sql"
+    );
+    let pg = PgDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, layer) = compat_config(dir.path(), SHARED_REDIS);
+    config.database.url = Some(pg.url.clone());
+    config.auth.store = StoreKind::Django;
+
+    let django_env = |api: &str| -> Vec<(String, String)> {
+        vec![
+            ("DATABASE_URL".into(), pg.url.clone()),
+            ("REDIS_URL".into(), SHARED_REDIS.into()),
+            ("WSGATE_REDIS_PREFIX".into(), config.redis.prefix.clone()),
+            ("CHANNELS_PREFIX".into(), layer.clone()),
+            ("WSGATE_API_URL".into(), api.into()),
+            ("WSGATE_API_KEY".into(), API_KEY.into()),
+        ]
+    };
+    let manage = |args: Vec<&'static str>, env: Vec<(String, String)>| {
+        let example = example.clone();
+        async move {
+            let mut full = vec!["manage.py"];
+            full.extend(args);
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            run_python(&example, &full, &env, None).await
+        }
+    };
+
+    let out = manage(vec!["check"], django_env("")).await;
+    assert!(out.contains("no issues"), "{out}");
+    manage(vec!["migrate", "--noinput", "-v", "0"], django_env("")).await;
+    let out = manage(
+        vec![
+            "shell",
+            "-c",
+            "from django.contrib.auth.models import User\n\
+             from rest_framework.authtoken.models import Token\n\
+             u = User.objects.create_user('alice', password='alice-pass-123')\n\
+             print(u.pk, Token.objects.create(user=u).key)",
+        ],
+        django_env(""),
+    )
+    .await;
+    // The last line (Django 5.2's shell may print a line about its imports first).
+    let last = out.trim().lines().last().unwrap_or_default();
+    let (user_id, token) = last.split_once(' ').expect("pk and token");
+
+    // wsgate on the same database, with the django store.
+    let node = spawn(config.clone()).await;
+    let (mut c, welcome) = Client::authed(&node.ws_url(), token).await;
+    assert_eq!(welcome["user_id"], user_id);
+    c.subscribe("market.AAPL").await;
+    let api = format!("http://{}", node.addrs.api);
+    for via in ["http", "redis", "channels"] {
+        let out = manage(
+            vec!["publish_tick", "AAPL", "189.5", "--via", via],
+            django_env(&api),
+        )
+        .await;
+        assert!(out.contains("published to market.AAPL"), "{out}");
+        assert_eq!(
+            c.recv_json().await,
+            json!({"type": "message", "group": "market.AAPL",
+                   "data": {"symbol": "AAPL", "price": 189.5}}),
+            "published via {via}"
+        );
+    }
+    // Logout (djoser deletes the token row): the trigger from the
+    // example's migration closes the socket.
+    manage(
+        vec![
+            "shell",
+            "-c",
+            "from rest_framework.authtoken.models import Token\nToken.objects.all().delete()",
+        ],
+        django_env(""),
+    )
+    .await;
+    assert_eq!(code(c.close_within(Duration::from_secs(3)).await), 4003);
+
+    node.shutdown().await;
+    cleanup(&config);
+    pg.drop_db().await;
+}
