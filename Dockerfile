@@ -30,6 +30,8 @@ RUN cargo build --release --locked -p wsgate
 # The crate itself. `touch` makes cargo rebuild it over the stub artifacts
 # (COPY keeps the files' older modification times).
 COPY migrations ./migrations
+# `wsgate demo` embeds the browser client (include_str!).
+COPY clients/js/wsgate.js ./clients/js/wsgate.js
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked -p wsgate --bin wsgate \

@@ -1,5 +1,5 @@
 //! The command line (section 9): `serve` (default), `token`, `migrate`,
-//! `config check`.
+//! `config check`, and `demo` (see [`crate::demo`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +38,8 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run an embedded node with a synthetic market feed and its demo page.
+    Demo,
 }
 
 #[derive(Subcommand)]
@@ -89,6 +91,7 @@ pub fn main() -> ExitCode {
             Command::Serve => serve(config).await,
             Command::Token(cmd) => token(config, cmd).await,
             Command::Migrate => migrate(config).await,
+            Command::Demo => crate::demo::run(config, shutdown_signal()).await,
             Command::Config(ConfigCommand::Check) => {
                 print!("{}", config.to_masked_toml());
                 Ok(())

@@ -15,7 +15,8 @@
 //! - [`ops`]: metrics, health, logging, drain.
 //! - [`state`]: `AppState`, shared by handlers and sessions.
 //! - [`compat`]: delivers Django Channels `group_send` (`channels_redis`).
-//! - [`server`]: the composition root; [`cli`]: the command line.
+//! - [`server`]: the composition root; [`cli`]: the command line;
+//!   [`demo`]: `wsgate demo`, a market feed and its page.
 
 pub mod api;
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod broker;
 pub mod cli;
 pub mod compat;
 pub mod config;
+pub mod demo;
 pub mod handshake;
 pub mod hub;
 pub mod limits;
