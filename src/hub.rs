@@ -398,8 +398,18 @@ impl Hub {
         // take them in that order.
         let handle = self.read().conns.get(&id).map(|e| e.handle.clone());
         let mut held = self.lock_held();
-        let taken = Self::take_held(&mut held, &self.held_count, id, group);
-        let (Some(Hold::Holding(buffer)), Some(handle)) = (taken, handle) else {
+        // `held_count` must not reach zero before the held messages are
+        // queued, or a delivery could skip the lock and overtake them: the
+        // entry stays (emptied) while they are pushed, under the lock.
+        let Some(hold) = held.get_mut(group).and_then(|conns| conns.get_mut(&id)) else {
+            return 0;
+        };
+        let buffer = match std::mem::replace(hold, Hold::Holding(Vec::new())) {
+            Hold::Holding(buffer) => buffer,
+            Hold::Skipping(_) => Vec::new(),
+        };
+        let Some(handle) = handle else {
+            Self::take_held(&mut held, &self.held_count, id, group);
             return 0;
         };
         let mut queued = 0;
@@ -418,11 +428,15 @@ impl Hub {
                 Pushed::Closed => self.metrics.dropped(DropReason::Closed, 1),
             }
         }
-        if let Some(upto) = upto {
-            held.entry(group.to_string())
-                .or_default()
-                .insert(id, Hold::Skipping(upto));
-            self.held_count.fetch_add(1, Ordering::AcqRel);
+        match upto {
+            Some(upto) => {
+                if let Some(hold) = held.get_mut(group).and_then(|conns| conns.get_mut(&id)) {
+                    *hold = Hold::Skipping(upto);
+                }
+            }
+            None => {
+                Self::take_held(&mut held, &self.held_count, id, group);
+            }
         }
         // Released only now: a delivery waiting on the lock queues its
         // message after these.

@@ -29,8 +29,6 @@ fn with_redis(mut c: Config, url: &str, prefix: &str, node: &str) -> Config {
     c.server.node_id = Some(node.into());
     c.redis.url = Some(url.into());
     c.redis.prefix = prefix.into();
-    c.redis.heartbeat = Duration::from_millis(200);
-    c.redis.node_ttl = Duration::from_secs(1);
     c
 }
 
