@@ -18,6 +18,13 @@ use crate::state::AppState;
 /// Seconds a refused client is asked to wait.
 const RETRY_AFTER_SECS: &str = "5";
 
+/// tungstenite's read buffer per socket, allocated for the socket's whole
+/// life. Client frames are small requests, so 512 bytes hold most of them
+/// in one read; a larger frame is read in several (its full length is
+/// reserved once its header is in). Measured with 10,000 idle sockets:
+/// 4 KiB → 10.95 KiB RSS per socket, 1 KiB → 7.20, 512 → 6.58.
+const READ_BUFFER: usize = 512;
+
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -78,7 +85,7 @@ fn decide(
             let limits = &state.config.limits;
             let ws = ws
                 // Small buffers: an idle socket should cost little memory.
-                .read_buffer_size(4 * 1024)
+                .read_buffer_size(READ_BUFFER)
                 .write_buffer_size(8 * 1024)
                 .max_write_buffer_size(4 * 1024 * 1024)
                 .max_message_size(limits.max_message_bytes)
