@@ -142,31 +142,13 @@ async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Result<(Ident
         auth.source = tracing::field::Empty,
         auth.result = tracing::field::Empty,
     );
-    let answer = tokio::time::timeout(state.config.auth.timeout, state.auth.authenticate(&token))
-        .instrument(span.clone())
-        .await;
-    let (result, verdict) = match answer {
-        Ok(Ok(answer)) => {
-            span.record("auth.source", answer.source.as_str());
-            metrics.auth_duration(answer.source, answer.elapsed.as_secs_f64());
-            match answer.identity {
-                Some(identity) => ("ok", Ok((identity, token))),
-                None => {
-                    metrics.auth_failed(AuthFailure::InvalidToken);
-                    ("invalid_token", Err(End::Close(CloseCode::AuthFailed)))
-                }
-            }
+    let (result, verdict) = match check_token(state, &token, &span).await {
+        Checked::Valid(identity) => ("ok", Ok((identity, token))),
+        Checked::Invalid => {
+            metrics.auth_failed(AuthFailure::InvalidToken);
+            ("invalid_token", Err(End::Close(CloseCode::AuthFailed)))
         }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, store = state.auth.store_name(), "token check failed");
-            metrics.auth_failed(AuthFailure::BackendUnavailable);
-            (
-                "backend_unavailable",
-                Err(End::Close(CloseCode::TryAgainLater)),
-            )
-        }
-        Err(_elapsed) => {
-            tracing::warn!(store = state.auth.store_name(), "token check timed out");
+        Checked::Unavailable => {
             metrics.auth_failed(AuthFailure::BackendUnavailable);
             (
                 "backend_unavailable",
@@ -176,6 +158,42 @@ async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Result<(Ident
     };
     span.record("auth.result", result);
     verdict
+}
+
+/// What the caches and the store say of a token.
+enum Checked {
+    Valid(Identity),
+    /// Unknown, expired, revoked, or its user inactive.
+    Invalid,
+    /// No layer could answer within `auth.timeout`.
+    Unavailable,
+}
+
+/// Checks a token as every authentication does: caches, then the store,
+/// within `auth.timeout` (so a hung database cannot hold a socket open
+/// forever), recording its source on `span` and its duration.
+async fn check_token(state: &AppState, token: &Token, span: &tracing::Span) -> Checked {
+    let answer = tokio::time::timeout(state.config.auth.timeout, state.auth.authenticate(token))
+        .instrument(span.clone())
+        .await;
+    let store = state.auth.store_name();
+    match answer {
+        Ok(Ok(answer)) => {
+            span.record("auth.source", answer.source.as_str());
+            state
+                .metrics
+                .auth_duration(answer.source, answer.elapsed.as_secs_f64());
+            answer.identity.map_or(Checked::Invalid, Checked::Valid)
+        }
+        Ok(Err(e)) => {
+            span.in_scope(|| tracing::warn!(error = %e, store, "token check failed"));
+            Checked::Unavailable
+        }
+        Err(_elapsed) => {
+            span.in_scope(|| tracing::warn!(store, "token check timed out"));
+            Checked::Unavailable
+        }
+    }
 }
 
 enum FirstFrame {
@@ -537,30 +555,11 @@ async fn refresh(state: &AppState, conn: &ConnHandle, ip: IpAddr, token: Token) 
         auth.source = tracing::field::Empty,
         auth.result = tracing::field::Empty,
     );
-    let answer = tokio::time::timeout(state.config.auth.timeout, state.auth.authenticate(&token))
-        .instrument(span.clone())
-        .await;
-    let (result, verdict) = match answer {
-        Ok(Ok(answer)) => {
-            span.record("auth.source", answer.source.as_str());
-            metrics.auth_duration(answer.source, answer.elapsed.as_secs_f64());
-            match answer.identity {
-                Some(identity) if identity.user_id == conn.user_id => ("ok", Ok(())),
-                // Unknown, expired, revoked, inactive, or another user's.
-                _ => ("invalid_token", Err(AuthFailure::InvalidToken)),
-            }
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, store = state.auth.store_name(), "refresh: token check failed");
-            ("backend_unavailable", Err(AuthFailure::BackendUnavailable))
-        }
-        Err(_elapsed) => {
-            tracing::warn!(
-                store = state.auth.store_name(),
-                "refresh: token check timed out"
-            );
-            ("backend_unavailable", Err(AuthFailure::BackendUnavailable))
-        }
+    let (result, verdict) = match check_token(state, &token, &span).await {
+        Checked::Valid(identity) if identity.user_id == conn.user_id => ("ok", Ok(())),
+        // Unknown, expired, revoked, inactive, or another user's.
+        Checked::Valid(_) | Checked::Invalid => ("invalid_token", Err(AuthFailure::InvalidToken)),
+        Checked::Unavailable => ("backend_unavailable", Err(AuthFailure::BackendUnavailable)),
     };
     span.record("auth.result", result);
     match verdict {
