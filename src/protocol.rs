@@ -138,23 +138,26 @@ pub fn parse_auth_frame(text: &str) -> Result<String, AuthFrameError> {
 /// A request id, echoed in the reply: a JSON number or string, kept as written.
 pub type RequestId = Box<RawValue>;
 
-/// Where a reconnecting client left off in a group's history.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Since {
-    pub offset: u64,
-    pub epoch: String,
-}
-
 /// A request after `welcome`. `Refresh` is the in-band token refresh: the
 /// connection continues on its token.
 #[derive(Debug)]
 pub enum Request {
-    Subscribe { group: String, since: Option<Since> },
-    Unsubscribe { group: String },
-    Publish { group: String, data: Box<RawValue> },
+    /// `since`: where a reconnecting client left off in the group's history.
+    Subscribe {
+        group: String,
+        since: Option<Position>,
+    },
+    Unsubscribe {
+        group: String,
+    },
+    Publish {
+        group: String,
+        data: Box<RawValue>,
+    },
     Ping,
-    Refresh { token: Token },
+    Refresh {
+        token: Token,
+    },
 }
 
 /// A refused request: the error frame's `code` and `message`.
@@ -260,7 +263,7 @@ pub fn parse_request(text: &str) -> ClientFrame {
             let since = match raw.since.as_deref() {
                 None => None,
                 Some(s) if s.get() == "null" => None,
-                Some(s) => Some(serde_json::from_str::<Since>(s.get()).map_err(|_| {
+                Some(s) => Some(serde_json::from_str::<Position>(s.get()).map_err(|_| {
                     RequestError::bad("since must be {\"offset\":<integer>,\"epoch\":<string>}")
                 })?),
             };
@@ -382,8 +385,9 @@ pub fn message_frame(group: &str, data: &RawValue, position: Option<&Position>) 
     Frame::from_string(s)
 }
 
-/// A message's place in a group's history.
+/// A message's place in a group's history (also a client's `since`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Position {
     pub offset: u64,
     pub epoch: String,
@@ -603,7 +607,7 @@ mod tests {
         assert!(matches!(
             f.request,
             Ok(Request::Subscribe {
-                since: Some(Since { offset: 3, .. }),
+                since: Some(Position { offset: 3, .. }),
                 ..
             })
         ));

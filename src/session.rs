@@ -485,10 +485,6 @@ async fn handle_request(
             if !state.policy.can_subscribe(&conn.user_id, &group) {
                 refuse(state, &forbidden(), id)
             } else if state.history.applies(&group) {
-                let since = since.map(|s| Position {
-                    offset: s.offset,
-                    epoch: s.epoch,
-                });
                 return subscribe_with_history(socket, state, conn, &group, since.as_ref(), id)
                     .await;
             } else {

@@ -14,8 +14,8 @@ use serde_json::{Map, Value, json};
 use wsgate::config::{Config, ConfigError};
 use wsgate::protocol::{
     AuthFrameError, ClientFrame, EnvelopeError, MAX_AUTH_FRAME_BYTES, MAX_GROUP_LEN, Position,
-    Publication, Reply, Request, Since, decode_envelope, encode_envelope, is_valid_group,
-    message_frame, parse_auth_frame, parse_request,
+    Publication, Reply, Request, decode_envelope, encode_envelope, is_valid_group, message_frame,
+    parse_auth_frame, parse_request,
 };
 
 /// The fuzz targets' entry points, so saved crash inputs replay through the
@@ -172,9 +172,10 @@ fn reference_request(v: &Value) -> (Option<String>, Outcome) {
 fn actual_request(frame: ClientFrame) -> (Option<String>, Outcome) {
     let outcome = match frame.request {
         Err(e) => Outcome::Refused(e.code.as_str()),
-        Ok(Request::Subscribe { group, since }) => {
-            Outcome::Subscribe(group, since.map(|Since { offset, epoch }| (offset, epoch)))
-        }
+        Ok(Request::Subscribe { group, since }) => Outcome::Subscribe(
+            group,
+            since.map(|Position { offset, epoch }| (offset, epoch)),
+        ),
         Ok(Request::Unsubscribe { group }) => Outcome::Unsubscribe(group),
         Ok(Request::Publish { group, data }) => Outcome::Publish(group, data.get().to_string()),
         Ok(Request::Ping) => Outcome::Ping,
