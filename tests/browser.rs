@@ -116,27 +116,22 @@ async fn demo_page_in_chromium_connects_shows_prices_and_switches_symbols() {
     let _ = std::fs::remove_file(&screenshot);
     let demo = Demo::start();
     let (page, shot) = (demo.page.clone(), screenshot.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .args(["--test", "--test-reporter=spec", "--test-timeout=90000"])
-            .arg("tests/browser/demo.test.mjs")
-            .env("WSGATE_DEMO_URL", page)
-            .env("WSGATE_SCREENSHOT", shot)
-            .env("WSGATE_CHROMIUM", CHROMIUM)
-            .current_dir(root())
-            .output()
-            .expect("run node")
-    })
-    .await
-    .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{report}");
+    let args = ["--test", "--test-reporter=spec", "--test-timeout=90000"]
+        .into_iter()
+        .map(String::from)
+        .chain([String::from("tests/browser/demo.test.mjs")])
+        .collect();
+    let env = vec![
+        ("WSGATE_DEMO_URL".into(), page),
+        (
+            "WSGATE_SCREENSHOT".into(),
+            shot.to_string_lossy().into_owned(),
+        ),
+        ("WSGATE_CHROMIUM".into(), CHROMIUM.into()),
+    ];
+    let (ok, report) = common::run_node(args, env).await;
     drop(demo);
-    assert!(out.status.success(), "the browser test failed:\n{report}");
+    assert!(ok, "the browser test failed:\n{report}");
     let png = std::fs::read(&screenshot).expect("the screenshot was saved");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,

@@ -88,33 +88,18 @@ async fn js_client_tests_pass_against_real_nodes() {
         .collect();
     test_files.sort();
     assert!(!test_files.is_empty(), "no clients/js/test/*.test.js");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .args(&node_flags)
-            .args(["--test", "--test-reporter=spec", "--test-timeout=60000"])
-            .args(&test_files)
-            .envs(env)
-            .current_dir(root)
-            .output()
-            .expect("run node")
-    })
-    .await
-    .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{report}");
+    let args = node_flags
+        .into_iter()
+        .chain(["--test", "--test-reporter=spec", "--test-timeout=60000"].map(String::from))
+        .chain(test_files.iter().map(|f| f.to_string_lossy().into_owned()))
+        .collect();
+    let env = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let (ok, report) = common::run_node(args, env).await;
 
     drop((embedded, node_a, node_b));
     cleanup_prefix(&prefix);
     pg.drop_db().await;
-    assert!(
-        out.status.success(),
-        "the JavaScript client tests failed ({}):\n{report}",
-        out.status
-    );
+    assert!(ok, "the JavaScript client tests failed:\n{report}");
 }
 
 /// Checks that Node.js 20+ is installed and returns the flags it needs for a

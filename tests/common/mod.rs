@@ -468,3 +468,27 @@ impl Drop for BinNode {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `node` with `args` and `env` in the repository root (blocking, off
+/// the runtime), prints everything it wrote, and returns whether it
+/// succeeded and that output.
+pub async fn run_node(args: Vec<String>, env: Vec<(String, String)>) -> (bool, String) {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .args(&args)
+            .envs(env)
+            .current_dir(root)
+            .output()
+            .expect("run node")
+    })
+    .await
+    .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{report}");
+    (out.status.success(), report)
+}
