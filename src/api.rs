@@ -21,8 +21,8 @@ use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
 use crate::auth::Token;
-use crate::hub::unix_micros;
-use crate::protocol::{Control, Publication, is_valid_group};
+use crate::clock::unix_micros;
+use crate::protocol::{ApiErrorCode, Control, Publication, is_valid_group};
 use crate::state::AppState;
 
 /// Largest request body.
@@ -45,37 +45,33 @@ pub enum ApiError {
     MethodNotAllowed,
 }
 
+impl ApiError {
+    pub fn code(&self) -> ApiErrorCode {
+        match self {
+            ApiError::Unauthorized => ApiErrorCode::Unauthorized,
+            ApiError::BadRequest(_) => ApiErrorCode::BadRequest,
+            ApiError::TooLarge => ApiErrorCode::PayloadTooLarge,
+            ApiError::Unavailable(_) => ApiErrorCode::Unavailable,
+            ApiError::NotFound => ApiErrorCode::NotFound,
+            ApiError::MethodNotAllowed => ApiErrorCode::MethodNotAllowed,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-        };
-        let body = Json(json!({"error": code, "message": self.to_string()}));
+        let code = self.code();
+        let status = code
+            .status()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = Json(json!({"error": code.as_str(), "message": self.to_string()}));
         if status == StatusCode::UNAUTHORIZED {
             (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
         } else {
             (status, body).into_response()
         }
     }
-}
-
-/// The `error` label of `wsgate_api_errors_total` for a refused call.
-fn error_label(status: StatusCode) -> Option<&'static str> {
-    Some(match status.as_u16() {
-        400 => "bad_request",
-        401 => "unauthorized",
-        404 => "not_found",
-        405 => "method_not_allowed",
-        413 => "payload_too_large",
-        503 => "unavailable",
-        s if s >= 400 => "other",
-        _ => return None,
-    })
 }
 
 fn bad(message: impl Into<String>) -> ApiError {
@@ -121,8 +117,8 @@ async fn request_span(State(state): State<AppState>, request: Request, next: Nex
     );
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "api call"));
-    if let Some(label) = error_label(response.status()) {
-        state.metrics.api_error(label);
+    if let Some(code) = ApiErrorCode::from_status(response.status().as_u16()) {
+        state.metrics.api_error(code);
     }
     if let Ok(value) = header::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
@@ -208,7 +204,7 @@ async fn publish(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let span = tracing::info_span!("publish", messages = tracing::field::Empty);
-    crate::ops::telemetry::set_parent_from_headers(&span, &headers);
+    crate::telemetry::set_parent_from_headers(&span, &headers);
     publish_in_span(state, body, span.clone())
         .instrument(span)
         .await
@@ -241,7 +237,7 @@ async fn publish_in_span(
         check_group(&item.group)?;
     }
     let ts = unix_micros();
-    let trace = crate::ops::telemetry::current_traceparent();
+    let trace = crate::telemetry::current_traceparent();
     let n = items.len() as u64;
     span.record("messages", n);
     let publications = items

@@ -110,7 +110,7 @@ pub fn main() -> ExitCode {
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 async fn serve(config: Config) -> CliResult {
-    let telemetry = crate::ops::telemetry::init(&config.log);
+    let telemetry = crate::telemetry::init(&config.log);
     let server = Server::build(config).await?;
     server.run(shutdown_signal()).await;
     // Flush spans before exiting; blocking, so off the async workers.
@@ -180,7 +180,7 @@ async fn token(config: Config, cmd: TokenCommand) -> CliResult {
                     "revoked"
                 } else if t
                     .expires_at
-                    .is_some_and(|e| e <= crate::auth::sql::now_ms())
+                    .is_some_and(|e| e <= crate::clock::unix_ms() as i64)
                 {
                     "expired"
                 } else {

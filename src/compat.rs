@@ -70,7 +70,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::{ClientLike, EventInterface, PubsubInterface, Value};
@@ -300,10 +300,7 @@ impl Inner {
     }
 
     fn should_warn(&self) -> bool {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = crate::clock::unix_ms();
         let last = self.warned_ms.load(Ordering::Relaxed);
         (last == 0 || now.saturating_sub(last) >= WARN_EVERY_MS)
             && self

@@ -463,7 +463,7 @@ impl Config {
             ));
         }
         for cidr in &self.server.trusted_proxies {
-            if crate::limits::parse_cidr(cidr).is_none() {
+            if parse_cidr(cidr).is_none() {
                 return Err(ConfigError::invalid(
                     "server.trusted_proxies",
                     format!("{cidr:?} is not an IP address or CIDR"),
@@ -843,6 +843,14 @@ fn describe(e: config::ConfigError) -> ConfigError {
         };
     }
     ConfigError::Load(text)
+}
+
+/// Parses `10.0.0.0/8`, `::1/128`, or a plain address.
+pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 #[cfg(test)]

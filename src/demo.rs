@@ -94,7 +94,7 @@ pub async fn run(
     if !config.history.groups.iter().any(|g| g == GROUP_PATTERN) {
         config.history.groups.push(GROUP_PATTERN.into());
     }
-    let telemetry = crate::ops::telemetry::init(&config.log);
+    let telemetry = crate::telemetry::init(&config.log);
     let server = Server::build(config).await?;
     let token = issue_token(&server.state().config).await?;
     let routes = router(token.clone(), &server.state().config);
@@ -275,7 +275,7 @@ impl Market {
             price: quote.price,
             change: round2(quote.price - quote.open),
             change_pct: round2((quote.price - quote.open) / quote.open * 100.0),
-            ts_ms: crate::auth::sql::now_ms() as u64,
+            ts_ms: crate::clock::unix_ms(),
         }
     }
 }
@@ -293,7 +293,7 @@ impl Tick {
             group: format!("market.{}", self.symbol),
             data: RawValue::from_string(data.to_string()).expect("serde_json writes JSON"),
             position: None,
-            ts: Some(crate::hub::unix_micros()),
+            ts: Some(crate::clock::unix_micros()),
             trace: None,
         }
     }

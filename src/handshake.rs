@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::limits::{Refusal, SessionSlot};
+use crate::metrics::Rejection;
 use crate::session;
 use crate::state::AppState;
 
@@ -47,11 +48,11 @@ enum Refused {
 }
 
 impl Refused {
-    fn reason(self) -> &'static str {
+    fn reason(self) -> Rejection {
         match self {
-            Refused::Origin => "origin",
-            Refused::Draining => "draining",
-            Refused::Limit(r) => r.as_str(),
+            Refused::Origin => Rejection::Origin,
+            Refused::Draining => Rejection::Draining,
+            Refused::Limit(r) => r.rejection(),
         }
     }
 
@@ -94,9 +95,10 @@ fn decide(
             ("upgraded", response)
         }
         Err(refused) => {
-            tracing::debug!(reason = refused.reason(), "handshake refused");
-            state.metrics.rejected(refused.reason());
-            (refused.reason(), refused.response())
+            let reason = refused.reason();
+            tracing::debug!(reason = reason.as_str(), "handshake refused");
+            state.metrics.rejected(reason);
+            (reason.as_str(), refused.response())
         }
     }
 }

@@ -9,16 +9,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use wildmatch::WildMatch;
 
-use crate::auth::{Credential, TokenDigest};
 use crate::config::ConflateRule;
-use crate::ops::metrics::{DropReason, Metrics};
+use crate::metrics::{DropReason, Metrics};
 use crate::protocol::{CloseCode, Position, Publication, message_frame};
 pub use crate::queue::{ConflationKey, Outbound, OutboundQueue, Pushed};
+use crate::token::{Credential, TokenDigest};
 
 pub type ConnId = u64;
 
@@ -516,13 +515,6 @@ impl Hub {
     }
 }
 
-pub fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,7 +525,7 @@ mod tests {
             id,
             user_id: user.into(),
             session: format!("s{id}"),
-            credential: Credential::new(crate::auth::Token::new(format!("t{id}"))),
+            credential: Credential::new(crate::token::Token::new(format!("t{id}"))),
             queue: OutboundQueue::new(cap, cap),
             close: CloseSignal::default(),
         })
@@ -661,7 +653,7 @@ mod tests {
         assert_eq!(hub.close_user("u1", CloseCode::AuthFailed), 1);
         assert_eq!(
             hub.close_digest(
-                &crate::auth::Token::new("t2".into()).digest(),
+                &crate::token::Token::new("t2".into()).digest(),
                 CloseCode::AuthFailed
             ),
             1

@@ -17,15 +17,8 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 
-use crate::config::{LimitsConfig, ServerConfig};
-
-/// Parses `10.0.0.0/8`, `::1/128`, or a plain address.
-pub fn parse_cidr(s: &str) -> Option<IpNet> {
-    let s = s.trim();
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-}
+use crate::config::{LimitsConfig, ServerConfig, parse_cidr};
+use crate::metrics::Rejection;
 
 /// Finds the client's address: the peer's, unless the peer is a trusted
 /// proxy, in which case the forwarding headers are read from the right,
@@ -146,12 +139,13 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn as_str(self) -> &'static str {
+    /// The metric's reason for this refusal.
+    pub fn rejection(self) -> Rejection {
         match self {
-            Refusal::Full => "full",
-            Refusal::PerIp => "ip_limit",
-            Refusal::Pending => "pending_limit",
-            Refusal::PendingPerIp => "pending_ip_limit",
+            Refusal::Full => Rejection::Full,
+            Refusal::PerIp => Rejection::IpLimit,
+            Refusal::Pending => Rejection::PendingLimit,
+            Refusal::PendingPerIp => Rejection::PendingIpLimit,
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, HistoryPolicy};
 use crate::config::Config;
-use crate::ops::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::{api, handshake, ops, redis};
 
@@ -370,7 +370,7 @@ async fn serve_listener(
             if let Err(e) = result {
                 if e.is_timeout() {
                     // The request headers did not arrive in time (slowloris).
-                    metrics.rejected("handshake_timeout");
+                    metrics.rejected(crate::metrics::Rejection::HandshakeTimeout);
                 }
                 tracing::debug!(error = %e, "connection ended with an error");
             }

@@ -25,9 +25,10 @@ use crate::auth::{Credential, Identity, Token};
 use serde_json::value::RawValue;
 
 use crate::broker::Recovery;
-use crate::hub::{CloseSignal, ConnHandle, Member, Outbound, OutboundQueue, unix_micros};
+use crate::clock::unix_micros;
+use crate::hub::{CloseSignal, ConnHandle, Member, Outbound, OutboundQueue};
 use crate::limits::{MessageLimiter, RateVerdict, SessionSlot};
-use crate::ops::metrics::AuthFailure;
+use crate::metrics::{AuthFailure, RateLimit};
 use crate::protocol::{
     self, ClientFrame, CloseCode, ErrorCode, Frame, Position, Publication, Reply, Request,
     RequestError, message_frame,
@@ -65,7 +66,7 @@ async fn run_connection(socket: WebSocket, state: AppState, slot: SessionSlot, c
     let outcome = if state.auth_failures.is_blocked(ip) {
         // Too many failures from this address: refuse before the cache or
         // the database sees anything.
-        metrics.rate_limited("auth");
+        metrics.rate_limited(RateLimit::Auth);
         Err(End::Close(CloseCode::RateLimited))
     } else {
         // Boxed, like the other big one-off steps below: the task of an idle
@@ -363,13 +364,13 @@ async fn serve_loop(
                                     Box::pin(handle_request(socket, state, conn, ip, &text)).await
                                 }
                                 RateVerdict::Refuse => {
-                                    state.metrics.rate_limited("messages");
+                                    state.metrics.rate_limited(RateLimit::Messages);
                                     let id = protocol::parse_request(&text).id;
                                     let error = RequestError::new(ErrorCode::RateLimited, "too many requests");
                                     send(socket, refuse(state, &error, id.as_deref())).await
                                 }
                                 RateVerdict::Close => {
-                                    state.metrics.rate_limited("closed");
+                                    state.metrics.rate_limited(RateLimit::Closed);
                                     Err(End::Close(CloseCode::RateLimited))
                                 }
                             }
@@ -543,7 +544,7 @@ async fn handle_request(
 async fn refresh(state: &AppState, conn: &ConnHandle, ip: IpAddr, token: Token) -> Result<(), End> {
     let metrics = &state.metrics;
     if state.auth_failures.is_blocked(ip) {
-        metrics.rate_limited("auth");
+        metrics.rate_limited(RateLimit::Auth);
         return Err(End::Close(CloseCode::RateLimited));
     }
     let span = tracing::info_span!(
@@ -659,7 +660,7 @@ fn too_many_groups() -> RequestError {
 
 /// An `error` reply, counted by its code.
 fn refuse(state: &AppState, error: &RequestError, id: Option<&RawValue>) -> Frame {
-    state.metrics.request_error(error.code.as_str());
+    state.metrics.request_error(error.code);
     Reply::error(error, id)
 }
 

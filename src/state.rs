@@ -14,7 +14,7 @@ use crate::broker::{Broker, BrokerHandler, HistoryPolicy, NodeInfo};
 use crate::config::Config;
 use crate::hub::{Hub, Member};
 use crate::limits::{AuthFailureLimiter, ConnectionLimits, TrustedProxies};
-use crate::ops::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::policy::GroupPolicy;
 use crate::protocol::{CloseCode, Control, Publication};
 
@@ -151,7 +151,7 @@ impl BrokerHandler for Dispatcher {
             recipients = tracing::field::Empty,
         );
         if let Some(tp) = &publication.trace {
-            crate::ops::telemetry::set_parent_from_traceparent(&span, tp);
+            crate::telemetry::set_parent_from_traceparent(&span, tp);
         }
         let _enter = span.enter();
         let n = self.hub.deliver(&publication);
@@ -186,7 +186,7 @@ impl BrokerHandler for Dispatcher {
         NodeInfo {
             node: self.hub.node().to_string(),
             connections: self.hub.connection_count() as u64,
-            last_seen_ms: crate::auth::sql::now_ms() as u64,
+            last_seen_ms: crate::clock::unix_ms(),
         }
     }
 }

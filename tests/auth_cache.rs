@@ -21,7 +21,7 @@ use wsgate::auth::{
     AuthSource, Authenticator, Identity, StoreError, Token, TokenDigest, TokenStore,
 };
 use wsgate::config::Config;
-use wsgate::ops::metrics::Metrics;
+use wsgate::metrics::Metrics;
 
 use common::PgDb;
 

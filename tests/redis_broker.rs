@@ -20,7 +20,7 @@ use wsgate::broker::redis::RedisBroker;
 use wsgate::broker::{Broker, BrokerError, BrokerHandler, NodeInfo};
 use wsgate::config::RedisConfig;
 use wsgate::hub::Member;
-use wsgate::ops::metrics::Metrics;
+use wsgate::metrics::Metrics;
 use wsgate::protocol::{Control, Publication};
 
 const SHARED_URL: &str = "redis://127.0.0.1:6379";

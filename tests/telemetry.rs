@@ -21,9 +21,9 @@ fn attr(span: &SpanData, key: &str) -> Option<String> {
 #[tokio::test]
 async fn spans_for_handshake_auth_publish_and_delivery() {
     let exporter = InMemorySpanExporterBuilder::new().build();
-    let provider = wsgate::ops::telemetry::provider_with(exporter.clone(), false);
+    let provider = wsgate::telemetry::provider_with(exporter.clone(), false);
     tracing_subscriber::registry()
-        .with(wsgate::ops::telemetry::otel_layer(&provider))
+        .with(wsgate::telemetry::otel_layer(&provider))
         .init();
 
     let dir = tempfile::tempdir().unwrap();

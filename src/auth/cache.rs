@@ -71,7 +71,7 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use super::{AuthAnswer, AuthSource, Identity, StoreError, Token, TokenDigest, TokenStore};
-use crate::ops::metrics::{CacheResult, Metrics};
+use crate::metrics::{CacheResult, Metrics};
 
 /// Upper bound of the local layer's TTL for valid tokens.
 pub const LOCAL_POSITIVE_TTL: Duration = Duration::from_secs(5);

@@ -7,13 +7,14 @@
 //! later migrations (triggers) are Postgres-only.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::{Identity, StoreError, Token, TokenDigest, TokenStore};
+use crate::clock;
 use crate::config::{Config, StoreKind};
 
 /// Which database a pool talks to.
@@ -86,7 +87,7 @@ impl Db {
              ON CONFLICT (digest) DO NOTHING",
         )
         .bind(digest.to_hex())
-        .bind(now_ms())
+        .bind(clock::unix_ms() as i64)
         .execute(&self.pool)
         .await
         .map_err(classify)?;
@@ -154,13 +155,6 @@ pub fn store_for(config: &Config, db: Db) -> Box<dyn TokenStore> {
         )),
         StoreKind::Django => Box::new(QueryStore::django(db)),
     }
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Errors where the database did not answer, or answered that it cannot
@@ -277,7 +271,7 @@ impl NativeStore {
     /// digest is stored.
     pub async fn issue(&self, user_id: &str, ttl: Option<Duration>) -> Result<Token, StoreError> {
         let token = Token::generate();
-        let now = now_ms();
+        let now = clock::unix_ms() as i64;
         let expires = ttl.map(|ttl| now.saturating_add(ttl.as_millis() as i64));
         sqlx::query(
             "INSERT INTO wsgate_tokens (digest, user_id, created_at, expires_at, revoked_at) \
@@ -326,7 +320,7 @@ impl TokenStore for NativeStore {
                AND NOT EXISTS (SELECT 1 FROM wsgate_revocations r WHERE r.digest = t.digest)",
         )
         .bind(token.digest().to_hex())
-        .bind(now_ms())
+        .bind(clock::unix_ms() as i64)
         .fetch_optional(&self.db.pool)
         .await
         .map_err(classify)?;
@@ -347,7 +341,7 @@ impl TokenStore for NativeStore {
                    AND NOT EXISTS (SELECT 1 FROM wsgate_revocations r WHERE r.digest = t.digest)",
                 placeholders(2, bound.len())
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(clock::unix_ms() as i64);
             for digest in bound {
                 query = query.bind(digest);
             }
@@ -371,7 +365,7 @@ impl TokenStore for NativeStore {
             "UPDATE wsgate_tokens SET revoked_at = $2 WHERE digest = $1 AND revoked_at IS NULL",
         )
         .bind(digest.to_hex())
-        .bind(now_ms())
+        .bind(clock::unix_ms() as i64)
         .execute(&self.db.pool)
         .await
         .map_err(classify)?;

@@ -56,7 +56,7 @@ use super::redis_history as history;
 use super::{Broker, BrokerError, BrokerHandler, HistoryPolicy, NodeInfo, Recovery};
 use crate::config::RedisConfig;
 use crate::hub::Member;
-use crate::ops::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::protocol::{self, Control, Position, Publication};
 use crate::redis as redis_setup;
 

@@ -1,8 +1,8 @@
-//! Operations: metrics, health probes, logs and traces, graceful drain.
+//! Operations endpoints and drain: `/healthz`, `/readyz`, `/metrics`, and
+//! the graceful shutdown. The metrics themselves are [`crate::metrics`]; logs
+//! and traces are [`crate::telemetry`].
 
 pub mod drain;
-pub mod metrics;
-pub mod telemetry;
 
 use axum::Router;
 use axum::extract::State;

@@ -1,92 +1,14 @@
-//! The wire protocol: client requests, server frames, close codes, group
-//! names and the broker envelope.
-//!
-//! Pure data and parsing, no I/O, so that every rule of `docs/protocol.md`
-//! can be unit-tested (and fuzzed) without a socket. The session turns what
-//! this module returns into socket writes and closes.
+//! What a client sends: the first (authentication) frame and the requests
+//! after `welcome`, parsed into typed values or a typed refusal.
 
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::auth::Token;
+use serde::Deserialize;
 
-/// Largest first (authentication) frame, in bytes.
-pub const MAX_AUTH_FRAME_BYTES: usize = 4 * 1024;
-/// Longest group name, in characters.
-pub const MAX_GROUP_LEN: usize = 128;
+use super::Position;
 
-/// Close codes of the protocol (section 4), with the reason text we send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum CloseCode {
-    Normal = 1000,
-    ProtocolError = 1002,
-    Unsupported = 1003,
-    InvalidData = 1007,
-    PolicyViolation = 1008,
-    TooBig = 1009,
-    InternalError = 1011,
-    Draining = 1012,
-    TryAgainLater = 1013,
-    AuthRequired = 4001,
-    AuthFailed = 4003,
-    AuthTimeout = 4008,
-    SlowConsumer = 4009,
-    RateLimited = 4029,
-}
-
-impl CloseCode {
-    /// Every code, so metrics can be exposed at zero from start-up.
-    pub const ALL: [CloseCode; 14] = [
-        CloseCode::Normal,
-        CloseCode::ProtocolError,
-        CloseCode::Unsupported,
-        CloseCode::InvalidData,
-        CloseCode::PolicyViolation,
-        CloseCode::TooBig,
-        CloseCode::InternalError,
-        CloseCode::Draining,
-        CloseCode::TryAgainLater,
-        CloseCode::AuthRequired,
-        CloseCode::AuthFailed,
-        CloseCode::AuthTimeout,
-        CloseCode::SlowConsumer,
-        CloseCode::RateLimited,
-    ];
-
-    pub fn code(self) -> u16 {
-        self as u16
-    }
-
-    pub fn from_u16(code: u16) -> Option<CloseCode> {
-        Self::ALL.into_iter().find(|c| c.code() == code)
-    }
-
-    /// The reason text sent in the close frame. Authentication failures share
-    /// one text whatever the cause, so a client cannot probe which tokens exist.
-    pub fn reason(self) -> &'static str {
-        match self {
-            CloseCode::Normal => "normal",
-            CloseCode::ProtocolError => "protocol error",
-            CloseCode::Unsupported => "binary frames are not supported",
-            CloseCode::InvalidData => "invalid UTF-8",
-            CloseCode::PolicyViolation => "policy violation",
-            CloseCode::TooBig => "message too big",
-            CloseCode::InternalError => "internal error",
-            CloseCode::Draining => "node draining",
-            CloseCode::TryAgainLater => "try again later",
-            CloseCode::AuthRequired => "auth required",
-            CloseCode::AuthFailed => "authentication failed",
-            CloseCode::AuthTimeout => "auth timeout",
-            CloseCode::SlowConsumer => "slow consumer",
-            CloseCode::RateLimited => "rate limited",
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The first frame.
+use super::{MAX_AUTH_FRAME_BYTES, MAX_GROUP_LEN};
+use crate::token::Token;
 
 /// Why a first frame was refused (always close 4001).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -177,6 +99,14 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 5] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownType,
+        ErrorCode::Forbidden,
+        ErrorCode::TooManyGroups,
+        ErrorCode::RateLimited,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
@@ -336,231 +266,6 @@ pub fn is_valid_group(group: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
 }
 
-// ---------------------------------------------------------------------------
-// Server frames.
-
-/// An encoded text frame: UTF-8 JSON, cheap to clone, shared by every
-/// recipient of a broadcast so the JSON is built once per node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame(Bytes);
-
-impl Frame {
-    pub fn from_string(s: String) -> Frame {
-        Frame(Bytes::from(s))
-    }
-    pub fn into_bytes(self) -> Bytes {
-        self.0
-    }
-    pub fn as_str(&self) -> &str {
-        // Built only from `String`, so always UTF-8.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
-}
-
-/// `{"type":"message","group":..,"data":..}`, with `offset`/`epoch` when the
-/// group has history.
-pub fn message_frame(group: &str, data: &RawValue, position: Option<&Position>) -> Frame {
-    let mut s = String::with_capacity(48 + group.len() + data.get().len());
-    s.push_str(r#"{"type":"message","group":"#);
-    s.push_str(&json_str(group));
-    s.push_str(r#","data":"#);
-    s.push_str(data.get());
-    if let Some(p) = position {
-        s.push_str(r#","offset":"#);
-        s.push_str(&p.offset.to_string());
-        s.push_str(r#","epoch":"#);
-        s.push_str(&json_str(&p.epoch));
-    }
-    s.push('}');
-    Frame::from_string(s)
-}
-
-/// A message's place in a group's history (also a client's `since`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Position {
-    pub offset: u64,
-    pub epoch: String,
-}
-
-/// Replies and other frames addressed to one connection.
-#[derive(Debug, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Reply<'a> {
-    Welcome {
-        user_id: &'a str,
-        session: &'a str,
-        node: &'a str,
-        groups: &'a [String],
-    },
-    Subscribed {
-        group: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        recovered: Option<bool>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        offset: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        epoch: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RawValue>,
-    },
-    Unsubscribed {
-        group: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RawValue>,
-    },
-    Published {
-        group: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RawValue>,
-    },
-    Pong {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RawValue>,
-    },
-    /// A `refresh` was accepted: the connection now runs on the new token.
-    Refreshed {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RawValue>,
-    },
-    Error {
-        code: &'a str,
-        message: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a RawValue>,
-    },
-}
-
-impl Reply<'_> {
-    pub fn encode(&self) -> Frame {
-        // Serializing these plain structs cannot fail.
-        Frame::from_string(serde_json::to_string(self).unwrap_or_default())
-    }
-
-    pub fn error(error: &RequestError, id: Option<&RawValue>) -> Frame {
-        Reply::Error {
-            code: error.code.as_str(),
-            message: &error.message,
-            id,
-        }
-        .encode()
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The broker envelope and control messages.
-
-/// One message to a group, as it travels between nodes:
-/// `{"v":1,"group":"g","data":<JSON>}` (section 5). `ts` (unix microseconds
-/// at publish) is optional and feeds the delivery-latency histogram.
-#[derive(Debug, Clone)]
-pub struct Publication {
-    pub group: String,
-    pub data: Box<RawValue>,
-    pub position: Option<Position>,
-    pub ts: Option<u64>,
-    /// W3C `traceparent` of the publish, so delivery spans on every node
-    /// join the publisher's trace (`tp` in the envelope).
-    pub trace: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EnvelopeError {
-    #[error("envelope is not valid JSON of the expected shape")]
-    Malformed,
-    #[error("unsupported envelope version")]
-    Version,
-    #[error("envelope group does not match its channel or is invalid")]
-    Group,
-}
-
-pub fn encode_envelope(p: &Publication) -> String {
-    #[derive(Serialize)]
-    struct Envelope<'a> {
-        v: u8,
-        group: &'a str,
-        data: &'a RawValue,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        offset: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        epoch: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        ts: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        tp: Option<&'a str>,
-    }
-    serde_json::to_string(&Envelope {
-        v: 1,
-        group: &p.group,
-        data: &p.data,
-        offset: p.position.as_ref().map(|p| p.offset),
-        epoch: p.position.as_ref().map(|p| p.epoch.as_str()),
-        ts: p.ts,
-        tp: p.trace.as_deref(),
-    })
-    .unwrap_or_default()
-}
-
-/// Decodes an envelope received on the channel of `channel_group`.
-pub fn decode_envelope(channel_group: &str, payload: &[u8]) -> Result<Publication, EnvelopeError> {
-    #[derive(Deserialize)]
-    struct Envelope {
-        v: u64,
-        group: String,
-        data: Box<RawValue>,
-        #[serde(default)]
-        offset: Option<u64>,
-        #[serde(default)]
-        epoch: Option<String>,
-        #[serde(default)]
-        ts: Option<u64>,
-        #[serde(default)]
-        tp: Option<String>,
-    }
-    let env: Envelope = serde_json::from_slice(payload).map_err(|_| EnvelopeError::Malformed)?;
-    if env.v != 1 {
-        return Err(EnvelopeError::Version);
-    }
-    if env.group != channel_group || !is_valid_group(&env.group) {
-        return Err(EnvelopeError::Group);
-    }
-    let position = match (env.offset, env.epoch) {
-        (Some(offset), Some(epoch)) => Some(Position { offset, epoch }),
-        _ => None,
-    };
-    Ok(Publication {
-        group: env.group,
-        data: env.data,
-        position,
-        ts: env.ts,
-        // Only a plausible traceparent is carried on (bounded, printable).
-        trace: env
-            .tp
-            .filter(|t| t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic())),
-    })
-}
-
-/// Cluster-wide commands that act on connections wherever they are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Control {
-    /// Close every connection of this user with 4003.
-    DisconnectUser { user_id: String },
-    /// Close every connection authenticated with the token of this SHA-256
-    /// digest (hex) with 4003.
-    RevokeDigest { digest: String },
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -705,66 +410,5 @@ mod tests {
         assert!(!is_valid_group("a b"));
         assert!(!is_valid_group("a*"));
         assert!(!is_valid_group("é"));
-    }
-
-    #[test]
-    fn frames_encode() {
-        let data = RawValue::from_string(r#"{"p":1}"#.into()).unwrap();
-        assert_eq!(
-            message_frame("g", &data, None).as_str(),
-            r#"{"type":"message","group":"g","data":{"p":1}}"#
-        );
-        let pos = Position {
-            offset: 4,
-            epoch: "e1".into(),
-        };
-        assert_eq!(
-            message_frame("g", &data, Some(&pos)).as_str(),
-            r#"{"type":"message","group":"g","data":{"p":1},"offset":4,"epoch":"e1"}"#
-        );
-        let id = RawValue::from_string("3".into()).unwrap();
-        assert_eq!(
-            Reply::Pong { id: Some(&id) }.encode().as_str(),
-            r#"{"type":"pong","id":3}"#
-        );
-    }
-
-    #[test]
-    fn envelope_roundtrip() {
-        let p = Publication {
-            group: "g".into(),
-            data: RawValue::from_string("[1,2]".into()).unwrap(),
-            position: None,
-            ts: None,
-            trace: None,
-        };
-        let s = encode_envelope(&p);
-        assert_eq!(s, r#"{"v":1,"group":"g","data":[1,2]}"#);
-        assert_eq!(
-            decode_envelope("g", s.as_bytes()).unwrap().data.get(),
-            "[1,2]"
-        );
-        assert_eq!(
-            decode_envelope("h", s.as_bytes()).unwrap_err(),
-            EnvelopeError::Group
-        );
-        assert_eq!(
-            decode_envelope("g", br#"{"v":2,"group":"g","data":1}"#).unwrap_err(),
-            EnvelopeError::Version
-        );
-        assert_eq!(
-            decode_envelope("g", b"{").unwrap_err(),
-            EnvelopeError::Malformed
-        );
-        // The trace context travels with the message to other nodes.
-        let traced = Publication {
-            trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
-            ..p
-        };
-        let s = encode_envelope(&traced);
-        assert_eq!(
-            decode_envelope("g", s.as_bytes()).unwrap().trace,
-            traced.trace
-        );
     }
 }

@@ -1,16 +1,63 @@
-//! Prometheus metrics (section 8 of the protocol).
+//! Prometheus metrics.
 //!
 //! Every metric is registered, and every fixed label value created, at
 //! start-up, so dashboards and alerts see zeros rather than gaps. The struct
 //! holds ready-made children for the hot paths, so counting is one atomic
 //! add with no label lookup.
+//!
+//! Every label set comes from an enum through [`LabelSet`]: the values a
+//! metric can take are the enum's, never a second list kept by hand (a test
+//! checks the README's tables against [`Metrics::catalog`]). A leaf module:
+//! the wire protocol's codes are all it names.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::auth::AuthSource;
+use crate::protocol::{ApiErrorCode, CloseCode, ErrorCode};
+
+/// A label whose values are fixed: its enum lists them all.
+pub trait LabelSet: Copy + 'static {
+    fn all() -> Vec<Self>;
+    fn label(self) -> &'static str;
+    /// Every value, as label text.
+    fn labels() -> Vec<&'static str> {
+        Self::all().into_iter().map(Self::label).collect()
+    }
+}
+
+macro_rules! label_set {
+    ($t:ty, $all:expr, $f:ident) => {
+        impl LabelSet for $t {
+            fn all() -> Vec<Self> {
+                $all.to_vec()
+            }
+            fn label(self) -> &'static str {
+                self.$f()
+            }
+        }
+    };
+}
+
+/// Which layer answered an authentication (the `source` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthSource {
+    Local,
+    Redis,
+    Database,
+}
+
+impl AuthSource {
+    pub const ALL: [AuthSource; 3] = [AuthSource::Local, AuthSource::Redis, AuthSource::Database];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthSource::Local => "local",
+            AuthSource::Redis => "redis",
+            AuthSource::Database => "database",
+        }
+    }
+}
 
 /// Why a session's authentication failed (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,31 +127,104 @@ impl CacheResult {
     }
 }
 
-/// Close-code label values, all exposed from start-up.
-const CLOSE_LABELS: [&str; 18] = [
-    "1000", "1001", "1002", "1003", "1005", "1006", "1007", "1008", "1009", "1011", "1012", "1013",
-    "4001", "4003", "4008", "4009", "4029", "other",
-];
+/// Close codes a peer sends that are not ours to send: going away, no
+/// status, link dropped. With [`CloseCode::ALL`] they are the `code` label's
+/// values; anything else a client chooses counts as `other`.
+pub const PEER_CLOSE_CODES: [u16; 3] = [1001, 1005, 1006];
 
-fn close_label(code: u16) -> &'static str {
-    let text = code.to_string();
-    CLOSE_LABELS
-        .iter()
-        .find(|l| **l == text)
-        .copied()
-        .unwrap_or("other")
+/// The `code` label of `wsgate_connections_closed_total`, in code order.
+pub fn close_labels() -> Vec<String> {
+    let mut codes: Vec<u16> = CloseCode::ALL.iter().map(|c| c.code()).collect();
+    codes.extend(PEER_CLOSE_CODES);
+    codes.sort_unstable();
+    let mut labels: Vec<String> = codes.iter().map(u16::to_string).collect();
+    labels.push("other".into());
+    labels
 }
 
-/// Reasons an upgrade is refused (labels of `wsgate_connections_rejected_total`).
-pub const REJECT_REASONS: [&str; 7] = [
-    "handshake_timeout",
-    "origin",
-    "draining",
-    "full",
-    "ip_limit",
-    "pending_limit",
-    "pending_ip_limit",
-];
+fn is_known_close(code: u16) -> bool {
+    CloseCode::from_u16(code).is_some() || PEER_CLOSE_CODES.contains(&code)
+}
+
+/// Why an upgrade was refused (`wsgate_connections_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// No upgrade request within `server.handshake_timeout`.
+    HandshakeTimeout,
+    /// The `Origin` is not in `server.allowed_origins`.
+    Origin,
+    /// The node is draining.
+    Draining,
+    /// `limits.max_connections` reached.
+    Full,
+    /// `limits.max_connections_per_ip` reached.
+    IpLimit,
+    /// `limits.max_pending` reached.
+    PendingLimit,
+    /// `limits.max_pending_per_ip` reached.
+    PendingIpLimit,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 7] = [
+        Rejection::HandshakeTimeout,
+        Rejection::Origin,
+        Rejection::Draining,
+        Rejection::Full,
+        Rejection::IpLimit,
+        Rejection::PendingLimit,
+        Rejection::PendingIpLimit,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::HandshakeTimeout => "handshake_timeout",
+            Rejection::Origin => "origin",
+            Rejection::Draining => "draining",
+            Rejection::Full => "full",
+            Rejection::IpLimit => "ip_limit",
+            Rejection::PendingLimit => "pending_limit",
+            Rejection::PendingIpLimit => "pending_ip_limit",
+        }
+    }
+}
+
+/// Which rate limit refused something (`wsgate_rate_limited_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    /// Per-IP authentication failures: the socket was closed with 4029.
+    Auth,
+    /// Per-connection requests: answered `rate_limited`.
+    Messages,
+    /// Per-connection requests, far over the limit: closed with 4029.
+    Closed,
+}
+
+impl RateLimit {
+    pub const ALL: [RateLimit; 3] = [RateLimit::Auth, RateLimit::Messages, RateLimit::Closed];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimit::Auth => "auth",
+            RateLimit::Messages => "messages",
+            RateLimit::Closed => "closed",
+        }
+    }
+}
+
+label_set!(AuthFailure, AuthFailure::ALL, as_str);
+label_set!(DropReason, DropReason::ALL, as_str);
+label_set!(CacheResult, CacheResult::ALL, as_str);
+label_set!(AuthSource, AuthSource::ALL, as_str);
+label_set!(Rejection, Rejection::ALL, as_str);
+label_set!(RateLimit, RateLimit::ALL, as_str);
+label_set!(ErrorCode, ErrorCode::ALL, as_str);
+label_set!(ApiErrorCode, ApiErrorCode::ALL, as_str);
+
+/// Creates every value of `L` on `vec`, so each is exposed at zero.
+fn precreate<L: LabelSet>(vec: &IntCounterVec) {
+    for label in L::labels() {
+        vec.with_label_values(&[label]);
+    }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -276,47 +396,19 @@ impl Metrics {
             .expect("metric"),
             registry,
         };
-        for label in CLOSE_LABELS {
-            m.connections_closed.with_label_values(&[label]);
+        for label in close_labels() {
+            m.connections_closed.with_label_values(&[label.as_str()]);
         }
-        for r in AuthFailure::ALL {
-            m.auth_failures.with_label_values(&[r.as_str()]);
+        precreate::<AuthFailure>(&m.auth_failures);
+        for s in AuthSource::labels() {
+            m.auth_duration.with_label_values(&[s]);
         }
-        for s in AuthSource::ALL {
-            m.auth_duration.with_label_values(&[s.as_str()]);
-        }
-        for r in CacheResult::ALL {
-            m.cache_requests.with_label_values(&[r.as_str()]);
-        }
-        for r in DropReason::ALL {
-            m.messages_dropped.with_label_values(&[r.as_str()]);
-        }
-        for reason in REJECT_REASONS {
-            m.rejected.with_label_values(&[reason]);
-        }
-        for code in [
-            "bad_request",
-            "unknown_type",
-            "forbidden",
-            "too_many_groups",
-            "rate_limited",
-        ] {
-            m.request_errors.with_label_values(&[code]);
-        }
-        for error in [
-            "bad_request",
-            "unauthorized",
-            "not_found",
-            "method_not_allowed",
-            "payload_too_large",
-            "unavailable",
-            "other",
-        ] {
-            m.api_errors.with_label_values(&[error]);
-        }
-        for kind in ["auth", "messages", "closed"] {
-            m.rate_limited.with_label_values(&[kind]);
-        }
+        precreate::<CacheResult>(&m.cache_requests);
+        precreate::<DropReason>(&m.messages_dropped);
+        precreate::<Rejection>(&m.rejected);
+        precreate::<ErrorCode>(&m.request_errors);
+        precreate::<ApiErrorCode>(&m.api_errors);
+        precreate::<RateLimit>(&m.rate_limited);
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(connections),
             Box::new(m.connections_opened.clone()),
@@ -346,31 +438,38 @@ impl Metrics {
     }
 
     /// Counts an upgrade refused before it happened.
-    pub fn rejected(&self, reason: &'static str) {
-        self.rejected.with_label_values(&[reason]).inc();
+    pub fn rejected(&self, reason: Rejection) {
+        self.rejected.with_label_values(&[reason.as_str()]).inc();
     }
 
     /// Counts a refused API call.
-    pub fn api_error(&self, error: &'static str) {
-        self.api_errors.with_label_values(&[error]).inc();
+    pub fn api_error(&self, error: ApiErrorCode) {
+        self.api_errors.with_label_values(&[error.as_str()]).inc();
     }
 
     /// Counts an `error` reply to a client request.
-    pub fn request_error(&self, code: &'static str) {
-        self.request_errors.with_label_values(&[code]).inc();
+    pub fn request_error(&self, code: ErrorCode) {
+        self.request_errors
+            .with_label_values(&[code.as_str()])
+            .inc();
     }
 
     /// Counts a rate-limit refusal of the given kind.
-    pub fn rate_limited(&self, kind: &'static str) {
-        self.rate_limited.with_label_values(&[kind]).inc();
+    pub fn rate_limited(&self, kind: RateLimit) {
+        self.rate_limited.with_label_values(&[kind.as_str()]).inc();
     }
 
     /// Counts a close. Codes a client chose are bounded to the known set
     /// (ours, 1001, 1005 no status, 1006 link dropped) or "other", so a
     /// client cannot grow the label set.
     pub fn closed(&self, code: u16) {
+        let label = if is_known_close(code) {
+            code.to_string()
+        } else {
+            "other".to_string()
+        };
         self.connections_closed
-            .with_label_values(&[close_label(code)])
+            .with_label_values(&[label.as_str()])
             .inc();
     }
 

@@ -1,0 +1,152 @@
+//! What travels between nodes: the broker envelope of a publication and
+//! the cluster-wide control commands.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Position, is_valid_group};
+
+/// One message to a group, as it travels between nodes:
+/// `{"v":1,"group":"g","data":<JSON>}` (section 5). `ts` (unix microseconds
+/// at publish) is optional and feeds the delivery-latency histogram.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub group: String,
+    pub data: Box<RawValue>,
+    pub position: Option<Position>,
+    pub ts: Option<u64>,
+    /// W3C `traceparent` of the publish, so delivery spans on every node
+    /// join the publisher's trace (`tp` in the envelope).
+    pub trace: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("envelope is not valid JSON of the expected shape")]
+    Malformed,
+    #[error("unsupported envelope version")]
+    Version,
+    #[error("envelope group does not match its channel or is invalid")]
+    Group,
+}
+
+pub fn encode_envelope(p: &Publication) -> String {
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        v: u8,
+        group: &'a str,
+        data: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ts: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tp: Option<&'a str>,
+    }
+    serde_json::to_string(&Envelope {
+        v: 1,
+        group: &p.group,
+        data: &p.data,
+        offset: p.position.as_ref().map(|p| p.offset),
+        epoch: p.position.as_ref().map(|p| p.epoch.as_str()),
+        ts: p.ts,
+        tp: p.trace.as_deref(),
+    })
+    .unwrap_or_default()
+}
+
+/// Decodes an envelope received on the channel of `channel_group`.
+pub fn decode_envelope(channel_group: &str, payload: &[u8]) -> Result<Publication, EnvelopeError> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        v: u64,
+        group: String,
+        data: Box<RawValue>,
+        #[serde(default)]
+        offset: Option<u64>,
+        #[serde(default)]
+        epoch: Option<String>,
+        #[serde(default)]
+        ts: Option<u64>,
+        #[serde(default)]
+        tp: Option<String>,
+    }
+    let env: Envelope = serde_json::from_slice(payload).map_err(|_| EnvelopeError::Malformed)?;
+    if env.v != 1 {
+        return Err(EnvelopeError::Version);
+    }
+    if env.group != channel_group || !is_valid_group(&env.group) {
+        return Err(EnvelopeError::Group);
+    }
+    let position = match (env.offset, env.epoch) {
+        (Some(offset), Some(epoch)) => Some(Position { offset, epoch }),
+        _ => None,
+    };
+    Ok(Publication {
+        group: env.group,
+        data: env.data,
+        position,
+        ts: env.ts,
+        // Only a plausible traceparent is carried on (bounded, printable).
+        trace: env
+            .tp
+            .filter(|t| t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic())),
+    })
+}
+
+/// Cluster-wide commands that act on connections wherever they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Control {
+    /// Close every connection of this user with 4003.
+    DisconnectUser { user_id: String },
+    /// Close every connection authenticated with the token of this SHA-256
+    /// digest (hex) with 4003.
+    RevokeDigest { digest: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_roundtrip() {
+        let p = Publication {
+            group: "g".into(),
+            data: RawValue::from_string("[1,2]".into()).unwrap(),
+            position: None,
+            ts: None,
+            trace: None,
+        };
+        let s = encode_envelope(&p);
+        assert_eq!(s, r#"{"v":1,"group":"g","data":[1,2]}"#);
+        assert_eq!(
+            decode_envelope("g", s.as_bytes()).unwrap().data.get(),
+            "[1,2]"
+        );
+        assert_eq!(
+            decode_envelope("h", s.as_bytes()).unwrap_err(),
+            EnvelopeError::Group
+        );
+        assert_eq!(
+            decode_envelope("g", br#"{"v":2,"group":"g","data":1}"#).unwrap_err(),
+            EnvelopeError::Version
+        );
+        assert_eq!(
+            decode_envelope("g", b"{").unwrap_err(),
+            EnvelopeError::Malformed
+        );
+        // The trace context travels with the message to other nodes.
+        let traced = Publication {
+            trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            ..p
+        };
+        let s = encode_envelope(&traced);
+        assert_eq!(
+            decode_envelope("g", s.as_bytes()).unwrap().trace,
+            traced.trace
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! What the server sends: encoded text frames, built once and shared by
+//! every recipient of a broadcast.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::RequestError;
+
+/// An encoded text frame: UTF-8 JSON, cheap to clone, shared by every
+/// recipient of a broadcast so the JSON is built once per node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    pub fn from_string(s: String) -> Frame {
+        Frame(Bytes::from(s))
+    }
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+    pub fn as_str(&self) -> &str {
+        // Built only from `String`, so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// `{"type":"message","group":..,"data":..}`, with `offset`/`epoch` when the
+/// group has history.
+pub fn message_frame(group: &str, data: &RawValue, position: Option<&Position>) -> Frame {
+    let mut s = String::with_capacity(48 + group.len() + data.get().len());
+    s.push_str(r#"{"type":"message","group":"#);
+    s.push_str(&json_str(group));
+    s.push_str(r#","data":"#);
+    s.push_str(data.get());
+    if let Some(p) = position {
+        s.push_str(r#","offset":"#);
+        s.push_str(&p.offset.to_string());
+        s.push_str(r#","epoch":"#);
+        s.push_str(&json_str(&p.epoch));
+    }
+    s.push('}');
+    Frame::from_string(s)
+}
+
+/// A message's place in a group's history (also a client's `since`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Replies and other frames addressed to one connection.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply<'a> {
+    Welcome {
+        user_id: &'a str,
+        session: &'a str,
+        node: &'a str,
+        groups: &'a [String],
+    },
+    Subscribed {
+        group: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    Unsubscribed {
+        group: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    Published {
+        group: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    /// A `refresh` was accepted: the connection now runs on the new token.
+    Refreshed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+}
+
+impl Reply<'_> {
+    pub fn encode(&self) -> Frame {
+        // Serializing these plain structs cannot fail.
+        Frame::from_string(serde_json::to_string(self).unwrap_or_default())
+    }
+
+    pub fn error(error: &RequestError, id: Option<&RawValue>) -> Frame {
+        Reply::Error {
+            code: error.code.as_str(),
+            message: &error.message,
+            id,
+        }
+        .encode()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_encode() {
+        let data = RawValue::from_string(r#"{"p":1}"#.into()).unwrap();
+        assert_eq!(
+            message_frame("g", &data, None).as_str(),
+            r#"{"type":"message","group":"g","data":{"p":1}}"#
+        );
+        let pos = Position {
+            offset: 4,
+            epoch: "e1".into(),
+        };
+        assert_eq!(
+            message_frame("g", &data, Some(&pos)).as_str(),
+            r#"{"type":"message","group":"g","data":{"p":1},"offset":4,"epoch":"e1"}"#
+        );
+        let id = RawValue::from_string("3".into()).unwrap();
+        assert_eq!(
+            Reply::Pong { id: Some(&id) }.encode().as_str(),
+            r#"{"type":"pong","id":3}"#
+        );
+    }
+}
