@@ -7,17 +7,29 @@
 #                       downloaded.
 #   tests/browser/node_modules
 #                       `npm ci` from the pinned package-lock.json
-#                       (playwright-core only).
+#                       (playwright-core only); run again when the installed
+#                       version is not the locked one.
 #
-# Node.js and npm themselves must already be on the machine.
+# Node.js 20+ and npm must already be on PATH (scripts/test.sh sees to it).
+# Quiet; a failing install prints its whole output and fails the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf 'install-browser-tools: %s\n' "$*"; }
 die() { printf 'install-browser-tools: ERROR: %s\n' "$*" >&2; exit 1; }
 
-command -v node >/dev/null 2>&1 || die "node is missing (apt-get install nodejs)"
-command -v npm >/dev/null 2>&1 || die "npm is missing (apt-get install npm)"
+# quietly CMD...: runs CMD with its output kept aside, printed only on failure.
+quietly() {
+    local out rc=0
+    out=$(mktemp)
+    "$@" >"$out" 2>&1 || rc=$?
+    [ "$rc" -eq 0 ] || cat "$out" >&2
+    rm -f "$out"
+    return "$rc"
+}
+
+command -v node >/dev/null 2>&1 || die "node is missing (scripts/test.sh installs Node.js 20+)"
+command -v npm >/dev/null 2>&1 || die "npm is missing (scripts/test.sh installs Node.js 20+ with npm)"
 
 if [ ! -x /usr/bin/chromium ]; then
     say "installing Debian's chromium"
@@ -26,19 +38,23 @@ if [ ! -x /usr/bin/chromium ]; then
         command -v sudo >/dev/null 2>&1 || die "not root and no sudo: install chromium by hand"
         sudo=(sudo)
     fi
-    "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-        chromium fonts-dejavu-core >/dev/null
+    apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600)
+    quietly "${apt[@]}" update || die "apt-get update failed"
+    quietly "${apt[@]}" install -y --no-install-recommends chromium fonts-dejavu-core \
+        || die "apt-get install chromium failed"
 fi
 [ -x /usr/bin/chromium ] || die "/usr/bin/chromium is still missing"
+chromium_version=$(/usr/bin/chromium --version 2>/dev/null) || die "/usr/bin/chromium --version fails"
 
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
-    say "npm ci in tests/browser"
+locked=$(node -p "require('./tests/browser/package-lock.json').packages['node_modules/playwright-core'].version")
+installed() { node -p "require('./tests/browser/node_modules/playwright-core/package.json').version" 2>/dev/null; }
+if [ "$(installed || true)" != "$locked" ]; then
+    say "npm ci in tests/browser (playwright-core $locked)"
     # No postinstall downloads: playwright-core never fetches a browser.
-    (cd tests/browser && npm ci --no-audit --no-fund --ignore-scripts)
+    (cd tests/browser && quietly npm ci --no-audit --no-fund --ignore-scripts) \
+        || die "npm ci in tests/browser failed"
 fi
-[ -f tests/browser/node_modules/playwright-core/package.json ] \
-    || die "tests/browser/node_modules/playwright-core is missing after npm ci"
+[ "$(installed || true)" = "$locked" ] \
+    || die "tests/browser/node_modules/playwright-core is not $locked after npm ci"
 
-say "chromium: $(/usr/bin/chromium --version 2>/dev/null || echo unknown)"
-say "playwright-core: $(node -p "require('./tests/browser/node_modules/playwright-core/package.json').version")"
+say "$chromium_version, playwright-core $locked"

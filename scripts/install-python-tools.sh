@@ -11,7 +11,9 @@
 # psycopg), so the example and the tests run the same versions.
 #
 # Virtualenv: $WSGATE_PYENV, else $HOME/.cache/wsgate-pyenv (where the tests
-# look for it). Python: $PYTHON, else python3 (3.10 or later).
+# look for it). Python: $PYTHON, else python3 (3.10 or later). Up to date
+# means: made from this requirements file (a stamp holds its hash) and it
+# imports the packages; else it is (re)installed, under a lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,21 +27,34 @@ die() { printf 'install-python-tools: ERROR: %s\n' "$*" >&2; exit 1; }
 [ -f "$REQUIREMENTS" ] || die "$REQUIREMENTS is missing"
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (set PYTHON=/path/to/python3)"
 
+IMPORTS='import django, channels, channels_redis, rest_framework, djoser, redis, psycopg, msgpack'
+
+# One install at a time per virtualenv (worktrees share it).
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock -w 900 9 || die "another install of $VENV holds $VENV.lock"
+
 stamp=$VENV/.wsgate-requirements
 want=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
-if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c "$IMPORTS" 2>/dev/null; then
     say "virtualenv $VENV up to date"
     exit 0
 fi
 
+# A virtualenv whose interpreter no longer runs (its Python was removed or
+# upgraded) is made anew.
+if [ -e "$VENV" ] && ! "$VENV/bin/python" -c '' 2>/dev/null; then
+    say "removing the broken virtualenv $VENV"
+    rm -rf "$VENV"
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     say "creating virtualenv $VENV"
-    mkdir -p "$(dirname "$VENV")"
-    if ! "$PYTHON" -m venv "$VENV"; then
+    if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
         # Debian's python3 without python3-venv: install it, then retry.
         if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
-            apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            apt-get -o DPkg::Lock::Timeout=600 update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3-venv >/dev/null
             rm -rf "$VENV"
             "$PYTHON" -m venv "$VENV"
         else
@@ -49,9 +64,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 say "installing $REQUIREMENTS"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQUIREMENTS"
-"$VENV/bin/python" -c 'import django, channels, channels_redis, rest_framework, djoser, redis, psycopg, msgpack' \
-    || die "the virtualenv does not import the pinned packages"
+rm -f "$stamp"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-input --root-user-action=ignore --upgrade pip
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-input --root-user-action=ignore -r "$REQUIREMENTS"
+"$VENV/bin/python" -c "$IMPORTS" || die "the virtualenv does not import the pinned packages"
 printf '%s\n' "$want" >"$stamp"
 say "done: $("$VENV/bin/python" -c 'import django, channels, channels_redis; print("Django", django.__version__, "channels", channels.__version__, "channels_redis", channels_redis.__version__)')"
