@@ -20,10 +20,15 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
+use std::sync::Arc;
+
+use crate::auth::Authenticator;
 use crate::auth::Token;
+use crate::broker::{Broker, HistoryPolicy};
 use crate::clock::unix_micros;
+use crate::metrics::Metrics;
 use crate::protocol::{ApiErrorCode, Control, Publication, is_valid_group};
-use crate::state::AppState;
+use crate::revocation::{RevokeError, revoke_everywhere};
 
 /// Largest request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -78,7 +83,58 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(message.into())
 }
 
-pub fn router(state: AppState) -> Router {
+/// What the API handlers use, and nothing of the WebSocket side.
+#[derive(Clone)]
+pub struct ApiState(Arc<ApiShared>);
+
+pub struct ApiShared {
+    pub keys: ApiKeys,
+    pub broker: Arc<dyn Broker>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    /// Whether any group keeps history (then publish answers offsets).
+    pub history: HistoryPolicy,
+}
+
+impl ApiState {
+    pub fn new(shared: ApiShared) -> ApiState {
+        ApiState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiShared;
+    fn deref(&self) -> &ApiShared {
+        &self.0
+    }
+}
+
+/// The API keys, kept as SHA-256 digests: keys are compared as digests so
+/// the comparison takes the same time whatever the key's length or content.
+pub struct ApiKeys(Vec<[u8; 32]>);
+
+impl ApiKeys {
+    pub fn new(keys: &[String]) -> ApiKeys {
+        ApiKeys(keys.iter().map(|k| digest(k.as_bytes())).collect())
+    }
+
+    /// Whether `given` is one of the keys. Checks every key, without
+    /// stopping at a match.
+    pub fn accepts(&self, given: &str) -> bool {
+        let given = digest(given.as_bytes());
+        let mut ok = subtle::Choice::from(0);
+        for key in &self.0 {
+            ok |= key.ct_eq(&given);
+        }
+        ok.into()
+    }
+}
+
+fn digest(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/disconnect", post(disconnect))
@@ -96,7 +152,7 @@ pub fn router(state: AppState) -> Router {
 /// Every API call runs in a span with a request id (the caller's
 /// `X-Request-Id` when it is a short plain token, else a new one), echoed in
 /// the response so backend logs and ours can be joined.
-async fn request_span(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn request_span(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let given = request
         .headers()
         .get("x-request-id")
@@ -126,13 +182,7 @@ async fn request_span(State(state): State<AppState>, request: Request, next: Nex
     response
 }
 
-/// SHA-256 of an API key: keys are compared as digests so the comparison
-/// takes the same time whatever the key's length or content.
-pub fn key_digest(key: &[u8]) -> [u8; 32] {
-    Sha256::digest(key).into()
-}
-
-async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn require_key(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     if authorized(&state, request.headers()) {
         next.run(request).await
     } else {
@@ -140,7 +190,7 @@ async fn require_key(State(state): State<AppState>, request: Request, next: Next
     }
 }
 
-fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -148,13 +198,7 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let given = key_digest(given.trim().as_bytes());
-    // Check every key, without stopping at a match.
-    let mut ok = subtle::Choice::from(0);
-    for key in &state.api_key_digests {
-        ok |= key.ct_eq(&given);
-    }
-    ok.into()
+    state.keys.accepts(given.trim())
 }
 
 /// Reads a JSON body, mapping size and syntax errors to 413 and 400.
@@ -199,7 +243,7 @@ fn check_group(group: &str) -> Result<(), ApiError> {
 }
 
 async fn publish(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -211,7 +255,7 @@ async fn publish(
 }
 
 async fn publish_in_span(
-    state: AppState,
+    state: ApiState,
     body: Result<Bytes, BytesRejection>,
     span: tracing::Span,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -282,7 +326,7 @@ struct DisconnectBody {
 }
 
 async fn disconnect(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body: DisconnectBody = parse_body(body)?;
@@ -306,7 +350,7 @@ struct RevokeBody {
 }
 
 async fn revoke(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body: RevokeBody = parse_body(body)?;
@@ -314,22 +358,20 @@ async fn revoke(
         return Err(bad("token must not be empty"));
     }
     let digest = Token::new(body.token).digest();
-    state.auth.revoke(&digest).await.map_err(|e| {
-        tracing::warn!(error = %e, "revoke failed");
-        ApiError::Unavailable("token store unavailable".into())
-    })?;
-    state
-        .broker
-        .control(Control::RevokeDigest {
-            digest: digest.to_hex(),
-        })
+    revoke_everywhere(&state.auth, state.broker.as_ref(), &digest)
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(|e| match e {
+            RevokeError::Store(e) => {
+                tracing::warn!(error = %e, "revoke failed");
+                ApiError::Unavailable("token store unavailable".into())
+            }
+            RevokeError::Broker(e) => ApiError::Unavailable(e),
+        })?;
     Ok(Json(json!({"ok": true})))
 }
 
 async fn presence(
-    State(state): State<AppState>,
+    State(state): State<ApiState>,
     Path(group): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     check_group(&group)?;
@@ -343,7 +385,7 @@ async fn presence(
     ))
 }
 
-async fn cluster(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn cluster(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
     let nodes = state
         .broker
         .nodes()

@@ -1,22 +1,22 @@
-//! `AppState`: everything a handler or session needs, shared by all of them.
+//! `AppState`: what the WebSocket side (handshake, sessions, health, drain)
+//! shares. The backend API has its own, smaller state ([`crate::api::ApiState`]).
 //!
 //! Built once by the composition root (`server`), which alone picks the
-//! concrete store and broker. Also holds the [`Dispatcher`], the broker's
-//! way into this node's hub.
+//! concrete store and broker, and attaches the broker to the hub through a
+//! [`crate::dispatch::Dispatcher`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
-use crate::auth::{Authenticator, TokenDigest};
-use crate::broker::{Broker, BrokerHandler, HistoryPolicy, NodeInfo};
+use crate::auth::Authenticator;
+use crate::broker::{Broker, HistoryPolicy};
 use crate::config::Config;
-use crate::hub::{Hub, Member};
+use crate::hub::Hub;
 use crate::limits::{AuthFailureLimiter, ConnectionLimits, TrustedProxies};
 use crate::metrics::Metrics;
 use crate::policy::GroupPolicy;
-use crate::protocol::{CloseCode, Control, Publication};
 
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
@@ -38,8 +38,6 @@ pub struct Shared {
     pub policy: GroupPolicy,
     /// Which groups keep history (`history.*`); the broker keeps it.
     pub history: HistoryPolicy,
-    /// SHA-256 digests of the API keys.
-    pub api_key_digests: Vec<[u8; 32]>,
     /// Socket counts against `limits.max_*`, per node and per client IP.
     pub limits: Arc<ConnectionLimits>,
     /// Which peers' forwarding headers name the client.
@@ -59,7 +57,6 @@ impl AppState {
         broker: Arc<dyn Broker>,
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
-        api_keys: &[String],
     ) -> AppState {
         let node_id = config.node_id();
         let hub = Arc::new(
@@ -76,32 +73,22 @@ impl AppState {
         let limits = ConnectionLimits::new(&config.limits);
         let proxies = TrustedProxies::new(&config.server);
         let auth_failures = AuthFailureLimiter::new(&config.limits);
-        let api_key_digests = api_keys
-            .iter()
-            .map(|k| crate::api::key_digest(k.as_bytes()))
-            .collect();
-        let state = AppState(Arc::new(Shared {
+        AppState(Arc::new(Shared {
             config,
             node_id,
-            hub: hub.clone(),
-            broker: broker.clone(),
+            hub,
+            broker,
             auth,
-            metrics: metrics.clone(),
+            metrics,
             policy,
             history,
-            api_key_digests,
             limits,
             proxies,
             auth_failures,
             next_conn_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             closing: watch::channel(false).0,
-        }));
-        broker.attach(Arc::new(Dispatcher {
-            hub,
-            auth: state.auth.clone(),
-        }));
-        state
+        }))
     }
 
     /// WebSocket sessions open on this node, pending or authenticated.
@@ -134,66 +121,5 @@ impl AppState {
     /// Ready to take clients: not draining and the broker is up.
     pub fn is_ready(&self) -> bool {
         !self.is_draining() && self.broker.is_up()
-    }
-}
-
-/// Receives what the broker delivers to this node and hands it to the hub.
-pub struct Dispatcher {
-    hub: Arc<Hub>,
-    auth: Arc<Authenticator>,
-}
-
-impl BrokerHandler for Dispatcher {
-    fn on_publication(&self, publication: Publication) {
-        let span = tracing::info_span!(
-            "deliver",
-            group = %publication.group,
-            recipients = tracing::field::Empty,
-        );
-        if let Some(tp) = &publication.trace {
-            crate::telemetry::set_parent_from_traceparent(&span, tp);
-        }
-        let _enter = span.enter();
-        let n = self.hub.deliver(&publication);
-        span.record("recipients", n);
-    }
-
-    fn on_control(&self, control: Control) {
-        let closed = match &control {
-            Control::DisconnectUser { user_id } => {
-                self.hub.close_user(user_id, CloseCode::AuthFailed)
-            }
-            Control::RevokeDigest { digest } => match TokenDigest::from_hex(digest) {
-                Some(d) => {
-                    // Forget it here first, so a reconnect cannot be let in
-                    // by this node's in-process cache.
-                    self.auth.forget_local(&d);
-                    self.hub.close_digest(&d, CloseCode::AuthFailed)
-                }
-                None => 0,
-            },
-        };
-        if closed > 0 {
-            tracing::info!(closed, op = control_name(&control), "closing connections");
-        }
-    }
-
-    fn local_presence(&self, group: &str) -> Vec<Member> {
-        self.hub.presence(group)
-    }
-
-    fn local_node(&self) -> NodeInfo {
-        NodeInfo {
-            node: self.hub.node().to_string(),
-            connections: self.hub.connection_count() as u64,
-            last_seen_ms: crate::clock::unix_ms(),
-        }
-    }
-}
-
-fn control_name(c: &Control) -> &'static str {
-    match c {
-        Control::DisconnectUser { .. } => "disconnect",
-        Control::RevokeDigest { .. } => "revoke",
     }
 }

@@ -115,7 +115,7 @@ async fn native_verify(config: Config) {
          VALUES ($1, '44', $2, NULL, NULL)",
     )
     .bind(later.digest().to_hex())
-    .bind((wsgate::clock::unix_ms() as i64))
+    .bind(wsgate::clock::unix_ms() as i64)
     .execute(&db.pool)
     .await
     .unwrap();
@@ -146,7 +146,7 @@ async fn native_list(config: Config) {
 
     let all = store.list(None).await.expect("list");
     assert_eq!(all.len(), 3, "{all:?}");
-    let now = (wsgate::clock::unix_ms() as i64);
+    let now = wsgate::clock::unix_ms() as i64;
     for (token, user_id, status) in [
         (&live, "42", "live"),
         (&revoked, "42", "revoked"),

@@ -8,8 +8,6 @@
 //! [`crate::token`]; they are re-exported here.
 
 pub mod cache;
-pub mod listen;
-pub mod revalidate;
 pub mod sql;
 
 use std::sync::Arc;

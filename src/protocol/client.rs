@@ -269,6 +269,7 @@ pub fn is_valid_group(group: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Reply;
 
     #[test]
     fn auth_frame_forms() {

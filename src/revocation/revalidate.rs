@@ -10,7 +10,7 @@
 //!
 //! # The store, not the cache
 //!
-//! Sweeps ask the [`TokenStore`](super::TokenStore) directly. The caches
+//! Sweeps ask the [`TokenStore`](crate::auth::TokenStore) directly. The caches
 //! would answer from memory for up to `auth.cache_ttl` and so hide exactly
 //! what a sweep is for: an expiry or a revocation that sent no notice. A
 //! token found invalid is also forgotten in the caches, so it cannot open a
@@ -21,7 +21,7 @@
 //! - Connections are grouped by token first: N sockets of one token cost one
 //!   lookup.
 //! - Tokens are looked up in batches of [`BATCH`] with
-//!   [`TokenStore::verify_many`](super::TokenStore::verify_many): one
+//!   [`TokenStore::verify_many`](crate::auth::TokenStore::verify_many): one
 //!   `digest IN (...)` query per batch for the `native` store, two for
 //!   `django` (`wsgate_revocations`, then `authtoken_token` joined to
 //!   `auth_user`); an arbitrary `auth.query` cannot be batched and costs one
@@ -62,13 +62,14 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::{Authenticator, StoreError, Token, TokenDigest};
+use super::Forget;
+use crate::auth::{Authenticator, StoreError, Token, TokenDigest};
 use crate::config::AuthConfig;
 use crate::hub::{ConnHandle, Hub};
 use crate::protocol::CloseCode;
 
 /// Tokens per [`super::TokenStore::verify_many`] call.
-pub const BATCH: usize = super::sql::MAX_BATCH;
+pub const BATCH: usize = crate::auth::sql::MAX_BATCH;
 /// Longest spread of a catch-up sweep (after a listener reconnect): missed
 /// revocations are found within this, at a bounded pace.
 pub const CATCH_UP_SPREAD: Duration = Duration::from_secs(2);
@@ -95,6 +96,7 @@ pub struct Sweep {
 pub struct Revalidator {
     hub: Arc<Hub>,
     auth: Arc<Authenticator>,
+    forget: Forget,
     interval: Duration,
     batch_deadline: Duration,
     catch_up: Notify,
@@ -103,6 +105,7 @@ pub struct Revalidator {
 impl Revalidator {
     pub fn new(hub: Arc<Hub>, auth: Arc<Authenticator>, config: &AuthConfig) -> Arc<Revalidator> {
         Arc::new(Revalidator {
+            forget: Forget::new(auth.clone(), hub.clone()),
             hub,
             auth,
             interval: config.revalidate_interval,
@@ -229,24 +232,23 @@ impl Revalidator {
                         StoreError::Unavailable("re-validation batch timed out".into())
                     })??;
             for ((digest, conns), answer) in owners.iter().zip(answers) {
-                let mut closed_any = false;
-                for conn in conns.iter().filter_map(Weak::upgrade) {
-                    let valid = answer.as_ref().is_some_and(|id| id.user_id == conn.user_id);
-                    // A refresh may have swapped the token since the
-                    // snapshot: only the token that was checked is judged.
-                    if !valid
-                        && conn.credential.digest() == *digest
-                        && conn.close.request(CloseCode::AuthFailed)
-                    {
-                        sweep.closed += 1;
-                        closed_any = true;
+                match answer {
+                    // Gone for everyone: forgotten in the caches and every
+                    // local socket still on it closed, as any revocation.
+                    None => sweep.closed += self.forget.everywhere_cached(digest).await,
+                    // Valid, but no longer this connection's user.
+                    Some(identity) => {
+                        for conn in conns.iter().filter_map(Weak::upgrade) {
+                            // A refresh may have swapped the token since the
+                            // snapshot: only the token that was checked is judged.
+                            if identity.user_id != conn.user_id
+                                && conn.credential.digest() == *digest
+                                && conn.close.request(CloseCode::AuthFailed)
+                            {
+                                sweep.closed += 1;
+                            }
+                        }
                     }
-                }
-                if answer.is_none()
-                    && closed_any
-                    && let Err(e) = self.auth.forget(digest).await
-                {
-                    tracing::debug!(error = %e, "re-validation: cache not cleared");
                 }
             }
         }

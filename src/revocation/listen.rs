@@ -29,10 +29,9 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgNotification};
 
+use super::Forget;
 use super::revalidate::Revalidator;
-use super::{Authenticator, TokenDigest};
-use crate::hub::Hub;
-use crate::protocol::CloseCode;
+use crate::auth::TokenDigest;
 
 pub const CHANNEL: &str = "wsgate_revoke";
 
@@ -49,8 +48,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// is asked for a catch-up sweep.
 pub async fn listen(
     database_url: &str,
-    auth: Arc<Authenticator>,
-    hub: Arc<Hub>,
+    forget: Forget,
     revalidator: Option<Arc<Revalidator>>,
 ) -> Result<tokio::task::JoinHandle<()>, sqlx::Error> {
     let listener = connect(database_url).await?;
@@ -69,7 +67,7 @@ pub async fn listen(
                     listener
                 }
             };
-            let error = serve(&mut current, &auth, &hub).await;
+            let error = serve(&mut current, &forget).await;
             tracing::warn!(error = %error, "revocation listener lost Postgres; reconnecting");
             drop(current);
         }
@@ -105,24 +103,21 @@ async fn reconnect(url: &str) -> PgListener {
 }
 
 /// Handles notices until the connection fails; returns why it did.
-async fn serve(listener: &mut PgListener, auth: &Authenticator, hub: &Hub) -> String {
+async fn serve(listener: &mut PgListener, forget: &Forget) -> String {
     loop {
         match listener.try_recv().await {
-            Ok(Some(notification)) => on_notice(&notification, auth, hub).await,
+            Ok(Some(notification)) => on_notice(&notification, forget).await,
             Ok(None) => return "connection lost".to_string(),
             Err(e) => return e.to_string(),
         }
     }
 }
 
-async fn on_notice(notification: &PgNotification, auth: &Authenticator, hub: &Hub) {
+async fn on_notice(notification: &PgNotification, forget: &Forget) {
     let Some(digest) = TokenDigest::from_hex(notification.payload()) else {
         tracing::debug!("ignoring a malformed revocation notice");
         return;
     };
-    if let Err(e) = auth.forget(&digest).await {
-        tracing::warn!(error = %e, "revocation notice: cache not cleared");
-    }
-    let closed = hub.close_digest(&digest, CloseCode::AuthFailed);
+    let closed = forget.everywhere_cached(&digest).await;
     tracing::info!(closed, "token revoked in the database");
 }

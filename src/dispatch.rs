@@ -1,0 +1,76 @@
+//! The dispatcher: what the broker delivers to this node, handed to the hub.
+//!
+//! Sits between [`crate::broker`] and [`crate::hub`], which know nothing of
+//! each other: publications become deliveries to local sockets, control
+//! commands close them (a revoked digest through [`crate::revocation`]'s one
+//! path), and the broker asks it for this node's presence and registry entry.
+
+use std::sync::Arc;
+
+use crate::broker::{BrokerHandler, NodeInfo};
+use crate::hub::{Hub, Member};
+use crate::protocol::{CloseCode, Control, Publication};
+use crate::revocation::Forget;
+use crate::token::TokenDigest;
+
+pub struct Dispatcher {
+    hub: Arc<Hub>,
+    forget: Forget,
+}
+
+impl Dispatcher {
+    pub fn new(hub: Arc<Hub>, forget: Forget) -> Dispatcher {
+        Dispatcher { hub, forget }
+    }
+}
+
+impl BrokerHandler for Dispatcher {
+    fn on_publication(&self, publication: Publication) {
+        let span = tracing::info_span!(
+            "deliver",
+            group = %publication.group,
+            recipients = tracing::field::Empty,
+        );
+        if let Some(tp) = &publication.trace {
+            crate::telemetry::set_parent_from_traceparent(&span, tp);
+        }
+        let _enter = span.enter();
+        let n = self.hub.deliver(&publication);
+        span.record("recipients", n);
+    }
+
+    fn on_control(&self, control: Control) {
+        let closed = match &control {
+            Control::DisconnectUser { user_id } => {
+                self.hub.close_user(user_id, CloseCode::AuthFailed)
+            }
+            // The sender wrote the shared tombstone before broadcasting.
+            Control::RevokeDigest { digest } => match TokenDigest::from_hex(digest) {
+                Some(d) => self.forget.here(&d),
+                None => 0,
+            },
+        };
+        if closed > 0 {
+            tracing::info!(closed, op = control_name(&control), "closing connections");
+        }
+    }
+
+    fn local_presence(&self, group: &str) -> Vec<Member> {
+        self.hub.presence(group)
+    }
+
+    fn local_node(&self) -> NodeInfo {
+        NodeInfo {
+            node: self.hub.node().to_string(),
+            connections: self.hub.connection_count() as u64,
+            last_seen_ms: crate::clock::unix_ms(),
+        }
+    }
+}
+
+fn control_name(c: &Control) -> &'static str {
+    match c {
+        Control::DisconnectUser { .. } => "disconnect",
+        Control::RevokeDigest { .. } => "revoke",
+    }
+}

@@ -1,0 +1,285 @@
+//! The composition root: the one place that picks concrete backends (which
+//! store, which broker), binds the listeners and runs the node until it is
+//! told to stop, then drains.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+mod keys;
+mod listen;
+
+use crate::api::{ApiKeys, ApiShared, ApiState};
+use crate::auth::StoreError;
+use crate::auth::cache::RedisTokenCache;
+use crate::auth::sql::{Backend, Db, store_for};
+use crate::auth::{Authenticator, TokenStore};
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, HistoryPolicy};
+use crate::compat::ChannelsBridge;
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use crate::ops;
+use crate::redis;
+use crate::revocation::Forget;
+use crate::revocation::revalidate::Revalidator;
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {key}: {message}")]
+    Config { key: &'static str, message: String },
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("API key file {path}: {source}")]
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where a running node listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub ws: SocketAddr,
+    pub api: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+pub struct Server {
+    state: AppState,
+    /// The Postgres revocation listener, when the store is on Postgres.
+    revocations: Option<tokio::task::JoinHandle<()>>,
+    /// Re-validation sweeps (`auth.revalidate_interval`, and catch-ups after
+    /// the revocation listener reconnects).
+    revalidation: Option<tokio::task::JoinHandle<()>>,
+    /// Kept to leave the cluster cleanly at the end of a drain: the broker
+    /// and the auth cache's Redis client.
+    redis: Option<(Arc<RedisBroker>, fred::clients::Client)>,
+    /// Delivers Django Channels `group_send` (`compat.channels_redis`).
+    compat: Option<ChannelsBridge>,
+    listeners: Vec<(TcpListener, Router)>,
+    addrs: Addrs,
+}
+
+impl Server {
+    /// Connects the backends, applies migrations and binds every listener,
+    /// one named step at a time.
+    pub async fn build(config: Config) -> Result<Server, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        // Keys first: a refused start should not create a database file.
+        let api_keys = keys::resolve_api_keys(&config)?;
+        let (store, on_postgres) = open_store(&config).await?;
+        let backends = connect_backends(&config, store, &metrics).await?;
+        let history = HistoryPolicy::new(&config.history);
+        let state = AppState::new(config, backends.broker.clone(), backends.auth, metrics);
+        let forget = Forget::new(state.auth.clone(), state.hub.clone());
+        state
+            .broker
+            .attach(Arc::new(Dispatcher::new(state.hub.clone(), forget.clone())));
+        let compat = start_compat(&state).await?;
+        let (revalidator, revocations) = start_revocation(&state, on_postgres, forget).await?;
+        let api = ApiState::new(ApiShared {
+            keys: ApiKeys::new(&api_keys),
+            broker: state.broker.clone(),
+            auth: state.auth.clone(),
+            metrics: state.metrics.clone(),
+            history,
+        });
+        let (listeners, addrs) = listen::bind_roles(&state, api)?;
+        Ok(Server {
+            state,
+            revocations,
+            revalidation: revalidator.map(Revalidator::spawn),
+            redis: backends.redis,
+            compat,
+            listeners,
+            addrs,
+        })
+    }
+
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Adds routes to the public listener. Only `wsgate demo` does (its
+    /// page), so no configuration can expose them in `serve`.
+    pub fn with_public_routes(mut self, routes: Router) -> Server {
+        let ws = self.addrs.ws;
+        for (listener, router) in &mut self.listeners {
+            if listener.local_addr().ok() == Some(ws) {
+                *router = std::mem::take(router).merge(routes.clone());
+            }
+        }
+        self
+    }
+
+    /// Serves until `shutdown` completes, then drains and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut servers = Vec::new();
+        let handshake_timeout = self.state.config.server.handshake_timeout;
+        for (listener, router) in self.listeners {
+            servers.push(tokio::spawn(listen::serve_listener(
+                listener,
+                router,
+                handshake_timeout,
+                self.state.metrics.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        tracing::info!(
+            node = %self.state.node_id,
+            ws = %self.addrs.ws,
+            api = %self.addrs.api,
+            metrics = %self.addrs.metrics,
+            store = self.state.auth.store_name(),
+            "wsgate serving"
+        );
+        shutdown.await;
+        ops::drain::drain(&self.state).await;
+        if let Some(compat) = &self.compat {
+            compat.shutdown().await;
+        }
+        if let Some(task) = &self.revocations {
+            task.abort();
+        }
+        if let Some(task) = &self.revalidation {
+            task.abort();
+        }
+        if let Some((broker, cache_client)) = &self.redis {
+            broker.shutdown().await;
+            use fred::interfaces::ClientLike;
+            let _ = tokio::time::timeout(Duration::from_secs(2), cache_client.quit()).await;
+        }
+        let _ = stop_tx.send(true);
+        for server in servers {
+            let _ = server.await;
+        }
+    }
+}
+
+/// Opens the database, applies migrations when asked, and picks the store
+/// (`auth.store`). Also says whether it is on Postgres (which has the
+/// revocation listener).
+async fn open_store(config: &Config) -> Result<(Arc<dyn TokenStore>, bool), StartError> {
+    let db = Db::connect(config).await?;
+    if config.database.migrate {
+        db.migrate().await?;
+    }
+    let on_postgres = db.backend == Backend::Postgres;
+    Ok((Arc::from(store_for(config, db)), on_postgres))
+}
+
+/// The broker and the token caches, chosen by `redis.url`.
+struct Backends {
+    broker: Arc<dyn Broker>,
+    auth: Arc<Authenticator>,
+    /// Kept to leave the cluster cleanly at the end of a drain.
+    redis: Option<(Arc<RedisBroker>, fred::clients::Client)>,
+}
+
+/// Without Redis: the in-process broker and an in-process token cache.
+/// With Redis: the Redis broker, and the Redis cache in front of the store.
+async fn connect_backends(
+    config: &Config,
+    store: Arc<dyn TokenStore>,
+    metrics: &Arc<Metrics>,
+) -> Result<Backends, StartError> {
+    let history = HistoryPolicy::new(&config.history);
+    if config.redis.url.is_none() {
+        metrics.redis_up.set(1);
+        let auth = Authenticator::with_local_cache(
+            store,
+            config.auth.cache_ttl,
+            config.auth.negative_ttl,
+            metrics.clone(),
+        );
+        return Ok(Backends {
+            broker: Arc::new(MemoryBroker::with_history(history)),
+            auth: Arc::new(auth),
+            redis: None,
+        });
+    }
+    let redis_error = |e: &dyn std::fmt::Display| StartError::Redis(e.to_string());
+    let broker =
+        RedisBroker::connect_with(&config.redis, config.node_id(), metrics.clone(), history)
+            .await
+            .map_err(|e| redis_error(&e))?;
+    let client = redis::client(&config.redis).map_err(|e| redis_error(&e))?;
+    redis::connect(&client, config.redis.command_timeout * 3)
+        .await
+        .map_err(|e| redis_error(&e))?;
+    let cache = RedisTokenCache::new(
+        client.clone(),
+        config.redis.prefix.clone(),
+        config.auth.cache_ttl,
+        config.auth.negative_ttl,
+        config.redis.command_timeout,
+        metrics.clone(),
+    );
+    Ok(Backends {
+        broker: broker.clone(),
+        auth: Arc::new(Authenticator::with_cache(store, cache)),
+        redis: Some((broker, client)),
+    })
+}
+
+/// Django Channels `group_send` (`compat.channels_redis`), delivered to this
+/// node's members only.
+async fn start_compat(state: &AppState) -> Result<Option<ChannelsBridge>, StartError> {
+    if !state.config.compat.channels_redis {
+        return Ok(None);
+    }
+    let hub = state.hub.clone();
+    let deliver: crate::compat::Deliver = Arc::new(move |p| hub.deliver(p));
+    ChannelsBridge::start(&state.config, deliver)
+        .await
+        .map(Some)
+        .map_err(|e| StartError::Redis(e.to_string()))
+}
+
+/// Periodic re-validation, the Postgres revocation listener, and the
+/// catch-up sweep the listener asks for after it reconnects (notices sent
+/// meanwhile are lost): see [`crate::revocation`].
+async fn start_revocation(
+    state: &AppState,
+    on_postgres: bool,
+    forget: Forget,
+) -> Result<
+    (
+        Option<Arc<Revalidator>>,
+        Option<tokio::task::JoinHandle<()>>,
+    ),
+    StartError,
+> {
+    let revalidator = (on_postgres || !state.config.auth.revalidate_interval.is_zero())
+        .then(|| Revalidator::new(state.hub.clone(), state.auth.clone(), &state.config.auth));
+    if !on_postgres {
+        return Ok((revalidator, None));
+    }
+    let url = Db::url(&state.config);
+    let task = crate::revocation::listen::listen(&url, forget, revalidator.clone())
+        .await
+        .map_err(|e| StartError::Store(StoreError::Unavailable(e.to_string())))?;
+    Ok((revalidator, Some(task)))
+}
