@@ -1,0 +1,423 @@
+//! Layered configuration: defaults, then a TOML file, then `WSGATE__SECTION__KEY`
+//! environment variables.
+//!
+//! Every key has a default so `cargo run` works with no file at all. Unknown
+//! keys are errors, so a typo does not silently fall back to a default, and
+//! every error names the key it is about.
+//!
+//! This file holds the keys (one struct per section, with its defaults);
+//! [`load`] reads the layers, [`validate`] checks what types alone cannot
+//! express, section by section.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod load;
+mod validate;
+
+pub use load::mask_url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Load(String),
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub api: ApiConfig,
+    pub metrics: MetricsConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub redis: RedisConfig,
+    pub groups: GroupsConfig,
+    pub limits: LimitsConfig,
+    pub drain: DrainConfig,
+    pub log: LogConfig,
+    pub history: HistoryConfig,
+    pub compat: CompatConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub ws_path: String,
+    /// Defaults to the host name.
+    pub node_id: Option<String>,
+    pub allowed_origins: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Longest time a client may take to send its HTTP request headers
+    /// (slow or half-open upgrades are dropped).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` / `Forwarded` headers are
+    /// believed when finding a client's IP; empty means the peer address.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([0, 0, 0, 0], 8080).into(),
+            ws_path: "/ws".into(),
+            node_id: None,
+            allowed_origins: Vec::new(),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub keys: Vec<String>,
+    /// Where embedded mode keeps the API key it generates when `keys` is empty.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: ([0, 0, 0, 0], 8081).into(),
+            keys: Vec::new(),
+            key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: ([0, 0, 0, 0], 9090).into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://...` or `sqlite://...`; unset means embedded SQLite.
+    pub url: Option<String>,
+    pub sqlite_path: PathBuf,
+    pub max_connections: u32,
+    /// Apply wsgate's migrations at start-up.
+    pub migrate: bool,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            sqlite_path: "wsgate.db".into(),
+            max_connections: 16,
+            migrate: true,
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Native,
+    Query,
+    Django,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub store: StoreKind,
+    /// SQL for `store = "query"`: takes the token as its one parameter and
+    /// returns a row whose first column is the user id.
+    pub query: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// How often live connections' tokens are checked again against the
+    /// store (expired, revoked, user deactivated); `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub revalidate_interval: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            store: StoreKind::Native,
+            query: None,
+            timeout: Duration::from_secs(5),
+            cache_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+            revalidate_interval: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: Option<String>,
+    pub cluster: bool,
+    pub prefix: String,
+    /// How often a node refreshes its registry entry and presence.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// How long a node's registry entry and presence outlive its last
+    /// heartbeat (a killed node disappears within this).
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// Longest wait for one Redis command before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            cluster: false,
+            prefix: "wsgate:".into(),
+            heartbeat: Duration::from_secs(2),
+            node_ttl: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    pub allow: Vec<String>,
+    pub auto_join: Vec<String>,
+    pub client_publish: Vec<String>,
+    /// Groups whose messages a slow reader may receive conflated: only the
+    /// latest queued message per value of `key` (a dotted path in `data`).
+    pub conflate: Vec<ConflateRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConflateRule {
+    /// A group pattern (`*` matches any run of characters).
+    pub groups: String,
+    /// Dotted path of the key in the message data, e.g. `symbol`.
+    pub key: String,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            allow: vec!["*".into()],
+            auto_join: vec!["user.{user_id}".into()],
+            client_publish: Vec::new(),
+            conflate: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub max_message_bytes: usize,
+    pub max_groups_per_connection: usize,
+    /// Frames queued for one connection before it is closed as a slow consumer.
+    pub outbound_queue: usize,
+    /// Queued frames past which messages of `groups.conflate` groups replace
+    /// their older queued version instead of queuing more.
+    pub conflate_after: usize,
+    /// WebSocket connections from one client IP (0 = no limit).
+    pub max_connections_per_ip: usize,
+    /// Connections still waiting for their first frame, per node.
+    pub max_pending: usize,
+    /// Connections still waiting for their first frame, per client IP.
+    pub max_pending_per_ip: usize,
+    /// Failed authentications per client IP per minute before further
+    /// attempts are closed with 4029 unseen by the cache and database (0 = off).
+    pub auth_failures_per_minute: u32,
+    /// Requests per second one connection may send; over it, requests get
+    /// `rate_limited`, and a client that keeps going at twice the rate is
+    /// closed with 4029 (0 = off).
+    pub messages_per_second: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 100_000,
+            max_message_bytes: 65_536,
+            max_groups_per_connection: 100,
+            outbound_queue: 1024,
+            conflate_after: 64,
+            max_connections_per_ip: 1000,
+            max_pending: 10_000,
+            max_pending_per_ip: 100,
+            auth_failures_per_minute: 30,
+            messages_per_second: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainConfig {
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub spread: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            grace: Duration::from_secs(5),
+            spread: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Message history, for recovery after a reconnect (`since`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Group patterns whose publications get an offset and are kept.
+    pub groups: Vec<String>,
+    /// Publications kept per group.
+    pub size: usize,
+    /// How long a group's history outlives its last publication.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long a group's offset and epoch outlive its last publication
+    /// (longer than `ttl`, so a client that is away for a while is told
+    /// `recovered: false` rather than getting offsets that start again).
+    #[serde(with = "humantime_serde")]
+    pub meta_ttl: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            groups: Vec::new(),
+            size: 100,
+            ttl: Duration::from_secs(300),
+            meta_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Compatibility with other stacks' publishers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompatConfig {
+    /// Also deliver what Django Channels' `RedisPubSubChannelLayer`
+    /// publishes with `group_send` (needs `redis.url`).
+    pub channels_redis: bool,
+    /// The channel layer's `prefix` setting.
+    pub channels_prefix: String,
+    /// Which key of a `group_send` message is delivered as `data`; empty
+    /// means the whole message without its `type`.
+    pub payload_key: String,
+}
+
+impl Default for CompatConfig {
+    fn default() -> Self {
+        CompatConfig {
+            channels_redis: false,
+            channels_prefix: "asgi".into(),
+            payload_key: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Longest duration any setting accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Largest `limits.outbound_queue` (frames queued for one connection).
+pub const MAX_OUTBOUND_QUEUE: usize = 1_000_000;
+
+/// Largest `history.size` (publications kept per group).
+pub const MAX_HISTORY_SIZE: usize = 100_000;
+
+impl Config {
+    /// Embedded mode: no database and no Redis configured (one node, SQLite,
+    /// in-process broker).
+    pub fn is_embedded(&self) -> bool {
+        self.database.url.is_none() && self.redis.url.is_none()
+    }
+
+    pub fn node_id(&self) -> String {
+        self.server.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "wsgate".into())
+        })
+    }
+}
+
+/// Parses `10.0.0.0/8`, `::1/128`, or a plain address.
+pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}

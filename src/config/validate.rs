@@ -1,0 +1,334 @@
+//! Checks of what types alone cannot express, one step per section, each
+//! error naming its key.
+
+use super::{
+    Config, ConfigError, MAX_DURATION, MAX_HISTORY_SIZE, MAX_OUTBOUND_QUEUE, StoreKind, parse_cidr,
+};
+
+impl Config {
+    /// Checks what types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_api()?;
+        self.validate_database()?;
+        self.validate_auth()?;
+        self.validate_redis()?;
+        self.validate_groups()?;
+        self.validate_history()?;
+        self.validate_compat()?;
+        self.validate_limits()?;
+        self.validate_bounds()?;
+        self.validate_log()?;
+        Ok(())
+    }
+
+    /// `[server]`: paths, origins, timers, proxies, node id.
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        if !self.server.ws_path.starts_with('/') {
+            return Err(ConfigError::invalid(
+                "server.ws_path",
+                "must start with '/'",
+            ));
+        }
+        for origin in &self.server.allowed_origins {
+            if origin.is_empty() || origin.contains(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    "server.allowed_origins",
+                    format!("invalid origin {origin:?}"),
+                ));
+            }
+        }
+        if self.server.ping_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.ping_interval",
+                "must be above zero",
+            ));
+        }
+        if self.server.handshake_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.handshake_timeout",
+                "must be above zero",
+            ));
+        }
+        for cidr in &self.server.trusted_proxies {
+            if parse_cidr(cidr).is_none() {
+                return Err(ConfigError::invalid(
+                    "server.trusted_proxies",
+                    format!("{cidr:?} is not an IP address or CIDR"),
+                ));
+            }
+        }
+        if self.server.pong_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "server.pong_timeout",
+                "must be above zero",
+            ));
+        }
+        if self
+            .server
+            .node_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "server.node_id",
+                "must not be empty (leave it unset for the host name)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[api]`: key length.
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        if self.api.keys.iter().any(|k| k.len() < 16) {
+            return Err(ConfigError::invalid(
+                "api.keys",
+                "every key must be at least 16 characters",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[database]`: URL scheme and pool size.
+    fn validate_database(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.database.url
+            && !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+        {
+            return Err(ConfigError::invalid(
+                "database.url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "database.max_connections",
+                "must be above zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[auth]`: the query store needs its query.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        match (self.auth.store, &self.auth.query) {
+            (StoreKind::Query, None) => {
+                return Err(ConfigError::invalid(
+                    "auth.query",
+                    "required when auth.store = \"query\"",
+                ));
+            }
+            (StoreKind::Query, Some(q)) if q.trim().is_empty() => {
+                return Err(ConfigError::invalid("auth.query", "must not be empty"));
+            }
+            _ => {}
+        }
+        if self.auth.timeout.is_zero() {
+            return Err(ConfigError::invalid("auth.timeout", "must be above zero"));
+        }
+        Ok(())
+    }
+
+    /// `[redis]`: URL scheme, prefix and timers.
+    fn validate_redis(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.redis.url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis-cluster://"))
+        {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "must start with redis://, rediss:// or redis-cluster://",
+            ));
+        }
+        if self.redis.prefix.is_empty() {
+            return Err(ConfigError::invalid("redis.prefix", "must not be empty"));
+        }
+        if self.redis.heartbeat.is_zero() {
+            return Err(ConfigError::invalid(
+                "redis.heartbeat",
+                "must be above zero",
+            ));
+        }
+        if self.redis.node_ttl <= self.redis.heartbeat {
+            return Err(ConfigError::invalid(
+                "redis.node_ttl",
+                "must be longer than redis.heartbeat",
+            ));
+        }
+        if self.redis.command_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "redis.command_timeout",
+                "must be above zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[groups]`: every pattern must be able to name a group.
+    fn validate_groups(&self) -> Result<(), ConfigError> {
+        for (key, patterns) in [
+            ("groups.allow", &self.groups.allow),
+            ("groups.auto_join", &self.groups.auto_join),
+            ("groups.client_publish", &self.groups.client_publish),
+        ] {
+            for p in patterns {
+                let probe = p.replace("{user_id}", "1").replace('*', "x");
+                if !crate::protocol::is_valid_group(&probe) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!(
+                            "{p:?} is not a group pattern (group characters, '*' and {{user_id}})"
+                        ),
+                    ));
+                }
+            }
+        }
+        for rule in &self.groups.conflate {
+            let probe = rule.groups.replace('*', "x");
+            if !crate::protocol::is_valid_group(&probe) {
+                return Err(ConfigError::invalid(
+                    "groups.conflate",
+                    format!("{:?} is not a group pattern", rule.groups),
+                ));
+            }
+            if rule.key.is_empty() || rule.key.split('.').any(str::is_empty) {
+                return Err(ConfigError::invalid(
+                    "groups.conflate",
+                    format!("{:?} is not a dotted key path", rule.key),
+                ));
+            }
+        }
+        if self.groups.auto_join.iter().any(|p| p.contains('*')) {
+            return Err(ConfigError::invalid(
+                "groups.auto_join",
+                "auto-joined groups cannot contain '*'",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[history]`: patterns, size and lifetimes.
+    fn validate_history(&self) -> Result<(), ConfigError> {
+        for p in &self.history.groups {
+            if !crate::protocol::is_valid_group(&p.replace('*', "x")) {
+                return Err(ConfigError::invalid(
+                    "history.groups",
+                    format!("{p:?} is not a group pattern"),
+                ));
+            }
+        }
+        if self.history.size == 0 || self.history.size > MAX_HISTORY_SIZE {
+            return Err(ConfigError::invalid(
+                "history.size",
+                format!("must be between 1 and {MAX_HISTORY_SIZE}"),
+            ));
+        }
+        if self.history.ttl.is_zero() {
+            return Err(ConfigError::invalid("history.ttl", "must be above zero"));
+        }
+        if self.history.meta_ttl < self.history.ttl {
+            return Err(ConfigError::invalid(
+                "history.meta_ttl",
+                "must be at least history.ttl",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[compat]`: channels_redis needs Redis.
+    fn validate_compat(&self) -> Result<(), ConfigError> {
+        if self.compat.channels_redis && self.redis.url.is_none() {
+            return Err(ConfigError::invalid(
+                "compat.channels_redis",
+                "needs redis.url (channels_redis publishes through Redis)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[limits]`: counts above zero, and consistent with each other.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        if self.limits.conflate_after > self.limits.outbound_queue {
+            return Err(ConfigError::invalid(
+                "limits.conflate_after",
+                "must not exceed limits.outbound_queue",
+            ));
+        }
+        for (key, value) in [
+            ("limits.max_connections", self.limits.max_connections),
+            ("limits.max_message_bytes", self.limits.max_message_bytes),
+            (
+                "limits.max_groups_per_connection",
+                self.limits.max_groups_per_connection,
+            ),
+            ("limits.outbound_queue", self.limits.outbound_queue),
+            ("limits.max_pending", self.limits.max_pending),
+            ("limits.max_pending_per_ip", self.limits.max_pending_per_ip),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be above zero"));
+            }
+        }
+        if self.limits.max_message_bytes < crate::protocol::MAX_AUTH_FRAME_BYTES {
+            return Err(ConfigError::invalid(
+                "limits.max_message_bytes",
+                "must be at least 4096 (the first frame may be 4 KiB)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Upper bounds: past these, deadlines overflow or a queue cannot be made.
+    fn validate_bounds(&self) -> Result<(), ConfigError> {
+        // Past these, deadlines overflow (`Instant + Duration` panics in
+        // every session) or a queue cannot be made: no setting needs them.
+        // New duration settings belong in this list.
+        for (key, value) in [
+            ("server.ping_interval", self.server.ping_interval),
+            ("server.pong_timeout", self.server.pong_timeout),
+            ("server.handshake_timeout", self.server.handshake_timeout),
+            ("database.connect_timeout", self.database.connect_timeout),
+            ("auth.timeout", self.auth.timeout),
+            ("auth.cache_ttl", self.auth.cache_ttl),
+            ("auth.negative_ttl", self.auth.negative_ttl),
+            ("redis.heartbeat", self.redis.heartbeat),
+            ("redis.node_ttl", self.redis.node_ttl),
+            ("redis.command_timeout", self.redis.command_timeout),
+            ("drain.grace", self.drain.grace),
+            ("drain.spread", self.drain.spread),
+            ("auth.revalidate_interval", self.auth.revalidate_interval),
+            ("history.ttl", self.history.ttl),
+            ("history.meta_ttl", self.history.meta_ttl),
+        ] {
+            if value > MAX_DURATION {
+                return Err(ConfigError::invalid(key, "must be at most 365 days"));
+            }
+        }
+        if self.limits.outbound_queue > MAX_OUTBOUND_QUEUE {
+            return Err(ConfigError::invalid(
+                "limits.outbound_queue",
+                format!("must be at most {MAX_OUTBOUND_QUEUE}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[log]`: a filter the tracing parser accepts.
+    fn validate_log(&self) -> Result<(), ConfigError> {
+        // The filter parser panics on some non-ASCII input (tracing-subscriber
+        // 0.3.23 slices inside a character; found by fuzzing), so only ASCII
+        // directives reach it, and a panic is still caught.
+        if !self.log.level.is_ascii() {
+            return Err(ConfigError::invalid("log.level", "must be ASCII"));
+        }
+        let level = self.log.level.clone();
+        match std::panic::catch_unwind(move || tracing_subscriber::EnvFilter::try_new(level)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(ConfigError::invalid("log.level", e.to_string())),
+            Err(_) => return Err(ConfigError::invalid("log.level", "not a valid filter")),
+        }
+        Ok(())
+    }
+}
