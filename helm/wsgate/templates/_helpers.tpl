@@ -51,6 +51,85 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (not $s.existingSecret) (or $s.databaseUrl $s.redisUrl $s.apiKeys) }}true{{ end }}
 {{- end }}
 
+{{/* "true" when a database URL is configured. */}}
+{{- define "wsgate.hasDatabase" -}}
+{{- if and .Values.secrets.keys.databaseUrl (or .Values.secrets.existingSecret .Values.secrets.databaseUrl) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the API keys come from the Secret. */}}
+{{- define "wsgate.hasApiKeys" -}}
+{{- if and .Values.secrets.keys.apiKeys (or .Values.secrets.existingSecret .Values.secrets.apiKeys) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when a PodDisruptionBudget is rendered (null: more than one pod). */}}
+{{- define "wsgate.pdbEnabled" -}}
+{{- $e := .Values.podDisruptionBudget.enabled }}
+{{- if kindIs "invalid" $e }}
+{{- if .Values.autoscaling.enabled }}{{ if gt (int .Values.autoscaling.minReplicas) 1 }}true{{ end }}
+{{- else if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- else if $e }}true{{ end }}
+{{- end }}
+
+{{/*
+The secret settings as container variables: WSGATE__X__Y from the Secret,
+or WSGATE__X__Y__FILE naming the mounted key with secrets.mountAsFiles.
+Context: dict "root" $ "only" (list of setting names, or nil for all).
+*/}}
+{{- define "wsgate.secretEnv" -}}
+{{- $root := .root }}
+{{- $s := $root.Values.secrets }}
+{{- $name := include "wsgate.secretName" $root }}
+{{- $items := list }}
+{{- if include "wsgate.hasDatabase" $root }}{{ $items = append $items (list "WSGATE__DATABASE__URL" $s.keys.databaseUrl "database") }}{{ end }}
+{{- if include "wsgate.hasRedis" $root }}{{ $items = append $items (list "WSGATE__REDIS__URL" $s.keys.redisUrl "redis") }}{{ end }}
+{{- if include "wsgate.hasApiKeys" $root }}{{ $items = append $items (list "WSGATE__API__KEYS" $s.keys.apiKeys "api") }}{{ end }}
+{{- range $items }}
+{{- if or (not $.only) (has (index . 2) $.only) }}
+{{- if $s.mountAsFiles }}
+- name: {{ index . 0 }}__FILE
+  value: {{ printf "%s/%s" (trimSuffix "/" $s.mountPath) (index . 1) | quote }}
+{{- else }}
+- name: {{ index . 0 }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $name }}
+      key: {{ index . 1 }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* OpenTelemetry variables from .Values.opentelemetry. */}}
+{{- define "wsgate.otelEnv" -}}
+{{- $o := .Values.opentelemetry }}
+{{- if $o.enabled }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $o.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $o.protocol | quote }}
+{{- with $o.serviceName }}
+- name: OTEL_SERVICE_NAME
+  value: {{ . | quote }}
+{{- end }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $o.sampler | quote }}
+{{- with $o.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+- name: K8S_NAMESPACE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ $attrs := list "k8s.namespace.name=$(K8S_NAMESPACE_NAME)" "k8s.pod.name=$(K8S_POD_NAME)" }}{{ range $k, $v := $o.resourceAttributes }}{{ $attrs = append $attrs (printf "%s=%v" $k $v) }}{{ end }}{{ join "," $attrs | quote }}
+{{- end }}
+{{- end }}
+
 {{/* "true" when Redis is configured (an existing Secret must then hold it). */}}
 {{- define "wsgate.hasRedis" -}}
 {{- if and .Values.secrets.keys.redisUrl (or .Values.secrets.existingSecret .Values.secrets.redisUrl) }}true{{ end }}
@@ -112,7 +191,11 @@ One TOML value: string, bool, whole number, a list of values, or a table
 {{- end }}
 {{- $_ := set $cfg.server "listen" (printf "0.0.0.0:%d" (int .Values.ports.ws)) }}
 {{- $_ := set $cfg.api "listen" (printf "0.0.0.0:%d" (int .Values.ports.api)) }}
-{{- $_ := set $cfg.metrics "listen" (printf "0.0.0.0:%d" (int .Values.ports.metrics)) -}}
+{{- $_ := set $cfg.metrics "listen" (printf "0.0.0.0:%d" (int .Values.ports.metrics)) }}
+{{- if .Values.migrateJob.enabled }}
+{{- if not (kindIs "map" (get $cfg "database")) }}{{ $_ := set $cfg "database" dict }}{{ end }}
+{{- $_ := set $cfg.database "migrate" false }}
+{{- end -}}
 # wsgate configuration rendered by the Helm chart from `.Values.config`.
 # server.node_id, database.url, redis.url and api.keys come from the
 # environment (pod name and Secret), which overrides this file.
@@ -134,7 +217,18 @@ One TOML value: string, bool, whole number, a list of values, or a table
 {{- if and (not $s.existingSecret) (or $s.databaseUrl $s.redisUrl) (not $s.apiKeys) }}
 {{- fail "wsgate: secrets.apiKeys is required when secrets.databaseUrl or secrets.redisUrl is set (wsgate only generates a key in embedded mode)" }}
 {{- end }}
-{{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not .Values.autoscaling.enabled) }}
+{{- if and .Values.migrateJob.enabled (not (include "wsgate.hasDatabase" .)) }}
+{{- fail "wsgate: migrateJob.enabled needs a database URL (secrets.databaseUrl, or secrets.existingSecret holding it): embedded SQLite lives in each pod" }}
+{{- end }}
+{{- if and .Values.opentelemetry.enabled (not .Values.opentelemetry.endpoint) }}
+{{- fail "wsgate: opentelemetry.enabled needs opentelemetry.endpoint (the collector's OTLP/HTTP URL, port 4318 by default)" }}
+{{- end }}
+{{- range .Values.extraEnv }}
+{{- if and (eq .name "OTEL_EXPORTER_OTLP_PROTOCOL") (ne (toString .value) "http/protobuf") }}
+{{- fail "wsgate: OTEL_EXPORTER_OTLP_PROTOCOL must be http/protobuf: wsgate exports OTLP over HTTP only (collector port 4318)" }}
+{{- end }}
+{{- end }}
+{{- if and (include "wsgate.pdbEnabled" .) (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not .Values.autoscaling.enabled) }}
 {{- if ge (int .Values.podDisruptionBudget.minAvailable) (int .Values.replicaCount) }}
 {{- fail "wsgate: podDisruptionBudget.minAvailable must be below replicaCount, or no pod can ever be evicted (node drains would hang)" }}
 {{- end }}
