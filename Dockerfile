@@ -4,6 +4,9 @@
 # from the workspace's manifests alone), then a small non-root runtime on
 # Debian slim (glibc, the same release as the builder).
 # Build: docker build -t wsgate:0.1.0 .
+# Distroless (no shell, no package manager; same binary, user and layout):
+#        docker build --target runtime-distroless -t wsgate:0.1.0-distroless .
+# Neither needs a shell for its health check: `wsgate healthcheck`.
 #
 # The image runs `wsgate serve --config /etc/wsgate/wsgate.toml`; in
 # Kubernetes the chart mounts its ConfigMap over /etc/wsgate. Configuration
@@ -11,6 +14,8 @@
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
+# The distroless image matching DEBIAN_RELEASE (glibc and libgcc, CA roots).
+ARG DISTROLESS_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 # The workspace's manifests and lock file with stub sources (see
 # deploy/docker/cargo-recipe.sh): only these decide the dependency layer.
@@ -35,7 +40,23 @@ COPY clients/js/wsgate.js ./clients/js/wsgate.js
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked -p wsgate --bin wsgate \
-    && install -D -m 0755 target/release/wsgate /out/wsgate
+    && install -D -m 0755 target/release/wsgate /out/wsgate \
+    && install -d -m 0750 /out/data
+
+# Distroless runtime: `docker build --target runtime-distroless`. Numeric
+# user (no /etc/passwd entry needed), the data directory owned by it.
+FROM ${DISTROLESS_IMAGE} AS runtime-distroless
+COPY --from=builder /out/wsgate /usr/local/bin/wsgate
+COPY deploy/docker/wsgate.toml /etc/wsgate/wsgate.toml
+COPY --from=builder --chown=10001:10001 /out/data/ /var/lib/wsgate/
+ENV WSGATE_CONFIG=/etc/wsgate/wsgate.toml
+WORKDIR /var/lib/wsgate
+USER 10001:10001
+EXPOSE 8080 8081 9090
+HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
+    CMD ["/usr/local/bin/wsgate", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/wsgate"]
+CMD ["serve", "--config", "/etc/wsgate/wsgate.toml"]
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 
@@ -51,7 +72,6 @@ RUN apt-get update \
 
 COPY --from=builder /out/wsgate /usr/local/bin/wsgate
 COPY deploy/docker/wsgate.toml /etc/wsgate/wsgate.toml
-COPY --chmod=0755 deploy/docker/healthcheck.sh /usr/local/bin/wsgate-healthcheck
 
 # `wsgate token issue ...` in the container reads the same file.
 ENV WSGATE_CONFIG=/etc/wsgate/wsgate.toml
@@ -63,9 +83,10 @@ USER 10001:10001
 # WebSocket, backend API, metrics and health.
 EXPOSE 8080 8081 9090
 
-# GET /readyz on the metrics port, with bash only (no curl in the image).
+# `wsgate healthcheck`: GET the node's health endpoint on its metrics
+# listener (from the configuration), exit 0 when healthy; no shell or curl.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
-    CMD ["/usr/local/bin/wsgate-healthcheck"]
+    CMD ["/usr/local/bin/wsgate", "healthcheck"]
 
 ENTRYPOINT ["/usr/local/bin/wsgate"]
 CMD ["serve", "--config", "/etc/wsgate/wsgate.toml"]
