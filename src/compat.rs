@@ -390,21 +390,6 @@ impl ChannelsBridge {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Messages handed to the hub so far.
-    pub fn delivered(&self) -> u64 {
-        self.inner.stats.delivered.load(Ordering::Relaxed)
-    }
-
-    /// Messages dropped as undecodable or for an invalid group.
-    pub fn dropped(&self) -> u64 {
-        self.inner.stats.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Messages lost because the dispatcher fell behind fred's buffer.
-    pub fn lost(&self) -> u64 {
-        self.inner.stats.lost.load(Ordering::Relaxed)
-    }
-
     /// Stops listening and closes the connection; bounded, safe to call twice.
     pub async fn shutdown(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {

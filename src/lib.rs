@@ -1,44 +1,63 @@
 //! wsgate: a WebSocket gateway that authenticates on the first frame and
 //! fans group messages out across a cluster.
 //!
-//! The map, top-down:
-//! - [`config`]: layered configuration (defaults, file, environment).
-//! - [`protocol`]: frames, close codes, group names, the broker envelope. Pure.
-//! - [`auth`]: tokens, the `TokenStore` trait and its SQL stores.
-//! - [`policy`]: which groups a user may join or publish to.
-//! - [`hub`]: this node's connections and groups (local, synchronous), and
-//!   [`queue`]: each connection's bounded, conflating outbound queue.
-//! - [`broker`]: moves publications and commands between nodes (trait + in-process).
-//! - [`handshake`] and [`session`]: one socket, from upgrade to close;
-//!   [`limits`]: per-node and per-IP caps and rate limits at that edge.
-//! - [`api`]: the backend HTTP API.
-//! - [`ops`]: metrics, health, logging, drain.
-//! - [`state`]: `AppState`, shared by handlers and sessions.
-//! - [`compat`]: delivers Django Channels `group_send` (`channels_redis`).
-//! - [`server`]: the composition root; [`cli`]: the command line;
-//!   [`demo`]: `wsgate demo`, a market feed and its page.
+//! The map, bottom-up: each module uses only those above it in this list,
+//! so there are no cycles between them (`tests/structure.rs` checks that).
+//!
+//! Leaves, pure:
+//! - [`token`]: the client's secret and its SHA-256 digest.
+//! - [`clock`]: the wall clock, in the units we store and send.
+//! - [`protocol`]: client frames, server frames, the broker envelope, close
+//!   and error codes. No I/O.
+//! - [`config`]: layered configuration (defaults, file, environment),
+//!   validated section by section.
+//! - [`metrics`]: Prometheus metrics; every label set comes from an enum.
+//! - [`telemetry`]: logs and OpenTelemetry traces.
+//!
+//! The node's parts:
+//! - [`auth`]: the `TokenStore` trait, its SQL stores and the token caches.
+//! - `policy`: which groups a user may join or publish to.
+//! - `limits`: per-node and per-IP caps and rate limits at the edge.
+//! - [`hub`]: this node's connections and groups (local, synchronous), with
+//!   each connection's bounded, conflating outbound queue (`queue`).
+//! - [`broker`]: moves publications and commands between nodes: the trait,
+//!   the in-process broker and the Redis one. [`redis`] builds Redis clients.
+//! - `revocation`: forgetting a token everywhere and closing its sockets
+//!   (the API, the CLI, the Postgres listener and re-validation share it).
+//! - `dispatch`: what the broker delivers, handed to the hub.
+//! - `compat`: delivers Django Channels `group_send` (`channels_redis`).
+//!
+//! The edges, where typed errors become close codes and HTTP answers:
+//! - [`state`]: what the WebSocket side shares; `handshake` and `session`:
+//!   one socket, from upgrade to close; `ops`: health, `/metrics`, drain.
+//! - `api`: the backend HTTP API, with its own state.
+//! - [`server`]: the composition root, the only module that names concrete
+//!   stores and brokers; [`cli`]: the command line; `demo`: `wsgate demo`.
+//!
+//! Modules shown without a link are private: tests drive them through a
+//! running node, over real sockets.
 
-pub mod api;
+mod api;
 pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod clock;
-pub mod compat;
+mod compat;
 pub mod config;
-pub mod demo;
-pub mod dispatch;
-pub mod handshake;
+mod demo;
+mod dispatch;
+mod handshake;
 pub mod hub;
-pub mod limits;
+mod limits;
 pub mod metrics;
-pub mod ops;
-pub mod policy;
+mod ops;
+mod policy;
 pub mod protocol;
-pub mod queue;
+mod queue;
 pub mod redis;
-pub mod revocation;
+mod revocation;
 pub mod server;
-pub mod session;
+mod session;
 pub mod state;
 pub mod telemetry;
 pub mod token;
