@@ -14,6 +14,8 @@
 //! - [`api`]: the backend HTTP API.
 //! - [`ops`]: metrics, health, logging, drain.
 //! - [`state`]: `AppState`, shared by handlers and sessions.
+//! - [`redis_client`]: builds the fred clients (one reconnect and timeout policy
+//!   for the broker, the auth cache and [`compat`]).
 //! - [`compat`]: delivers Django Channels `group_send` (`channels_redis`).
 //! - [`server`]: the composition root; [`cli`]: the command line;
 //!   [`demo`]: `wsgate demo`, a market feed and its page.
@@ -32,7 +34,7 @@ pub mod ops;
 pub mod policy;
 pub mod protocol;
 pub mod queue;
-pub mod redis;
+pub mod redis_client;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -24,7 +24,7 @@ use crate::broker::{Broker, HistoryPolicy};
 use crate::config::Config;
 use crate::ops::metrics::Metrics;
 use crate::state::AppState;
-use crate::{api, handshake, ops, redis};
+use crate::{api, handshake, ops, redis_client};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -113,10 +113,10 @@ impl Server {
                 )
                 .await
                 .map_err(|e| StartError::Redis(e.to_string()))?;
-                let client =
-                    redis::client(&config.redis).map_err(|e| StartError::Redis(e.to_string()))?;
+                let client = redis_client::client(&config.redis)
+                    .map_err(|e| StartError::Redis(e.to_string()))?;
                 let within = config.redis.command_timeout * 3;
-                redis::connect(&client, within)
+                redis_client::connect(&client, within)
                     .await
                     .map_err(|e| StartError::Redis(e.to_string()))?;
                 let cache = RedisTokenCache::new(

@@ -58,7 +58,7 @@ use crate::config::RedisConfig;
 use crate::hub::Member;
 use crate::ops::metrics::Metrics;
 use crate::protocol::{self, Control, Position, Publication};
-use crate::redis as redis_setup;
+use crate::redis_client;
 
 /// Messages buffered between fred's reader and our dispatcher.
 const MESSAGE_BUFFER: usize = 16_384;
@@ -756,17 +756,19 @@ impl RedisBroker {
         metrics: Arc<Metrics>,
         history: HistoryPolicy,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
-        let setup = |e: redis_setup::RedisSetupError| BrokerError::Unavailable(e.to_string());
+        let setup = |e: redis_client::RedisSetupError| BrokerError::Unavailable(e.to_string());
         metrics.redis_up.set(0);
-        let client = redis_setup::client(cfg).map_err(setup)?;
-        let subscriber = redis_setup::subscriber(cfg, MESSAGE_BUFFER).map_err(setup)?;
+        let client = redis_client::client(cfg).map_err(setup)?;
+        let subscriber = redis_client::subscriber(cfg, MESSAGE_BUFFER).map_err(setup)?;
         // Listen before connecting so no event is missed.
         let messages = subscriber.message_rx();
         let reconnects = subscriber.reconnect_rx();
         let changes = subscriber.cluster_change_rx();
         let within = cfg.command_timeout.max(Duration::from_secs(1)) * 3;
-        let client_conn = redis_setup::connect(&client, within).await.map_err(setup)?;
-        let subscriber_conn = match redis_setup::connect(&subscriber, within).await {
+        let client_conn = redis_client::connect(&client, within)
+            .await
+            .map_err(setup)?;
+        let subscriber_conn = match redis_client::connect(&subscriber, within).await {
             Ok(handle) => handle,
             Err(e) => {
                 let _ = client.quit().await;
