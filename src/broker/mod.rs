@@ -13,7 +13,6 @@
 
 pub mod memory;
 pub mod redis;
-mod redis_history;
 
 use std::sync::Arc;
 use std::time::Duration;

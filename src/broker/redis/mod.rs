@@ -52,7 +52,8 @@ use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use super::redis_history as history;
+mod history;
+
 use super::{Broker, BrokerError, BrokerHandler, HistoryPolicy, NodeInfo, Recovery};
 use crate::config::RedisConfig;
 use crate::hub::Member;

@@ -25,7 +25,7 @@ use std::sync::LazyLock;
 
 use fred::types::scripts::Script;
 
-use super::{HistoryPolicy, Recovery, new_epoch};
+use crate::broker::{HistoryPolicy, Recovery, new_epoch};
 use crate::protocol::{self, Position, Publication};
 
 const PUBLISH_LUA: &str = r#"
