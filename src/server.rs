@@ -68,9 +68,9 @@ pub struct Server {
     /// Re-validation sweeps (`auth.revalidate_interval`, and catch-ups after
     /// the revocation listener reconnects).
     revalidation: Option<tokio::task::JoinHandle<()>>,
-    /// Kept to leave the cluster cleanly at the end of a drain: the broker
-    /// and the auth cache's Redis client.
-    redis: Option<(Arc<RedisBroker>, fred::clients::Client)>,
+    /// The auth cache's Redis client, closed after the broker at the end of
+    /// a drain.
+    cache_client: Option<fred::clients::Client>,
     /// Delivers Django Channels `group_send` (`compat.channels_redis`).
     compat: Option<crate::compat::ChannelsBridge>,
     listeners: Vec<(TcpListener, Router)>,
@@ -91,7 +91,7 @@ impl Server {
         let store: Arc<dyn TokenStore> = Arc::from(store_for(&config, db));
         // Without Redis: the in-process broker and an in-process token cache.
         // With Redis: the Redis broker, and the Redis cache in front of the store.
-        let (broker, auth, redis_handles): (Arc<dyn Broker>, _, _) = match &config.redis.url {
+        let (broker, auth, cache_client): (Arc<dyn Broker>, _, _) = match &config.redis.url {
             None => {
                 metrics.redis_up.set(1);
                 let auth = Authenticator::with_local_cache(
@@ -128,11 +128,7 @@ impl Server {
                     metrics.clone(),
                 );
                 let auth = Authenticator::with_cache(store, cache);
-                (
-                    broker.clone() as Arc<dyn Broker>,
-                    auth,
-                    Some((broker, client)),
-                )
+                (broker as Arc<dyn Broker>, auth, Some(client))
             }
         };
         let auth = Arc::new(auth);
@@ -222,7 +218,7 @@ impl Server {
             state,
             revocations,
             revalidation: revalidator.map(Revalidator::spawn),
-            redis: redis_handles,
+            cache_client,
             compat,
             listeners,
             addrs,
@@ -282,8 +278,9 @@ impl Server {
         if let Some(task) = &self.revalidation {
             task.abort();
         }
-        if let Some((broker, cache_client)) = &self.redis {
-            broker.shutdown().await;
+        // Leaves the cluster (a no-op for the in-process broker).
+        self.state.broker.shutdown().await;
+        if let Some(cache_client) = &self.cache_client {
             use fred::interfaces::ClientLike;
             let _ = tokio::time::timeout(Duration::from_secs(2), cache_client.quit()).await;
         }

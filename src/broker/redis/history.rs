@@ -27,12 +27,13 @@
 
 use std::sync::LazyLock;
 
+use async_trait::async_trait;
 use fred::prelude::{ClientLike, PubsubInterface, Value};
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
 
-use super::{Inner, unavailable};
-use crate::broker::{BrokerError, HistoryPolicy, Recovery, new_epoch};
+use super::{Inner, RedisBroker, unavailable};
+use crate::broker::{BrokerError, History, HistoryPolicy, Recovery, new_epoch};
 use crate::protocol::{self, Position, Publication};
 
 const PUBLISH_LUA: &str = r#"
@@ -235,6 +236,29 @@ impl Inner {
             positions.push(Some(position));
         }
         Ok(positions)
+    }
+}
+
+#[async_trait]
+impl History for RedisBroker {
+    async fn history(
+        &self,
+        group: &str,
+        since: Option<&Position>,
+    ) -> Result<Recovery, BrokerError> {
+        let inner = &self.inner;
+        inner.check_link()?;
+        let channel = inner.group_channel(group);
+        let reply: Vec<String> = READ
+            .evalsha_with_reload(
+                &inner.client,
+                keys(&channel),
+                read_args(&inner.history, since),
+            )
+            .await
+            .map_err(unavailable)?;
+        parse_read(group, since, reply)
+            .ok_or_else(|| BrokerError::Unavailable("unexpected history reply".into()))
     }
 }
 

@@ -7,15 +7,18 @@
 //! connection in subscribed mode cannot run other commands.
 //!
 //! This file is the broker itself: the state its parts share (`Inner`),
-//! joining and leaving the cluster, and the trait implementation. The parts
-//! are split by what they keep in step with Redis, so each one's commands
-//! and keys can be read in one place:
+//! joining and leaving the cluster, and the [`Broker`] implementation. The
+//! parts are split by what they keep in step with Redis, so each one's
+//! commands and keys can be read in one place:
 //! - `link`: the subscriber connection, per-group subscriptions, and the
 //!   reconnect epochs that decide what to resubscribe after an outage;
 //! - `presence`: presence hashes and the node registry, renewed by the
-//!   heartbeat (it also watches for connections that stopped answering);
+//!   heartbeat (it also watches for connections that stopped answering),
+//!   and the [`Presence`](super::Presence) and
+//!   [`NodeRegistry`](super::NodeRegistry) implementations that read them;
 //! - `history`: offsets and kept publications, assigned by Lua scripts at
-//!   publish time, which is why publishing lives there too.
+//!   publish time, which is why publishing lives there too, with the
+//!   [`History`](super::History) implementation.
 
 mod history;
 mod link;
@@ -29,13 +32,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    Client, ClientLike, EventInterface, HashesInterface, KeysInterface, PubsubInterface,
-    SortedSetsInterface, Value,
+    Client, ClientLike, EventInterface, KeysInterface, PubsubInterface, SortedSetsInterface, Value,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::{Broker, BrokerError, BrokerHandler, HistoryPolicy, NodeInfo, Recovery};
+use super::{Broker, BrokerError, BrokerHandler, HistoryPolicy};
 use crate::config::RedisConfig;
 use crate::hub::Member;
 use crate::ops::metrics::Metrics;
@@ -84,7 +86,7 @@ struct Inner {
 }
 
 /// The cluster broker. Build it with [`RedisBroker::connect`]; stop it with
-/// [`RedisBroker::shutdown`] (dropping it stops its tasks too, but leaves
+/// [`Broker::shutdown`] (dropping it stops its tasks too, but leaves
 /// the node's registry entry to expire).
 pub struct RedisBroker {
     inner: Arc<Inner>,
@@ -213,58 +215,6 @@ impl RedisBroker {
         groups.sort();
         groups
     }
-
-    /// Leaves the cluster: stops the tasks, removes this node's registry
-    /// entry and presence, and closes both connections. Bounded by a few
-    /// command timeouts; safe to call more than once.
-    pub async fn shutdown(&self) {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let tasks: Vec<JoinHandle<()>> = self.lock_tasks().drain(..).collect();
-        for task in &tasks {
-            task.abort();
-        }
-        for task in tasks {
-            let _ = task.await;
-        }
-        let inner = &self.inner;
-        inner.set_up(false);
-        if inner.client.is_connected() {
-            let pipeline = inner.client.pipeline();
-            let queued: Result<(), fred::error::Error> = async {
-                let _: () = pipeline.del(inner.node_key()).await?;
-                let _: () = pipeline
-                    .zrem(inner.nodes_key(), inner.node_id.as_str())
-                    .await?;
-                for (group, _) in inner.slots() {
-                    let _: () = pipeline
-                        .del(inner.presence_key(&group, &inner.node_id))
-                        .await?;
-                }
-                Ok(())
-            }
-            .await;
-            if let Err(e) = queued.and(pipeline.all::<Value>().await.map(|_| ())) {
-                tracing::warn!(error = %e, "could not remove this node from Redis; it expires instead");
-            }
-        }
-        let bound = Duration::from_secs(2);
-        let _ = tokio::time::timeout(bound, inner.subscriber.quit()).await;
-        let _ = tokio::time::timeout(bound, inner.client.quit()).await;
-        let connections: Vec<_> = self
-            .connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .collect();
-        for mut conn in connections {
-            if tokio::time::timeout(bound, &mut conn).await.is_err() {
-                conn.abort();
-            }
-        }
-        tracing::info!(node = %inner.node_id, "left the Redis cluster");
-    }
 }
 
 impl Drop for RedisBroker {
@@ -292,26 +242,6 @@ impl Broker for RedisBroker {
     ) -> Result<Vec<Option<Position>>, BrokerError> {
         // Offsets are assigned by the history scripts as they publish.
         self.inner.publish(publications).await
-    }
-
-    async fn history(
-        &self,
-        group: &str,
-        since: Option<&Position>,
-    ) -> Result<Recovery, BrokerError> {
-        let inner = &self.inner;
-        inner.check_link()?;
-        let channel = inner.group_channel(group);
-        let reply: Vec<String> = history::READ
-            .evalsha_with_reload(
-                &inner.client,
-                history::keys(&channel),
-                history::read_args(&inner.history, since),
-            )
-            .await
-            .map_err(unavailable)?;
-        history::parse_read(group, since, reply)
-            .ok_or_else(|| BrokerError::Unavailable("unexpected history reply".into()))
     }
 
     async fn subscribe(&self, group: &str, member: &Member) -> Result<(), BrokerError> {
@@ -413,59 +343,6 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
-    async fn presence(&self, group: &str) -> Result<Vec<Member>, BrokerError> {
-        let nodes = self.live_nodes().await?;
-        if nodes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let inner = &self.inner;
-        let pipeline = inner.client.pipeline();
-        for node in &nodes {
-            let _: () = pipeline
-                .hgetall(inner.presence_key(group, node))
-                .await
-                .map_err(unavailable)?;
-        }
-        let mut members = Vec::new();
-        for result in pipeline.try_all::<HashMap<String, String>>().await {
-            for raw in result.map_err(unavailable)?.into_values() {
-                match serde_json::from_str::<Member>(&raw) {
-                    Ok(member) => members.push(member),
-                    Err(_) => tracing::debug!(group, "skipped a malformed presence entry"),
-                }
-            }
-        }
-        members.sort_by(|a, b| (&a.node, &a.session).cmp(&(&b.node, &b.session)));
-        Ok(members)
-    }
-
-    async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
-        let ids = self.live_nodes().await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let inner = &self.inner;
-        let pipeline = inner.client.pipeline();
-        for id in &ids {
-            let _: () = pipeline
-                .get(format!("{}node:{id}", inner.prefix))
-                .await
-                .map_err(unavailable)?;
-        }
-        let mut nodes = Vec::new();
-        for result in pipeline.try_all::<Option<String>>().await {
-            // A missing key is a node that stopped (or was removed) since.
-            if let Some(raw) = result.map_err(unavailable)? {
-                match serde_json::from_str::<NodeInfo>(&raw) {
-                    Ok(info) => nodes.push(info),
-                    Err(_) => tracing::debug!("skipped a malformed node entry"),
-                }
-            }
-        }
-        nodes.sort_by(|a, b| a.node.cmp(&b.node));
-        Ok(nodes)
-    }
-
     fn is_up(&self) -> bool {
         self.inner.up.load(Ordering::Acquire)
     }
@@ -475,5 +352,56 @@ impl Broker for RedisBroker {
             tracing::warn!("broker handler attached twice; keeping the first");
         }
         self.inner.heartbeat_now.notify_one();
+    }
+    /// Leaves the cluster: stops the tasks, removes this node's registry
+    /// entry and presence, and closes both connections. Bounded by a few
+    /// command timeouts; safe to call more than once.
+    async fn shutdown(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let tasks: Vec<JoinHandle<()>> = self.lock_tasks().drain(..).collect();
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        let inner = &self.inner;
+        inner.set_up(false);
+        if inner.client.is_connected() {
+            let pipeline = inner.client.pipeline();
+            let queued: Result<(), fred::error::Error> = async {
+                let _: () = pipeline.del(inner.node_key()).await?;
+                let _: () = pipeline
+                    .zrem(inner.nodes_key(), inner.node_id.as_str())
+                    .await?;
+                for (group, _) in inner.slots() {
+                    let _: () = pipeline
+                        .del(inner.presence_key(&group, &inner.node_id))
+                        .await?;
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = queued.and(pipeline.all::<Value>().await.map(|_| ())) {
+                tracing::warn!(error = %e, "could not remove this node from Redis; it expires instead");
+            }
+        }
+        let bound = Duration::from_secs(2);
+        let _ = tokio::time::timeout(bound, inner.subscriber.quit()).await;
+        let _ = tokio::time::timeout(bound, inner.client.quit()).await;
+        let connections: Vec<_> = self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for mut conn in connections {
+            if tokio::time::timeout(bound, &mut conn).await.is_err() {
+                conn.abort();
+            }
+        }
+        tracing::info!(node = %inner.node_id, "left the Redis cluster");
     }
 }

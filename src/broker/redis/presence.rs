@@ -12,17 +12,20 @@
 //! The heartbeat is also the link's liveness probe (see `heartbeat_once`):
 //! its commands are the ones that time out when a connection silently died.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use fred::prelude::{
     ClientLike, Expiration, HashesInterface, KeysInterface, SortedSetsInterface, Value,
 };
 use tokio::time::MissedTickBehavior;
 
 use super::link::{Slot, force_reconnect, is_timeout};
-use super::{BrokerError, Inner, NodeInfo, RedisBroker, json, unavailable};
+use super::{Inner, RedisBroker, json, unavailable};
+use crate::broker::{BrokerError, NodeInfo, NodeRegistry, Presence};
 use crate::hub::Member;
 
 /// Commands per pipeline in the heartbeat.
@@ -274,5 +277,64 @@ impl RedisBroker {
             )
             .await
             .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl Presence for RedisBroker {
+    async fn presence(&self, group: &str) -> Result<Vec<Member>, BrokerError> {
+        let nodes = self.live_nodes().await?;
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let pipeline = inner.client.pipeline();
+        for node in &nodes {
+            let _: () = pipeline
+                .hgetall(inner.presence_key(group, node))
+                .await
+                .map_err(unavailable)?;
+        }
+        let mut members = Vec::new();
+        for result in pipeline.try_all::<HashMap<String, String>>().await {
+            for raw in result.map_err(unavailable)?.into_values() {
+                match serde_json::from_str::<Member>(&raw) {
+                    Ok(member) => members.push(member),
+                    Err(_) => tracing::debug!(group, "skipped a malformed presence entry"),
+                }
+            }
+        }
+        members.sort_by(|a, b| (&a.node, &a.session).cmp(&(&b.node, &b.session)));
+        Ok(members)
+    }
+}
+
+#[async_trait]
+impl NodeRegistry for RedisBroker {
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
+        let ids = self.live_nodes().await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let pipeline = inner.client.pipeline();
+        for id in &ids {
+            let _: () = pipeline
+                .get(format!("{}node:{id}", inner.prefix))
+                .await
+                .map_err(unavailable)?;
+        }
+        let mut nodes = Vec::new();
+        for result in pipeline.try_all::<Option<String>>().await {
+            // A missing key is a node that stopped (or was removed) since.
+            if let Some(raw) = result.map_err(unavailable)? {
+                match serde_json::from_str::<NodeInfo>(&raw) {
+                    Ok(info) => nodes.push(info),
+                    Err(_) => tracing::debug!("skipped a malformed node entry"),
+                }
+            }
+        }
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
     }
 }
