@@ -262,7 +262,9 @@ pub(super) async fn heartbeat(inner: Arc<Inner>) {
 }
 
 impl RedisBroker {
-    pub(super) async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
+    /// The nodes that beat within `node_ttl`: the listing and presence read
+    /// only theirs, so a dead node's leftover keys are never shown.
+    async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
         let inner = &self.inner;
         inner.check_link()?;
         let oldest = now_ms().saturating_sub(inner.node_ttl.as_millis() as u64);
