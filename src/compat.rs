@@ -61,7 +61,7 @@
 //! hub path as a message from the broker.
 //!
 //! Outages: the subscriber uses the shared reconnect policy
-//! ([`crate::redis`]); after each reconnection the supervisor task
+//! ([`crate::redis_client`]); after each reconnection the supervisor task
 //! subscribes the pattern again (fred's own replay sends an empty
 //! `SUBSCRIBE` here, see [`crate::broker::redis`]), and a connection that
 //! stops answering its periodic PING is reopened. Messages published while
@@ -82,7 +82,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::config::Config;
 use crate::protocol::{Publication, is_valid_group};
-use crate::redis::{self as redis_setup, RedisSetupError};
+use crate::redis_client::{self, RedisSetupError};
 
 /// Largest message body accepted (the API's request body limit).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -345,12 +345,12 @@ impl ChannelsBridge {
         deliver: Deliver,
     ) -> Result<ChannelsBridge, RedisSetupError> {
         let redis = &config.redis;
-        let subscriber = redis_setup::subscriber(redis, MESSAGE_BUFFER)?;
+        let subscriber = redis_client::subscriber(redis, MESSAGE_BUFFER)?;
         // Listen before connecting so that no event is missed.
         let messages = subscriber.message_rx();
         let mut reconnects = subscriber.reconnect_rx();
         let within = redis.command_timeout.max(Duration::from_secs(1)) * 3;
-        let connection = redis_setup::connect(&subscriber, within).await?;
+        let connection = redis_client::connect(&subscriber, within).await?;
         let layer_prefix = &config.compat.channels_prefix;
         let inner = Arc::new(Inner {
             channel_prefix: group_channel_prefix(layer_prefix),

@@ -20,8 +20,10 @@
 //! - `limits`: per-node and per-IP caps and rate limits at the edge.
 //! - [`hub`]: this node's connections and groups (local, synchronous), with
 //!   each connection's bounded, conflating outbound queue (`queue`).
-//! - [`broker`]: moves publications and commands between nodes: the trait,
-//!   the in-process broker and the Redis one. [`redis`] builds Redis clients.
+//! - [`broker`]: moves publications and commands between nodes: the
+//!   `Broker` trait (with `History`, `Presence` and `NodeRegistry` beside
+//!   it), the in-process broker and the Redis one. [`redis_client`] builds
+//!   the Redis clients (broker, token cache, channels_redis bridge).
 //! - `revocation`: forgetting a token everywhere and closing its sockets
 //!   (the API, the CLI, the Postgres listener and re-validation share it).
 //! - `dispatch`: what the broker delivers, handed to the hub.
@@ -54,7 +56,7 @@ mod ops;
 mod policy;
 pub mod protocol;
 mod queue;
-pub mod redis;
+pub mod redis_client;
 mod revocation;
 pub mod server;
 mod session;

@@ -221,8 +221,8 @@ async fn garbage_does_not_break_delivery() {
     let (mut c, _) = Client::authed(&node.ws_url(), &node.issue_token("9").await).await;
     c.subscribe("market.X").await;
 
-    let publisher = wsgate::redis::client(&config.redis).unwrap();
-    wsgate::redis::connect(&publisher, Duration::from_secs(5))
+    let publisher = wsgate::redis_client::client(&config.redis).unwrap();
+    wsgate::redis_client::connect(&publisher, Duration::from_secs(5))
         .await
         .unwrap();
     let channel = format!("{layer}__group__market.X");

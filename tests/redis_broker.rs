@@ -17,7 +17,7 @@ use fred::prelude::{Client, ClientLike, KeysInterface, PubsubInterface};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use wsgate::broker::redis::RedisBroker;
-use wsgate::broker::{Broker, BrokerError, BrokerHandler, NodeInfo};
+use wsgate::broker::{Broker, BrokerError, BrokerHandler, NodeInfo, NodeRegistry, Presence};
 use wsgate::config::RedisConfig;
 use wsgate::hub::Member;
 use wsgate::metrics::Metrics;

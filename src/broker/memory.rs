@@ -14,7 +14,10 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{Broker, BrokerError, BrokerHandler, HistoryPolicy, NodeInfo, Recovery, new_epoch};
+use super::{
+    Broker, BrokerError, BrokerHandler, History, HistoryPolicy, NodeInfo, NodeRegistry, Presence,
+    Recovery, new_epoch,
+};
 use crate::hub::Member;
 use crate::protocol::{Control, Position, Publication};
 
@@ -154,6 +157,36 @@ impl Broker for MemoryBroker {
         Ok(positions)
     }
 
+    async fn subscribe(&self, _group: &str, _member: &Member) -> Result<(), BrokerError> {
+        // Every publication reaches the handler; the hub filters by group,
+        // and presence is read from the hub.
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _group: &str, _session: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn control(&self, control: Control) -> Result<(), BrokerError> {
+        self.handler()?.on_control(control);
+        Ok(())
+    }
+
+    fn is_up(&self) -> bool {
+        true
+    }
+
+    fn attach(&self, handler: Arc<dyn BrokerHandler>) {
+        let _ = self.handler.set(handler);
+    }
+
+    async fn shutdown(&self) {
+        // Nothing to leave or close: this process is the whole cluster.
+    }
+}
+
+#[async_trait]
+impl History for MemoryBroker {
     async fn history(
         &self,
         group: &str,
@@ -172,35 +205,19 @@ impl Broker for MemoryBroker {
         };
         Ok(Recovery::decide(since, h.position(), after))
     }
+}
 
-    async fn subscribe(&self, _group: &str, _member: &Member) -> Result<(), BrokerError> {
-        // Every publication reaches the handler; the hub filters by group,
-        // and presence is read from the hub.
-        Ok(())
-    }
-
-    async fn unsubscribe(&self, _group: &str, _session: &str) -> Result<(), BrokerError> {
-        Ok(())
-    }
-
-    async fn control(&self, control: Control) -> Result<(), BrokerError> {
-        self.handler()?.on_control(control);
-        Ok(())
-    }
-
+/// Presence and the node list are this node's own: there is no other.
+#[async_trait]
+impl Presence for MemoryBroker {
     async fn presence(&self, group: &str) -> Result<Vec<Member>, BrokerError> {
         Ok(self.handler()?.local_presence(group))
     }
+}
 
+#[async_trait]
+impl NodeRegistry for MemoryBroker {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
         Ok(vec![self.handler()?.local_node()])
-    }
-
-    fn is_up(&self) -> bool {
-        true
-    }
-
-    fn attach(&self, handler: Arc<dyn BrokerHandler>) {
-        let _ = self.handler.set(handler);
     }
 }

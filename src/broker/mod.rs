@@ -4,7 +4,11 @@
 //! a [`BrokerHandler`] (the node's dispatcher, which feeds the hub). The
 //! in-process [`memory::MemoryBroker`] serves single-node mode: publishing
 //! calls the handler directly. The Redis broker (cluster mode) implements
-//! the same trait, so nothing above this module changes between the two.
+//! the same traits, so nothing above this module changes between the two.
+//!
+//! [`Broker`] is the message path; [`History`], [`Presence`] and
+//! [`NodeRegistry`] are the read-side services every broker also provides
+//! (see [`Broker`] for why they are separate traits).
 //!
 //! History (`history.*`) lives in the broker too, because offsets must be
 //! assigned where publications are ordered: the broker that carries a
@@ -13,7 +17,6 @@
 
 pub mod memory;
 pub mod redis;
-mod redis_history;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,20 +140,22 @@ pub trait BrokerHandler: Send + Sync + 'static {
     fn local_node(&self) -> NodeInfo;
 }
 
+/// The message path between nodes: publish, subscribe, control, liveness
+/// and shutdown. The read-side services are separate traits because each
+/// backend keeps them in whatever store suits it (Redis keys, a NATS
+/// JetStream stream or key-value bucket, this process's hub); a broker
+/// provides all three, so one `Arc<dyn Broker>` reaches them.
 #[async_trait]
-pub trait Broker: Send + Sync + 'static {
+pub trait Broker: History + Presence + NodeRegistry + Send + Sync + 'static {
     /// Publishes messages, in order, to every node with a member of their
     /// group. Publications to history groups get the next offset of their
     /// group; the answer holds it (`None` for a group without history).
+    /// Offsets are assigned here, not in [`History`], because this is where
+    /// publications are ordered.
     async fn publish(
         &self,
         publications: Vec<Publication>,
     ) -> Result<Vec<Option<Position>>, BrokerError>;
-    /// A history group's current position and, with `since`, what it
-    /// still holds after it. Creates the group's epoch if it has none yet,
-    /// so a subscriber that received nothing can still recover later.
-    async fn history(&self, group: &str, since: Option<&Position>)
-    -> Result<Recovery, BrokerError>;
     /// One more local member wants a group's messages. Called on every
     /// join, not only the first: the broker counts members per group, holds
     /// its subscription while the count is above zero, and returns only once
@@ -164,14 +169,39 @@ pub trait Broker: Send + Sync + 'static {
     async fn unsubscribe(&self, group: &str, session: &str) -> Result<(), BrokerError>;
     /// Sends a command to every node, this one included.
     async fn control(&self, control: Control) -> Result<(), BrokerError>;
-    /// Members of a group across the cluster.
-    async fn presence(&self, group: &str) -> Result<Vec<Member>, BrokerError>;
-    /// The live nodes.
-    async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError>;
     /// Whether the broker can carry messages now (for `/readyz`).
     fn is_up(&self) -> bool;
     /// Connects the handler that receives what arrives. Called once, at start-up.
     fn attach(&self, handler: Arc<dyn BrokerHandler>);
+    /// Leaves the cluster at the end of a drain: stops background work,
+    /// removes what this node published about itself (registry entry,
+    /// presence) rather than leaving it to expire, and closes connections.
+    /// Bounded in time; safe to call more than once.
+    async fn shutdown(&self);
+}
+
+/// A group's kept publications, read back for recovery.
+#[async_trait]
+pub trait History: Send + Sync {
+    /// A history group's current position and, with `since`, what it
+    /// still holds after it. Creates the group's epoch if it has none yet,
+    /// so a subscriber that received nothing can still recover later.
+    async fn history(&self, group: &str, since: Option<&Position>)
+    -> Result<Recovery, BrokerError>;
+}
+
+/// Who is in a group, across the cluster.
+#[async_trait]
+pub trait Presence: Send + Sync {
+    /// Members of a group across the cluster.
+    async fn presence(&self, group: &str) -> Result<Vec<Member>, BrokerError>;
+}
+
+/// The cluster listing.
+#[async_trait]
+pub trait NodeRegistry: Send + Sync {
+    /// The live nodes.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError>;
 }
 
 #[cfg(test)]

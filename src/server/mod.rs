@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::ops;
-use crate::redis;
+use crate::redis_client;
 use crate::revocation::Forget;
 use crate::revocation::revalidate::Revalidator;
 use crate::state::AppState;
@@ -68,9 +68,9 @@ pub struct Server {
     /// Re-validation sweeps (`auth.revalidate_interval`, and catch-ups after
     /// the revocation listener reconnects).
     revalidation: Option<tokio::task::JoinHandle<()>>,
-    /// Kept to leave the cluster cleanly at the end of a drain: the broker
-    /// and the auth cache's Redis client.
-    redis: Option<(Arc<RedisBroker>, fred::clients::Client)>,
+    /// The auth cache's Redis client, closed after the broker at the end of
+    /// a drain.
+    cache_client: Option<fred::clients::Client>,
     /// Delivers Django Channels `group_send` (`compat.channels_redis`).
     compat: Option<ChannelsBridge>,
     listeners: Vec<(TcpListener, Router)>,
@@ -106,7 +106,7 @@ impl Server {
             state,
             revocations,
             revalidation: revalidator.map(Revalidator::spawn),
-            redis: backends.redis,
+            cache_client: backends.cache_client,
             compat,
             listeners,
             addrs,
@@ -166,8 +166,9 @@ impl Server {
         if let Some(task) = &self.revalidation {
             task.abort();
         }
-        if let Some((broker, cache_client)) = &self.redis {
-            broker.shutdown().await;
+        // Leaves the cluster (a no-op for the in-process broker).
+        self.state.broker.shutdown().await;
+        if let Some(cache_client) = &self.cache_client {
             use fred::interfaces::ClientLike;
             let _ = tokio::time::timeout(Duration::from_secs(2), cache_client.quit()).await;
         }
@@ -194,8 +195,8 @@ async fn open_store(config: &Config) -> Result<(Arc<dyn TokenStore>, bool), Star
 struct Backends {
     broker: Arc<dyn Broker>,
     auth: Arc<Authenticator>,
-    /// Kept to leave the cluster cleanly at the end of a drain.
-    redis: Option<(Arc<RedisBroker>, fred::clients::Client)>,
+    /// The auth cache's Redis client, closed at the end of a drain.
+    cache_client: Option<fred::clients::Client>,
 }
 
 /// Without Redis: the in-process broker and an in-process token cache.
@@ -217,7 +218,7 @@ async fn connect_backends(
         return Ok(Backends {
             broker: Arc::new(MemoryBroker::with_history(history)),
             auth: Arc::new(auth),
-            redis: None,
+            cache_client: None,
         });
     }
     let redis_error = |e: &dyn std::fmt::Display| StartError::Redis(e.to_string());
@@ -225,8 +226,8 @@ async fn connect_backends(
         RedisBroker::connect_with(&config.redis, config.node_id(), metrics.clone(), history)
             .await
             .map_err(|e| redis_error(&e))?;
-    let client = redis::client(&config.redis).map_err(|e| redis_error(&e))?;
-    redis::connect(&client, config.redis.command_timeout * 3)
+    let client = redis_client::client(&config.redis).map_err(|e| redis_error(&e))?;
+    redis_client::connect(&client, config.redis.command_timeout * 3)
         .await
         .map_err(|e| redis_error(&e))?;
     let cache = RedisTokenCache::new(
@@ -238,9 +239,9 @@ async fn connect_backends(
         metrics.clone(),
     );
     Ok(Backends {
-        broker: broker.clone(),
+        broker,
         auth: Arc::new(Authenticator::with_cache(store, cache)),
-        redis: Some((broker, client)),
+        cache_client: Some(client),
     })
 }
 

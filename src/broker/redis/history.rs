@@ -18,14 +18,22 @@
 //! epoch and drops the stream, so a client holding an old position is told
 //! `recovered: false` rather than being served offsets that started again.
 //!
+//! Publishing lives here too (`Inner::publish`), because the script is what
+//! publishes a history group's messages: one pipeline carries plain
+//! publishes and script calls in the caller's order.
+//!
 //! A backend's raw `PUBLISH` to a history group bypasses the script: it is
 //! delivered live, without an offset, and is not kept.
 
 use std::sync::LazyLock;
 
+use async_trait::async_trait;
+use fred::prelude::{ClientLike, PubsubInterface, Value};
 use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand};
 
-use super::{HistoryPolicy, Recovery, new_epoch};
+use super::{Inner, RedisBroker, unavailable};
+use crate::broker::{BrokerError, History, HistoryPolicy, Recovery, new_epoch};
 use crate::protocol::{self, Position, Publication};
 
 const PUBLISH_LUA: &str = r#"
@@ -155,6 +163,103 @@ pub(super) fn parse_read(
         .filter_map(|envelope| protocol::decode_envelope(group, envelope.as_bytes()).ok())
         .collect();
     Some(Recovery::decide(since, Position { offset, epoch }, after))
+}
+
+impl Inner {
+    /// Publishes in one pipeline, in order; history groups go through
+    /// [`PUBLISH`], which assigns their offsets (see the module docs).
+    pub(super) async fn publish(
+        &self,
+        publications: Vec<Publication>,
+    ) -> Result<Vec<Option<Position>>, BrokerError> {
+        if publications.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = self;
+        inner.check_link()?;
+        // One pipeline, in order: plain publishes, and the history script
+        // for history groups (it publishes too).
+        let pipeline = inner.client.pipeline();
+        let mut scripted = Vec::with_capacity(publications.len());
+        for p in &publications {
+            let channel = inner.group_channel(&p.group);
+            let with_history = inner.history.applies(&p.group);
+            let queued: Result<(), _> = if with_history {
+                let args = publish_args(&inner.history, &channel, p, inner.sharded);
+                scripted.push(Some((keys(&channel), args.clone())));
+                // Pipelines have no EVALSHA method in fred 10; routed by the
+                // first key (argument 2), which shares the channel's slot.
+                let mut call: Vec<String> = vec![PUBLISH.sha1().to_string(), "2".into()];
+                call.extend(keys(&channel));
+                call.extend(args);
+                pipeline
+                    .custom::<(), _>(
+                        CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false),
+                        call,
+                    )
+                    .await
+            } else {
+                scripted.push(None);
+                let envelope = protocol::encode_envelope(p);
+                if inner.sharded {
+                    pipeline.spublish(channel, envelope).await
+                } else {
+                    pipeline.publish(channel, envelope).await
+                }
+            };
+            queued.map_err(unavailable)?;
+        }
+        let results = pipeline.try_all::<Value>().await;
+        let mut positions = Vec::with_capacity(publications.len());
+        for (result, script) in results.into_iter().zip(scripted) {
+            let Some((keys, args)) = script else {
+                result.map_err(unavailable)?;
+                positions.push(None);
+                continue;
+            };
+            let reply = match result {
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    // Redis lost its scripts (restart, SCRIPT FLUSH) after
+                    // this node loaded them: load and run it once more.
+                    PUBLISH
+                        .evalsha_with_reload::<Value, _, _>(&inner.client, keys, args)
+                        .await
+                }
+                other => other,
+            }
+            .map_err(unavailable)?;
+            let position = reply
+                .convert::<Vec<String>>()
+                .ok()
+                .and_then(parse_position)
+                .ok_or_else(|| BrokerError::Unavailable("unexpected history reply".into()))?;
+            positions.push(Some(position));
+        }
+        Ok(positions)
+    }
+}
+
+#[async_trait]
+impl History for RedisBroker {
+    async fn history(
+        &self,
+        group: &str,
+        since: Option<&Position>,
+    ) -> Result<Recovery, BrokerError> {
+        let inner = &self.inner;
+        inner.check_link()?;
+        let channel = inner.group_channel(group);
+        let reply: Vec<String> = READ
+            .evalsha_with_reload(
+                &inner.client,
+                keys(&channel),
+                read_args(&inner.history, since),
+            )
+            .await
+            .map_err(unavailable)?;
+        parse_read(group, since, reply)
+            .ok_or_else(|| BrokerError::Unavailable("unexpected history reply".into()))
+    }
 }
 
 #[cfg(test)]

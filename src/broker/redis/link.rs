@@ -1,0 +1,451 @@
+//! The subscriber link: which group channels Redis delivers to this node,
+//! and how that is kept true across reconnections.
+//!
+//! Subscriptions are counted per group and changed under a per-group async
+//! lock, so interleaved joins and leaves cannot leave Redis and the count
+//! disagreeing, and a joiner returns only once the subscription is
+//! confirmed.
+//!
+//! The broker, not fred, decides what to resubscribe after a reconnection.
+//! fred 10.1's `SubscriberClient::manage_subscriptions` replays the
+//! channels fred tracks, but sends a `PSUBSCRIBE` with no argument when no
+//! pattern is in use, which Redis rejects (so the replay reports failure and
+//! is not retried), and it would also replay channels whose `UNSUBSCRIBE`
+//! failed during the outage. Instead, every reconnection bumps an epoch; a
+//! group's subscription counts as in place only if it was confirmed in the
+//! current epoch, and the supervisor task resubscribes the rest (and retries
+//! failed unsubscribes) before reporting the link up. Clients stay
+//! connected throughout; only `is_up()` (and `wsgate_redis_up`) drop.
+//!
+//! On Redis Cluster, group channels use sharded pub/sub (`SSUBSCRIBE` /
+//! `SPUBLISH`), so a message only crosses to the shard that owns its channel;
+//! the control channel stays on classic pub/sub, which reaches every node.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fred::prelude::{ClientLike, PubsubInterface, Value};
+use fred::types::Message;
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::MissedTickBehavior;
+
+use super::history;
+use super::{BrokerError, Inner};
+use crate::hub::Member;
+use crate::protocol::{self, Control};
+
+/// How often the supervisor checks the link when nothing happens.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+/// Groups resubscribed concurrently after a reconnection.
+const RESYNC_CONCURRENCY: usize = 64;
+
+/// What Redis holds of a group's subscription, as far as we know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sub {
+    None,
+    /// Confirmed by Redis in this epoch (connection generation).
+    Confirmed(u64),
+    /// A command failed midway: Redis may or may not hold it.
+    Unknown,
+}
+
+pub(super) struct SlotState {
+    pub(super) sub: Sub,
+    /// Removed from the group map; whoever holds it must look again.
+    pub(super) dead: bool,
+}
+
+#[derive(Default)]
+struct Members {
+    by_session: HashMap<String, (Member, u32)>,
+    total: u64,
+}
+
+/// One group with local members. `op` serializes subscription changes and
+/// presence writes; `members` is written under `op` and read by the
+/// heartbeat without waiting for `op`.
+pub(super) struct Slot {
+    pub(super) op: tokio::sync::Mutex<SlotState>,
+    members: Mutex<Members>,
+    /// The presence hash may not match `members` (a write failed).
+    pub(super) presence_dirty: AtomicBool,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            op: tokio::sync::Mutex::new(SlotState {
+                sub: Sub::None,
+                dead: false,
+            }),
+            members: Mutex::new(Members::default()),
+            presence_dirty: AtomicBool::new(false),
+        }
+    }
+
+    fn members(&self) -> MutexGuard<'_, Members> {
+        self.members.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn count(&self) -> u64 {
+        self.members().total
+    }
+
+    pub(super) fn add(&self, member: &Member) {
+        let mut m = self.members();
+        m.by_session
+            .entry(member.session.clone())
+            .or_insert_with(|| (member.clone(), 0))
+            .1 += 1;
+        m.total += 1;
+    }
+
+    /// Removes one join of `session`: `None` when it was not a member,
+    /// otherwise whether the session is gone and the members left.
+    pub(super) fn remove(&self, session: &str) -> Option<(bool, u64)> {
+        let mut m = self.members();
+        let entry = m.by_session.get_mut(session)?;
+        entry.1 -= 1;
+        let gone = entry.1 == 0;
+        if gone {
+            m.by_session.remove(session);
+        }
+        m.total -= 1;
+        Some((gone, m.total))
+    }
+
+    pub(super) fn snapshot(&self) -> Vec<Member> {
+        self.members()
+            .by_session
+            .values()
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+}
+
+impl Inner {
+    // -- channels, groups and link state ------------------------------------
+
+    pub(super) fn group_channel(&self, group: &str) -> String {
+        format!("{}group:{group}", self.prefix)
+    }
+    pub(super) fn control_channel(&self) -> String {
+        format!("{}control", self.prefix)
+    }
+
+    fn groups(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn slot(&self, group: &str) -> Arc<Slot> {
+        self.groups()
+            .entry(group.to_string())
+            .or_insert_with(|| Arc::new(Slot::new()))
+            .clone()
+    }
+
+    pub(super) fn existing_slot(&self, group: &str) -> Option<Arc<Slot>> {
+        self.groups().get(group).cloned()
+    }
+
+    pub(super) fn slots(&self) -> Vec<(String, Arc<Slot>)> {
+        self.groups()
+            .iter()
+            .map(|(g, s)| (g.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Drops a group that holds no member and no subscription (under its `op`).
+    pub(super) fn remove_slot(&self, group: &str, slot: &Arc<Slot>, state: &mut SlotState) {
+        state.dead = true;
+        let mut groups = self.groups();
+        if groups.get(group).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            groups.remove(group);
+        }
+    }
+
+    /// Fails fast while the command connection is down, rather than
+    /// queueing commands that might still be sent after the caller gave up.
+    pub(super) fn check_link(&self) -> Result<(), BrokerError> {
+        if self.client.is_connected() {
+            Ok(())
+        } else {
+            Err(BrokerError::Unavailable("Redis is unreachable".into()))
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.subscriber.is_connected()
+            && self.client.is_connected()
+            && !self.stale.load(Ordering::Acquire)
+    }
+
+    /// Records the link state; returns whether it changed.
+    pub(super) fn set_up(&self, up: bool) -> bool {
+        self.metrics.redis_up.set(i64::from(up));
+        self.up.swap(up, Ordering::AcqRel) != up
+    }
+
+    fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(super) async fn sub_channel(&self, group: &str) -> Result<(), fred::error::Error> {
+        let channel = self.group_channel(group);
+        if self.sharded {
+            self.subscriber.ssubscribe(channel).await
+        } else {
+            self.subscriber.subscribe(channel).await
+        }
+    }
+
+    pub(super) async fn unsub_channel(&self, group: &str) -> Result<(), fred::error::Error> {
+        let channel = self.group_channel(group);
+        if self.sharded {
+            self.subscriber.sunsubscribe(channel).await
+        } else {
+            self.subscriber.unsubscribe(channel).await
+        }
+    }
+
+    // -- incoming messages ---------------------------------------------------
+
+    fn on_message(&self, message: Message) {
+        let Some(handler) = self.handler.get() else {
+            tracing::debug!(
+                channel = &*message.channel,
+                "message before a handler was attached"
+            );
+            return;
+        };
+        let Some(payload) = message.value.as_bytes() else {
+            self.bad_message(&message.channel, "payload is not a string");
+            return;
+        };
+        let channel: &str = &message.channel;
+        if let Some(group) = channel
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|c| c.strip_prefix("group:"))
+        {
+            match protocol::decode_envelope(group, payload) {
+                Ok(publication) => handler.on_publication(publication),
+                Err(e) => self.bad_message(channel, &e.to_string()),
+            }
+        } else if channel == self.control_channel() {
+            match serde_json::from_slice::<Control>(payload) {
+                Ok(control) => handler.on_control(control),
+                Err(_) => self.bad_message(channel, "not a control command"),
+            }
+        } else {
+            self.bad_message(channel, "unexpected channel");
+        }
+    }
+
+    fn bad_message(&self, channel: &str, why: &str) {
+        self.bad_envelopes.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(channel, why, "dropped a bad message from Redis");
+    }
+
+    // -- link health ----------------------------------------------------------
+
+    /// Whether the connection answers a PING within 3 command timeouts.
+    pub(super) async fn answers_ping<C: ClientLike>(&self, client: &C) -> bool {
+        let options = fred::types::config::Options {
+            timeout: Some(self.command_timeout * 3),
+            ..Default::default()
+        };
+        client
+            .with_options(&options)
+            .ping::<Value>(None)
+            .await
+            .is_ok()
+    }
+
+    // -- resubscription -------------------------------------------------------
+
+    /// Brings Redis in line with local state: with `full`, (re)subscribes the
+    /// control channel and every group not confirmed in this epoch; always
+    /// drops subscriptions of groups that no longer have members.
+    pub(super) async fn resync(&self, full: bool) -> Result<(), fred::error::Error> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if full {
+            self.subscriber.subscribe(self.control_channel()).await?;
+            if self.history.is_on() {
+                // A restarted Redis has no scripts; load them before the
+                // node reports itself up again.
+                history::PUBLISH.load(&self.client).await?;
+                history::READ.load(&self.client).await?;
+            }
+        }
+        self.cleanup.store(false, Ordering::Release);
+        let results: Vec<Result<(), fred::error::Error>> = futures_util::stream::iter(self.slots())
+            .map(|(group, slot)| async move { self.resync_group(&group, &slot, epoch, full).await })
+            .buffer_unordered(RESYNC_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    async fn resync_group(
+        &self,
+        group: &str,
+        slot: &Arc<Slot>,
+        epoch: u64,
+        full: bool,
+    ) -> Result<(), fred::error::Error> {
+        let mut state = slot.op.lock().await;
+        if state.dead {
+            return Ok(());
+        }
+        let result = if slot.count() > 0 {
+            if state.sub == Sub::Confirmed(epoch) || !(full || state.sub == Sub::Unknown) {
+                return Ok(());
+            }
+            state.sub = Sub::Unknown;
+            self.sub_channel(group)
+                .await
+                .map(|()| state.sub = Sub::Confirmed(epoch))
+        } else if state.sub == Sub::None {
+            self.remove_slot(group, slot, &mut state);
+            Ok(())
+        } else {
+            self.unsub_channel(group).await.map(|()| {
+                state.sub = Sub::None;
+                self.remove_slot(group, slot, &mut state);
+            })
+        };
+        if result.is_err() {
+            self.cleanup.store(true, Ordering::Release);
+        }
+        result
+    }
+}
+
+/// Flags a group for repair (subscription and presence) when the operation
+/// holding its lock is cancelled between a Redis command and its bookkeeping:
+/// a dropped future may still have its command sent.
+pub(super) struct Unsettled<'a> {
+    inner: &'a Inner,
+    slot: &'a Slot,
+    armed: bool,
+}
+
+impl<'a> Unsettled<'a> {
+    pub(super) fn new(inner: &'a Inner, slot: &'a Slot) -> Unsettled<'a> {
+        Unsettled {
+            inner,
+            slot,
+            armed: true,
+        }
+    }
+    pub(super) fn settled(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.slot.presence_dirty.store(true, Ordering::Release);
+            self.inner.cleanup.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Watches the subscriber's connection: marks the link down when it drops
+/// and, once it is back, resubscribes before marking it up.
+pub(super) async fn supervise(
+    inner: Arc<Inner>,
+    mut reconnects: broadcast::Receiver<fred::types::config::Server>,
+    mut changes: broadcast::Receiver<Vec<fred::types::ClusterStateChange>>,
+) {
+    let mut tick = tokio::time::interval(SUPERVISE_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut full = false;
+    loop {
+        tokio::select! {
+            r = reconnects.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    tracing::info!("Redis reconnected; resubscribing");
+                    inner.bump_epoch();
+                    inner.set_up(false);
+                    full = true;
+                }
+                Err(RecvError::Closed) => break,
+            },
+            r = changes.recv() => match r {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    // Slots may have moved, and sharded subscriptions with them.
+                    tracing::info!("Redis Cluster topology changed; resubscribing");
+                    inner.bump_epoch();
+                    inner.set_up(false);
+                    full = true;
+                }
+                Err(RecvError::Closed) => break,
+            },
+            _ = tick.tick() => {}
+        }
+        if !inner.connected() {
+            if !full {
+                inner.bump_epoch();
+                full = true;
+            }
+            if inner.set_up(false) {
+                tracing::warn!("Redis link down; delivery across nodes paused");
+            }
+            continue;
+        }
+        if full || inner.cleanup.load(Ordering::Acquire) {
+            match inner.resync(full).await {
+                Ok(()) => {
+                    if full {
+                        inner.heartbeat_now.notify_one();
+                    }
+                    full = false;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "resubscription incomplete; retrying");
+                    if full {
+                        inner.set_up(false);
+                        continue;
+                    }
+                }
+            }
+        }
+        if inner.set_up(true) {
+            tracing::info!("Redis link up; subscriptions in place");
+        }
+    }
+}
+
+pub(super) async fn dispatch(inner: Arc<Inner>, mut messages: broadcast::Receiver<Message>) {
+    loop {
+        match messages.recv().await {
+            Ok(message) => inner.on_message(message),
+            Err(RecvError::Lagged(n)) => {
+                inner.lost_messages.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(lost = n, "Redis messages lost: the dispatcher fell behind");
+            }
+            Err(RecvError::Closed) => break,
+        }
+    }
+}
+
+pub(super) fn is_timeout(e: &fred::error::Error) -> bool {
+    *e.kind() == fred::error::ErrorKind::Timeout
+}
+
+/// Reopens a client's connection in the background, bounded in time.
+pub(super) fn force_reconnect<C: ClientLike + Send + Sync + 'static>(client: C) {
+    tokio::spawn(async move {
+        let forced =
+            tokio::time::timeout(Duration::from_secs(5), client.force_reconnection()).await;
+        if let Ok(Err(e)) = forced {
+            tracing::debug!(error = %e, "forced reconnection failed");
+        }
+    });
+}

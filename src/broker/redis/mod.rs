@@ -1,0 +1,407 @@
+//! The Redis broker: cluster mode.
+//!
+//! Each node keeps one subscriber client (one connection, or one per primary
+//! on Redis Cluster) holding a subscription for exactly the groups with a
+//! local member, plus the control channel; a second, ordinary client carries
+//! publishes, the node registry and presence. Two clients because a RESP2
+//! connection in subscribed mode cannot run other commands.
+//!
+//! This file is the broker itself: the state its parts share (`Inner`),
+//! joining and leaving the cluster, and the [`Broker`] implementation. The
+//! parts are split by what they keep in step with Redis, so each one's
+//! commands and keys can be read in one place:
+//! - `link`: the subscriber connection, per-group subscriptions, and the
+//!   reconnect epochs that decide what to resubscribe after an outage;
+//! - `presence`: presence hashes and the node registry, renewed by the
+//!   heartbeat (it also watches for connections that stopped answering),
+//!   and the [`Presence`](super::Presence) and
+//!   [`NodeRegistry`](super::NodeRegistry) implementations that read them;
+//! - `history`: offsets and kept publications, assigned by Lua scripts at
+//!   publish time, which is why publishing lives there too, with the
+//!   [`History`](super::History) implementation.
+
+mod history;
+mod link;
+mod presence;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::clients::SubscriberClient;
+use fred::prelude::{
+    Client, ClientLike, EventInterface, KeysInterface, PubsubInterface, SortedSetsInterface, Value,
+};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use super::{Broker, BrokerError, BrokerHandler, HistoryPolicy};
+use crate::config::RedisConfig;
+use crate::hub::Member;
+use crate::metrics::Metrics;
+use crate::protocol::{Control, Position, Publication};
+use crate::redis_client;
+use link::{Slot, Sub, Unsettled, dispatch, supervise};
+use presence::heartbeat;
+
+/// Messages buffered between fred's reader and our dispatcher.
+const MESSAGE_BUFFER: usize = 16_384;
+
+fn unavailable(e: fred::error::Error) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// The state the broker's parts share, behind one `Arc` so the background
+/// tasks (dispatch, supervisor, heartbeat) can hold it without the broker.
+struct Inner {
+    node_id: String,
+    prefix: String,
+    node_ttl: Duration,
+    heartbeat: Duration,
+    command_timeout: Duration,
+    /// Redis Cluster: group channels are sharded.
+    sharded: bool,
+    history: HistoryPolicy,
+    client: Client,
+    subscriber: SubscriberClient,
+    metrics: Arc<Metrics>,
+    handler: OnceLock<Arc<dyn BrokerHandler>>,
+    groups: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Connection generation; bumped on every disconnection and reconnection.
+    epoch: AtomicU64,
+    up: AtomicBool,
+    /// A heartbeat timed out on a connection that still looks open.
+    stale: AtomicBool,
+    /// Some group may hold a subscription it should not (a failed UNSUBSCRIBE).
+    cleanup: AtomicBool,
+    heartbeat_now: Notify,
+    bad_envelopes: AtomicU64,
+    lost_messages: AtomicU64,
+}
+
+/// The cluster broker. Build it with [`RedisBroker::connect`]; stop it with
+/// [`Broker::shutdown`] (dropping it stops its tasks too, but leaves
+/// the node's registry entry to expire).
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    connections: Mutex<Vec<fred::types::ConnectHandle>>,
+    closed: AtomicBool,
+}
+
+impl RedisBroker {
+    /// Connects both clients, subscribes the control channel and registers
+    /// the node. Fails if Redis cannot be reached within a few command
+    /// timeouts; after that, outages are ridden out (see [`Broker::is_up`]).
+    pub async fn connect(
+        cfg: &RedisConfig,
+        node_id: String,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<RedisBroker>, BrokerError> {
+        RedisBroker::connect_with(cfg, node_id, metrics, HistoryPolicy::off()).await
+    }
+
+    /// As [`RedisBroker::connect`], keeping history for the groups of `history`.
+    pub async fn connect_with(
+        cfg: &RedisConfig,
+        node_id: String,
+        metrics: Arc<Metrics>,
+        history: HistoryPolicy,
+    ) -> Result<Arc<RedisBroker>, BrokerError> {
+        let setup = |e: redis_client::RedisSetupError| BrokerError::Unavailable(e.to_string());
+        metrics.redis_up.set(0);
+        let client = redis_client::client(cfg).map_err(setup)?;
+        let subscriber = redis_client::subscriber(cfg, MESSAGE_BUFFER).map_err(setup)?;
+        // Listen before connecting so no event is missed.
+        let messages = subscriber.message_rx();
+        let reconnects = subscriber.reconnect_rx();
+        let changes = subscriber.cluster_change_rx();
+        let within = cfg.command_timeout.max(Duration::from_secs(1)) * 3;
+        let client_conn = redis_client::connect(&client, within)
+            .await
+            .map_err(setup)?;
+        let subscriber_conn = match redis_client::connect(&subscriber, within).await {
+            Ok(handle) => handle,
+            Err(e) => {
+                let _ = client.quit().await;
+                return Err(setup(e));
+            }
+        };
+        let inner = Arc::new(Inner {
+            node_id,
+            prefix: cfg.prefix.clone(),
+            node_ttl: cfg.node_ttl,
+            heartbeat: cfg.heartbeat,
+            command_timeout: cfg.command_timeout,
+            sharded: subscriber.is_clustered(),
+            history,
+            client,
+            subscriber,
+            metrics,
+            handler: OnceLock::new(),
+            groups: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            up: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
+            cleanup: AtomicBool::new(false),
+            heartbeat_now: Notify::new(),
+            bad_envelopes: AtomicU64::new(0),
+            lost_messages: AtomicU64::new(0),
+        });
+        let broker = Arc::new(RedisBroker {
+            inner: inner.clone(),
+            tasks: Mutex::new(Vec::new()),
+            connections: Mutex::new(vec![client_conn, subscriber_conn]),
+            closed: AtomicBool::new(false),
+        });
+        if let Err(e) = inner.resync(true).await {
+            broker.shutdown().await;
+            return Err(unavailable(e));
+        }
+        inner.heartbeat_once().await;
+        inner.set_up(true);
+        // The events of the first connection are behind us; the supervisor
+        // reacts to later ones only.
+        let (mut reconnects, mut changes) = (reconnects, changes);
+        while reconnects.try_recv().is_ok() {}
+        while changes.try_recv().is_ok() {}
+        let tasks = vec![
+            tokio::spawn(dispatch(inner.clone(), messages)),
+            tokio::spawn(supervise(inner.clone(), reconnects, changes)),
+            tokio::spawn(heartbeat(inner.clone())),
+        ];
+        broker.lock_tasks().extend(tasks);
+        tracing::info!(
+            node = %inner.node_id,
+            cluster = inner.sharded,
+            "connected to Redis"
+        );
+        Ok(broker)
+    }
+
+    fn lock_tasks(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// Messages from Redis that were not valid envelopes or commands.
+    pub fn bad_envelopes(&self) -> u64 {
+        self.inner.bad_envelopes.load(Ordering::Relaxed)
+    }
+
+    /// Messages lost because the dispatcher fell behind fred's buffer.
+    pub fn lost_messages(&self) -> u64 {
+        self.inner.lost_messages.load(Ordering::Relaxed)
+    }
+
+    /// Groups this node holds a subscription for (or is settling).
+    pub fn local_groups(&self) -> Vec<String> {
+        let mut groups: Vec<String> = self
+            .inner
+            .slots()
+            .into_iter()
+            .filter(|(_, s)| s.count() > 0)
+            .map(|(g, _)| g)
+            .collect();
+        groups.sort();
+        groups
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        for task in self.lock_tasks().drain(..) {
+            task.abort();
+        }
+        if !self.closed.load(Ordering::Acquire)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let inner = self.inner.clone();
+            runtime.spawn(async move {
+                let _ = inner.subscriber.quit().await;
+                let _ = inner.client.quit().await;
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(
+        &self,
+        publications: Vec<Publication>,
+    ) -> Result<Vec<Option<Position>>, BrokerError> {
+        // Offsets are assigned by the history scripts as they publish.
+        self.inner.publish(publications).await
+    }
+
+    async fn subscribe(&self, group: &str, member: &Member) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        loop {
+            let slot = inner.slot(group);
+            let mut state = slot.op.lock().await;
+            if state.dead {
+                continue;
+            }
+            let unsettled = Unsettled::new(inner, &slot);
+            let epoch = inner.epoch.load(Ordering::Acquire);
+            let count = slot.count();
+            if state.sub != Sub::Confirmed(epoch) {
+                if inner.subscriber.is_connected() {
+                    state.sub = Sub::Unknown;
+                    if let Err(e) = inner.sub_channel(group).await {
+                        // It may reach Redis after all: the supervisor
+                        // settles the group (unsubscribes it if unused).
+                        inner.cleanup.store(true, Ordering::Release);
+                        unsettled.settled();
+                        return Err(unavailable(e));
+                    }
+                    state.sub = Sub::Confirmed(epoch);
+                } else {
+                    // Redis is away: count the member now and let the
+                    // supervisor subscribe the group once the link is back.
+                    // Nothing can be published meanwhile and `/readyz` is
+                    // 503, so the join loses nothing, and a client that
+                    // reached this node is not turned away for the outage.
+                    state.sub = Sub::Unknown;
+                    inner.cleanup.store(true, Ordering::Release);
+                }
+            }
+            slot.add(member);
+            inner.presence_add(group, &slot, member, count == 0).await;
+            unsettled.settled();
+            return Ok(());
+        }
+    }
+
+    async fn unsubscribe(&self, group: &str, session: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        loop {
+            let Some(slot) = inner.existing_slot(group) else {
+                return Ok(());
+            };
+            let mut state = slot.op.lock().await;
+            if state.dead {
+                continue;
+            }
+            let Some((session_gone, left)) = slot.remove(session) else {
+                return Ok(());
+            };
+            let unsettled = Unsettled::new(inner, &slot);
+            if left > 0 {
+                if session_gone {
+                    inner.presence_remove(group, &slot, Some(session)).await;
+                }
+                unsettled.settled();
+                return Ok(());
+            }
+            inner.presence_remove(group, &slot, None).await;
+            if state.sub != Sub::None {
+                state.sub = Sub::Unknown;
+                let result = if inner.subscriber.is_connected() {
+                    inner.unsub_channel(group).await
+                } else {
+                    Err(fred::error::Error::new(
+                        fred::error::ErrorKind::IO,
+                        "not connected",
+                    ))
+                };
+                if let Err(e) = result {
+                    // Settled by the supervisor once Redis answers again.
+                    tracing::debug!(group, error = %e, "unsubscribe deferred");
+                    inner.cleanup.store(true, Ordering::Release);
+                    unsettled.settled();
+                    return Ok(());
+                }
+                state.sub = Sub::None;
+            }
+            // A presence hash left behind by a failed delete expires on its
+            // own, or is cleared by the group's next first join.
+            inner.remove_slot(group, &slot, &mut state);
+            unsettled.settled();
+            return Ok(());
+        }
+    }
+
+    async fn control(&self, control: Control) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        inner.check_link()?;
+        let _: i64 = inner
+            .client
+            .publish(inner.control_channel(), json(&control))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Acquire)
+    }
+
+    fn attach(&self, handler: Arc<dyn BrokerHandler>) {
+        if self.inner.handler.set(handler).is_err() {
+            tracing::warn!("broker handler attached twice; keeping the first");
+        }
+        self.inner.heartbeat_now.notify_one();
+    }
+    /// Leaves the cluster: stops the tasks, removes this node's registry
+    /// entry and presence, and closes both connections. Bounded by a few
+    /// command timeouts; safe to call more than once.
+    async fn shutdown(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let tasks: Vec<JoinHandle<()>> = self.lock_tasks().drain(..).collect();
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        let inner = &self.inner;
+        inner.set_up(false);
+        if inner.client.is_connected() {
+            let pipeline = inner.client.pipeline();
+            let queued: Result<(), fred::error::Error> = async {
+                let _: () = pipeline.del(inner.node_key()).await?;
+                let _: () = pipeline
+                    .zrem(inner.nodes_key(), inner.node_id.as_str())
+                    .await?;
+                for (group, _) in inner.slots() {
+                    let _: () = pipeline
+                        .del(inner.presence_key(&group, &inner.node_id))
+                        .await?;
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = queued.and(pipeline.all::<Value>().await.map(|_| ())) {
+                tracing::warn!(error = %e, "could not remove this node from Redis; it expires instead");
+            }
+        }
+        let bound = Duration::from_secs(2);
+        let _ = tokio::time::timeout(bound, inner.subscriber.quit()).await;
+        let _ = tokio::time::timeout(bound, inner.client.quit()).await;
+        let connections: Vec<_> = self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for mut conn in connections {
+            if tokio::time::timeout(bound, &mut conn).await.is_err() {
+                conn.abort();
+            }
+        }
+        tracing::info!(node = %inner.node_id, "left the Redis cluster");
+    }
+}

@@ -1,0 +1,335 @@
+//! Presence and the node registry: soft state in Redis, renewed by each
+//! node's heartbeat, so a node that dies needs nobody to clean up after it.
+//!
+//! Keys (all under `redis.prefix`): `node:<id>` (JSON [`NodeInfo`], expiring
+//! after `node_ttl`), `nodes` (sorted set, score = last heartbeat in unix
+//! ms; entries older than `node_ttl` are pruned) and
+//! `presence:<group>:<node>` (hash session → JSON [`Member`], expiring after
+//! `node_ttl`). A node that dies stops refreshing them, so it drops out of
+//! the listing and of presence within `node_ttl`; every key expires once no
+//! node is left.
+//!
+//! The heartbeat is also the link's liveness probe (see `heartbeat_once`):
+//! its commands are the ones that time out when a connection silently died.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::prelude::{
+    ClientLike, Expiration, HashesInterface, KeysInterface, SortedSetsInterface, Value,
+};
+use tokio::time::MissedTickBehavior;
+
+use super::link::{Slot, force_reconnect, is_timeout};
+use super::{Inner, RedisBroker, json, unavailable};
+use crate::broker::{BrokerError, NodeInfo, NodeRegistry, Presence};
+use crate::hub::Member;
+
+/// Commands per pipeline in the heartbeat.
+const PIPELINE_CHUNK: usize = 512;
+/// Most nodes the listing and presence consider.
+const MAX_NODES: i64 = 10_000;
+
+impl Inner {
+    pub(super) fn node_key(&self) -> String {
+        format!("{}node:{}", self.prefix, self.node_id)
+    }
+    pub(super) fn nodes_key(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+    pub(super) fn presence_key(&self, group: &str, node: &str) -> String {
+        format!("{}presence:{group}:{node}", self.prefix)
+    }
+    fn ttl_ms(&self) -> i64 {
+        self.node_ttl.as_millis().min(i64::MAX as u128) as i64
+    }
+
+    // -- presence ---------------------------------------------------------
+
+    /// Adds a member to the group's presence hash; `first` clears what an
+    /// earlier, failed cleanup may have left there.
+    pub(super) async fn presence_add(
+        &self,
+        group: &str,
+        slot: &Slot,
+        member: &Member,
+        first: bool,
+    ) {
+        if !self.client.is_connected() {
+            slot.presence_dirty.store(true, Ordering::Release);
+            return;
+        }
+        let key = self.presence_key(group, &self.node_id);
+        let pipeline = self.client.pipeline();
+        if first {
+            let _: Result<(), _> = pipeline.del(&key).await;
+        }
+        let _: Result<(), _> = pipeline
+            .hset(&key, (member.session.as_str(), json(member)))
+            .await;
+        let _: Result<(), _> = pipeline.pexpire(&key, self.ttl_ms(), None).await;
+        if let Err(e) = pipeline.all::<Value>().await {
+            tracing::debug!(group, error = %e, "presence write failed; the heartbeat will repair it");
+            slot.presence_dirty.store(true, Ordering::Release);
+        }
+    }
+
+    pub(super) async fn presence_remove(&self, group: &str, slot: &Slot, session: Option<&str>) {
+        if !self.client.is_connected() {
+            slot.presence_dirty.store(true, Ordering::Release);
+            return;
+        }
+        let key = self.presence_key(group, &self.node_id);
+        let result: Result<i64, _> = match session {
+            Some(session) => self.client.hdel(&key, session).await,
+            None => self.client.del(&key).await,
+        };
+        if let Err(e) = result {
+            tracing::debug!(group, error = %e, "presence delete failed; the heartbeat will repair it");
+            slot.presence_dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Rewrites a group's presence hash from local state (under its `op`).
+    async fn presence_rewrite(&self, group: &str, slot: &Slot) -> Result<(), fred::error::Error> {
+        let key = self.presence_key(group, &self.node_id);
+        let members = slot.snapshot();
+        let pipeline = self.client.pipeline();
+        let _: () = pipeline.del(&key).await?;
+        if !members.is_empty() {
+            let fields: Vec<(String, String)> = members
+                .iter()
+                .map(|m| (m.session.clone(), json(m)))
+                .collect();
+            let _: () = pipeline.hset(&key, fields).await?;
+            let _: () = pipeline.pexpire(&key, self.ttl_ms(), None).await?;
+        }
+        pipeline.all::<Value>().await?;
+        Ok(())
+    }
+
+    // -- heartbeat ----------------------------------------------------------
+
+    pub(super) async fn heartbeat_once(&self) {
+        if !self.client.is_connected() {
+            return;
+        }
+        let now = crate::clock::unix_ms();
+        let connections = self
+            .handler
+            .get()
+            .map(|h| h.local_node().connections)
+            .unwrap_or(0);
+        let info = NodeInfo {
+            node: self.node_id.clone(),
+            connections,
+            last_seen_ms: now,
+        };
+        let oldest = now.saturating_sub(self.node_ttl.as_millis() as u64);
+        let pipeline = self.client.pipeline();
+        let queued: Result<(), fred::error::Error> = async {
+            let _: () = pipeline
+                .set(
+                    self.node_key(),
+                    json(&info),
+                    Some(Expiration::PX(self.ttl_ms())),
+                    None,
+                    false,
+                )
+                .await?;
+            let _: () = pipeline
+                .zadd(
+                    self.nodes_key(),
+                    None,
+                    None,
+                    false,
+                    false,
+                    (now as f64, self.node_id.as_str()),
+                )
+                .await?;
+            let _: () = pipeline
+                .zremrangebyscore(self.nodes_key(), f64::NEG_INFINITY, (oldest as f64) - 1.0)
+                .await?;
+            // The set outlives its last live node by node_ttl, no longer.
+            let _: () = pipeline
+                .pexpire(self.nodes_key(), self.ttl_ms(), None)
+                .await?;
+            Ok(())
+        }
+        .await;
+        let registered = queued.and(pipeline.all::<Value>().await.map(|_| ()));
+        if let Err(e) = &registered {
+            tracing::debug!(error = %e, "node registration failed");
+        }
+
+        self.refresh_presence().await;
+
+        let pinged = self.subscriber.ping::<Value>(None).await.map(|_| ());
+        if let Err(e) = &pinged {
+            tracing::debug!(error = %e, "subscriber ping failed");
+        }
+        // A connection that is open but answers nothing (state lost in a
+        // NAT or firewall, a host gone without a reset) still looks
+        // connected, and fred's unresponsive check is reset by every write.
+        // A timed-out heartbeat is the sign: report the link down and reopen
+        // the connection; the supervisor resubscribes once it is back.
+        // A slow Redis can time out a heartbeat too, so a timeout is only a
+        // hint: a PING with a long deadline (3 command timeouts) decides.
+        let stale_client =
+            registered.as_ref().is_err_and(is_timeout) && !self.answers_ping(&self.client).await;
+        let stale_subscriber =
+            pinged.as_ref().is_err_and(is_timeout) && !self.answers_ping(&self.subscriber).await;
+        if stale_client || stale_subscriber {
+            if !self.stale.swap(true, Ordering::AcqRel) {
+                tracing::warn!("Redis stopped answering; reconnecting");
+            }
+            self.set_up(false);
+            if stale_client {
+                force_reconnect(self.client.clone());
+            }
+            if stale_subscriber {
+                force_reconnect(self.subscriber.clone());
+            }
+        } else if registered.is_ok() && pinged.is_ok() {
+            self.stale.store(false, Ordering::Release);
+        }
+    }
+
+    /// Extends every local group's presence hash; rewrites those that are
+    /// missing (expired, Redis restarted) or known to be off.
+    async fn refresh_presence(&self) {
+        let mut dirty = Vec::new();
+        let mut live = Vec::new();
+        for (group, slot) in self.slots() {
+            if slot.presence_dirty.load(Ordering::Acquire) {
+                dirty.push((group, slot));
+            } else if slot.count() > 0 {
+                live.push((group, slot));
+            }
+        }
+        for chunk in live.chunks(PIPELINE_CHUNK) {
+            let pipeline = self.client.pipeline();
+            for (group, _) in chunk {
+                let key = self.presence_key(group, &self.node_id);
+                let _: Result<(), _> = pipeline.pexpire(key, self.ttl_ms(), None).await;
+            }
+            let results = pipeline.try_all::<i64>().await;
+            if results.len() != chunk.len() {
+                // The whole pipeline failed; try again on the next beat.
+                return;
+            }
+            for ((group, slot), result) in chunk.iter().zip(results) {
+                if matches!(result, Ok(0)) {
+                    dirty.push((group.clone(), slot.clone()));
+                }
+            }
+        }
+        for (group, slot) in dirty {
+            let state = slot.op.lock().await;
+            if state.dead {
+                continue;
+            }
+            slot.presence_dirty.store(false, Ordering::Release);
+            if let Err(e) = self.presence_rewrite(&group, &slot).await {
+                slot.presence_dirty.store(true, Ordering::Release);
+                tracing::debug!(group, error = %e, "presence rewrite failed");
+                return;
+            }
+        }
+    }
+}
+
+pub(super) async fn heartbeat(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.heartbeat.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = inner.heartbeat_now.notified() => {}
+        }
+        inner.heartbeat_once().await;
+    }
+}
+
+impl RedisBroker {
+    /// The nodes that beat within `node_ttl`: the listing and presence read
+    /// only theirs, so a dead node's leftover keys are never shown.
+    async fn live_nodes(&self) -> Result<Vec<String>, BrokerError> {
+        let inner = &self.inner;
+        inner.check_link()?;
+        let oldest = crate::clock::unix_ms().saturating_sub(inner.node_ttl.as_millis() as u64);
+        inner
+            .client
+            .zrangebyscore(
+                inner.nodes_key(),
+                oldest as f64,
+                f64::INFINITY,
+                false,
+                Some((0, MAX_NODES)),
+            )
+            .await
+            .map_err(unavailable)
+    }
+}
+
+#[async_trait]
+impl Presence for RedisBroker {
+    async fn presence(&self, group: &str) -> Result<Vec<Member>, BrokerError> {
+        let nodes = self.live_nodes().await?;
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let pipeline = inner.client.pipeline();
+        for node in &nodes {
+            let _: () = pipeline
+                .hgetall(inner.presence_key(group, node))
+                .await
+                .map_err(unavailable)?;
+        }
+        let mut members = Vec::new();
+        for result in pipeline.try_all::<HashMap<String, String>>().await {
+            for raw in result.map_err(unavailable)?.into_values() {
+                match serde_json::from_str::<Member>(&raw) {
+                    Ok(member) => members.push(member),
+                    Err(_) => tracing::debug!(group, "skipped a malformed presence entry"),
+                }
+            }
+        }
+        members.sort_by(|a, b| (&a.node, &a.session).cmp(&(&b.node, &b.session)));
+        Ok(members)
+    }
+}
+
+#[async_trait]
+impl NodeRegistry for RedisBroker {
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
+        let ids = self.live_nodes().await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        let pipeline = inner.client.pipeline();
+        for id in &ids {
+            let _: () = pipeline
+                .get(format!("{}node:{id}", inner.prefix))
+                .await
+                .map_err(unavailable)?;
+        }
+        let mut nodes = Vec::new();
+        for result in pipeline.try_all::<Option<String>>().await {
+            // A missing key is a node that stopped (or was removed) since.
+            if let Some(raw) = result.map_err(unavailable)? {
+                match serde_json::from_str::<NodeInfo>(&raw) {
+                    Ok(info) => nodes.push(info),
+                    Err(_) => tracing::debug!("skipped a malformed node entry"),
+                }
+            }
+        }
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
+    }
+}
