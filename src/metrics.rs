@@ -66,14 +66,17 @@ pub enum AuthFailure {
     Timeout,
     Malformed,
     BackendUnavailable,
+    /// A valid token whose user id cannot stand for `{user_id}` (policy).
+    InvalidUserId,
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 4] = [
+    pub const ALL: [AuthFailure; 5] = [
         AuthFailure::InvalidToken,
         AuthFailure::Timeout,
         AuthFailure::Malformed,
         AuthFailure::BackendUnavailable,
+        AuthFailure::InvalidUserId,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -81,6 +84,7 @@ impl AuthFailure {
             AuthFailure::Timeout => "timeout",
             AuthFailure::Malformed => "malformed",
             AuthFailure::BackendUnavailable => "backend_unavailable",
+            AuthFailure::InvalidUserId => "invalid_user_id",
         }
     }
 }

@@ -144,7 +144,18 @@ async fn authenticate(socket: &mut WebSocket, state: &AppState) -> Result<(Ident
         auth.result = tracing::field::Empty,
     );
     let (result, verdict) = match check_token(state, &token, &span).await {
-        Checked::Valid(identity) => ("ok", Ok((identity, token))),
+        Checked::Valid(identity) => match state.policy.auto_join(&identity.user_id) {
+            Ok(_) => ("ok", Ok((identity, token))),
+            // The store's answer cannot be used safely as `{user_id}`: fail
+            // closed (the client's token is fine, the id is the backend's).
+            Err(e) => {
+                span.in_scope(
+                    || tracing::warn!(user_id = ?identity.user_id, error = %e, "user refused"),
+                );
+                metrics.auth_failed(AuthFailure::InvalidUserId);
+                ("invalid_user_id", Err(End::Close(CloseCode::AuthFailed)))
+            }
+        },
         Checked::Invalid => {
             metrics.auth_failed(AuthFailure::InvalidToken);
             ("invalid_token", Err(End::Close(CloseCode::AuthFailed)))
@@ -266,7 +277,11 @@ async fn serve(
 
 /// Joins the auto-join groups and writes `welcome`.
 async fn welcome(socket: &mut WebSocket, state: &AppState, conn: &ConnHandle) -> Result<(), End> {
-    let groups = state.policy.auto_join(&conn.user_id);
+    // Checked at authentication: an id that got this far has its groups.
+    let groups = state
+        .policy
+        .auto_join(&conn.user_id)
+        .map_err(|_| End::Close(CloseCode::AuthFailed))?;
     let mut joined = Vec::with_capacity(groups.len());
     for group in groups {
         match join(state, conn, &group).await {
