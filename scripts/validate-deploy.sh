@@ -862,7 +862,8 @@ def cmd_pod_run(rendered, wsgate, workdir):
         gid = sc.get("runAsGroup", psc.get("runAsGroup"))
         if not uid or not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
             raise SystemExit("ERROR: %s: not a non-root container" % tag)
-        cmd = ["bwrap", "--unshare-user", "--uid", str(uid), "--gid", str(gid), "--unshare-pid", "--unshare-ipc", "--die-with-parent",
+        # --as-pid-1: the entrypoint is PID 1 of its namespace, as in a container.
+        cmd = ["bwrap", "--unshare-user", "--uid", str(uid), "--gid", str(gid), "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--die-with-parent",
                "--ro-bind", "/usr/lib", "/usr/lib", "--ro-bind", "/usr/lib64", "/usr/lib64", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
                "--ro-bind", "/etc/ssl/certs", "/etc/ssl/certs", "--ro-bind", "/etc/hosts", "/etc/hosts", "--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf",
                "--dir", "/usr/local/bin", "--ro-bind", wsgate, "/usr/local/bin/wsgate", "--dir", "/var/lib/wsgate",
@@ -930,9 +931,12 @@ def cmd_pod_run(rendered, wsgate, workdir):
             fail("the image's HEALTHCHECK `wsgate healthcheck` in the pod's mounts and env exited %d: %s%s" % (hc.returncode, hc.stdout, hc.stderr))
         print("  image HEALTHCHECK `wsgate healthcheck` with the pod's mounts and env: exit 0")
         keys_file = env.get("WSGATE__API__KEYS__FILE")
-        if keys_file:
-            key_vol = next(m for m in c["volumeMounts"] if keys_file.startswith(m["mountPath"]))
-            key = open(os.path.join(workdir, "pod", "vol-" + key_vol["name"], keys_file[len(key_vol["mountPath"]):].lstrip("/"))).read().split(",")[0].strip()
+        if keys_file or env.get("WSGATE__API__KEYS"):
+            if keys_file:
+                key_vol = next(m for m in c["volumeMounts"] if keys_file.startswith(m["mountPath"]))
+                key = open(os.path.join(workdir, "pod", "vol-" + key_vol["name"], keys_file[len(key_vol["mountPath"]):].lstrip("/"))).read().split(",")[0].strip()
+            else:
+                key = env["WSGATE__API__KEYS"].split(",")[0].strip()
             body = json.dumps({"group": "e2e.deploy", "data": {"hello": "world"}}).encode()
             req = urllib.request.Request("http://127.0.0.1:%d/api/v1/publish" % ports["api"], data=body, method="POST",
                                          headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
@@ -949,13 +953,24 @@ def cmd_pod_run(rendered, wsgate, workdir):
                 bad_status = e.code
             if bad_status != 401:
                 fail("publish with a wrong key answered %s, not 401" % bad_status)
-            print("  API key from the mounted Secret (WSGATE__API__KEYS__FILE): publish %s, a wrong key 401" % status)
+            print("  API key from the Secret (%s): publish %s, a wrong key 401" % ("mounted file, WSGATE__API__KEYS__FILE" if keys_file else "WSGATE__API__KEYS", status))
         pre = c.get("lifecycle", {}).get("preStop", {})
         sleep = int(pre["exec"]["command"][1]) if "exec" in pre else int(pre.get("sleep", {}).get("seconds", 0))
         grace = spec["terminationGracePeriodSeconds"]
         time.sleep(sleep)
         t0 = time.time()
-        proc.send_signal(signal.SIGTERM)
+        # The kubelet signals the container's PID 1, the process bwrap
+        # started (its child on this side of the namespace).
+        def children(pid):
+            out = []
+            for task in os.listdir("/proc/%d/task" % pid):
+                with open("/proc/%d/task/%s/children" % (pid, task)) as f:
+                    out += [int(x) for x in f.read().split()]
+            return out
+        targets = [c for c in children(proc.pid) if os.readlink("/proc/%d/exe" % c).endswith("/wsgate")]
+        if len(targets) != 1:
+            fail("cannot find the wsgate process under bwrap (%s)" % children(proc.pid))
+        os.kill(targets[0], signal.SIGTERM)
         saw_503 = False
         while proc.poll() is None and time.time() - t0 < grace - sleep:
             if get(c["readinessProbe"]["httpGet"]["path"], ports["metrics"]) == 503:
