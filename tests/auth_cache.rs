@@ -511,15 +511,9 @@ async fn revocation_clears_redis_and_local_layers() {
     assert!(ttl > 55_000, "tombstone ttl {ttl}");
     // A lookup that read the old answer before the revocation cannot put it back.
     let late = redis_cache(&client, &prefix, &metrics);
-    late.put(
-        &digest,
-        Some(&Identity {
-            user_id: "9".into(),
-        }),
-        false,
-    )
-    .await
-    .expect("put");
+    late.put(&digest, Some(&Identity::user("9")), false)
+        .await
+        .expect("put");
     assert_eq!(late.get(&digest).await.expect("get"), Some(Cached::Invalid));
 
     // The revoking node forgot it locally.

@@ -3,6 +3,10 @@
 
 mod common;
 
+use std::time::Duration;
+
+use serde_json::json;
+
 use common::{Client, code, issue_token, spawn, test_config};
 
 /// H1: a user id is literal in `{user_id}`; an id that cannot be a group
@@ -18,8 +22,7 @@ async fn h1_user_ids_that_are_not_group_segments_are_refused_at_welcome() {
     for id in ["*", "42.x", "a b", "4?"] {
         let token = issue_token(&config, id, None).await;
         let mut c = Client::connect(&node.ws_url()).await;
-        c.send_json(serde_json::json!({"type": "auth", "token": token}))
-            .await;
+        c.send_json(json!({"type": "auth", "token": token})).await;
         assert_eq!(code(c.expect_close().await), 4003, "user id {id:?}");
     }
     let metrics = reqwest::get(node.metrics_url("/metrics"))
@@ -38,10 +41,75 @@ async fn h1_user_ids_that_are_not_group_segments_are_refused_at_welcome() {
     // A plain id still gets its own groups, and only those.
     let token = issue_token(&config, "c", None).await;
     let (mut c, welcome) = Client::authed(&node.ws_url(), &token).await;
-    assert_eq!(welcome["groups"], serde_json::json!(["user.c"]));
+    assert_eq!(welcome["groups"], json!(["user.c"]));
     c.subscribe("team.c.x").await;
     let reply = c
-        .request(serde_json::json!({"type": "subscribe", "group": "team.d.x"}))
+        .request(json!({"type": "subscribe", "group": "team.d.x"}))
         .await;
     assert_eq!(reply["code"], "forbidden", "got {reply}");
+}
+
+/// M1, embedded: the in-process layer keeps a positive at most until the
+/// token expires (it kept it 5 s whatever the token's lifetime).
+#[tokio::test]
+async fn m1_embedded_cache_does_not_outlive_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let node = spawn(config.clone()).await;
+    let token = issue_token(&config, "7", Some(Duration::from_millis(1500))).await;
+    // Authenticates, and so fills the in-process cache.
+    let (mut first, _) = Client::authed(&node.ws_url(), &token).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut late = Client::connect(&node.ws_url()).await;
+    late.send_json(json!({"type": "auth", "token": token}))
+        .await;
+    assert_eq!(code(late.expect_close().await), 4003);
+    // An in-band refresh with the expired token takes the same path.
+    first
+        .send_json(json!({"type": "refresh", "token": token}))
+        .await;
+    assert_eq!(code(first.expect_close().await), 4003);
+}
+
+/// M1, cluster: Redis keeps a positive at most until the token expires (it
+/// kept it `auth.cache_ttl`, 60 s), for every node.
+#[tokio::test]
+async fn m1_redis_cache_does_not_outlive_the_token() {
+    let prefix = common::redis_servers::random_prefix();
+    let _cleanup = PrefixGuard(prefix.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.redis.url = Some("redis://127.0.0.1:6379".into());
+    config.redis.prefix = prefix.clone();
+    let a = spawn(config.clone()).await;
+    let token = issue_token(&config, "7", Some(Duration::from_millis(1500))).await;
+    let _held = Client::authed(&a.ws_url(), &token).await;
+    let key = format!(
+        "{prefix}auth:{}",
+        wsgate::auth::Token::new(token.clone()).digest().to_hex()
+    );
+    let ttl_ms: i64 = common::redis_servers::redis_cli(6379, &["PTTL", &key])[0]
+        .parse()
+        .unwrap();
+    assert!(
+        ttl_ms > 0 && ttl_ms <= 1500,
+        "Redis keeps the answer {ttl_ms} ms"
+    );
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // A second node has nothing in its in-process layer: only Redis or the
+    // store can answer, and neither may say yes now.
+    let b = spawn(config.clone()).await;
+    let mut late = Client::connect(&b.ws_url()).await;
+    late.send_json(json!({"type": "auth", "token": token}))
+        .await;
+    assert_eq!(code(late.expect_close().await), 4003);
+}
+
+/// Removes a test's Redis keys, also when it panics.
+struct PrefixGuard(String);
+
+impl Drop for PrefixGuard {
+    fn drop(&mut self) {
+        common::redis_servers::cleanup_prefix(&self.0);
+    }
 }

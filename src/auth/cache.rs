@@ -12,7 +12,8 @@
 //!    lookup, so N simultaneous authentications of one uncached token make one
 //!    Redis read and at most one store query, not N.
 //! 2. **Redis** (`{prefix}auth:{sha256 hex}`), shared by every node: the value
-//!    is `u:<user id>` for a valid token, kept `auth.cache_ttl`, or `-` for an
+//!    is `u:<user id>` for a valid token (`e:<expiry ms>:<user id>` for one
+//!    that expires), kept `auth.cache_ttl`, or `-` for an
 //!    invalid one, kept `auth.negative_ttl`, so a flood of bad tokens is
 //!    answered by Redis instead of Postgres. The token itself is never sent to
 //!    Redis, and never appears in a log line or an error from this module.
@@ -20,6 +21,11 @@
 //!    written back to Redis. Store errors are never cached.
 //!
 //! # TTLs
+//!
+//! No layer keeps a valid answer past the token's own expiry: each positive
+//! lives `min(layer TTL, time the token has left)`, in Redis (the key's TTL,
+//! and the expiry in the value for the local layers that read it) and in
+//! the local layer.
 //!
 //! The local layer keeps positives `min(auth.cache_ttl, 5 s)` and negatives
 //! `min(auth.negative_ttl, 2 s)`. It is short on purpose: only the
@@ -88,6 +94,8 @@ const FORGET_SLACK: Duration = Duration::from_secs(60);
 const NEGATIVE: &str = "-";
 /// The Redis value of a valid token is this prefix and the user id.
 const POSITIVE_PREFIX: &str = "u:";
+/// A valid token that expires: `e:<unix ms>:<user id>`.
+const EXPIRING_PREFIX: &str = "e:";
 
 /// A Redis token-cache call that did not succeed. Never holds the token.
 #[derive(Debug, thiserror::Error)]
@@ -167,10 +175,10 @@ impl RedisTokenCache {
         match raw.as_deref() {
             None => Ok(None),
             Some(NEGATIVE) => Ok(Some(Cached::Invalid)),
-            Some(v) => match v.strip_prefix(POSITIVE_PREFIX) {
-                Some(user_id) => Ok(Some(Cached::Valid(Identity {
-                    user_id: user_id.to_string(),
-                }))),
+            Some(v) => match parse_positive(v) {
+                // Expired while the key lived (clocks differ): ask the store.
+                Some(identity) if identity.cacheable_for(Duration::MAX).is_zero() => Ok(None),
+                Some(identity) => Ok(Some(Cached::Valid(identity))),
                 None => {
                     self.metrics.auth_cache_errors.inc();
                     Err(CacheError::Corrupt)
@@ -188,7 +196,7 @@ impl RedisTokenCache {
         overwrite: bool,
     ) -> Result<(), CacheError> {
         let (value, ttl) = match identity {
-            Some(id) => (format!("{POSITIVE_PREFIX}{}", id.user_id), self.cache_ttl),
+            Some(id) => (positive_value(id), id.cacheable_for(self.cache_ttl)),
             None => (NEGATIVE.to_string(), self.negative_ttl),
         };
         if ttl.is_zero() {
@@ -234,6 +242,24 @@ impl RedisTokenCache {
     }
 }
 
+fn positive_value(id: &Identity) -> String {
+    match id.expires_at {
+        None => format!("{POSITIVE_PREFIX}{}", id.user_id),
+        Some(at) => format!("{EXPIRING_PREFIX}{at}:{}", id.user_id),
+    }
+}
+
+fn parse_positive(v: &str) -> Option<Identity> {
+    if let Some(user_id) = v.strip_prefix(POSITIVE_PREFIX) {
+        return Some(Identity::user(user_id));
+    }
+    let (at, user_id) = v.strip_prefix(EXPIRING_PREFIX)?.split_once(':')?;
+    Some(Identity {
+        user_id: user_id.to_string(),
+        expires_at: Some(at.parse().ok()?),
+    })
+}
+
 fn px(ttl: Duration) -> Expiration {
     Expiration::PX(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1))
 }
@@ -258,10 +284,9 @@ struct LocalExpiry {
 
 impl LocalExpiry {
     fn ttl(&self, value: &Looked) -> Duration {
-        if value.identity.is_some() {
-            self.positive
-        } else {
-            self.negative
+        match &value.identity {
+            Some(identity) => identity.cacheable_for(self.positive),
+            None => self.negative,
         }
     }
 }

@@ -18,11 +18,35 @@ use async_trait::async_trait;
 pub use crate::metrics::AuthSource;
 pub use crate::token::{Credential, Token, TokenDigest};
 
-/// Who a valid token belongs to. The user id is a string whatever its type
-/// in the database.
+/// Who a valid token belongs to, and until when. The user id is a string
+/// whatever its type in the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user_id: String,
+    /// When the token expires (unix ms), if it does: no cache layer keeps
+    /// the answer past it.
+    pub expires_at: Option<u64>,
+}
+
+impl Identity {
+    /// A token that does not expire (or whose store does not say).
+    pub fn user(user_id: impl Into<String>) -> Identity {
+        Identity {
+            user_id: user_id.into(),
+            expires_at: None,
+        }
+    }
+
+    /// How long an answer about this token may be cached: `ttl`, or less
+    /// when the token expires sooner (zero once it has).
+    pub fn cacheable_for(&self, ttl: std::time::Duration) -> std::time::Duration {
+        match self.expires_at {
+            None => ttl,
+            Some(at) => ttl.min(std::time::Duration::from_millis(
+                at.saturating_sub(crate::clock::unix_ms()),
+            )),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

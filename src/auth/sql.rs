@@ -205,8 +205,13 @@ fn cannot_serve_now(db: &dyn sqlx::error::DatabaseError) -> bool {
 
 /// The identity a verification query answered, if it returned a row.
 fn identity_of(row: Option<AnyRow>) -> Result<Option<Identity>, StoreError> {
-    row.map(|r| user_id_of(&r).map(|user_id| Identity { user_id }))
-        .transpose()
+    row.map(|r| user_id_of(&r).map(Identity::user)).transpose()
+}
+
+/// A native row's `expires_at` (unix ms, NULL for none) at `column`.
+fn expires_of(row: &AnyRow, column: usize) -> Result<Option<u64>, StoreError> {
+    let at: Option<i64> = row.try_get(column).map_err(classify)?;
+    Ok(at.map(|ms| ms.max(0) as u64))
 }
 
 /// Most tokens one batched lookup ([`TokenStore::verify_many`]) binds: far
@@ -314,7 +319,7 @@ impl NativeStore {
 impl TokenStore for NativeStore {
     async fn verify(&self, token: &Token) -> Result<Option<Identity>, StoreError> {
         let row = sqlx::query(
-            "SELECT t.user_id FROM wsgate_tokens t \
+            "SELECT t.user_id, t.expires_at FROM wsgate_tokens t \
              WHERE t.digest = $1 AND t.revoked_at IS NULL \
                AND (t.expires_at IS NULL OR t.expires_at > $2) \
                AND NOT EXISTS (SELECT 1 FROM wsgate_revocations r WHERE r.digest = t.digest)",
@@ -324,7 +329,13 @@ impl TokenStore for NativeStore {
         .fetch_optional(&self.db.pool)
         .await
         .map_err(classify)?;
-        identity_of(row)
+        row.map(|r| {
+            Ok(Identity {
+                user_id: user_id_of(&r)?,
+                expires_at: expires_of(&r, 1)?,
+            })
+        })
+        .transpose()
     }
 
     /// One query per [`MAX_BATCH`] tokens: the same conditions as `verify`
@@ -335,7 +346,7 @@ impl TokenStore for NativeStore {
             let digests: Vec<String> = chunk.iter().map(|t| t.digest().to_hex()).collect();
             let bound = padded(&digests);
             let sql = format!(
-                "SELECT t.user_id, t.digest FROM wsgate_tokens t \
+                "SELECT t.user_id, t.digest, t.expires_at FROM wsgate_tokens t \
                  WHERE t.digest IN ({}) AND t.revoked_at IS NULL \
                    AND (t.expires_at IS NULL OR t.expires_at > $1) \
                    AND NOT EXISTS (SELECT 1 FROM wsgate_revocations r WHERE r.digest = t.digest)",
@@ -349,13 +360,13 @@ impl TokenStore for NativeStore {
             let mut valid = std::collections::HashMap::with_capacity(rows.len());
             for row in &rows {
                 let digest: String = row.try_get(1).map_err(classify)?;
-                valid.insert(digest, user_id_of(row)?);
+                let identity = Identity {
+                    user_id: user_id_of(row)?,
+                    expires_at: expires_of(row, 2)?,
+                };
+                valid.insert(digest, identity);
             }
-            answers.extend(digests.iter().map(|d| {
-                valid.get(d).map(|user_id| Identity {
-                    user_id: user_id.clone(),
-                })
-            }));
+            answers.extend(digests.iter().map(|d| valid.get(d).cloned()));
         }
         Ok(answers)
     }
@@ -497,9 +508,7 @@ impl TokenStore for QueryStore {
                 if revoked.contains(digest) {
                     return None;
                 }
-                valid.get(token.expose()).map(|user_id| Identity {
-                    user_id: user_id.clone(),
-                })
+                valid.get(token.expose()).cloned().map(Identity::user)
             }));
         }
         Ok(answers)
