@@ -7,12 +7,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-async fn node() -> (tempfile::TempDir, TestNode) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = test_config(dir.path());
-    (dir, spawn(config).await)
-}
-
 #[tokio::test]
 async fn api_key_required() {
     let (_d, node) = node().await;

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -23,9 +21,9 @@ use wsgate::auth::{
 use wsgate::config::Config;
 use wsgate::metrics::Metrics;
 
-use common::PgDb;
+use common::redis_servers::RedisProc;
+use common::{PgDb, RedisPrefix, SHARED_REDIS};
 
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(300);
 const CACHE_TTL: Duration = Duration::from_secs(60);
 const NEGATIVE_TTL: Duration = Duration::from_secs(10);
@@ -70,10 +68,10 @@ impl TokenStore for Counting {
     }
 }
 
-/// A throwaway database with wsgate's schema.
+/// A throwaway database with wsgate's schema (dropped with this value).
 struct Pg {
-    pg: PgDb,
     db: Db,
+    pg: PgDb,
 }
 
 impl Pg {
@@ -83,7 +81,7 @@ impl Pg {
             .await
             .expect("connect test db");
         db.migrate().await.expect("migrate");
-        Pg { pg, db }
+        Pg { db, pg }
     }
 
     fn config(pg: &PgDb) -> Config {
@@ -112,11 +110,6 @@ impl Pg {
             .await
             .expect("issue token")
     }
-
-    async fn drop_db(self) {
-        self.db.pool.close().await;
-        self.pg.drop_db().await;
-    }
 }
 
 async fn redis_client(url: &str) -> Client {
@@ -128,10 +121,6 @@ async fn redis_client(url: &str) -> Client {
         .expect("redis client");
     client.init().await.expect("Redis at 127.0.0.1:6379");
     client
-}
-
-fn random_prefix() -> String {
-    format!("wsgate_t_{}:", hex::encode(rand::random::<[u8; 6]>()))
 }
 
 fn redis_cache(client: &Client, prefix: &str, metrics: &Arc<Metrics>) -> RedisTokenCache {
@@ -189,70 +178,13 @@ async fn keys_under(client: &Client, prefix: &str) -> Vec<String> {
     }
 }
 
-/// A `redis-server` of the test's own on a free port, killed on drop.
-struct ThrowawayRedis {
-    child: Child,
-    url: String,
-}
-
-impl ThrowawayRedis {
-    async fn start() -> ThrowawayRedis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "throwaway redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        ThrowawayRedis {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGSTOP: the connection stays open, nothing answers.
-    fn freeze(&self) {
-        let status = Command::new("kill")
-            .args(["-STOP", &self.child.id().to_string()])
-            .status()
-            .expect("kill -STOP");
-        assert!(status.success());
-    }
-}
-
-impl Drop for ThrowawayRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
 async fn miss_hit_and_negative_paths_are_counted() {
     let pg = Pg::create().await;
-    let client = redis_client(REDIS_URL).await;
-    let prefix = random_prefix();
+    let client = redis_client(SHARED_REDIS).await;
+    let prefix = RedisPrefix::random();
     let token = pg.issue("42").await;
     let bad = bad_token();
 
@@ -303,21 +235,20 @@ async fn miss_hit_and_negative_paths_are_counted() {
     assert_eq!(requests(&metrics_b, "hit"), 1.0);
     assert_eq!(requests(&metrics_b, "negative_hit"), 1.0);
     assert_eq!(cache_errors(&metrics_a) + cache_errors(&metrics_b), 0.0);
-
-    pg.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_authentications_share_one_lookup() {
     const N: usize = 200;
     let pg = Pg::create().await;
-    let client = redis_client(REDIS_URL).await;
+    let client = redis_client(SHARED_REDIS).await;
+    let prefix = RedisPrefix::random();
     let metrics = Arc::new(Metrics::new());
     // A slow store, so every caller arrives while the lookup is in flight.
     let store = pg.store(Duration::from_millis(200));
     let auth = Arc::new(Authenticator::with_cache(
         store.clone(),
-        redis_cache(&client, &random_prefix(), &metrics),
+        redis_cache(&client, &prefix, &metrics),
     ));
 
     for (token, expected) in [
@@ -345,15 +276,13 @@ async fn concurrent_authentications_share_one_lookup() {
     assert_eq!(requests(&metrics, "miss"), 2.0);
     assert_eq!(requests(&metrics, "hit"), (N - 1) as f64);
     assert_eq!(requests(&metrics, "negative_hit"), (N - 1) as f64);
-
-    pg.drop_db().await;
 }
 
 #[tokio::test]
 async fn warm_redis_answers_while_postgres_is_down() {
     let pg = Pg::create().await;
-    let client = redis_client(REDIS_URL).await;
-    let prefix = random_prefix();
+    let client = redis_client(SHARED_REDIS).await;
+    let prefix = RedisPrefix::random();
     let cached = pg.issue("1").await;
     let uncached = pg.issue("2").await;
     let bad = bad_token();
@@ -394,15 +323,14 @@ async fn warm_redis_answers_while_postgres_is_down() {
     let value: Option<String> = client.get(&key).await.expect("get");
     assert_eq!(value, None, "a store error is never cached");
     assert_eq!(cache_errors(&metrics), 0.0);
-
-    pg.drop_db().await;
 }
 
 #[tokio::test]
 async fn redis_down_falls_back_to_postgres() {
     let pg = Pg::create().await;
-    let mut redis = ThrowawayRedis::start().await;
-    let client = redis_client(&redis.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisProc::start(dir.path());
+    let client = redis_client(&redis.url()).await;
     let metrics = Arc::new(Metrics::new());
     let store = pg.store(Duration::ZERO);
     let auth = Authenticator::with_cache(store.clone(), redis_cache(&client, "wsgate:", &metrics));
@@ -440,15 +368,14 @@ async fn redis_down_falls_back_to_postgres() {
     // Revocation still reaches the store, and reports the cache it could not clear.
     assert!(auth.revoke(&token.digest()).await.is_err());
     assert_eq!(user_of(&auth, &token).await, (None, AuthSource::Database));
-
-    pg.drop_db().await;
 }
 
 #[tokio::test]
 async fn hung_redis_is_bounded_by_the_command_timeout() {
     let pg = Pg::create().await;
-    let redis = ThrowawayRedis::start().await;
-    let client = redis_client(&redis.url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path());
+    let client = redis_client(&redis.url()).await;
     let metrics = Arc::new(Metrics::new());
     let store = pg.store(Duration::ZERO);
     let auth = Authenticator::with_cache(store.clone(), redis_cache(&client, "wsgate:", &metrics));
@@ -468,16 +395,13 @@ async fn hung_redis_is_bounded_by_the_command_timeout() {
     );
     assert_eq!(cache_errors(&metrics), 1.0);
     assert_eq!(store.lookups(), 1);
-
-    drop(redis);
-    pg.drop_db().await;
 }
 
 #[tokio::test]
 async fn revocation_clears_redis_and_local_layers() {
     let pg = Pg::create().await;
-    let client = redis_client(REDIS_URL).await;
-    let prefix = random_prefix();
+    let client = redis_client(SHARED_REDIS).await;
+    let prefix = RedisPrefix::random();
     let metrics = Arc::new(Metrics::new());
     let token = pg.issue("9").await;
     let digest = token.digest();
@@ -532,8 +456,6 @@ async fn revocation_clears_redis_and_local_layers() {
     let fresh = Authenticator::new(pg.store(Duration::ZERO));
     assert_eq!(user_of(&fresh, &token).await, (None, AuthSource::Database));
     assert_eq!(cache_errors(&metrics), 0.0);
-
-    pg.drop_db().await;
 }
 
 #[tokio::test]
@@ -575,15 +497,13 @@ async fn local_only_cache_for_embedded_mode() {
     assert_eq!(requests(&metrics, "miss"), 4.0);
     assert_eq!(requests(&metrics, "hit"), 1.0);
     assert_eq!(requests(&metrics, "negative_hit"), 1.0);
-
-    pg.drop_db().await;
 }
 
 #[tokio::test]
 async fn the_token_never_reaches_redis() {
     let pg = Pg::create().await;
-    let client = redis_client(REDIS_URL).await;
-    let prefix = random_prefix();
+    let client = redis_client(SHARED_REDIS).await;
+    let prefix = RedisPrefix::random();
     let metrics = Arc::new(Metrics::new());
     let auth = Authenticator::with_cache(
         pg.store(Duration::ZERO),
@@ -612,6 +532,4 @@ async fn the_token_never_reaches_redis() {
             assert!(!key.contains(t.expose()) && !value.contains(t.expose()));
         }
     }
-
-    pg.drop_db().await;
 }

@@ -9,12 +9,11 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{API_KEY, BinNode, Client};
+use common::{API_KEY, BinNode, Client, line_reader};
 use serde_json::{Value, json};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -41,18 +40,7 @@ impl Demo {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn wsgate demo");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = line_reader(child.stdout.take().unwrap());
         let (mut page, mut token) = (None, None);
         while page.is_none() || token.is_none() {
             let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {

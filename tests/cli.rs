@@ -160,18 +160,11 @@ fn token_commands_sqlite() {
 async fn token_commands_postgres() {
     let pg = PgDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let url = pg.url.clone();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        token_lifecycle(dir.path(), &[("WSGATE__DATABASE__URL", &url)]);
-        assert!(
-            !dir.path().join("wsgate.db").exists(),
-            "no SQLite file with a database URL"
-        );
-    }));
-    pg.drop_db().await;
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    token_lifecycle(dir.path(), &[("WSGATE__DATABASE__URL", &pg.url)]);
+    assert!(
+        !dir.path().join("wsgate.db").exists(),
+        "no SQLite file with a database URL"
+    );
 }
 
 fn migrate_twice(dir: &Path, env: &[(&str, &str)]) {
@@ -199,14 +192,7 @@ fn migrate_twice_sqlite() {
 async fn migrate_twice_postgres() {
     let pg = PgDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let url = pg.url.clone();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        migrate_twice(dir.path(), &[("WSGATE__DATABASE__URL", &url)]);
-    }));
-    pg.drop_db().await;
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    migrate_twice(dir.path(), &[("WSGATE__DATABASE__URL", &pg.url)]);
 }
 
 #[test]
@@ -358,28 +344,21 @@ fn serve_expecting_exit(dir: &Path, env: &[(&str, &str)], limit: Duration) -> Ou
 async fn serve_with_database_requires_api_keys() {
     let pg = PgDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let url = pg.url.clone();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let o = serve_expecting_exit(
-            dir.path(),
-            &[
-                ("WSGATE__DATABASE__URL", &url),
-                ("WSGATE__SERVER__LISTEN", "127.0.0.1:0"),
-                ("WSGATE__API__LISTEN", "127.0.0.1:0"),
-                ("WSGATE__METRICS__LISTEN", "127.0.0.1:0"),
-            ],
-            Duration::from_secs(20),
-        );
-        assert!(!o.status.success(), "exit status {:?}", o.status);
-        let err = stderr(&o);
-        assert!(err.contains("api.keys"), "stderr names api.keys: {err:?}");
-        // no key was generated on disk for a non-embedded node
-        assert!(!dir.path().join("wsgate.api-key").exists());
-    }));
-    pg.drop_db().await;
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    let o = serve_expecting_exit(
+        dir.path(),
+        &[
+            ("WSGATE__DATABASE__URL", &pg.url),
+            ("WSGATE__SERVER__LISTEN", "127.0.0.1:0"),
+            ("WSGATE__API__LISTEN", "127.0.0.1:0"),
+            ("WSGATE__METRICS__LISTEN", "127.0.0.1:0"),
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(!o.status.success(), "exit status {:?}", o.status);
+    let err = stderr(&o);
+    assert!(err.contains("api.keys"), "stderr names api.keys: {err:?}");
+    // no key was generated on disk for a non-embedded node
+    assert!(!dir.path().join("wsgate.api-key").exists());
 }
 
 #[test]

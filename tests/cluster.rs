@@ -31,15 +31,16 @@ fn node_config(
     c
 }
 
+/// Nodes on one Redis key prefix (deleted from the shared Redis on drop).
 struct Cluster {
     nodes: Vec<TestNode>,
-    prefix: String,
+    prefix: RedisPrefix,
     _dir: tempfile::TempDir,
 }
 
 async fn cluster(n: usize, redis_url: &str, pg: &PgDb) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let prefix = random_prefix();
+    let prefix = RedisPrefix::random();
     let mut nodes = Vec::new();
     for i in 0..n {
         let name = format!("node-{}", (b'a' + i as u8) as char);
@@ -57,7 +58,6 @@ impl Cluster {
         for n in self.nodes {
             n.shutdown().await;
         }
-        cleanup_prefix(&self.prefix);
     }
 }
 
@@ -139,7 +139,6 @@ async fn three_nodes_fan_out_api_raw_publish_and_order() {
         r.await.unwrap();
     }
     c.shutdown().await;
-    pg.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +199,6 @@ async fn subscriptions_follow_local_members() {
     .await;
     assert_eq!(numsub("user.1"), 1, "a is still connected on node-a");
     c.shutdown().await;
-    pg.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,14 +210,7 @@ async fn presence_and_listing_across_nodes_and_a_killed_node_expires() {
     let dir = tempfile::tempdir().unwrap();
     let mut killed = BinNode::start(
         dir.path(),
-        &[
-            ("WSGATE__SERVER__NODE_ID", "node-killed"),
-            ("WSGATE__REDIS__URL", SHARED_REDIS),
-            ("WSGATE__REDIS__PREFIX", &c.prefix),
-            ("WSGATE__REDIS__HEARTBEAT", "200ms"),
-            ("WSGATE__REDIS__NODE_TTL", "1s"),
-            ("WSGATE__DATABASE__URL", &pg.url),
-        ],
+        &redis_node_env("node-killed", &c.prefix, &pg.url),
     );
     let mut clients = Vec::new();
     for url in [
@@ -288,7 +279,6 @@ async fn presence_and_listing_across_nodes_and_a_killed_node_expires() {
         assert_eq!(client.recv_json().await["data"], "still here");
     }
     c.shutdown().await;
-    pg.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +340,6 @@ async fn disconnect_and_revoke_act_on_every_node() {
         "pong"
     );
     c.shutdown().await;
-    pg.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,7 +433,6 @@ async fn redis_restart_keeps_clients_and_resumes_delivery() {
         }
     }
     c.shutdown().await;
-    pg.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,7 +470,6 @@ async fn warm_cache_survives_postgres_loss_and_postgres_serves_without_redis() {
     assert_eq!(w["user_id"], "3");
     assert!(c.nodes[0].metric("wsgate_auth_cache_errors_total").await >= 1.0);
     c.shutdown().await;
-    pg.drop_db().await;
 }
 
 /// 200 concurrent connections with one uncached token cause one database
@@ -504,7 +491,7 @@ async fn single_flight_200_connections_one_query() {
             .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let prefix = random_prefix();
+    let prefix = RedisPrefix::random();
     let mut config = node_config(dir.path(), "node-a", SHARED_REDIS, &prefix, &pg);
     config.auth.store = wsgate::config::StoreKind::Query;
     config.auth.query = Some("SELECT user_id FROM lookup_token($1)".into());
@@ -531,8 +518,6 @@ async fn single_flight_200_connections_one_query() {
     println!("200 concurrent authentications, {n} database query");
     pool.close().await;
     node.shutdown().await;
-    cleanup_prefix(&prefix);
-    pg.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,5 +557,4 @@ async fn redis_cluster_sharded_fan_out() {
     for n in c.nodes {
         n.shutdown().await;
     }
-    pg.drop_db().await;
 }

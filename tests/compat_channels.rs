@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::redis_servers::{RedisProc, SHARED_REDIS, cleanup_prefix, random_prefix, redis_cli};
-use common::{API_KEY, Client, PgDb, code, spawn, test_config};
+use common::redis_servers::{RedisProc, redis_cli};
+use common::{API_KEY, Client, PgDb, RedisPrefix, SHARED_REDIS, code, spawn, test_config};
 use fred::prelude::{ClientLike, PubsubInterface};
 use serde_json::{Value, json};
 use wsgate::config::{Config, StoreKind};
@@ -106,28 +106,25 @@ async fn group_send(redis_url: &str, layer_prefix: &str, messages: Value) {
     assert_eq!(out.trim(), format!("sent {n}"));
 }
 
-/// A node on `redis_url` with compat on, its own prefixes; no auth timeout
-/// to race with the silence checks.
-fn compat_config(dir: &Path, redis_url: &str) -> (Config, String) {
+/// A node on `redis_url` with compat on, its own prefixes (their keys on
+/// the shared Redis go when the returned guards drop); no auth timeout to
+/// race with the silence checks.
+fn compat_config(dir: &Path, redis_url: &str) -> (Config, String, [RedisPrefix; 2]) {
+    let keys = [RedisPrefix::random(), RedisPrefix::random()];
     let mut c = test_config(dir);
     c.redis.url = Some(redis_url.into());
-    c.redis.prefix = random_prefix();
+    c.redis.prefix = keys[0].to_string();
     c.compat.channels_redis = true;
-    c.compat.channels_prefix = format!("{}asgi", random_prefix());
+    c.compat.channels_prefix = format!("{}asgi", keys[1]);
     c.auth.timeout = Duration::from_secs(60);
     let layer_prefix = c.compat.channels_prefix.clone();
-    (c, layer_prefix)
-}
-
-fn cleanup(config: &Config) {
-    cleanup_prefix(&config.redis.prefix);
-    cleanup_prefix(&config.compat.channels_prefix);
+    (c, layer_prefix, keys)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_send_reaches_authenticated_members_only() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, layer) = compat_config(dir.path(), SHARED_REDIS);
+    let (config, layer, _keys) = compat_config(dir.path(), SHARED_REDIS);
     let node = spawn(config.clone()).await;
     let (mut member, _) = Client::authed(&node.ws_url(), &node.issue_token("1").await).await;
     member.subscribe("market.AAPL").await;
@@ -177,13 +174,12 @@ async fn group_send_reaches_authenticated_members_only() {
     member.expect_silence(Duration::from_millis(100)).await;
 
     node.shutdown().await;
-    cleanup(&config);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_key_delivers_only_that_value() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut config, layer) = compat_config(dir.path(), SHARED_REDIS);
+    let (mut config, layer, _keys) = compat_config(dir.path(), SHARED_REDIS);
     config.compat.payload_key = "message".into();
     let node = spawn(config.clone()).await;
     let (mut c, _) = Client::authed(&node.ws_url(), &node.issue_token("7").await).await;
@@ -210,13 +206,12 @@ async fn payload_key_delivers_only_that_value() {
     );
     c.expect_silence(Duration::from_millis(300)).await;
     node.shutdown().await;
-    cleanup(&config);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_does_not_break_delivery() {
     let dir = tempfile::tempdir().unwrap();
-    let (config, layer) = compat_config(dir.path(), SHARED_REDIS);
+    let (config, layer, _keys) = compat_config(dir.path(), SHARED_REDIS);
     let node = spawn(config.clone()).await;
     let (mut c, _) = Client::authed(&node.ws_url(), &node.issue_token("9").await).await;
     c.subscribe("market.X").await;
@@ -268,14 +263,13 @@ async fn garbage_does_not_break_delivery() {
     );
     c.expect_silence(Duration::from_millis(200)).await;
     node.shutdown().await;
-    cleanup(&config);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resubscribes_after_a_redis_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut redis = RedisProc::start(dir.path());
-    let (config, layer) = compat_config(dir.path(), &redis.url());
+    let (config, layer, _keys) = compat_config(dir.path(), &redis.url());
     let node = spawn(config.clone()).await;
     let (mut c, _) = Client::authed(&node.ws_url(), &node.issue_token("5").await).await;
     c.subscribe("market.R").await;
@@ -335,7 +329,7 @@ async fn django_example_end_to_end() {
     );
     let pg = PgDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut config, layer) = compat_config(dir.path(), SHARED_REDIS);
+    let (mut config, layer, _keys) = compat_config(dir.path(), SHARED_REDIS);
     config.database.url = Some(pg.url.clone());
     config.auth.store = StoreKind::Django;
 
@@ -413,6 +407,4 @@ async fn django_example_end_to_end() {
     assert_eq!(code(c.close_within(Duration::from_secs(3)).await), 4003);
 
     node.shutdown().await;
-    cleanup(&config);
-    pg.drop_db().await;
 }

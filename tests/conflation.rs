@@ -18,15 +18,15 @@ const ROUNDS: usize = 250;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_gets_the_latest_price_of_every_symbol() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.limits.outbound_queue = 64;
-    config.limits.conflate_after = 16;
-    config.groups.conflate = vec![ConflateRule {
-        groups: "market.*".into(),
-        key: "symbol".into(),
-    }];
-    let node = spawn(config).await;
+    let (_dir, node) = node_with(|config| {
+        config.limits.outbound_queue = 64;
+        config.limits.conflate_after = 16;
+        config.groups.conflate = vec![ConflateRule {
+            groups: "market.*".into(),
+            key: "symbol".into(),
+        }];
+    })
+    .await;
     let token = node.issue_token("1").await;
     let (mut slow, _) = Client::authed(&node.ws_url(), &token).await;
     slow.subscribe("market.all").await;

@@ -108,46 +108,6 @@ fn raise_nofile_limit() -> libc::rlim_t {
     limit.rlim_cur
 }
 
-/// A test database in the shared Postgres, dropped when this value is
-/// dropped, also when the test panics.
-struct TestDb(Option<PgDb>);
-
-impl std::ops::Deref for TestDb {
-    type Target = PgDb;
-    fn deref(&self) -> &PgDb {
-        self.0.as_ref().expect("database present")
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Some(db) = self.0.take() {
-            // Drop may run inside the test's runtime: use a thread of its own.
-            let _ = std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(db.drop_db())
-            })
-            .join();
-        }
-    }
-}
-
-async fn test_db() -> TestDb {
-    TestDb(Some(PgDb::create().await))
-}
-
-/// Deletes this test's keys from the shared Redis when dropped.
-struct PrefixGuard(String);
-
-impl Drop for PrefixGuard {
-    fn drop(&mut self) {
-        cleanup_prefix(&self.0);
-    }
-}
-
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -545,7 +505,7 @@ fn proxied_node(
     name: &str,
     redis_url: &str,
     prefix: &str,
-    pg: &TestDb,
+    pg: &PgDb,
     timing: &[(&str, &str)],
 ) -> BinNode {
     let mut env = vec![
@@ -708,7 +668,7 @@ async fn recovery_checks(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_link_reset_and_blackholed_through_fault_proxy() {
     bounded(Duration::from_secs(90), async {
-        let pg = test_db().await;
+        let pg = PgDb::create().await;
         let dir = tempfile::tempdir().unwrap();
         let mut redis = RedisProc::start(dir.path());
         let mut proxy = FaultProxy::start(redis.port).await;
@@ -825,7 +785,7 @@ fn assert_alive_or_exited_cleanly(node: &mut BinNode, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_link_latency_through_fault_proxy() {
     bounded(Duration::from_secs(90), async {
-    let pg = test_db().await;
+    let pg = PgDb::create().await;
     let dir = tempfile::tempdir().unwrap();
     let mut redis = RedisProc::start(dir.path());
     let mut proxy = FaultProxy::start(redis.port).await;
@@ -1022,14 +982,13 @@ async fn postgres_stopped_restarted_and_frozen() {
     let panics_before = lib_panics();
     let mut pg = PgServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let prefix = random_prefix();
-    let _keys = PrefixGuard(prefix.clone());
+    let prefix = RedisPrefix::random();
     let config = |node: &str| {
         let mut c = test_config(dir.path());
         c.server.node_id = Some(node.into());
         c.database.url = Some(pg.url("postgres"));
         c.redis.url = Some(SHARED_REDIS.into());
-        c.redis.prefix = prefix.clone();
+        c.redis.prefix = prefix.to_string();
         c.redis.command_timeout = Duration::from_millis(500);
         c.auth.timeout = Duration::from_secs(1);
         c
@@ -1220,7 +1179,7 @@ async fn reconnect_storm_after_drain_5000_clients() {
         nofile >= 8_000,
         "open-file limit {nofile} too low for the storm"
     );
-    let pg = test_db().await;
+    let pg = PgDb::create().await;
     let pool = pg.pool().await;
     for sql in [
         "CREATE TABLE lookups (n integer NOT NULL)",
@@ -1243,8 +1202,7 @@ async fn reconnect_storm_after_drain_5000_clients() {
             .unwrap() as usize
     };
     let dir = tempfile::tempdir().unwrap();
-    let prefix = random_prefix();
-    let _keys = PrefixGuard(prefix.clone());
+    let prefix = RedisPrefix::random();
     let node = |name: &str| {
         BinNode::start(
             dir.path(),
@@ -1477,10 +1435,10 @@ async fn slow_consumer_is_closed_and_does_not_slow_the_others() {
     bounded(Duration::from_secs(90), async {
     watch_panics();
     let panics_before = lib_panics();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.limits.outbound_queue = 64;
-    let node = spawn(config).await;
+    let (_dir, node) = node_with(|config| {
+        config.limits.outbound_queue = 64;
+    })
+    .await;
     let token = node.issue_token("1").await;
     let (report_tx, mut reports) = mpsc::unbounded_channel();
     let mut readers = Vec::new();

@@ -32,6 +32,19 @@ fn with_redis(mut c: Config, url: &str, prefix: &str, node: &str) -> Config {
     c
 }
 
+/// Two nodes, `a` and `b`, on the shared Redis under `prefix`.
+async fn two_redis_nodes(dir: &std::path::Path, size: usize, prefix: &str) -> (TestNode, TestNode) {
+    let node = |id| {
+        spawn(with_redis(
+            history_config(dir, size),
+            SHARED_REDIS,
+            prefix,
+            id,
+        ))
+    };
+    (node("a").await, node("b").await)
+}
+
 /// Sends `subscribe` (with `since` if given) and collects the replayed
 /// messages up to the `subscribed` reply.
 async fn subscribe_since(
@@ -216,26 +229,11 @@ async fn embedded_offsets_replay_and_recovered_flag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_offsets_replay_across_nodes() {
     let dir = tempfile::tempdir().unwrap();
-    let prefix = random_prefix();
-    let url = "redis://127.0.0.1:6379";
-    let a = spawn(with_redis(
-        history_config(dir.path(), 10),
-        url,
-        &prefix,
-        "a",
-    ))
-    .await;
-    let b = spawn(with_redis(
-        history_config(dir.path(), 10),
-        url,
-        &prefix,
-        "b",
-    ))
-    .await;
+    let prefix = RedisPrefix::random();
+    let (a, b) = two_redis_nodes(dir.path(), 10, &prefix).await;
     recovery_scenario(&a, &b).await;
     a.shutdown().await;
     b.shutdown().await;
-    cleanup_prefix(&prefix);
 }
 
 /// Losing a group's history in Redis (a flush, an expiry) starts a new
@@ -243,10 +241,10 @@ async fn redis_offsets_replay_across_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_history_loss_changes_the_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let prefix = random_prefix();
+    let prefix = RedisPrefix::random();
     let node = spawn(with_redis(
         history_config(dir.path(), 10),
-        "redis://127.0.0.1:6379",
+        SHARED_REDIS,
         &prefix,
         "a",
     ))
@@ -294,7 +292,6 @@ async fn redis_history_loss_changes_the_epoch() {
     assert_eq!(sub["recovered"], false);
     assert_eq!(sub["offset"], 1);
     node.shutdown().await;
-    cleanup_prefix(&prefix);
 }
 
 /// Redis Cluster: the script's keys and its SPUBLISH share one shard.
@@ -502,24 +499,9 @@ async fn soak_embedded_no_gap_no_duplicate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_two_nodes_over_redis_no_gap_no_duplicate() {
     let dir = tempfile::tempdir().unwrap();
-    let prefix = random_prefix();
-    let url = "redis://127.0.0.1:6379";
-    let a = spawn(with_redis(
-        history_config(dir.path(), 100_000),
-        url,
-        &prefix,
-        "a",
-    ))
-    .await;
-    let b = spawn(with_redis(
-        history_config(dir.path(), 100_000),
-        url,
-        &prefix,
-        "b",
-    ))
-    .await;
+    let prefix = RedisPrefix::random();
+    let (a, b) = two_redis_nodes(dir.path(), 100_000, &prefix).await;
     soak(&a, &[&a, &b], Duration::from_secs(4)).await;
     a.shutdown().await;
     b.shutdown().await;
-    cleanup_prefix(&prefix);
 }

@@ -15,8 +15,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::redis_servers::{SHARED_REDIS, cleanup_prefix, random_prefix};
-use common::{API_KEY, BinNode, PgDb, issue_token};
+use common::{API_KEY, BinNode, PgDb, RedisPrefix, issue_token, redis_node_env};
 use wsgate::config::Config;
 
 const HISTORY_SIZE: &str = "20";
@@ -50,17 +49,10 @@ async fn js_client_tests_pass_against_real_nodes() {
     let mut pg_config = Config::default();
     pg_config.database.url = Some(pg.url.clone());
     let cluster_token = issue_token(&pg_config, "js-3", None).await;
-    let prefix = random_prefix();
+    let prefix = RedisPrefix::random();
     let cluster_dir = tempfile::tempdir().unwrap();
     let cluster_node = |id: &str| {
-        let env = [
-            ("WSGATE__SERVER__NODE_ID", id),
-            ("WSGATE__REDIS__URL", SHARED_REDIS),
-            ("WSGATE__REDIS__PREFIX", &prefix),
-            ("WSGATE__REDIS__HEARTBEAT", "200ms"),
-            ("WSGATE__REDIS__NODE_TTL", "1s"),
-            ("WSGATE__DATABASE__URL", &pg.url),
-        ];
+        let env = redis_node_env(id, &prefix, &pg.url);
         BinNode::start(cluster_dir.path(), &[COMMON_ENV, &env].concat())
     };
     let node_a = cluster_node("node-a");
@@ -97,8 +89,6 @@ async fn js_client_tests_pass_against_real_nodes() {
     let (ok, report) = common::run_node(args, env).await;
 
     drop((embedded, node_a, node_b));
-    cleanup_prefix(&prefix);
-    pg.drop_db().await;
     assert!(ok, "the JavaScript client tests failed:\n{report}");
 }
 

@@ -10,14 +10,6 @@ use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use wsgate::config::Config;
-
-async fn node_with(f: impl FnOnce(&mut Config)) -> (tempfile::TempDir, TestNode) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    f(&mut config);
-    (dir, spawn(config).await)
-}
 
 /// Connects with extra headers; returns the HTTP status of a refusal, or 101.
 async fn upgrade_status(url: &str, headers: &[(&'static str, &str)]) -> (u16, Option<Client>) {

@@ -259,7 +259,7 @@ async fn clients_spread_over_nodes_through_nginx_and_survive_a_killed_node() {
     // Fail first, and clearly, without nginx.
     println!("nginx: {}", nginx_bin().display());
     let pg = PgDb::create().await;
-    let prefix = random_prefix();
+    let prefix = RedisPrefix::random();
 
     // Tokens first: this also applies the migrations once, before the nodes.
     let mut config = wsgate::config::Config::default();
@@ -283,15 +283,13 @@ async fn clients_spread_over_nodes_through_nginx_and_survive_a_killed_node() {
             BinNode::start(
                 dir.path(),
                 &[
-                    ("WSGATE__SERVER__NODE_ID", id),
-                    ("WSGATE__REDIS__URL", SHARED_REDIS),
-                    ("WSGATE__REDIS__PREFIX", &prefix),
-                    ("WSGATE__REDIS__HEARTBEAT", "200ms"),
-                    ("WSGATE__REDIS__NODE_TTL", "1s"),
-                    ("WSGATE__DATABASE__URL", &pg.url),
-                    ("WSGATE__DATABASE__MIGRATE", "false"),
-                    ("WSGATE__DRAIN__GRACE", "0s"),
-                ],
+                    &redis_node_env(id, &prefix, &pg.url)[..],
+                    &[
+                        ("WSGATE__DATABASE__MIGRATE", "false"),
+                        ("WSGATE__DRAIN__GRACE", "0s"),
+                    ],
+                ]
+                .concat(),
             )
         })
         .collect();
@@ -477,6 +475,4 @@ async fn clients_spread_over_nodes_through_nginx_and_survive_a_killed_node() {
     );
     drop(nginx);
     drop(nodes);
-    cleanup_prefix(&prefix);
-    pg.drop_db().await;
 }

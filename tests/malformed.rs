@@ -1063,15 +1063,15 @@ async fn run_row(
 
 #[tokio::test]
 async fn malformed_input_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.limits.max_message_bytes = MAX_MESSAGE;
-    config.groups.client_publish = vec!["chat.*".into()];
-    config.server.handshake_timeout = Duration::from_millis(500);
-    // Every row comes from 127.0.0.1: keep the per-IP limits out of the way.
-    config.limits.auth_failures_per_minute = 0;
-    config.limits.messages_per_second = 0;
-    let node = spawn(config).await;
+    let (_dir, node) = node_with(|config| {
+        config.limits.max_message_bytes = MAX_MESSAGE;
+        config.groups.client_publish = vec!["chat.*".into()];
+        config.server.handshake_timeout = Duration::from_millis(500);
+        // Every row comes from 127.0.0.1: keep the per-IP limits out of the way.
+        config.limits.auth_failures_per_minute = 0;
+        config.limits.messages_per_second = 0;
+    })
+    .await;
     let bad_token = node.issue_token("bad").await;
     let good_token = node.issue_token("good").await;
     let rows = table(node.addrs.ws, &bad_token);

@@ -42,8 +42,7 @@ const METRICS: &[&str] = &[
 
 #[tokio::test]
 async fn every_metric_exposed_at_start_and_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = spawn(test_config(dir.path())).await;
+    let (_dir, node) = node().await;
     let text = node.metrics().await;
     for m in METRICS {
         let v = metric_value(&text, m);
@@ -85,8 +84,7 @@ async fn every_metric_exposed_at_start_and_counted() {
 
 #[tokio::test]
 async fn health_on_metrics_and_public_ports() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = spawn(test_config(dir.path())).await;
+    let (_dir, node) = node().await;
     for base in [node.addrs.metrics, node.addrs.ws] {
         for path in ["/healthz", "/readyz"] {
             let r = reqwest::get(format!("http://{base}{path}")).await.unwrap();
@@ -97,17 +95,13 @@ async fn health_on_metrics_and_public_ports() {
 
 #[tokio::test]
 async fn api_and_metrics_may_share_the_public_port() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    config.server.listen = addr;
-    config.api.listen = addr;
-    config.metrics.listen = addr;
-    let node = spawn(config).await;
+    let (_dir, node) = node_with(|config| {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        config.server.listen = addr;
+        config.api.listen = addr;
+        config.metrics.listen = addr;
+    })
+    .await;
     assert_eq!(node.addrs.api, node.addrs.ws);
     let token = node.issue_token("1").await;
     let (mut c, _) = Client::authed(&node.ws_url(), &token).await;
@@ -123,29 +117,21 @@ async fn api_and_metrics_may_share_the_public_port() {
 
 #[tokio::test]
 async fn full_node_refuses_with_503_and_retry_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.limits.max_connections = 1;
-    let node = spawn(config).await;
+    let (_dir, node) = node_with(|config| {
+        config.limits.max_connections = 1;
+    })
+    .await;
     let _first = Client::connect(&node.ws_url()).await;
-    let err = tokio_tungstenite::connect_async(node.ws_url())
-        .await
-        .unwrap_err();
-    match err {
-        tokio_tungstenite::tungstenite::Error::Http(resp) => {
-            assert_eq!(resp.status(), 503);
-            assert!(resp.headers().contains_key("retry-after"));
-        }
-        other => panic!("expected HTTP 503, got {other:?}"),
-    }
+    assert_refused_503(&node.ws_url()).await;
 }
 
 #[tokio::test]
 async fn origin_allow_list() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.server.allowed_origins = vec!["https://app.example.com".into(), "*.example.org".into()];
-    let node = spawn(config).await;
+    let (_dir, node) = node_with(|config| {
+        config.server.allowed_origins =
+            vec!["https://app.example.com".into(), "*.example.org".into()];
+    })
+    .await;
     let with_origin = |origin: &str| {
         let mut req = node.ws_url().into_client_request().unwrap();
         req.headers_mut().insert("Origin", origin.parse().unwrap());
@@ -175,11 +161,11 @@ async fn origin_allow_list() {
 
 #[tokio::test]
 async fn drain_refuses_new_clients_and_closes_with_1012() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.drain.grace = Duration::from_millis(400);
-    config.drain.spread = Duration::from_millis(300);
-    let mut node = spawn(config).await;
+    let (_dir, mut node) = node_with(|config| {
+        config.drain.grace = Duration::from_millis(400);
+        config.drain.spread = Duration::from_millis(300);
+    })
+    .await;
     let token = node.issue_token("1").await;
     let mut clients = Vec::new();
     for _ in 0..10 {
@@ -191,13 +177,7 @@ async fn drain_refuses_new_clients_and_closes_with_1012() {
     node.start_shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(reqwest::get(&metrics_url).await.unwrap().status(), 503);
-    match tokio_tungstenite::connect_async(&ws_url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            assert_eq!(resp.status(), 503);
-            assert!(resp.headers().contains_key("retry-after"));
-        }
-        other => panic!("expected 503 while draining, got {:?}", other.map(|_| ())),
-    }
+    assert_refused_503(&ws_url).await;
     for c in &mut clients {
         assert_eq!(code(c.expect_close().await), 1012);
     }

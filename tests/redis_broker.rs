@@ -1,20 +1,20 @@
 //! The Redis broker against real Redis.
 //!
 //! Most tests share the Redis at 127.0.0.1:6379 and stay inside a random key
-//! prefix (`wsgate_t_<hex>:`), deleting their keys at the end; the server is
-//! never flushed. Tests that stop Redis or need Redis Cluster start their own
+//! prefix (`wsgate_t_<hex>:`) whose guard deletes their keys, also when the
+//! test fails; the server is never flushed. Tests that stop Redis or need Redis Cluster start their own
 //! `redis-server` processes on free ports, killed by a guard even when the
 //! test fails.
 
+mod common;
+
 use std::collections::HashSet;
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fred::prelude::{Client, ClientLike, KeysInterface, PubsubInterface};
-use futures_util::StreamExt;
+use common::redis_servers::{RedisCluster, RedisProc, random_prefix, redis_cli};
+use common::{RedisPrefix, SHARED_REDIS, free_port};
+use fred::prelude::{Client, ClientLike, PubsubInterface};
 use serde_json::value::RawValue;
 use wsgate::broker::redis::RedisBroker;
 use wsgate::broker::{Broker, BrokerError, BrokerHandler, NodeInfo, NodeRegistry, Presence};
@@ -23,7 +23,6 @@ use wsgate::hub::Member;
 use wsgate::metrics::Metrics;
 use wsgate::protocol::{Control, Publication};
 
-const SHARED_URL: &str = "redis://127.0.0.1:6379";
 const WAIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
@@ -79,10 +78,6 @@ impl BrokerHandler for Collector {
             last_seen_ms: 0,
         }
     }
-}
-
-fn random_prefix() -> String {
-    format!("wsgate_t_{:016x}:", rand::random::<u64>())
 }
 
 fn config(url: &str, prefix: &str) -> RedisConfig {
@@ -159,131 +154,12 @@ async fn channels(client: &Client, pattern: &str) -> HashSet<String> {
     list.into_iter().collect()
 }
 
-/// Deletes every key under `prefix` (never anything else).
-async fn cleanup(url: &str, prefix: &str) {
-    let client = plain_client(url).await;
-    let keys: Vec<_> = client
-        .scan_buffered(format!("{prefix}*"), Some(500), None)
-        .filter_map(|k| async move { k.ok() })
-        .collect()
-        .await;
-    for key in keys {
-        let _: Result<i64, _> = client.del(key).await;
-    }
-    let _ = client.quit().await;
-}
-
-/// A port that is free now, with its cluster bus port (+10000) free too.
-fn free_port() -> u16 {
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// `redis-server` children, killed (SIGKILL) and reaped on drop.
-#[derive(Default)]
-struct Servers {
-    children: Vec<(u16, Child)>,
-}
-
-impl Servers {
-    fn start(&mut self, port: u16, dir: &Path, extra: &[&str]) {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.children.push((port, child));
-    }
-
-    fn kill(&mut self, port: u16) {
-        self.children.retain_mut(|(p, child)| {
-            if *p == port {
-                let _ = child.kill();
-                let _ = child.wait();
-                false
-            } else {
-                true
-            }
-        });
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Runs a short command, killing it if it outlives `WAIT`; returns whether
-/// it succeeded and its standard output.
-async fn run_bounded(mut command: Command) -> (bool, String) {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut out = String::new();
-            if let Some(mut stdout) = child.stdout.take() {
-                let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
-            }
-            return (status.success(), out);
-        }
-        if start.elapsed() > WAIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return (false, String::new());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// `PUBSUB SHARDCHANNELS <pattern>` on each cluster node.
-async fn shard_channels(ports: &[u16], pattern: &str) -> Vec<Vec<String>> {
-    let mut all = Vec::new();
-    for port in ports {
-        let mut cmd = Command::new("redis-cli");
-        cmd.args(["-p", &port.to_string(), "pubsub", "shardchannels", pattern]);
-        let (ok, out) = run_bounded(cmd).await;
-        assert!(ok);
-        all.push(
-            out.lines()
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect(),
-        );
-    }
-    all
-}
-
-async fn wait_for_port(port: u16) {
-    let start = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            start.elapsed() < WAIT,
-            "redis-server on {port} did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+fn shard_channels(ports: &[u16], pattern: &str) -> Vec<Vec<String>> {
+    ports
+        .iter()
+        .map(|&port| redis_cli(port, &["pubsub", "shardchannels", pattern]))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -291,8 +167,8 @@ async fn wait_for_port(port: u16) {
 
 #[tokio::test]
 async fn cross_node_delivery() {
-    let prefix = random_prefix();
-    let cfg = config(SHARED_URL, &prefix);
+    let prefix = RedisPrefix::random();
+    let cfg = config(SHARED_REDIS, &prefix);
     let a = node(&cfg, "a").await;
     let b = node(&cfg, "b").await;
     assert!(a.broker.is_up() && b.broker.is_up());
@@ -322,13 +198,12 @@ async fn cross_node_delivery() {
 
     a.broker.shutdown().await;
     b.broker.shutdown().await;
-    cleanup(SHARED_URL, &prefix).await;
 }
 
 #[tokio::test]
 async fn order_of_1000_sequential_messages() {
-    let prefix = random_prefix();
-    let cfg = config(SHARED_URL, &prefix);
+    let prefix = RedisPrefix::random();
+    let cfg = config(SHARED_REDIS, &prefix);
     let a = node(&cfg, "a").await;
     let b = node(&cfg, "b").await;
     b.broker.subscribe("seq", &member("b", "s1")).await.unwrap();
@@ -358,16 +233,15 @@ async fn order_of_1000_sequential_messages() {
 
     a.broker.shutdown().await;
     b.broker.shutdown().await;
-    cleanup(SHARED_URL, &prefix).await;
 }
 
 #[tokio::test]
 async fn raw_publish_from_another_client_and_bad_envelopes() {
-    let prefix = random_prefix();
-    let cfg = config(SHARED_URL, &prefix);
+    let prefix = RedisPrefix::random();
+    let cfg = config(SHARED_REDIS, &prefix);
     let b = node(&cfg, "b").await;
     b.broker.subscribe("g", &member("b", "s1")).await.unwrap();
-    let raw = plain_client(SHARED_URL).await;
+    let raw = plain_client(SHARED_REDIS).await;
     let channel = format!("{prefix}group:g");
 
     // A backend publishing straight to Redis (protocol section 5).
@@ -404,15 +278,14 @@ async fn raw_publish_from_another_client_and_bad_envelopes() {
 
     let _ = raw.quit().await;
     b.broker.shutdown().await;
-    cleanup(SHARED_URL, &prefix).await;
 }
 
 #[tokio::test]
 async fn subscription_only_while_a_member_is_local() {
-    let prefix = random_prefix();
-    let cfg = config(SHARED_URL, &prefix);
+    let prefix = RedisPrefix::random();
+    let cfg = config(SHARED_REDIS, &prefix);
     let a = node(&cfg, "a").await;
-    let raw = plain_client(SHARED_URL).await;
+    let raw = plain_client(SHARED_REDIS).await;
     let pattern = format!("{prefix}group:*");
     let g = format!("{prefix}group:g");
 
@@ -433,16 +306,15 @@ async fn subscription_only_while_a_member_is_local() {
 
     let _ = raw.quit().await;
     a.broker.shutdown().await;
-    cleanup(SHARED_URL, &prefix).await;
 }
 
 #[tokio::test]
 async fn concurrent_joins_and_leaves_stay_consistent() {
-    let prefix = random_prefix();
-    let cfg = config(SHARED_URL, &prefix);
+    let prefix = RedisPrefix::random();
+    let cfg = config(SHARED_REDIS, &prefix);
     let a = node(&cfg, "a").await;
     let b = node(&cfg, "b").await;
-    let raw = plain_client(SHARED_URL).await;
+    let raw = plain_client(SHARED_REDIS).await;
     let pattern = format!("{prefix}group:*");
     let g = format!("{prefix}group:race");
 
@@ -505,13 +377,12 @@ async fn concurrent_joins_and_leaves_stay_consistent() {
     let _ = raw.quit().await;
     a.broker.shutdown().await;
     b.broker.shutdown().await;
-    cleanup(SHARED_URL, &prefix).await;
 }
 
 #[tokio::test]
 async fn control_reaches_every_node_including_the_sender() {
-    let prefix = random_prefix();
-    let cfg = config(SHARED_URL, &prefix);
+    let prefix = RedisPrefix::random();
+    let cfg = config(SHARED_REDIS, &prefix);
     let nodes = [
         node(&cfg, "a").await,
         node(&cfg, "b").await,
@@ -527,13 +398,12 @@ async fn control_reaches_every_node_including_the_sender() {
     for n in &nodes {
         n.broker.shutdown().await;
     }
-    cleanup(SHARED_URL, &prefix).await;
 }
 
 #[tokio::test]
 async fn presence_and_node_listing() {
-    let prefix = random_prefix();
-    let cfg = config(SHARED_URL, &prefix);
+    let prefix = RedisPrefix::random();
+    let cfg = config(SHARED_REDIS, &prefix);
     let a = node(&cfg, "a").await;
     let b = node(&cfg, "b").await;
     let c = node(&cfg, "c").await;
@@ -628,7 +498,6 @@ async fn presence_and_node_listing() {
     eprintln!("killed node gone after {:?}", killed.elapsed());
 
     c.broker.shutdown().await;
-    cleanup(SHARED_URL, &prefix).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -637,11 +506,8 @@ async fn presence_and_node_listing() {
 #[tokio::test]
 async fn resubscribes_after_redis_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}");
-    let mut servers = Servers::default();
-    servers.start(port, dir.path(), &[]);
-    wait_for_port(port).await;
+    let mut redis = RedisProc::start(dir.path());
+    let url = redis.url();
 
     let prefix = random_prefix();
     let cfg = config(&url, &prefix);
@@ -666,7 +532,7 @@ async fn resubscribes_after_redis_restart() {
     .await;
     let _ = raw.quit().await;
 
-    servers.kill(port);
+    redis.kill();
     let down = Instant::now();
     wait_until("link down", || !a.broker.is_up() && !b.broker.is_up()).await;
     eprintln!("link down noticed after {:?}", down.elapsed());
@@ -697,7 +563,7 @@ async fn resubscribes_after_redis_restart() {
     assert!(!a.broker.is_up() && !b.broker.is_up());
 
     let restarted = Instant::now();
-    servers.start(port, dir.path(), &[]);
+    redis.restart();
     wait_until("link up again", || a.broker.is_up() && b.broker.is_up()).await;
     eprintln!("up again {:?} after the restart", restarted.elapsed());
     assert_eq!(b.metrics.redis_up.get(), 1);
@@ -756,7 +622,6 @@ async fn resubscribes_after_redis_restart() {
     let _ = raw.quit().await;
     a.broker.shutdown().await;
     b.broker.shutdown().await;
-    drop(servers);
 }
 
 #[tokio::test]
@@ -771,47 +636,10 @@ async fn connect_fails_without_redis() {
 
 #[tokio::test]
 async fn redis_cluster_with_sharded_pubsub() {
-    let dir = tempfile::tempdir().unwrap();
-    let ports = [free_port(), free_port(), free_port()];
-    let mut servers = Servers::default();
-    for port in ports {
-        let conf = dir.path().join(format!("nodes-{port}.conf"));
-        let conf = conf.to_str().unwrap();
-        servers.start(
-            port,
-            dir.path(),
-            &["--cluster-enabled", "yes", "--cluster-config-file", conf],
-        );
-    }
-    for port in ports {
-        wait_for_port(port).await;
-    }
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let mut create = Command::new("redis-cli");
-    create.arg("--cluster").arg("create").args(&addrs).args([
-        "--cluster-replicas",
-        "0",
-        "--cluster-yes",
-    ]);
-    let (ok, _) = run_bounded(create).await;
-    assert!(ok, "redis-cli --cluster create failed");
-    // Wait until every node agrees the cluster is up.
-    let start = Instant::now();
-    for port in ports {
-        loop {
-            let mut info = Command::new("redis-cli");
-            info.args(["-p", &port.to_string(), "cluster", "info"]);
-            let (_, out) = run_bounded(info).await;
-            if out.contains("cluster_state:ok") {
-                break;
-            }
-            assert!(start.elapsed() < WAIT, "cluster did not settle");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
+    let rc = RedisCluster::start(3);
+    let ports = rc.ports();
     let prefix = random_prefix();
-    let cfg = config(&format!("redis-cluster://127.0.0.1:{}", ports[0]), &prefix);
+    let cfg = config(&rc.url(), &prefix);
     let a = node(&cfg, "a").await;
     let b = node(&cfg, "b").await;
     // Enough groups to land on every shard.
@@ -850,7 +678,7 @@ async fn redis_cluster_with_sharded_pubsub() {
     .await;
 
     // Group channels are sharded channels, spread over the shards.
-    let sharded = shard_channels(&ports, &format!("{prefix}group:*")).await;
+    let sharded = shard_channels(&ports, &format!("{prefix}group:*"));
     assert_eq!(
         sharded.iter().map(Vec::len).sum::<usize>(),
         12,
@@ -871,7 +699,7 @@ async fn redis_cluster_with_sharded_pubsub() {
         b.broker.unsubscribe(g, "s1").await.unwrap();
     }
     assert!(b.broker.local_groups().is_empty());
-    let sharded = shard_channels(&ports, &format!("{prefix}group:*")).await;
+    let sharded = shard_channels(&ports, &format!("{prefix}group:*"));
     assert_eq!(sharded.concat(), [format!("{prefix}group:g0")]);
     a.broker
         .publish(vec![publication("g5", "99")])
@@ -882,5 +710,4 @@ async fn redis_cluster_with_sharded_pubsub() {
 
     a.broker.shutdown().await;
     b.broker.shutdown().await;
-    drop(servers);
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use common::redis_servers::*;
 use common::*;
 use serde_json::json;
-use sha2::Digest;
 use wsgate::config::{Config, StoreKind};
 
 fn node_config(dir: &std::path::Path, node: &str, prefix: &str, pg: &PgDb) -> Config {
@@ -21,15 +20,11 @@ fn node_config(dir: &std::path::Path, node: &str, prefix: &str, pg: &PgDb) -> Co
     c
 }
 
-fn digest(token: &str) -> String {
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_or_revoking_a_native_token_closes_its_sockets_everywhere() {
     let pg = PgDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    let prefix = random_prefix();
+    let prefix = RedisPrefix::random();
     let a = spawn(node_config(dir.path(), "node-a", &prefix, &pg)).await;
     let b = spawn(node_config(dir.path(), "node-b", &prefix, &pg)).await;
     let deleted = a.issue_token("1").await;
@@ -84,23 +79,14 @@ async fn deleting_or_revoking_a_native_token_closes_its_sockets_everywhere() {
     pool.close().await;
     a.shutdown().await;
     b.shutdown().await;
-    cleanup_prefix(&prefix);
-    pg.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn django_logout_and_deactivation_close_sockets() {
     let pg = PgDb::create().await;
     let pool = pg.pool().await;
+    create_django_tables(&pool).await;
     for sql in [
-        "CREATE TABLE auth_user (id serial PRIMARY KEY, password varchar(128) NOT NULL DEFAULT '', \
-         last_login timestamptz NULL, is_superuser boolean NOT NULL DEFAULT false, \
-         username varchar(150) NOT NULL UNIQUE, first_name varchar(150) NOT NULL DEFAULT '', \
-         last_name varchar(150) NOT NULL DEFAULT '', email varchar(254) NOT NULL DEFAULT '', \
-         is_staff boolean NOT NULL DEFAULT false, is_active boolean NOT NULL DEFAULT true, \
-         date_joined timestamptz NOT NULL DEFAULT now())",
-        "CREATE TABLE authtoken_token (key varchar(40) PRIMARY KEY, created timestamptz NOT NULL DEFAULT now(), \
-         user_id integer NOT NULL UNIQUE REFERENCES auth_user (id) DEFERRABLE INITIALLY DEFERRED)",
         "INSERT INTO auth_user (username) VALUES ('alice'), ('bob')",
         "INSERT INTO authtoken_token (key, user_id) VALUES \
          ('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 1), ('bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb', 2)",
@@ -120,11 +106,11 @@ async fn django_logout_and_deactivation_close_sockets() {
         .await
         .unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.database.url = Some(pg.url.clone());
-    config.auth.store = StoreKind::Django;
-    let node = spawn(config).await;
+    let (_dir, node) = node_with(|config| {
+        config.database.url = Some(pg.url.clone());
+        config.auth.store = StoreKind::Django;
+    })
+    .await;
     let alice = "a".repeat(40);
     let bob = "b".repeat(40);
     let (mut a, w) = Client::authed(&node.ws_url(), &alice).await;
@@ -156,7 +142,6 @@ async fn django_logout_and_deactivation_close_sockets() {
     assert_eq!(code(again.expect_close().await), 4003);
     pool.close().await;
     node.shutdown().await;
-    pg.drop_db().await;
 }
 
 /// The listener survives a Postgres restart: it reconnects by itself, a
@@ -169,15 +154,15 @@ async fn listener_reconnects_after_a_postgres_restart() {
     use common::pg_server::PgServer;
     let mut pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
     let url = pg.url("postgres");
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.database.url = Some(url.clone());
-    config.database.connect_timeout = Duration::from_secs(1);
-    assert!(
-        config.auth.revalidate_interval.is_zero(),
-        "periodic sweeps off"
-    );
-    let node = spawn(config).await;
+    let (_dir, node) = node_with(|config| {
+        config.database.url = Some(url.clone());
+        config.database.connect_timeout = Duration::from_secs(1);
+        assert!(
+            config.auth.revalidate_interval.is_zero(),
+            "periodic sweeps off"
+        );
+    })
+    .await;
     let missed = node.issue_token("1").await;
     let deleted = node.issue_token("2").await;
     let kept = node.issue_token("3").await;

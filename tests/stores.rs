@@ -54,23 +54,6 @@ fn drf_key() -> String {
     hex::encode(rand::random::<[u8; 20]>())
 }
 
-/// Runs `f` against a fresh Postgres database, dropping it afterwards even
-/// when the test body fails.
-async fn with_pg<F, Fut>(f: F)
-where
-    F: FnOnce(PgDb) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let pg = PgDb::create().await;
-    let name = pg.name.clone();
-    let url = pg.url.clone();
-    let outcome = tokio::spawn(f(pg)).await;
-    PgDb { name, url }.drop_db().await;
-    if let Err(e) = outcome {
-        std::panic::resume_unwind(e.into_panic());
-    }
-}
-
 // ---------------------------------------------------------------------------
 // native store
 
@@ -322,7 +305,8 @@ async fn migrations_idempotent(config: Config) {
 
 #[tokio::test]
 async fn native_verify_postgres() {
-    with_pg(|pg| native_verify(pg_config(&pg.url))).await;
+    let pg = PgDb::create().await;
+    native_verify(pg_config(&pg.url)).await;
 }
 
 #[tokio::test]
@@ -333,7 +317,8 @@ async fn native_verify_sqlite() {
 
 #[tokio::test]
 async fn native_list_postgres() {
-    with_pg(|pg| native_list(pg_config(&pg.url))).await;
+    let pg = PgDb::create().await;
+    native_list(pg_config(&pg.url)).await;
 }
 
 #[tokio::test]
@@ -344,7 +329,8 @@ async fn native_list_sqlite() {
 
 #[tokio::test]
 async fn native_stores_only_digests_postgres() {
-    with_pg(|pg| native_stores_only_digests(pg_config(&pg.url))).await;
+    let pg = PgDb::create().await;
+    native_stores_only_digests(pg_config(&pg.url)).await;
 }
 
 #[tokio::test]
@@ -355,7 +341,8 @@ async fn native_stores_only_digests_sqlite() {
 
 #[tokio::test]
 async fn migrations_idempotent_postgres() {
-    with_pg(|pg| migrations_idempotent(pg_config(&pg.url))).await;
+    let pg = PgDb::create().await;
+    migrations_idempotent(pg_config(&pg.url)).await;
 }
 
 #[tokio::test]
@@ -485,7 +472,8 @@ async fn django(mut config: Config) {
 
 #[tokio::test]
 async fn django_postgres() {
-    with_pg(|pg| django(pg_config(&pg.url))).await;
+    let pg = PgDb::create().await;
+    django(pg_config(&pg.url)).await;
 }
 
 #[tokio::test]
@@ -596,7 +584,8 @@ async fn query_store_types(config: Config) {
 
 #[tokio::test]
 async fn query_store_user_id_types_postgres() {
-    with_pg(|pg| query_store_types(pg_config(&pg.url))).await;
+    let pg = PgDb::create().await;
+    query_store_types(pg_config(&pg.url)).await;
 }
 
 #[tokio::test]
@@ -608,55 +597,47 @@ async fn query_store_user_id_types_sqlite() {
 #[tokio::test]
 async fn query_store_named_column_postgres() {
     // The protocol's documented shape: a row whose column is `user_id` (text).
-    with_pg(|pg| async move {
-        let db = open(&pg_config(&pg.url)).await;
-        sqlx::query("CREATE TABLE api_keys (secret text, owner uuid, enabled boolean)")
-            .execute(&db.pool)
-            .await
-            .unwrap();
-        sqlx::query(
-            "INSERT INTO api_keys VALUES ('k1', '7b0d4f0e-8a43-4b8e-9f31-6f3f1f9b6a11', true), \
-             ('k2', '7b0d4f0e-8a43-4b8e-9f31-6f3f1f9b6a12', false)",
-        )
+    let pg = PgDb::create().await;
+    let db = open(&pg_config(&pg.url)).await;
+    sqlx::query("CREATE TABLE api_keys (secret text, owner uuid, enabled boolean)")
         .execute(&db.pool)
         .await
         .unwrap();
-        let store = QueryStore::new(
-            db.clone(),
-            "SELECT owner::text AS user_id FROM api_keys WHERE secret = $1 AND enabled".into(),
-        );
-        assert_eq!(
-            store.verify(&Token::new("k1".into())).await.unwrap(),
-            user("7b0d4f0e-8a43-4b8e-9f31-6f3f1f9b6a11")
-        );
-        assert_eq!(store.verify(&Token::new("k2".into())).await.unwrap(), None);
-        // Without the cast the Any driver cannot read a uuid: the query is
-        // wrong (the protocol asks for a text user_id), the store is not down.
-        let uncast = QueryStore::new(
-            db.clone(),
-            "SELECT owner FROM api_keys WHERE secret = $1".into(),
-        );
-        let r = uncast.verify(&Token::new("k1".into())).await;
-        assert!(matches!(r, Err(StoreError::Query(_))), "{r:?}");
-        db.pool.close().await;
-    })
-    .await;
+    sqlx::query(
+        "INSERT INTO api_keys VALUES ('k1', '7b0d4f0e-8a43-4b8e-9f31-6f3f1f9b6a11', true), \
+         ('k2', '7b0d4f0e-8a43-4b8e-9f31-6f3f1f9b6a12', false)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let store = QueryStore::new(
+        db.clone(),
+        "SELECT owner::text AS user_id FROM api_keys WHERE secret = $1 AND enabled".into(),
+    );
+    assert_eq!(
+        store.verify(&Token::new("k1".into())).await.unwrap(),
+        user("7b0d4f0e-8a43-4b8e-9f31-6f3f1f9b6a11")
+    );
+    assert_eq!(store.verify(&Token::new("k2".into())).await.unwrap(), None);
+    // Without the cast the Any driver cannot read a uuid: the query is
+    // wrong (the protocol asks for a text user_id), the store is not down.
+    let uncast = QueryStore::new(
+        db.clone(),
+        "SELECT owner FROM api_keys WHERE secret = $1".into(),
+    );
+    let r = uncast.verify(&Token::new("k1".into())).await;
+    assert!(matches!(r, Err(StoreError::Query(_))), "{r:?}");
+    db.pool.close().await;
 }
 
 // ---------------------------------------------------------------------------
 // Backend unavailable, broken queries.
 
-/// A loopback port nothing listens on.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn unreachable_database_is_unavailable() {
     let mut config = pg_config(&format!(
         "postgres://postgres@127.0.0.1:{}/test",
-        closed_port()
+        common::free_port()
     ));
     config.database.connect_timeout = Duration::from_millis(500);
     let started = std::time::Instant::now();
@@ -704,7 +685,8 @@ async fn closed_pool(mut config: Config) {
 
 #[tokio::test]
 async fn closed_pool_is_unavailable_postgres() {
-    with_pg(|pg| closed_pool(pg_config(&pg.url))).await;
+    let pg = PgDb::create().await;
+    closed_pool(pg_config(&pg.url)).await;
 }
 
 #[tokio::test]
@@ -736,48 +718,44 @@ async fn database_gone_is_unavailable_postgres() {
 async fn terminated_connections_are_replaced_postgres() {
     // A Postgres restart or failover ends the pool's connections; the next
     // verification reconnects instead of failing.
-    with_pg(|pg| async move {
-        let db = open(&pg_config(&pg.url)).await;
-        let store = NativeStore::new(db.clone());
-        let token = store.issue("42", None).await.unwrap();
-        assert_eq!(store.verify(&token).await.unwrap(), user("42"));
-        let admin = sqlx::PgPool::connect(common::PG_ADMIN_URL).await.unwrap();
-        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-            .bind(&pg.name)
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-        assert_eq!(store.verify(&token).await.unwrap(), user("42"));
-        db.pool.close().await;
-    })
-    .await;
+    let pg = PgDb::create().await;
+    let db = open(&pg_config(&pg.url)).await;
+    let store = NativeStore::new(db.clone());
+    let token = store.issue("42", None).await.unwrap();
+    assert_eq!(store.verify(&token).await.unwrap(), user("42"));
+    let admin = sqlx::PgPool::connect(common::PG_ADMIN_URL).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&pg.name)
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    assert_eq!(store.verify(&token).await.unwrap(), user("42"));
+    db.pool.close().await;
 }
 
 #[tokio::test]
 async fn statement_timeout_is_unavailable_postgres() {
     // The database answers "canceling statement due to statement timeout"
     // (SQLSTATE 57014): it cannot serve now, the SQL is not wrong.
-    with_pg(|pg| async move {
-        let admin = pg.pool().await;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "ALTER DATABASE {} SET statement_timeout = '100ms'",
-            pg.name
-        )))
-        .execute(&admin)
-        .await
-        .unwrap();
-        admin.close().await;
-        let db = open(&pg_config(&pg.url)).await;
-        let store = QueryStore::new(
-            db.clone(),
-            "SELECT $1::text AS user_id FROM pg_sleep(1)".into(),
-        );
-        let r = store.verify(&Token::new("x".into())).await;
-        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
-        db.pool.close().await;
-    })
-    .await;
+    let pg = PgDb::create().await;
+    let admin = pg.pool().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {} SET statement_timeout = '100ms'",
+        pg.name
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    let db = open(&pg_config(&pg.url)).await;
+    let store = QueryStore::new(
+        db.clone(),
+        "SELECT $1::text AS user_id FROM pg_sleep(1)".into(),
+    );
+    let r = store.verify(&Token::new("x".into())).await;
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    db.pool.close().await;
 }
 
 async fn broken_query(config: Config) {
@@ -809,7 +787,8 @@ async fn broken_query(config: Config) {
 
 #[tokio::test]
 async fn broken_query_is_query_error_postgres() {
-    with_pg(|pg| broken_query(pg_config(&pg.url))).await;
+    let pg = PgDb::create().await;
+    broken_query(pg_config(&pg.url)).await;
 }
 
 #[tokio::test]

@@ -36,10 +36,6 @@ async fn exec(db: &Db, sql: &str, binds: &[&str]) {
     q.execute(&db.pool).await.expect(sql);
 }
 
-fn digest(token: &str) -> String {
-    Token::new(token.to_string()).digest().to_hex()
-}
-
 async fn refresh(c: &mut Client, token: &str, id: Value) -> Value {
     c.request(json!({"type": "refresh", "token": token, "id": id}))
         .await
@@ -282,24 +278,10 @@ async fn revalidation_closes_expired_and_revoked_native_tokens_on_sqlite() {
     node.shutdown().await;
 }
 
-/// Django-shaped tables, like `tests/revocation.rs`; no revoke trigger, so
-/// only re-validation sees deactivations and deleted rows.
+/// Django's tables with `users` users and a token each; no revoke trigger,
+/// so only re-validation sees deactivations and deleted rows.
 async fn django_tables(pool: &sqlx::PgPool, users: usize) -> Vec<String> {
-    for sql in [
-        "CREATE TABLE auth_user (id serial PRIMARY KEY, password varchar(128) NOT NULL DEFAULT '', \
-         last_login timestamptz NULL, is_superuser boolean NOT NULL DEFAULT false, \
-         username varchar(150) NOT NULL UNIQUE, first_name varchar(150) NOT NULL DEFAULT '', \
-         last_name varchar(150) NOT NULL DEFAULT '', email varchar(254) NOT NULL DEFAULT '', \
-         is_staff boolean NOT NULL DEFAULT false, is_active boolean NOT NULL DEFAULT true, \
-         date_joined timestamptz NOT NULL DEFAULT now())",
-        "CREATE TABLE authtoken_token (key varchar(40) PRIMARY KEY, created timestamptz NOT NULL DEFAULT now(), \
-         user_id integer NOT NULL UNIQUE REFERENCES auth_user (id) DEFERRABLE INITIALLY DEFERRED)",
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(pool)
-            .await
-            .unwrap();
-    }
+    create_django_tables(pool).await;
     let mut keys = Vec::new();
     for i in 1..=users {
         let key = hex::encode(rand::random::<[u8; 20]>());
@@ -491,7 +473,6 @@ async fn verify_many_agrees_with_verify() {
     pg_db.migrate().await.unwrap();
     native_batches_agree(&pg_db, "Postgres").await;
     pg_db.pool.close().await;
-    pg.drop_db().await;
     django_and_query_batches_agree(&db).await;
     db.pool.close().await;
 }

@@ -9,11 +9,9 @@ use common::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+/// A node with a short first-frame deadline.
 async fn node() -> (tempfile::TempDir, TestNode) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.auth.timeout = Duration::from_millis(400);
-    (dir, spawn(config).await)
+    node_with(|c| c.auth.timeout = Duration::from_millis(400)).await
 }
 
 #[tokio::test]
@@ -123,11 +121,11 @@ async fn bad_tokens_closed_with_4003_and_one_text() {
 #[tokio::test]
 async fn backend_unavailable_closes_1013() {
     let pg = PgDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.database.url = Some(pg.url.clone());
-    config.database.connect_timeout = Duration::from_millis(500);
-    let node = spawn(config).await;
+    let (_dir, node) = node_with(|config| {
+        config.database.url = Some(pg.url.clone());
+        config.database.connect_timeout = Duration::from_millis(500);
+    })
+    .await;
     let token = node.issue_token("5").await;
     let name = pg.name.clone();
     pg.drop_db().await;

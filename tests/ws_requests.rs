@@ -9,14 +9,6 @@ use common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use wsgate::config::Config;
-
-async fn node_with(f: impl FnOnce(&mut Config)) -> (tempfile::TempDir, TestNode) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    f(&mut config);
-    (dir, spawn(config).await)
-}
 
 async fn authed(node: &TestNode, user: &str) -> Client {
     let token = node.issue_token(user).await;

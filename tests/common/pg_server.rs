@@ -11,9 +11,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::redis_servers::free_port;
+use super::ports::{free_port, wait_for_port};
 
 /// The OS user that runs the server when the tests run as root.
 const PG_USER: &str = "postgres";
@@ -151,15 +151,26 @@ impl PgServer {
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        wait_for_port(self.port, true);
+        wait_for_postgres(self.port, true);
     }
 
     /// `pg_ctl stop -m immediate`: like a crash of the database server; its
     /// connections are cut and the port is closed.
     pub fn stop_immediate(&mut self) {
         self.thaw();
+        let out = self.pg_ctl_stop();
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for_postgres(self.port, false);
+    }
+
+    /// `pg_ctl stop -m immediate`, waiting for it.
+    fn pg_ctl_stop(&self) -> Output {
         let data = self.data_dir();
-        let out = self.pg(
+        self.pg(
             "pg_ctl",
             &[
                 "-D",
@@ -169,13 +180,7 @@ impl PgServer {
                 "-w",
                 "stop",
             ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl stop failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        wait_for_port(self.port, false);
+        )
     }
 
     /// The postmaster's pid, from `postmaster.pid`, while it runs.
@@ -224,34 +229,15 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
-fn wait_for_port(port: u16, up: bool) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() != up {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "postgres on {port} did not {}",
-            if up { "start" } else { "stop" }
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for_postgres(port: u16, up: bool) {
+    wait_for_port(port, up, Duration::from_secs(30), "postgres");
 }
 
 impl Drop for PgServer {
     fn drop(&mut self) {
         self.thaw();
         let pid = self.postmaster_pid();
-        let data = self.data_dir();
-        let out = self.pg(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
+        let out = self.pg_ctl_stop();
         if !out.status.success()
             && let Some(pid) = pid
         {

@@ -1,40 +1,66 @@
-//! Throwaway `redis-server` processes for tests that kill Redis or need a
-//! Redis Cluster; the shared server at 127.0.0.1:6379 is never stopped or
-//! flushed (tests use their own key prefix there).
+//! Redis for tests: a key prefix of their own on the shared server at
+//! 127.0.0.1:6379 (never stopped or flushed), and throwaway `redis-server`
+//! processes for tests that kill Redis or need a Redis Cluster.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::ports::{free_port, wait_for_port};
+
 pub const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 
-/// A key prefix no other test uses.
+/// A key prefix no other test uses. On the shared Redis take a
+/// [`RedisPrefix`] instead, which deletes its keys.
 pub fn random_prefix() -> String {
     format!("wsgate_t_{}:", hex::encode(rand::random::<[u8; 6]>()))
 }
 
-/// A port that is free now, with its cluster bus port (+10000) free too.
-pub fn free_port() -> u16 {
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
+/// A test's own key prefix on the shared Redis: every key under it is
+/// deleted when this value is dropped, also when the test panics. Derefs to
+/// the prefix (`wsgate_t_<hex>:`).
+pub struct RedisPrefix(String);
+
+impl RedisPrefix {
+    pub fn random() -> RedisPrefix {
+        RedisPrefix(random_prefix())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for RedisPrefix {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RedisPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        // Best effort, and never a panic (that would abort an unwinding test).
+        let Some(keys) = try_redis_cli(6379, &["--scan", "--pattern", &format!("{}*", self.0)])
+        else {
+            return;
+        };
+        for chunk in keys.chunks(100) {
+            let mut args = vec!["del"];
+            args.extend(chunk.iter().map(String::as_str));
+            try_redis_cli(6379, &args);
         }
     }
 }
 
-fn wait_for_port(port: u16, up: bool) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() != up {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "redis-server on {port} did not {}",
-            if up { "start" } else { "stop" }
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for_redis(port: u16, up: bool) {
+    wait_for_port(port, up, Duration::from_secs(10), "redis-server");
 }
 
 /// One throwaway `redis-server`, killed on drop; can be killed and started
@@ -72,7 +98,17 @@ impl RedisProc {
             let _ = child.kill();
             let _ = child.wait();
         }
-        wait_for_port(self.port, false);
+        wait_for_redis(self.port, false);
+    }
+
+    /// SIGSTOP: connections stay open, nothing answers (drop still kills it).
+    pub fn freeze(&self) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let status = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("kill -STOP");
+        assert!(status.success());
     }
 
     pub fn restart(&mut self) {
@@ -88,7 +124,7 @@ impl RedisProc {
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
-        wait_for_port(self.port, true);
+        wait_for_redis(self.port, true);
     }
 }
 
@@ -174,27 +210,22 @@ impl RedisCluster {
 
 /// `redis-cli -p <port> <args>` output lines.
 pub fn redis_cli(port: u16, args: &[&str]) -> Vec<String> {
+    try_redis_cli(port, args).unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+}
+
+fn try_redis_cli(port: u16, args: &[&str]) -> Option<Vec<String>> {
     let out = Command::new("timeout")
         .arg("10")
         .arg("redis-cli")
         .args(["-p", &port.to_string()])
         .args(args)
         .output()
-        .expect("redis-cli");
-    assert!(out.status.success(), "redis-cli {args:?} failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-/// Deletes the keys under `prefix` on the shared Redis (never anything else).
-pub fn cleanup_prefix(prefix: &str) {
-    let keys = redis_cli(6379, &["--scan", "--pattern", &format!("{prefix}*")]);
-    for chunk in keys.chunks(100) {
-        let mut args = vec!["del"];
-        args.extend(chunk.iter().map(String::as_str));
-        redis_cli(6379, &args);
-    }
+        .ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    })
 }
