@@ -75,12 +75,11 @@ async fn m1_embedded_cache_does_not_outlive_the_token() {
 /// kept it `auth.cache_ttl`, 60 s), for every node.
 #[tokio::test]
 async fn m1_redis_cache_does_not_outlive_the_token() {
-    let prefix = common::redis_servers::random_prefix();
-    let _cleanup = PrefixGuard(prefix.clone());
+    let prefix = common::redis_servers::RedisPrefix::random();
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.redis.url = Some("redis://127.0.0.1:6379".into());
-    config.redis.prefix = prefix.clone();
+    config.redis.prefix = prefix.to_string();
     let a = spawn(config.clone()).await;
     let token = issue_token(&config, "7", Some(Duration::from_millis(1500))).await;
     let _held = Client::authed(&a.ws_url(), &token).await;
@@ -103,13 +102,4 @@ async fn m1_redis_cache_does_not_outlive_the_token() {
     late.send_json(json!({"type": "auth", "token": token}))
         .await;
     assert_eq!(code(late.expect_close().await), 4003);
-}
-
-/// Removes a test's Redis keys, also when it panics.
-struct PrefixGuard(String);
-
-impl Drop for PrefixGuard {
-    fn drop(&mut self) {
-        common::redis_servers::cleanup_prefix(&self.0);
-    }
 }
