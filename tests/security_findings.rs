@@ -103,3 +103,35 @@ async fn m1_redis_cache_does_not_outlive_the_token() {
         .await;
     assert_eq!(code(late.expect_close().await), 4003);
 }
+
+/// L5: the embedded key file is held to `api.keys`' rules (a file holding
+/// `x` made `Bearer x` a valid key).
+#[tokio::test]
+async fn l5_embedded_key_file_is_length_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.api.keys.clear();
+    let file = dir.path().join("short.api-key");
+    std::fs::write(&file, "x\n").unwrap();
+    config.api.key_file = Some(file);
+    let error = match wsgate::server::Server::build(config.clone()).await {
+        Ok(_) => panic!("a one-character key file was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("api.key_file") && error.contains("16 characters"),
+        "{error}"
+    );
+    // A generated key file still works.
+    config.api.key_file = Some(dir.path().join("generated.api-key"));
+    let node = spawn(config.clone()).await;
+    let key = std::fs::read_to_string(dir.path().join("generated.api-key")).unwrap();
+    let answer = reqwest::Client::new()
+        .post(node.api_url("/api/v1/publish"))
+        .bearer_auth(key.trim())
+        .body(r#"{"group":"g","data":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+}

@@ -71,26 +71,42 @@ fn toml_string(config: &Config) -> String {
     toml::to_string_pretty(config).unwrap_or_else(|e| format!("# cannot render: {e}"))
 }
 
-/// Hides the password of `scheme://user:password@host/...`.
-pub fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+/// Query parameters that carry secrets in the URLs wsgate reads (libpq's
+/// and sqlx's `password`, `sslpassword`; anything named like a token or key).
+const SECRET_PARAMS: &[&str] = &["password", "sslpassword", "pass", "token", "secret", "key"];
+
+/// Hides every secret of a URL: the password of `scheme://user:password@…`
+/// and the value of any query parameter named like one (`?password=…`,
+/// which sqlx honours). A string that does not parse as a URL is hidden
+/// whole unless it plainly holds no secret (no `@`, no `=`).
+pub fn mask_url(raw: &str) -> String {
+    const MASK: &str = "********";
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return if raw.contains('@') || raw.contains('=') {
+            MASK.to_string()
+        } else {
+            raw.to_string()
+        };
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:********@{host}{tail}")
-            } else {
-                format!("{scheme}://{user}@{host}{tail}")
-            }
-        }
-        None => url.to_string(),
+    if url.password().is_some() {
+        let _ = url.set_password(Some(MASK));
     }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = SECRET_PARAMS
+                    .iter()
+                    .any(|s| k.to_ascii_lowercase().contains(s));
+                (
+                    k.into_owned(),
+                    if secret { MASK.into() } else { v.into_owned() },
+                )
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 /// Configuration values gathered beforehand, handed to the config crate.
@@ -138,11 +154,17 @@ fn env_values(
         }
         let key = segments.join(".");
         let kind = if LIST_KEYS.contains(&key.as_str()) {
-            let items = value
-                .split(',')
-                .filter(|_| !value.is_empty())
-                .map(|item| config::Value::new(Some(&origin), item.to_string()))
-                .collect::<Vec<_>>();
+            // Items are trimmed (`"k1, k2"` is two keys, not "k1" and " k2");
+            // an empty item (`"k1,,k2"`, a trailing comma) is refused.
+            let mut items = Vec::new();
+            if !value.trim().is_empty() {
+                for item in value.split(',').map(str::trim) {
+                    if item.is_empty() {
+                        return Err(ConfigError::invalid(&key, "empty item in the list"));
+                    }
+                    items.push(config::Value::new(Some(&origin), item.to_string()));
+                }
+            }
             config::ValueKind::Array(items)
         } else {
             config::ValueKind::String(value)
@@ -253,6 +275,55 @@ mod tests {
             "postgres://u:********@db:5432/x"
         );
         assert_eq!(mask_url("redis://h:6379"), "redis://h:6379");
+    }
+
+    /// L6: `WSGATE__API__KEYS="k1, k2"` kept the space, so the second key
+    /// never matched.
+    #[test]
+    fn env_list_items_are_trimmed() {
+        let c = Config::load_with_env(
+            None,
+            env(&[(
+                "WSGATE__API__KEYS",
+                " first-key-0123456789 , second-key-0123456789",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.api.keys,
+            vec!["first-key-0123456789", "second-key-0123456789"]
+        );
+        for bad in [
+            "k-0123456789abcdef,,k-0123456789abcdef",
+            "k-0123456789abcdef,",
+        ] {
+            let e = Config::load_with_env(None, env(&[("WSGATE__API__KEYS", bad)])).unwrap_err();
+            assert!(e.to_string().contains("api.keys"), "{e}");
+        }
+        // In a file, a key with spaces around it is refused rather than
+        // kept unmatchable.
+        let mut c = Config::default();
+        c.api.keys = vec![" padded-key-0123456789".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("api.keys"));
+    }
+
+    /// L4: a password in the query (`?password=…`, which sqlx honours) was
+    /// printed by `config check`.
+    #[test]
+    fn masks_secrets_in_the_query_too() {
+        let masked =
+            mask_url("postgres://u@db:5432/x?sslmode=verify-full&password=hunter2&SSLPassword=k3y");
+        assert!(
+            !masked.contains("hunter2") && !masked.contains("k3y"),
+            "{masked}"
+        );
+        assert!(masked.contains("sslmode=verify-full"), "{masked}");
+        let both = mask_url("rediss://:pw1@r:6380/0?password=pw2");
+        assert!(!both.contains("pw1") && !both.contains("pw2"), "{both}");
+        assert!(!mask_url("not a url password=x").contains('x'));
+        let mut config = Config::default();
+        config.database.url = Some("postgres://u@db/x?password=hunter2".into());
+        assert!(!config.to_masked_toml().contains("hunter2"));
     }
 
     /// Inputs found by the property tests and fuzzing (tests/proptest_protocol.rs).

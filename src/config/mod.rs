@@ -19,6 +19,7 @@ mod load;
 mod validate;
 
 pub use load::mask_url;
+pub use validate::{MIN_API_KEY_LEN, api_key_problem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

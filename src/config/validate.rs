@@ -80,11 +80,8 @@ impl Config {
 
     /// `[api]`: key length.
     fn validate_api(&self) -> Result<(), ConfigError> {
-        if self.api.keys.iter().any(|k| k.len() < 16) {
-            return Err(ConfigError::invalid(
-                "api.keys",
-                "every key must be at least 16 characters",
-            ));
+        for key in &self.api.keys {
+            api_key_problem(key).map_err(|problem| ConfigError::invalid("api.keys", problem))?;
         }
         Ok(())
     }
@@ -332,3 +329,18 @@ impl Config {
         Ok(())
     }
 }
+
+/// Why `key` cannot be an API key, if it cannot: the one rule for
+/// `api.keys` and the embedded key file.
+pub fn api_key_problem(key: &str) -> Result<(), &'static str> {
+    if key.chars().count() < MIN_API_KEY_LEN {
+        return Err("every key must be at least 16 characters");
+    }
+    if key.chars().any(char::is_whitespace) {
+        return Err("a key must not contain white space");
+    }
+    Ok(())
+}
+
+/// Shortest API key.
+pub const MIN_API_KEY_LEN: usize = 16;

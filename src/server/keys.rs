@@ -1,7 +1,7 @@
 //! The backend API's keys: configured, or generated once for embedded mode.
 
 use super::StartError;
-use crate::config::Config;
+use crate::config::{Config, api_key_problem};
 
 /// The API keys in force. Without configured keys, embedded mode (no
 /// database URL, no Redis) generates one at first start and keeps it in a
@@ -28,7 +28,16 @@ pub(super) fn resolve_api_keys(config: &Config) -> Result<Vec<String>, StartErro
     };
     if path.exists() {
         let key = std::fs::read_to_string(&path).map_err(key_file_error)?;
-        return Ok(vec![key.trim().to_string()]);
+        let key = key.trim().to_string();
+        // The same rules as `api.keys`: a file holding `x` must not make
+        // `Bearer x` a key.
+        if let Err(problem) = api_key_problem(&key) {
+            return Err(StartError::Config {
+                key: "api.key_file",
+                message: format!("{}: {problem}", path.display()),
+            });
+        }
+        return Ok(vec![key]);
     }
     let key = generate_api_key();
     write_private(&path, &key).map_err(key_file_error)?;
