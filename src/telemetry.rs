@@ -9,13 +9,19 @@
 //! the publish through the envelope).
 //!
 //! Libraries that log frame payloads or headers at debug/trace are capped at
-//! `info`, so a token can never reach a log line or a span.
+//! `info`, so a token can never reach a log line or a span. The cap is a
+//! filter of its own, combined with `log.level`'s: a more specific directive
+//! (`tungstenite::protocol=trace`) wins inside `log.level`, but cannot lift
+//! the cap.
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::layer::Filter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -26,14 +32,21 @@ use crate::config::{LogConfig, LogFormat};
 const PAYLOAD_LOGGERS: &[&str] = &["tungstenite", "tokio_tungstenite", "hyper", "h2", "reqwest"];
 
 /// The filter for `log.level`, with the payload-logging libraries capped.
-pub fn log_filter(level: &str) -> EnvFilter {
-    let mut filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    for target in PAYLOAD_LOGGERS {
-        if let Ok(directive) = format!("{target}=info").parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    filter
+pub fn log_filter<S: tracing::Subscriber>(level: &str) -> impl Filter<S> + Send + Sync + 'static {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    filter.and(filter_fn(|meta| !is_capped(meta.target(), *meta.level())))
+}
+
+/// Whether an event or span of `target` at `level` is over the cap: debug or
+/// trace from a payload-logging crate or any of its modules.
+pub fn is_capped(target: &str, level: Level) -> bool {
+    level > Level::INFO
+        && PAYLOAD_LOGGERS.iter().any(|c| {
+            target == *c
+                || target
+                    .strip_prefix(c)
+                    .is_some_and(|rest| rest.starts_with("::"))
+        })
 }
 
 /// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes it.
@@ -143,4 +156,19 @@ pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
 pub fn set_parent_from_headers(span: &tracing::Span, headers: &axum::http::HeaderMap) {
     let cx = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
     let _ = span.set_parent(cx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_covers_the_crates_and_their_modules() {
+        assert!(is_capped("tungstenite::protocol", Level::TRACE));
+        assert!(is_capped("hyper::proto::h1::io", Level::DEBUG));
+        assert!(is_capped("tokio_tungstenite", Level::DEBUG));
+        assert!(!is_capped("tungstenite::protocol", Level::INFO));
+        assert!(!is_capped("hyperion", Level::TRACE));
+        assert!(!is_capped("wsgate::session", Level::TRACE));
+    }
 }

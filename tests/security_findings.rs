@@ -135,3 +135,46 @@ async fn l5_embedded_key_file_is_length_checked() {
         .unwrap();
     assert_eq!(answer.status(), 200);
 }
+
+/// L3: no `log.level` directive lifts the cap on the payload-logging crates:
+/// `tungstenite::protocol=trace` logged the auth frame, token included.
+#[tokio::test]
+async fn l3_more_specific_directives_cannot_lift_the_log_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = common::run_bin(dir.path(), &["token", "issue", "--user", "1"], &[])
+        .trim()
+        .to_string();
+    let mut node = common::BinNode::start(
+        dir.path(),
+        &[(
+            "WSGATE__LOG__LEVEL",
+            "debug,tungstenite::protocol=trace,tungstenite=trace,hyper::proto=trace,\
+             tokio_tungstenite=trace",
+        )],
+    );
+    let (mut c, _) = Client::authed(&node.ws_url(), &token).await;
+    c.subscribe("g").await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+    let log = node.drain_log().join("\n");
+    // The node logged at debug (the filter took the directives)...
+    assert!(log.contains("\"level\":\"DEBUG\""), "{log}");
+    // ...but neither the token nor any trace line of the capped crates.
+    assert!(
+        !log.contains(&token) && !log.contains(&hex),
+        "token in the log"
+    );
+    for line in node.drain_log() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        let target = v["target"].as_str().unwrap_or("");
+        let level = v["level"].as_str().unwrap_or("");
+        let capped = ["tungstenite", "tokio_tungstenite", "hyper"]
+            .iter()
+            .any(|c| target == *c || target.starts_with(&format!("{c}::")));
+        assert!(
+            !(capped && (level == "DEBUG" || level == "TRACE")),
+            "{line}"
+        );
+    }
+}
