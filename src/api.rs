@@ -42,6 +42,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("request body over 1 MiB")]
     TooLarge,
+    #[error("request body not received within api.body_timeout")]
+    BodyTimeout,
     #[error("{0}")]
     Unavailable(String),
     #[error("no such endpoint")]
@@ -56,6 +58,7 @@ impl ApiError {
             ApiError::Unauthorized => ApiErrorCode::Unauthorized,
             ApiError::BadRequest(_) => ApiErrorCode::BadRequest,
             ApiError::TooLarge => ApiErrorCode::PayloadTooLarge,
+            ApiError::BodyTimeout => ApiErrorCode::RequestTimeout,
             ApiError::Unavailable(_) => ApiErrorCode::Unavailable,
             ApiError::NotFound => ApiErrorCode::NotFound,
             ApiError::MethodNotAllowed => ApiErrorCode::MethodNotAllowed,
@@ -94,6 +97,8 @@ pub struct ApiShared {
     pub metrics: Arc<Metrics>,
     /// Whether any group keeps history (then publish answers offsets).
     pub history: HistoryPolicy,
+    /// `api.body_timeout`.
+    pub body_timeout: std::time::Duration,
 }
 
 impl ApiState {
@@ -143,6 +148,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/cluster", get(cluster))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .route_layer(middleware::from_fn_with_state(state.clone(), read_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), request_span))
@@ -199,6 +205,41 @@ fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
         return false;
     };
     state.keys.accepts(given.trim())
+}
+
+/// Reads the whole body, once the key is checked, within `api.body_timeout`:
+/// a caller that declares 100 bytes and sends 9 does not hold a connection
+/// and a task open for as long as it likes (hyper bounds only the headers).
+async fn read_body(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+    match tokio::time::timeout(state.body_timeout, read).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) if is_length_limit(&e) => ApiError::TooLarge.into_response(),
+        Ok(Err(_)) => bad("could not read the request body").into_response(),
+        Err(_elapsed) => {
+            let mut response = ApiError::BodyTimeout.into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Reads a JSON body, mapping size and syntax errors to 413 and 400.

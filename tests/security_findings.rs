@@ -178,3 +178,34 @@ async fn l3_more_specific_directives_cannot_lift_the_log_cap() {
         );
     }
 }
+
+/// L7: a request body has a deadline (`api.body_timeout`): a POST that sent
+/// 9 of 100 declared bytes stayed open 40 s and more.
+#[tokio::test]
+async fn l7_a_slow_request_body_gets_408_and_the_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.api.body_timeout = Duration::from_millis(300);
+    let node = spawn(config).await;
+    let mut stream = tokio::net::TcpStream::connect(node.addrs.api)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"group\":",
+        common::API_KEY
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    // The whole answer, then end of stream: the node closes the connection.
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the node answers and closes within the wait")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}

@@ -98,6 +98,9 @@ pub struct ApiConfig {
     pub keys: Vec<String>,
     /// Where embedded mode keeps the API key it generates when `keys` is empty.
     pub key_file: Option<PathBuf>,
+    /// Longest time a caller may take to send a request body.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -106,6 +109,7 @@ impl Default for ApiConfig {
             listen: ([0, 0, 0, 0], 8081).into(),
             keys: Vec::new(),
             key_file: None,
+            body_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -83,6 +83,12 @@ impl Config {
         for key in &self.api.keys {
             api_key_problem(key).map_err(|problem| ConfigError::invalid("api.keys", problem))?;
         }
+        if self.api.body_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "api.body_timeout",
+                "must be above zero",
+            ));
+        }
         Ok(())
     }
 
@@ -286,6 +292,7 @@ impl Config {
             ("server.ping_interval", self.server.ping_interval),
             ("server.pong_timeout", self.server.pong_timeout),
             ("server.handshake_timeout", self.server.handshake_timeout),
+            ("api.body_timeout", self.api.body_timeout),
             ("database.connect_timeout", self.database.connect_timeout),
             ("auth.timeout", self.auth.timeout),
             ("auth.cache_ttl", self.auth.cache_ttl),

@@ -101,17 +101,19 @@ pub enum ApiErrorCode {
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
+    RequestTimeout,
     Unavailable,
     Other,
 }
 
 impl ApiErrorCode {
-    pub const ALL: [ApiErrorCode; 7] = [
+    pub const ALL: [ApiErrorCode; 8] = [
         ApiErrorCode::BadRequest,
         ApiErrorCode::Unauthorized,
         ApiErrorCode::NotFound,
         ApiErrorCode::MethodNotAllowed,
         ApiErrorCode::PayloadTooLarge,
+        ApiErrorCode::RequestTimeout,
         ApiErrorCode::Unavailable,
         ApiErrorCode::Other,
     ];
@@ -123,6 +125,7 @@ impl ApiErrorCode {
             ApiErrorCode::NotFound => "not_found",
             ApiErrorCode::MethodNotAllowed => "method_not_allowed",
             ApiErrorCode::PayloadTooLarge => "payload_too_large",
+            ApiErrorCode::RequestTimeout => "request_timeout",
             ApiErrorCode::Unavailable => "unavailable",
             ApiErrorCode::Other => "other",
         }
@@ -136,6 +139,7 @@ impl ApiErrorCode {
             ApiErrorCode::NotFound => 404,
             ApiErrorCode::MethodNotAllowed => 405,
             ApiErrorCode::PayloadTooLarge => 413,
+            ApiErrorCode::RequestTimeout => 408,
             ApiErrorCode::Unavailable => 503,
             ApiErrorCode::Other => return None,
         })

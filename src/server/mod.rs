@@ -100,6 +100,7 @@ impl Server {
             auth: state.auth.clone(),
             metrics: state.metrics.clone(),
             history,
+            body_timeout: state.config.api.body_timeout,
         });
         let (listeners, addrs) = listen::bind_roles(&state, api)?;
         Ok(Server {
