@@ -209,3 +209,32 @@ async fn l7_a_slow_request_body_gets_408_and_the_connection_closes() {
     assert!(answer.contains("request_timeout"), "{answer}");
     assert!(started.elapsed() >= Duration::from_millis(250));
 }
+
+/// L8: outside embedded mode an empty `server.allowed_origins` (any Origin
+/// may connect) is said loudly at start-up.
+#[tokio::test]
+async fn l8_an_empty_origin_list_is_warned_about_outside_embedded_mode() {
+    let warning = "server.allowed_origins is empty";
+    let prefix = common::redis_servers::RedisPrefix::random();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = [
+        ("WSGATE__REDIS__URL", common::SHARED_REDIS),
+        ("WSGATE__REDIS__PREFIX", prefix.as_str()),
+    ];
+    let open = common::BinNode::start(dir.path(), &cluster);
+    assert!(
+        open.log
+            .iter()
+            .any(|l| l.contains(warning) && l.contains("WARN")),
+        "{:?}",
+        open.log
+    );
+    drop(open);
+    let mut listed = cluster.to_vec();
+    listed.push(("WSGATE__SERVER__ALLOWED_ORIGINS", "https://app.example.com"));
+    let closed = common::BinNode::start(dir.path(), &listed);
+    assert!(!closed.log.iter().any(|l| l.contains(warning)));
+    drop(closed);
+    let embedded = common::BinNode::start(dir.path(), &[]);
+    assert!(!embedded.log.iter().any(|l| l.contains(warning)));
+}

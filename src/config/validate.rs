@@ -351,3 +351,20 @@ pub fn api_key_problem(key: &str) -> Result<(), &'static str> {
 
 /// Shortest API key.
 pub const MIN_API_KEY_LEN: usize = 16;
+
+impl Config {
+    /// What is allowed but unsafe in production, said loudly at start-up
+    /// (after validation, which refuses what is never right).
+    pub fn startup_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.is_embedded() && self.server.allowed_origins.is_empty() {
+            warnings.push(
+                "server.allowed_origins is empty: any web page can open a WebSocket to this \
+                 node with its visitors' tokens (cross-site WebSocket hijacking); list your \
+                 front end's origins"
+                    .to_string(),
+            );
+        }
+        warnings
+    }
+}

@@ -148,6 +148,9 @@ impl Server {
                 stop_rx.clone(),
             )));
         }
+        for warning in self.state.config.startup_warnings() {
+            tracing::warn!("{warning}");
+        }
         tracing::info!(
             node = %self.state.node_id,
             ws = %self.addrs.ws,
