@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::auth::Token;
 use crate::auth::sql::{Db, NativeStore};
-use crate::auth::{Token, TokenStore};
 use crate::config::{Config, StoreKind};
 use crate::server::Server;
 
@@ -165,10 +165,29 @@ async fn token(config: Config, cmd: TokenCommand) -> CliResult {
             println!("{}", token.expose());
         }
         TokenCommand::Revoke { token } => {
-            store.revoke(&Token::new(token).digest()).await?;
-            println!(
-                "revoked (on Postgres its live sockets close now; on SQLite use POST /api/v1/revoke)"
-            );
+            let digest = Token::new(token).digest();
+            // The one revocation path the API takes too: store, shared
+            // cache (tombstone), then every node closes the token's sockets.
+            match crate::server::revoker(&config).await? {
+                (auth, Some(nodes)) => {
+                    let done = crate::revocation::revoke_everywhere(&auth, &nodes, &digest).await;
+                    nodes.close().await;
+                    done?;
+                    println!("revoked; every node closed its sockets");
+                }
+                (auth, None) => {
+                    auth.revoke(&digest).await?;
+                    if config.database.url.is_some() {
+                        println!("revoked; nodes listening on PostgreSQL close its sockets now");
+                    } else {
+                        println!(
+                            "revoked (embedded mode: a running node refuses it within 5 s and \
+                             closes its sockets at its next re-validation; POST /api/v1/revoke \
+                             closes them now)"
+                        );
+                    }
+                }
+            }
         }
         TokenCommand::List { user } => {
             println!(

@@ -17,7 +17,9 @@ use common::{RedisPrefix, SHARED_REDIS, free_port};
 use fred::prelude::{Client, ClientLike, PubsubInterface};
 use serde_json::value::RawValue;
 use wsgate::broker::redis::RedisBroker;
-use wsgate::broker::{Broker, BrokerError, BrokerHandler, NodeInfo, NodeRegistry, Presence};
+use wsgate::broker::{
+    Broker, BrokerError, BrokerHandler, ControlSender, NodeInfo, NodeRegistry, Presence,
+};
 use wsgate::config::RedisConfig;
 use wsgate::hub::Member;
 use wsgate::metrics::Metrics;

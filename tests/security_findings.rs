@@ -238,3 +238,58 @@ async fn l8_an_empty_origin_list_is_warned_about_outside_embedded_mode() {
     let embedded = common::BinNode::start(dir.path(), &[]);
     assert!(!embedded.log.iter().any(|l| l.contains(warning)));
 }
+
+/// L2: `wsgate token revoke` on SQLite + Redis took the token out of the
+/// store only: Redis kept the positive answer (60 s) and live sockets
+/// stayed open. It now takes the same path as the API.
+#[tokio::test]
+async fn l2_cli_revoke_writes_the_tombstone_and_closes_live_sockets() {
+    let prefix = common::redis_servers::RedisPrefix::random();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.redis.url = Some(common::SHARED_REDIS.into());
+    config.redis.prefix = prefix.to_string();
+    let node = spawn(config.clone()).await;
+    let env = [
+        ("WSGATE__REDIS__URL", common::SHARED_REDIS),
+        ("WSGATE__REDIS__PREFIX", prefix.as_str()),
+        ("WSGATE__API__KEYS", common::API_KEY),
+    ];
+    let token = common::run_bin(dir.path(), &["token", "issue", "--user", "5"], &env)
+        .trim()
+        .to_string();
+    // Authenticated: Redis now holds the positive answer.
+    let (mut live, _) = Client::authed(&node.ws_url(), &token).await;
+    let key = format!(
+        "{prefix}auth:{}",
+        wsgate::auth::Token::new(token.clone()).digest().to_hex()
+    );
+    assert!(common::redis_servers::redis_cli(6379, &["GET", &key])[0].starts_with("u:"));
+    let dir_path = dir.path().to_path_buf();
+    let revoke_env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let revoked = token.clone();
+    tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = revoke_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        common::run_bin(&dir_path, &["token", "revoke", &revoked], &env)
+    })
+    .await
+    .unwrap();
+    // The live socket closes, the shared cache holds a tombstone...
+    assert_eq!(code(live.expect_close().await), 4003);
+    assert_eq!(
+        common::redis_servers::redis_cli(6379, &["GET", &key]),
+        vec!["-".to_string()]
+    );
+    // ...and the node refuses the token at once.
+    let mut again = Client::connect(&node.ws_url()).await;
+    again
+        .send_json(json!({"type": "auth", "token": token}))
+        .await;
+    assert_eq!(code(again.expect_close().await), 4003);
+}

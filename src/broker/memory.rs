@@ -15,8 +15,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    Broker, BrokerError, BrokerHandler, History, HistoryPolicy, NodeInfo, NodeRegistry, Presence,
-    Recovery, new_epoch,
+    Broker, BrokerError, BrokerHandler, ControlSender, History, HistoryPolicy, NodeInfo,
+    NodeRegistry, Presence, Recovery, new_epoch,
 };
 use crate::hub::Member;
 use crate::protocol::{Control, Position, Publication};
@@ -125,6 +125,14 @@ impl MemoryBroker {
 }
 
 #[async_trait]
+impl ControlSender for MemoryBroker {
+    async fn control(&self, control: Control) -> Result<(), BrokerError> {
+        self.handler()?.on_control(control);
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(
         &self,
@@ -164,11 +172,6 @@ impl Broker for MemoryBroker {
     }
 
     async fn unsubscribe(&self, _group: &str, _session: &str) -> Result<(), BrokerError> {
-        Ok(())
-    }
-
-    async fn control(&self, control: Control) -> Result<(), BrokerError> {
-        self.handler()?.on_control(control);
         Ok(())
     }
 

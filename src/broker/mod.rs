@@ -146,7 +146,9 @@ pub trait BrokerHandler: Send + Sync + 'static {
 /// JetStream stream or key-value bucket, this process's hub); a broker
 /// provides all three, so one `Arc<dyn Broker>` reaches them.
 #[async_trait]
-pub trait Broker: History + Presence + NodeRegistry + Send + Sync + 'static {
+pub trait Broker:
+    ControlSender + History + Presence + NodeRegistry + Send + Sync + 'static
+{
     /// Publishes messages, in order, to every node with a member of their
     /// group. Publications to history groups get the next offset of their
     /// group; the answer holds it (`None` for a group without history).
@@ -167,8 +169,6 @@ pub trait Broker: History + Presence + NodeRegistry + Send + Sync + 'static {
     /// The subscription is dropped when the count reaches zero. Every
     /// successful `subscribe` is matched by exactly one `unsubscribe`.
     async fn unsubscribe(&self, group: &str, session: &str) -> Result<(), BrokerError>;
-    /// Sends a command to every node, this one included.
-    async fn control(&self, control: Control) -> Result<(), BrokerError>;
     /// Whether the broker can carry messages now (for `/readyz`).
     fn is_up(&self) -> bool;
     /// Connects the handler that receives what arrives. Called once, at start-up.
@@ -178,6 +178,15 @@ pub trait Broker: History + Presence + NodeRegistry + Send + Sync + 'static {
     /// presence) rather than leaving it to expire, and closes connections.
     /// Bounded in time; safe to call more than once.
     async fn shutdown(&self);
+}
+
+/// Cluster-wide commands. Its own trait because a tool can send them
+/// without being a node (`wsgate token revoke` closes sockets on every node
+/// without joining the cluster); every broker sends them too.
+#[async_trait]
+pub trait ControlSender: Send + Sync {
+    /// Sends a command to every node (this one included, for a broker).
+    async fn control(&self, control: Control) -> Result<(), BrokerError>;
 }
 
 /// A group's kept publications, read back for recovery.

@@ -23,7 +23,7 @@ pub mod revalidate;
 use std::sync::Arc;
 
 use crate::auth::{Authenticator, StoreError, TokenDigest};
-use crate::broker::Broker;
+use crate::broker::ControlSender;
 use crate::hub::Hub;
 use crate::protocol::{CloseCode, Control};
 
@@ -61,14 +61,15 @@ impl Forget {
 
 /// Revokes a token across the cluster: the store refuses it from now on,
 /// the caches hold a tombstone, and every node (this one included) closes
-/// its sockets. The API and the CLI both call this.
+/// its sockets. The API (through its broker) and the CLI (through a
+/// [`ControlSender`] that does not join the cluster) both call this.
 pub async fn revoke_everywhere(
     auth: &Authenticator,
-    broker: &dyn Broker,
+    nodes: &dyn ControlSender,
     digest: &TokenDigest,
 ) -> Result<(), RevokeError> {
     auth.revoke(digest).await.map_err(RevokeError::Store)?;
-    broker
+    nodes
         .control(Control::RevokeDigest {
             digest: digest.to_hex(),
         })

@@ -21,7 +21,7 @@ use crate::auth::cache::RedisTokenCache;
 use crate::auth::sql::{Backend, Db, store_for};
 use crate::auth::{Authenticator, TokenStore};
 use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::RedisBroker;
+use crate::broker::redis::{RedisBroker, RedisControl};
 use crate::broker::{Broker, HistoryPolicy};
 use crate::compat::ChannelsBridge;
 use crate::config::Config;
@@ -230,18 +230,7 @@ async fn connect_backends(
         RedisBroker::connect_with(&config.redis, config.node_id(), metrics.clone(), history)
             .await
             .map_err(|e| redis_error(&e))?;
-    let client = redis_client::client(&config.redis).map_err(|e| redis_error(&e))?;
-    redis_client::connect(&client, config.redis.command_timeout * 3)
-        .await
-        .map_err(|e| redis_error(&e))?;
-    let cache = RedisTokenCache::new(
-        client.clone(),
-        config.redis.prefix.clone(),
-        config.auth.cache_ttl,
-        config.auth.negative_ttl,
-        config.redis.command_timeout,
-        metrics.clone(),
-    );
+    let (cache, client) = token_cache(config, metrics.clone()).await?;
     Ok(Backends {
         broker,
         auth: Arc::new(Authenticator::with_cache(store, cache)),
@@ -287,4 +276,43 @@ async fn start_revocation(
         .await
         .map_err(|e| StartError::Store(StoreError::Unavailable(e.to_string())))?;
     Ok((revalidator, Some(task)))
+}
+
+/// What `wsgate token revoke` needs to revoke a token in a running cluster
+/// without joining it: the store behind the shared token cache (so the
+/// revocation writes the Redis tombstone), and a sender of control commands
+/// (so every node closes the token's sockets). Embedded mode has neither a
+/// shared cache nor a channel to the node: `None`.
+pub async fn revoker(config: &Config) -> Result<(Authenticator, Option<RedisControl>), StartError> {
+    let (store, _) = open_store(config).await?;
+    if config.redis.url.is_none() {
+        return Ok((Authenticator::new(store), None));
+    }
+    let redis_error = |e: &dyn std::fmt::Display| StartError::Redis(e.to_string());
+    let control = RedisControl::connect(&config.redis)
+        .await
+        .map_err(|e| redis_error(&e))?;
+    let (cache, _client) = token_cache(config, Arc::new(Metrics::new())).await?;
+    Ok((Authenticator::with_cache(store, cache), Some(control)))
+}
+
+/// The Redis token cache, and its client (to close at the end of a drain).
+async fn token_cache(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<(RedisTokenCache, fred::clients::Client), StartError> {
+    let redis_error = |e: &dyn std::fmt::Display| StartError::Redis(e.to_string());
+    let client = redis_client::client(&config.redis).map_err(|e| redis_error(&e))?;
+    redis_client::connect(&client, config.redis.command_timeout * 3)
+        .await
+        .map_err(|e| redis_error(&e))?;
+    let cache = RedisTokenCache::new(
+        client.clone(),
+        config.redis.prefix.clone(),
+        config.auth.cache_ttl,
+        config.auth.negative_ttl,
+        config.redis.command_timeout,
+        metrics,
+    );
+    Ok((cache, client))
 }

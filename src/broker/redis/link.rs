@@ -134,7 +134,7 @@ impl Inner {
         format!("{}group:{group}", self.prefix)
     }
     pub(super) fn control_channel(&self) -> String {
-        format!("{}control", self.prefix)
+        super::control::control_channel(&self.prefix)
     }
 
     fn groups(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {

@@ -20,9 +20,12 @@
 //!   publish time, which is why publishing lives there too, with the
 //!   [`History`](super::History) implementation.
 
+mod control;
 mod history;
 mod link;
 mod presence;
+
+pub use control::RedisControl;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,7 +40,7 @@ use fred::prelude::{
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::{Broker, BrokerError, BrokerHandler, HistoryPolicy};
+use super::{Broker, BrokerError, BrokerHandler, ControlSender, HistoryPolicy};
 use crate::config::RedisConfig;
 use crate::hub::Member;
 use crate::metrics::Metrics;
@@ -235,6 +238,20 @@ impl Drop for RedisBroker {
 }
 
 #[async_trait]
+impl ControlSender for RedisBroker {
+    async fn control(&self, control: Control) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        inner.check_link()?;
+        let _: i64 = inner
+            .client
+            .publish(inner.control_channel(), json(&control))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl Broker for RedisBroker {
     async fn publish(
         &self,
@@ -330,17 +347,6 @@ impl Broker for RedisBroker {
             unsettled.settled();
             return Ok(());
         }
-    }
-
-    async fn control(&self, control: Control) -> Result<(), BrokerError> {
-        let inner = &self.inner;
-        inner.check_link()?;
-        let _: i64 = inner
-            .client
-            .publish(inner.control_channel(), json(&control))
-            .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     fn is_up(&self) -> bool {
