@@ -110,7 +110,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// half-open upgrades (slowloris) are dropped; the peer address as
 /// `ConnectInfo` for the per-IP limits; and, with `proxy_protocol` (the
 /// public listener under `server.proxy_protocol`), a PROXY protocol header
-/// read first, within the same deadline, whose address becomes the peer's.
+/// read first, within `server.handshake_timeout` of the accept (the request
+/// headers then have their own), whose address becomes the peer's.
 pub(super) async fn serve_listener(
     listener: TcpListener,
     router: Router,
