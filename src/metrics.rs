@@ -167,10 +167,13 @@ pub enum Rejection {
     PendingLimit,
     /// `limits.max_pending_per_ip` reached.
     PendingIpLimit,
+    /// `server.proxy_protocol` is on and the connection did not start with
+    /// a valid PROXY protocol header: dropped before HTTP.
+    ProxyProtocol,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 7] = [
+    pub const ALL: [Rejection; 8] = [
         Rejection::HandshakeTimeout,
         Rejection::Origin,
         Rejection::Draining,
@@ -178,6 +181,7 @@ impl Rejection {
         Rejection::IpLimit,
         Rejection::PendingLimit,
         Rejection::PendingIpLimit,
+        Rejection::ProxyProtocol,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -188,6 +192,7 @@ impl Rejection {
             Rejection::IpLimit => "ip_limit",
             Rejection::PendingLimit => "pending_limit",
             Rejection::PendingIpLimit => "pending_ip_limit",
+            Rejection::ProxyProtocol => "proxy_protocol",
         }
     }
 }
@@ -251,6 +256,9 @@ pub struct Metrics {
     pub groups: IntGauge,
     pub redis_up: IntGauge,
     pub draining: IntGauge,
+    /// Distinct client addresses (per-IP limit keys) among open WebSocket
+    /// connections: a handful under load means an undeclared proxy.
+    pub client_addresses: IntGauge,
     rejected: IntCounterVec,
     request_errors: IntCounterVec,
     api_errors: IntCounterVec,
@@ -365,6 +373,12 @@ impl Metrics {
             )
             .expect("metric"),
             draining: IntGauge::new("wsgate_draining", "1 while the node drains.").expect("metric"),
+            client_addresses: IntGauge::new(
+                "wsgate_client_addresses",
+                "Distinct client addresses (IPv6 by limits.ipv6_prefix) among open WebSocket \
+                 connections.",
+            )
+            .expect("metric"),
             rejected: IntCounterVec::new(
                 Opts::new(
                     "wsgate_connections_rejected_total",
@@ -430,6 +444,7 @@ impl Metrics {
             Box::new(m.groups.clone()),
             Box::new(m.redis_up.clone()),
             Box::new(m.draining.clone()),
+            Box::new(m.client_addresses.clone()),
             Box::new(m.rejected.clone()),
             Box::new(m.rate_limited.clone()),
             Box::new(m.request_errors.clone()),

@@ -70,7 +70,7 @@ impl AppState {
         );
         let policy = GroupPolicy::new(&config.groups);
         let history = HistoryPolicy::new(&config.history);
-        let limits = ConnectionLimits::new(&config.limits);
+        let limits = ConnectionLimits::new(&config.limits, metrics.client_addresses.clone());
         let proxies = TrustedProxies::new(&config.server);
         let auth_failures = AuthFailureLimiter::new(&config.limits);
         AppState(Arc::new(Shared {

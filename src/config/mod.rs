@@ -74,6 +74,10 @@ pub struct ServerConfig {
     /// Proxies (CIDRs) whose `X-Forwarded-For` / `Forwarded` headers are
     /// believed when finding a client's IP; empty means the peer address.
     pub trusted_proxies: Vec<String>,
+    /// Every connection to `listen` starts with a PROXY protocol v1/v2
+    /// header (a layer-4 load balancer's), whose source address is the
+    /// client's; a connection without one is dropped.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +91,7 @@ impl Default for ServerConfig {
             pong_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -279,6 +284,9 @@ pub struct LimitsConfig {
     /// `rate_limited`, and a client that keeps going at twice the rate is
     /// closed with 4029 (0 = off).
     pub messages_per_second: u32,
+    /// IPv6 clients count as one for the per-IP limits per prefix of this
+    /// many bits (1..=128; IPv4 clients by their whole address).
+    pub ipv6_prefix: u8,
 }
 
 impl Default for LimitsConfig {
@@ -294,6 +302,7 @@ impl Default for LimitsConfig {
             max_pending_per_ip: 100,
             auth_failures_per_minute: 30,
             messages_per_second: 100,
+            ipv6_prefix: 64,
         }
     }
 }

@@ -58,6 +58,21 @@ impl Config {
                 ));
             }
         }
+        // The API and metrics roles share the public listener when they
+        // share its address; their callers (backends, Prometheus, probes)
+        // send no PROXY header, and a listener that does without one would
+        // let anyone skip it.
+        let port = self.server.listen.port();
+        if self.server.proxy_protocol
+            && port != 0
+            && (self.api.listen == self.server.listen || self.metrics.listen == self.server.listen)
+        {
+            return Err(ConfigError::invalid(
+                "server.proxy_protocol",
+                "needs server.listen to itself: api.listen and metrics.listen must be other \
+                 addresses (their clients send no PROXY header)",
+            ));
+        }
         if self.server.pong_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "server.pong_timeout",
@@ -273,6 +288,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::invalid(key, "must be above zero"));
             }
+        }
+        if !(1..=128).contains(&self.limits.ipv6_prefix) {
+            return Err(ConfigError::invalid(
+                "limits.ipv6_prefix",
+                "must be between 1 and 128",
+            ));
         }
         if self.limits.max_message_bytes < crate::protocol::MAX_AUTH_FRAME_BYTES {
             return Err(ConfigError::invalid(

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 mod keys;
 mod listen;
+mod proxy_protocol;
 
 use crate::api::{ApiKeys, ApiShared, ApiState};
 use crate::auth::StoreError;
@@ -140,10 +141,15 @@ impl Server {
         let mut servers = Vec::new();
         let handshake_timeout = self.state.config.server.handshake_timeout;
         for (listener, router) in self.listeners {
+            // Only the public listener speaks PROXY protocol (validation
+            // refuses a shared one).
+            let proxy_protocol = self.state.config.server.proxy_protocol
+                && listener.local_addr().ok() == Some(self.addrs.ws);
             servers.push(tokio::spawn(listen::serve_listener(
                 listener,
                 router,
                 handshake_timeout,
+                proxy_protocol,
                 self.state.metrics.clone(),
                 stop_rx.clone(),
             )));
