@@ -1,7 +1,13 @@
 //! Runs the JavaScript client's tests (`clients/js/test/*.test.js`, node's
 //! built-in test runner) against real wsgate processes started here:
 //!
-//! - an embedded node (SQLite, in-process broker), as `wsgate demo` runs;
+//! - an embedded node (SQLite, in-process broker), as `wsgate demo` runs.
+//!   It re-validates tokens every 500 ms, so a connection whose token
+//!   expires is closed (4003) unless the client refreshed it; the tests
+//!   issue short-lived native tokens with `wsgate token issue --ttl` in its
+//!   directory;
+//! - an embedded node whose `query` token store accepts the test's JWTs
+//!   until their expiry (see [`JWT_QUERY`]), also re-validating every 500 ms;
 //! - two Redis-backed nodes sharing a Postgres token table, `node-a` and
 //!   `node-b`; the drain test sends SIGTERM to `node-a` itself (its pid is in
 //!   the environment) and expects the client to land on `node-b`.
@@ -29,6 +35,17 @@ const COMMON_ENV: &[(&str, &str)] = &[
     ("WSGATE__DRAIN__SPREAD", "50ms"),
 ];
 
+/// The JWT node's token check, standing in for a JWT verifier: the tests'
+/// JWTs (`eyJ...` header and payload, see `jwt()` in test/helpers.js) carry
+/// their `exp` once more in the third part, `exp<unix seconds>`, where a
+/// query can read it; a token is valid until then, for user `jwt-user`.
+const JWT_QUERY: &str = "SELECT 'jwt-user' FROM (SELECT $1 AS t) AS q \
+     WHERE t LIKE 'eyJ%.eyJ%.exp%' \
+       AND CAST(substr(t, instr(t, '.exp') + 4) AS INTEGER) > CAST(strftime('%s', 'now') AS INTEGER)";
+
+/// Tokens are checked again this often on the embedded and JWT nodes.
+const REVALIDATE: (&str, &str) = ("WSGATE__AUTH__REVALIDATE_INTERVAL", "500ms");
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_client_tests_pass_against_real_nodes() {
     let node_flags = node_flags();
@@ -41,7 +58,27 @@ async fn js_client_tests_pass_against_real_nodes() {
     let token_2 = issue_token(&embedded_config, "js-2", None).await;
     let embedded = BinNode::start(
         embedded_dir.path(),
-        &[COMMON_ENV, &[("WSGATE__SERVER__NODE_ID", "node-embedded")]].concat(),
+        &[
+            COMMON_ENV,
+            &[("WSGATE__SERVER__NODE_ID", "node-embedded"), REVALIDATE],
+        ]
+        .concat(),
+    );
+
+    // The JWT node.
+    let jwt_dir = tempfile::tempdir().unwrap();
+    let jwt_node = BinNode::start(
+        jwt_dir.path(),
+        &[
+            COMMON_ENV,
+            &[
+                ("WSGATE__SERVER__NODE_ID", "node-jwt"),
+                ("WSGATE__AUTH__STORE", "query"),
+                ("WSGATE__AUTH__QUERY", JWT_QUERY),
+                REVALIDATE,
+            ],
+        ]
+        .concat(),
     );
 
     // Two Redis nodes on one Postgres token table.
@@ -64,6 +101,13 @@ async fn js_client_tests_pass_against_real_nodes() {
         ("WSGATE_EMBEDDED_WS", embedded.ws_url()),
         ("WSGATE_EMBEDDED_API", format!("http://{}", embedded.api)),
         ("WSGATE_EMBEDDED_NODE", "node-embedded".to_string()),
+        (
+            "WSGATE_EMBEDDED_DIR",
+            embedded_dir.path().to_string_lossy().into_owned(),
+        ),
+        ("WSGATE_BIN", env!("CARGO_BIN_EXE_wsgate").to_string()),
+        ("WSGATE_JWT_WS", jwt_node.ws_url()),
+        ("WSGATE_JWT_API", format!("http://{}", jwt_node.api)),
         ("WSGATE_TOKEN_1", token_1),
         ("WSGATE_TOKEN_2", token_2),
         ("WSGATE_A_WS", node_a.ws_url()),
@@ -88,7 +132,7 @@ async fn js_client_tests_pass_against_real_nodes() {
     let env = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     let (ok, report) = common::run_node(args, env).await;
 
-    drop((embedded, node_a, node_b));
+    drop((embedded, jwt_node, node_a, node_b));
     assert!(ok, "the JavaScript client tests failed:\n{report}");
 }
 

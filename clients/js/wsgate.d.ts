@@ -1,4 +1,5 @@
-// Types for wsgate.js (the wsgate browser and Node client).
+// Types for wsgate.js (the wsgate browser and Node client); wsgate.d.cts,
+// for require(), is generated from this file by build-cjs.mjs.
 
 export type State = 'disconnected' | 'connecting' | 'connected' | 'reconnecting' | 'unauthorized';
 
@@ -8,11 +9,30 @@ export interface Since {
   epoch: string;
 }
 
+/**
+ * A token and, when known, when it expires. Without `expiresAt`, a JWT's
+ * `exp` claim is read (not verified) instead.
+ */
+export interface TokenAnswer {
+  token: string;
+  /** Expiry in ms since the epoch (this machine's clock), or a Date. */
+  expiresAt?: number | Date;
+}
+
+export interface GetTokenContext {
+  /** True when the token replaces the one of an open connection (`refresh`), false before connecting. */
+  refresh: boolean;
+}
+
 export interface WsgateOptions {
-  /** A fixed token (see also `setToken`). */
+  /** A fixed token (see also `setToken`); never refreshed. */
   token?: string;
-  /** Called before every connection attempt; wins over `token`. */
-  getToken?: () => string | Promise<string>;
+  /**
+   * Called before every connection attempt, and again before the token
+   * expires (at 80% of its remaining lifetime) to send it as `refresh` on the
+   * open connection; wins over `token`. Must return a fresh token each time.
+   */
+  getToken?: (context: GetTokenContext) => string | TokenAnswer | Promise<string | TokenAnswer>;
   /** A WebSocket constructor; defaults to `globalThis.WebSocket`. */
   WebSocket?: new (url: string) => WebSocket;
   /** First backoff step in ms (default 500). */
@@ -23,6 +43,15 @@ export interface WsgateOptions {
   drainJitter?: number;
   /** A request without reply rejects with code `timeout` after this many ms (default 10000). */
   requestTimeout?: number;
+  /**
+   * After this many ms without any frame from the server, send a `ping`
+   * (default 25000, as the server's `server.ping_interval`; 0 turns the heartbeat off).
+   */
+  pingInterval?: number;
+  /** Without a `pong` this many ms after that ping, drop the connection (1006) and reconnect (default 10000). */
+  pongTimeout?: number;
+  /** Without a `welcome` this many ms after opening the socket, give up on it and retry (default 10000; 0: never). */
+  connectTimeout?: number;
 }
 
 export interface Welcome {
@@ -80,11 +109,21 @@ export interface SubscribeOptions {
   onRecovered?: (info: RecoveredInfo) => void;
 }
 
+export interface UnauthorizedInfo {
+  /** 4003. */
+  code: number;
+  reason: string;
+  /** Whether the token just sent as `refresh` was the one refused. */
+  afterRefresh: boolean;
+}
+
 export interface Events {
   connected: (welcome: Welcome) => void;
   disconnected: (info: DisconnectedInfo) => void;
-  /** Closed with 4001 or 4003: no retry; get a new token, then call `connect()`. */
-  unauthorized: (info: { code: number; reason: string }) => void;
+  /** Closed with 4003: no retry; get a new token, then call `connect()`. */
+  unauthorized: (info: UnauthorizedInfo) => void;
+  /** The server accepted a new token (`refreshed`); `expiresAt` is its expiry, when known. */
+  refreshed: (info: { expiresAt: number | null }) => void;
   recovered: (info: RecoveredInfo) => void;
   error: (error: WsgateError | Error) => void;
   state: (state: State, previous: State) => void;
@@ -93,7 +132,9 @@ export interface Events {
 }
 
 /** An `error` reply (`code` is the server's: `forbidden`, `bad_request`, ...) or a local failure
- *  (`not_connected`, `disconnected`, `timeout`, `closed`, `unauthorized`, `unsubscribed`). */
+ *  (`not_connected`, `disconnected`, `timeout`, `closed`, `unauthorized`, `unsubscribed`,
+ *  `protocol_error` (closed with 1002, 1003, 1007, 1009 or 4001: a client bug), `token`
+ *  (getToken failed), `token_expired`, `no_get_token`). */
 export class WsgateError extends Error {
   code: string;
   reply?: { type: 'error'; code: string; message: string; id?: number };
@@ -103,6 +144,8 @@ export class WsgateClient {
   constructor(url: string | string[], options: WsgateOptions);
   readonly state: State;
   readonly welcome: Welcome | null;
+  /** Expiry of the current connection's token (ms since the epoch), or null when unknown. */
+  readonly tokenExpiresAt: number | null;
   setToken(token: string): void;
   on<E extends keyof Events>(event: E, fn: Events[E]): () => void;
   off<E extends keyof Events>(event: E, fn: Events[E]): void;
@@ -116,5 +159,13 @@ export class WsgateClient {
   unsubscribe(group: string): Promise<Reply>;
   publish(group: string, data: unknown): Promise<Reply>;
   ping(): Promise<Reply>;
+  /** Gets a new token from getToken now and sends it as `refresh`; resolves with `refreshed`. */
+  refreshToken(): Promise<Reply>;
   subscriptions(): Array<{ group: string; offset?: number; epoch?: string }>;
 }
+
+/** What a getToken answer means: the token, its expiry (`expiresAt`, or a JWT's `exp`) and a JWT's `iat`, in ms. */
+export function tokenInfo(answer: string | TokenAnswer): { token: string; expiresAt?: number; issuedAt?: number };
+
+/** Milliseconds from `now` until the token should be refreshed, or null when it has expired. */
+export function refreshDelay(info: { expiresAt: number; issuedAt?: number }, now: number): number | null;

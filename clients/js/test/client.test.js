@@ -123,7 +123,7 @@ test('a refused token (4003) emits unauthorized and is never retried', async (t)
   const connectings = [];
   c.on('state', (s) => s === 'connecting' && connectings.push(s));
   await assert.rejects(c.connect(), (e) => e.code === 'unauthorized');
-  assert.deepEqual(await unauthorized, { code: 4003, reason: 'authentication failed' });
+  assert.deepEqual(await unauthorized, { code: 4003, reason: 'authentication failed', afterRefresh: false });
   assert.equal(c.state, 'unauthorized');
   // Ten backoff periods later: still the one attempt.
   await sleep(1000);

@@ -3,7 +3,9 @@
 // network, and small waiting helpers.
 
 import net from 'node:net';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { promisify } from 'node:util';
 import { WsgateClient } from '../wsgate.js';
 
 /** A required environment variable (set by tests/js_client.rs). */
@@ -71,12 +73,47 @@ export function nextEvent(client, event, ms = 5000, filter = () => true) {
   });
 }
 
+/**
+ * A native token for `user` from the embedded node's store (`wsgate token
+ * issue` in its directory), valid for `ttlMs` (none: forever). Resolves with
+ * `{token, expiresAt}`, `expiresAt` taken before the command ran, so it is
+ * never later than the store's expiry.
+ */
+export async function issueToken(user, ttlMs) {
+  const before = Date.now();
+  const args = ['token', 'issue', '--user', user];
+  if (ttlMs) args.push('--ttl', `${ttlMs}ms`);
+  const { stdout } = await promisify(execFile)(env('WSGATE_BIN'), args, { cwd: env('WSGATE_EMBEDDED_DIR') });
+  const token = stdout.trim();
+  if (!token.startsWith('wsg_')) throw new Error(`wsgate token issue printed ${stdout}`);
+  return { token, expiresAt: ttlMs ? before + ttlMs : undefined };
+}
+
+/**
+ * A JWT (unsigned: `alg: none`) for the JWT node: `claims` as its payload,
+ * and the `exp` claim again as its third part (`exp<seconds>`), which is
+ * what the node's token query checks (tests/js_client.rs, JWT_QUERY).
+ */
+export function jwt(claims) {
+  const part = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+  return `${part({ alg: 'none', typ: 'JWT' })}.${part(claims)}.exp${claims.exp}`;
+}
+
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * A TCP proxy in front of a node, standing in for the network: `cut()` drops
- * every connection and refuses new ones (accepted, then reset) until
- * `restore()`. `accepted` counts connection attempts.
+ * A TCP proxy in front of a node, standing in for the network:
+ *
+ * - `cut()` drops every connection and refuses new ones (accepted, then
+ *   reset) until `restore()`;
+ * - `freeze()` forwards nothing more, in either direction, on any
+ *   connection, old or new, without closing anything (a half-open path: the
+ *   bytes are lost, as on a dead link), until `thaw()`;
+ * - `mangleNext(kind)` corrupts the next WebSocket text frame a client sends
+ *   (`'rsv'`: sets the reserved bit RSV2, `'utf8'`: replaces its payload with
+ *   bytes that are not UTF-8), as a buggy client would.
+ *
+ * `accepted` counts connection attempts.
  */
 export class TcpProxy {
   constructor(target) {
@@ -84,6 +121,8 @@ export class TcpProxy {
     this.host = host;
     this.port = Number(port);
     this.down = false;
+    this.frozen = false;
+    this.mangle = null;
     this.accepted = 0;
     this.sockets = new Set();
     this.server = net.createServer((down) => this._accept(down));
@@ -106,10 +145,22 @@ export class TcpProxy {
       s.on('close', () => this.sockets.delete(s));
       s.on('error', () => {});
     }
-    down.pipe(up);
-    up.pipe(down);
+    const frames = new ClientFrames();
+    down.on('data', (chunk) => {
+      if (this.frozen) return;
+      for (const piece of frames.push(chunk, () => this._takeMangle())) up.write(piece);
+    });
+    up.on('data', (chunk) => {
+      if (!this.frozen) down.write(chunk);
+    });
     down.on('close', () => up.destroy());
     up.on('close', () => down.destroy());
+  }
+
+  _takeMangle() {
+    const kind = this.mangle;
+    this.mangle = null;
+    return kind;
   }
 
   cut() {
@@ -121,8 +172,89 @@ export class TcpProxy {
     this.down = false;
   }
 
+  freeze() {
+    this.frozen = true;
+  }
+
+  thaw() {
+    this.frozen = false;
+  }
+
+  mangleNext(kind) {
+    this.mangle = kind;
+  }
+
   async close() {
     this.cut();
     await new Promise((resolve) => this.server.close(resolve));
+  }
+}
+
+// The client-to-server byte stream of one connection, cut at WebSocket frame
+// boundaries (after the HTTP upgrade request), so that one text frame can be
+// corrupted on its way.
+class ClientFrames {
+  constructor() {
+    this.buf = Buffer.alloc(0);
+    this.inHttp = true;
+  }
+
+  // Returns the bytes ready to forward; `takeMangle()` says how to corrupt a
+  // text frame (null: leave it).
+  push(chunk, takeMangle) {
+    this.buf = Buffer.concat([this.buf, chunk]);
+    const out = [];
+    if (this.inHttp) {
+      const end = this.buf.indexOf('\r\n\r\n');
+      if (end < 0) return out;
+      out.push(this.buf.subarray(0, end + 4));
+      this.buf = this.buf.subarray(end + 4);
+      this.inHttp = false;
+    }
+    for (;;) {
+      const frame = this._frame();
+      if (!frame) break;
+      const bytes = Buffer.from(this.buf.subarray(0, frame.length));
+      this.buf = this.buf.subarray(frame.length);
+      if ((bytes[0] & 0x0f) === 1) mangle(bytes, frame, takeMangle());
+      out.push(bytes);
+    }
+    return out;
+  }
+
+  // The next complete frame's layout, or null.
+  _frame() {
+    const b = this.buf;
+    if (b.length < 2) return null;
+    let len = b[1] & 0x7f;
+    let at = 2;
+    if (len === 126) {
+      if (b.length < 4) return null;
+      len = b.readUInt16BE(2);
+      at = 4;
+    } else if (len === 127) {
+      if (b.length < 10) return null;
+      len = Number(b.readBigUInt64BE(2));
+      at = 10;
+    }
+    const masked = (b[1] & 0x80) !== 0;
+    const maskAt = at;
+    if (masked) at += 4;
+    if (b.length < at + len) return null;
+    return { length: at + len, masked, maskAt, payloadAt: at, payloadLength: len };
+  }
+}
+
+function mangle(bytes, frame, kind) {
+  if (kind === 'rsv') {
+    bytes[0] |= 0x20;
+  } else if (kind === 'utf8') {
+    // 0xff is never valid in UTF-8; masked, as the client must send it.
+    for (let i = 0; i < frame.payloadLength; i++) {
+      const key = frame.masked ? bytes[frame.maskAt + (i % 4)] : 0;
+      bytes[frame.payloadAt + i] = 0xff ^ key;
+    }
+  } else if (kind) {
+    throw new Error(`unknown mangle ${kind}`);
   }
 }
