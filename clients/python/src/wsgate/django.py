@@ -76,8 +76,11 @@ def get_client() -> Client:
     ident: tuple[object, ...] = (os.getpid(), url, key, options)
     with _lock:
         if _cached is None or _cached[0] != ident:
-            # A client made before a fork, or for other settings, is left to
-            # the garbage collector: another thread may still be using it.
+            if _cached is not None and _cached[0][0] == ident[0]:
+                # The settings changed (override_settings, say): close the old
+                # pool. A client inherited over a fork is left alone: its
+                # connections are the parent's.
+                _cached[1].close()
             _cached = (ident, Client(url, key, **options))
         return _cached[1]
 
