@@ -63,6 +63,9 @@ async fn run_connection(socket: WebSocket, state: AppState, slot: SessionSlot, c
     metrics.connections_opened.inc();
     metrics.connections_pending.inc();
     let mut socket = socket;
+    // Revocations from here on must reach this connection (checked again
+    // once it is in the hub).
+    let auth_started = std::time::Instant::now();
     let outcome = if state.auth_failures.is_blocked(ip) {
         // Too many failures from this address: refuse before the cache or
         // the database sees anything.
@@ -96,7 +99,7 @@ async fn run_connection(socket: WebSocket, state: AppState, slot: SessionSlot, c
         slot.authenticated();
         metrics.auth_success.inc();
         metrics.connections_authenticated.inc();
-        serve(socket, &state, conn_id, identity, token, ip).await;
+        serve(socket, &state, conn_id, identity, token, ip, auth_started).await;
     }
 }
 
@@ -240,6 +243,7 @@ async fn serve(
     identity: Identity,
     token: Token,
     ip: IpAddr,
+    auth_started: std::time::Instant,
 ) {
     let limits = &state.config.limits;
     // The token stays with the connection (redacted): re-validation asks the
@@ -256,12 +260,21 @@ async fn serve(
     span.record("session", conn.session.as_str());
     span.record("user_id", conn.user_id.as_str());
     state.hub.register(conn.clone());
-    let end = match Box::pin(welcome(&mut socket, state, &conn)).await {
-        Ok(()) => {
-            tracing::debug!("authenticated");
-            serve_loop(&mut socket, state, &conn, ip).await
+    // A revocation that landed after the token check but before the line
+    // above found nothing to close: it recorded the digest, so look now.
+    let revoked = state
+        .auth
+        .forgotten_since(&conn.credential.digest(), auth_started);
+    let end = if revoked {
+        End::Close(CloseCode::AuthFailed)
+    } else {
+        match Box::pin(welcome(&mut socket, state, &conn)).await {
+            Ok(()) => {
+                tracing::debug!("authenticated");
+                serve_loop(&mut socket, state, &conn, ip).await
+            }
+            Err(end) => end,
         }
-        Err(end) => end,
     };
     conn.queue.close();
     for group in state.hub.unregister(conn.id) {

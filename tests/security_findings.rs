@@ -293,3 +293,39 @@ async fn l2_cli_revoke_writes_the_tombstone_and_closes_live_sockets() {
         .await;
     assert_eq!(code(again.expect_close().await), 4003);
 }
+
+/// R1: a revocation that lands while a token check is in flight reaches the
+/// connection: here the check is held in the database (a `query` store that
+/// sleeps) while the API revokes the token, so the revocation's close runs
+/// before the connection exists. The session looks again once it is in the
+/// hub (and the cache, which saw the revocation, asks the store again).
+#[tokio::test]
+async fn r1_a_revocation_during_the_token_check_is_not_missed() {
+    let db = common::PgDb::create().await;
+    let pool = db.pool().await;
+    sqlx::query("CREATE TABLE app_tokens (key text PRIMARY KEY, user_id text NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO app_tokens VALUES ('slow-token-0123456789', '8')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.database.url = Some(db.url.clone());
+    config.auth.store = wsgate::config::StoreKind::Query;
+    config.auth.query =
+        Some("SELECT user_id FROM app_tokens WHERE key = $1 AND pg_sleep(0.8) IS NOT NULL".into());
+    let node = spawn(config).await;
+    let mut c = Client::connect(&node.ws_url()).await;
+    c.send_json(json!({"type": "auth", "token": "slow-token-0123456789"}))
+        .await;
+    // The check is asleep in the database; revoke meanwhile.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = node
+        .api_post("/api/v1/revoke", json!({"token": "slow-token-0123456789"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(code(c.expect_close().await), 4003);
+}

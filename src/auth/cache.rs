@@ -468,7 +468,7 @@ impl TokenCache {
     }
 
     /// Whether `digest` was forgotten at or after `fetched`.
-    fn forgotten_since(&self, digest: &TokenDigest, fetched: Instant) -> bool {
+    pub(crate) fn forgotten_since(&self, digest: &TokenDigest, fetched: Instant) -> bool {
         let forgotten = self.forgotten.lock().unwrap_or_else(|e| e.into_inner());
         forgotten.get(digest).is_some_and(|at| *at >= fetched)
     }

@@ -181,6 +181,16 @@ impl Authenticator {
         }
     }
 
+    /// Whether `digest` was forgotten on this node at or after `since`: a
+    /// session checks this once its connection is in the hub, for a
+    /// revocation that landed between its token check and its registration
+    /// (the revocation's close found no connection to close then).
+    pub fn forgotten_since(&self, digest: &TokenDigest, since: Instant) -> bool {
+        self.cache
+            .as_ref()
+            .is_some_and(|cache| cache.forgotten_since(digest, since))
+    }
+
     pub fn store_name(&self) -> &'static str {
         self.store.name()
     }
