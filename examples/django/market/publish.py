@@ -4,9 +4,14 @@ All three end as the same frame on every subscribed socket:
 
     {"type": "message", "group": "market.AAPL", "data": {...}}
 
-- `publish_http`: wsgate's backend API, `POST /api/v1/publish` with the
-  Bearer key. Answers only once wsgate has accepted the message; the one to
-  use from request handlers and Celery tasks. Needs no Redis client.
+- `publish_http`: wsgate's backend API, `POST /api/v1/publish`, through the
+  `wsgate` package (clients/python): the client comes from the settings
+  WSGATE_API_URL and WSGATE_API_KEY, retries connection failures and 503s,
+  and raises `wsgate.WsgateError` subclasses on a refusal. It answers once
+  wsgate has accepted the message; the one to use from request handlers and
+  Celery tasks. Needs no Redis client. After a database write, use
+  `wsgate.django.publish_on_commit(group, data)` instead, so that the
+  message goes out only once the write has committed (README.md).
 - `publish_redis`: `PUBLISH <prefix>group:<group> {"v":1,"group":..,"data":..}`
   on wsgate's Redis, for a backend that already holds a Redis client. One
   round trip, no HTTP; fire-and-forget like any Redis PUBLISH.
@@ -19,30 +24,20 @@ A group may be any name of 1-128 characters of A-Z a-z 0-9 . _ : @ -.
 """
 
 import json
-import urllib.request
 
 import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from wsgate.django import get_client
 
 _redis = None
 
 
-def publish_http(group, data, timeout=5):
-    """POST /api/v1/publish; raises urllib.error.HTTPError on a refusal."""
-    body = json.dumps({"group": group, "data": data}).encode()
-    request = urllib.request.Request(
-        settings.WSGATE_API_URL.rstrip("/") + "/api/v1/publish",
-        data=body,
-        headers={
-            "Authorization": f"Bearer {settings.WSGATE_API_KEY}",
-            "Content-Type": "application/json",
-        },
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.load(response)
+def publish_http(group, data):
+    """POST /api/v1/publish; returns the message's history offset (None for a
+    group without history); raises wsgate.WsgateError on a refusal."""
+    return get_client().publish(group, data)
 
 
 def publish_redis(group, data):

@@ -1,3 +1,4 @@
+import wsgate
 from django.conf import settings
 from rest_framework import serializers
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
@@ -29,7 +30,12 @@ class PublishTick(APIView):
             "redis": publish.publish_redis,
             "channels": publish.publish_channels,
         }[tick.validated_data["via"]]
-        sender(f"market.{symbol}", data)
+        try:
+            sender(f"market.{symbol}", data)
+        except wsgate.WsgateError as e:
+            # wsgate refused or could not be reached (after the client's
+            # retries): e.code is the API's error code ("unavailable", ...).
+            return Response({"ok": False, "error": e.code}, status=502)
         return Response({"ok": True, "group": f"market.{symbol}"}, status=202)
 
 

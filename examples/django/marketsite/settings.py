@@ -98,7 +98,9 @@ REST_FRAMEWORK = {
 # (WSGATE__REDIS__PREFIX).
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 WSGATE_REDIS_PREFIX = os.environ.get("WSGATE_REDIS_PREFIX", "wsgate:")
-# wsgate's backend API (api.listen) and one of its keys (api.keys).
+# wsgate's backend API (api.listen) and one of its keys (api.keys): the
+# settings wsgate.django (clients/python) reads. WSGATE_CLIENT_OPTIONS may
+# add wsgate.Client keyword arguments, e.g. {"timeout": 2}.
 WSGATE_API_URL = os.environ.get("WSGATE_API_URL", "http://127.0.0.1:8081")
 WSGATE_API_KEY = os.environ.get("WSGATE_API_KEY", "")
 # What the browser connects to (server.listen + server.ws_path).
