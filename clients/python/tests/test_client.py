@@ -312,3 +312,14 @@ def test_max_attempts_bounds_the_tries(closed_port_url: str) -> None:
         with pytest.raises(wsgate.ConnectionFailed):
             c.cluster()
     assert transport.requests == 1
+
+
+def test_one_client_is_shared_between_threads(
+    client: wsgate.Client, subscriber: Subscribers, group: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    member = subscriber("py-2", group)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda i: client.publish(group, i), range(40)))
+    assert sorted(member.message()["data"] for _ in range(40)) == list(range(40))
