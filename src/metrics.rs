@@ -96,14 +96,23 @@ pub enum DropReason {
     SlowConsumer,
     /// The connection was already closing.
     Closed,
+    /// Lost between Redis and this node: the broker's dispatcher fell
+    /// behind and fred's buffer overflowed (counted once per message, not
+    /// per recipient).
+    BrokerLag,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 2] = [DropReason::SlowConsumer, DropReason::Closed];
+    pub const ALL: [DropReason; 3] = [
+        DropReason::SlowConsumer,
+        DropReason::Closed,
+        DropReason::BrokerLag,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::SlowConsumer => "slow_consumer",
             DropReason::Closed => "closed",
+            DropReason::BrokerLag => "broker_lag",
         }
     }
 }

@@ -329,3 +329,58 @@ async fn r1_a_revocation_during_the_token_check_is_not_missed() {
     assert_eq!(status, 200);
     assert_eq!(code(c.expect_close().await), 4003);
 }
+
+/// R2: control commands have their own connection and buffer, so a flood of
+/// group traffic (which may overflow the group link's buffer; what is lost
+/// there is counted as `broker_lag`) cannot crowd out a revocation.
+#[tokio::test]
+async fn r2_a_revocation_gets_through_a_flood_of_group_traffic() {
+    let prefix = common::redis_servers::RedisPrefix::random();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.redis.url = Some(common::SHARED_REDIS.into());
+    config.redis.prefix = prefix.to_string();
+    config.limits.outbound_queue = 1_000_000;
+    let node = spawn(config.clone()).await;
+    let flooded = issue_token(&config, "1", None).await;
+    let (mut reader, _) = Client::authed(&node.ws_url(), &flooded).await;
+    reader.subscribe("flood").await;
+    let revoked = issue_token(&config, "2", None).await;
+    let (mut victim, _) = Client::authed(&node.ws_url(), &revoked).await;
+    // Two Redis connections carry this node's subscriptions: the group
+    // link and the control link, which holds the control channel alone.
+    let numsub =
+        common::redis_servers::redis_cli(6379, &["PUBSUB", "NUMSUB", &format!("{prefix}control")]);
+    assert_eq!(numsub[1], "1", "{numsub:?}");
+    // 60,000 messages pipelined into the group, the revocation in the middle.
+    let channel = format!("{prefix}group:flood");
+    let mut commands = String::new();
+    for i in 0..60_000 {
+        let envelope = format!("{{\"v\":1,\"group\":\"flood\",\"data\":{i}}}");
+        commands.push_str(&format!("PUBLISH {channel} '{envelope}'\n"));
+    }
+    let flood = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new("timeout")
+            .args(["20", "redis-cli", "-p", "6379"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(commands.as_bytes())
+            .unwrap();
+        child.wait().unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _) = node
+        .api_post("/api/v1/revoke", json!({"token": revoked}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(code(victim.expect_close().await), 4003);
+    assert!(flood.await.unwrap().success());
+    drop(reader);
+}

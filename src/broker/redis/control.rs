@@ -1,19 +1,34 @@
-//! Control commands from a tool that is not a node.
+//! The control channel: cluster-wide commands (disconnect a user, revoke a
+//! token), on a connection of their own.
 //!
-//! `wsgate token revoke` must close a revoked token's sockets on every node,
-//! but a CLI process must not join the cluster to do it: a broker would
-//! subscribe, heartbeat and write a registry entry under the host's node id
-//! (the same id as a node running beside it). This sends on the control
-//! channel and nothing else.
+//! - [`ControlLink`]: each node receives commands on its own subscriber
+//!   connection, not the one that carries group traffic. A burst of group
+//!   messages can outrun the dispatcher and overflow fred's buffer; what
+//!   overflows is lost (and counted), and a revocation must never be among
+//!   it.
+//! - [`RedisControl`]: a tool that is not a node sends commands. `wsgate
+//!   token revoke` must close a revoked token's sockets on every node, but a
+//!   CLI process must not join the cluster to do it: a broker would
+//!   subscribe, heartbeat and write a registry entry under the host's node
+//!   id (the same id as a node running beside it).
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use fred::clients::Client;
-use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::ConnectHandle;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
 
+use super::Inner;
 use super::{json, unavailable};
 use crate::broker::{BrokerError, ControlSender};
 use crate::config::RedisConfig;
 use crate::protocol::Control;
+
+/// Commands buffered for the dispatcher: they are few and small.
+const CONTROL_BUFFER: usize = 1024;
 
 /// The channel every node listens on for control commands.
 pub(super) fn control_channel(prefix: &str) -> String {
@@ -53,5 +68,59 @@ impl ControlSender for RedisControl {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+}
+
+/// A node's receiving end of the control channel.
+pub(super) struct ControlLink {
+    pub(super) subscriber: SubscriberClient,
+    pub(super) tasks: Vec<JoinHandle<()>>,
+}
+
+impl ControlLink {
+    /// Connects, subscribes, and starts delivering commands to `inner`'s
+    /// handler. fred resubscribes after a reconnection
+    /// (`manage_subscriptions`).
+    pub(super) async fn start(
+        cfg: &RedisConfig,
+        inner: Arc<Inner>,
+        within: std::time::Duration,
+    ) -> Result<(ControlLink, ConnectHandle), BrokerError> {
+        let setup =
+            |e: crate::redis_client::RedisSetupError| BrokerError::Unavailable(e.to_string());
+        let subscriber = crate::redis_client::subscriber(cfg, CONTROL_BUFFER).map_err(setup)?;
+        let messages = subscriber.message_rx();
+        let connection = crate::redis_client::connect(&subscriber, within)
+            .await
+            .map_err(setup)?;
+        if let Err(e) = subscriber.subscribe(control_channel(&cfg.prefix)).await {
+            let _ = subscriber.quit().await;
+            return Err(unavailable(e));
+        }
+        let manage = subscriber.manage_subscriptions();
+        let dispatch = tokio::spawn(async move {
+            let mut messages = messages;
+            loop {
+                match messages.recv().await {
+                    Ok(message) => inner.on_message(message),
+                    Err(RecvError::Lagged(n)) => {
+                        // Not expected at this volume; said loudly if it happens.
+                        inner.count_lost(n);
+                        tracing::error!(
+                            lost = n,
+                            "control commands lost: the dispatcher fell behind"
+                        );
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+        Ok((
+            ControlLink {
+                subscriber,
+                tasks: vec![manage, dispatch],
+            },
+            connection,
+        ))
     }
 }

@@ -214,7 +214,7 @@ impl Inner {
 
     // -- incoming messages ---------------------------------------------------
 
-    fn on_message(&self, message: Message) {
+    pub(super) fn on_message(&self, message: Message) {
         let Some(handler) = self.handler.get() else {
             tracing::debug!(
                 channel = &*message.channel,
@@ -245,6 +245,14 @@ impl Inner {
         }
     }
 
+    /// Messages that overflowed fred's buffer before the dispatcher read
+    /// them: counted here and in `wsgate_messages_dropped_total{reason="broker_lag"}`.
+    pub(super) fn count_lost(&self, n: u64) {
+        self.lost_messages.fetch_add(n, Ordering::Relaxed);
+        self.metrics
+            .dropped(crate::metrics::DropReason::BrokerLag, n);
+    }
+
     fn bad_message(&self, channel: &str, why: &str) {
         self.bad_envelopes.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(channel, why, "dropped a bad message from Redis");
@@ -267,13 +275,13 @@ impl Inner {
 
     // -- resubscription -------------------------------------------------------
 
-    /// Brings Redis in line with local state: with `full`, (re)subscribes the
-    /// control channel and every group not confirmed in this epoch; always
+    /// Brings Redis in line with local state: with `full`, (re)subscribes
+    /// every group not confirmed in this epoch (the control channel has its
+    /// own connection, `control::ControlLink`); always
     /// drops subscriptions of groups that no longer have members.
     pub(super) async fn resync(&self, full: bool) -> Result<(), fred::error::Error> {
         let epoch = self.epoch.load(Ordering::Acquire);
         if full {
-            self.subscriber.subscribe(self.control_channel()).await?;
             if self.history.is_on() {
                 // A restarted Redis has no scripts; load them before the
                 // node reports itself up again.
@@ -427,7 +435,7 @@ pub(super) async fn dispatch(inner: Arc<Inner>, mut messages: broadcast::Receive
         match messages.recv().await {
             Ok(message) => inner.on_message(message),
             Err(RecvError::Lagged(n)) => {
-                inner.lost_messages.fetch_add(n, Ordering::Relaxed);
+                inner.count_lost(n);
                 tracing::warn!(lost = n, "Redis messages lost: the dispatcher fell behind");
             }
             Err(RecvError::Closed) => break,

@@ -25,6 +25,7 @@ mod history;
 mod link;
 mod presence;
 
+use control::ControlLink;
 pub use control::RedisControl;
 
 use std::collections::HashMap;
@@ -93,6 +94,8 @@ struct Inner {
 /// the node's registry entry to expire).
 pub struct RedisBroker {
     inner: Arc<Inner>,
+    /// The control channel's own subscriber connection.
+    control: OnceLock<fred::clients::SubscriberClient>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     connections: Mutex<Vec<fred::types::ConnectHandle>>,
     closed: AtomicBool,
@@ -159,6 +162,7 @@ impl RedisBroker {
         });
         let broker = Arc::new(RedisBroker {
             inner: inner.clone(),
+            control: OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
             connections: Mutex::new(vec![client_conn, subscriber_conn]),
             closed: AtomicBool::new(false),
@@ -166,6 +170,21 @@ impl RedisBroker {
         if let Err(e) = inner.resync(true).await {
             broker.shutdown().await;
             return Err(unavailable(e));
+        }
+        match ControlLink::start(cfg, inner.clone(), within).await {
+            Ok((link, connection)) => {
+                let _ = broker.control.set(link.subscriber);
+                broker.lock_tasks().extend(link.tasks);
+                broker
+                    .connections
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(connection);
+            }
+            Err(e) => {
+                broker.shutdown().await;
+                return Err(e);
+            }
         }
         inner.heartbeat_once().await;
         inner.set_up(true);
@@ -229,7 +248,11 @@ impl Drop for RedisBroker {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let inner = self.inner.clone();
+            let control = self.control.get().cloned();
             runtime.spawn(async move {
+                if let Some(control) = control {
+                    let _ = control.quit().await;
+                }
                 let _ = inner.subscriber.quit().await;
                 let _ = inner.client.quit().await;
             });
@@ -396,6 +419,9 @@ impl Broker for RedisBroker {
         }
         let bound = Duration::from_secs(2);
         let _ = tokio::time::timeout(bound, inner.subscriber.quit()).await;
+        if let Some(control) = self.control.get() {
+            let _ = tokio::time::timeout(bound, control.quit()).await;
+        }
         let _ = tokio::time::timeout(bound, inner.client.quit()).await;
         let connections: Vec<_> = self
             .connections
