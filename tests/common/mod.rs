@@ -4,6 +4,7 @@
 
 pub mod pg_server;
 pub mod redis_servers;
+pub mod tls_servers;
 
 use std::time::Duration;
 
