@@ -7,6 +7,7 @@
 //! Leaves, pure:
 //! - [`token`]: the client's secret and its SHA-256 digest.
 //! - [`clock`]: the wall clock, in the units we store and send.
+//! - `tls`: TLS to PostgreSQL and Redis: PEM files, checks, clear errors.
 //! - [`protocol`]: client frames, server frames, the broker envelope, close
 //!   and error codes. No I/O.
 //! - [`config`]: layered configuration (defaults, file, environment),
@@ -62,4 +63,5 @@ pub mod server;
 mod session;
 pub mod state;
 pub mod telemetry;
+mod tls;
 pub mod token;

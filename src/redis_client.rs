@@ -61,6 +61,13 @@ pub fn fred_config(cfg: &RedisConfig) -> Result<Config, RedisSetupError> {
         Config::from_url(url)
     }
     .map_err(|e| RedisSetupError::BadUrl(e.details().to_string()))?;
+    // `redis.tls_*`: a private CA and/or a client certificate (checked at
+    // start-up by the configuration's validation).
+    if let Some(tls) = crate::tls::client_config(&cfg.tls_files())
+        .map_err(|e| RedisSetupError::Build(e.to_string()))?
+    {
+        config.tls = Some(tls.into());
+    }
     // A node that starts while Redis is unreachable reports it instead of
     // hanging; once connected, the reconnect policy takes over.
     config.fail_fast = true;
@@ -124,7 +131,9 @@ pub async fn connect<C: ClientLike>(
 ) -> Result<ConnectHandle, RedisSetupError> {
     match tokio::time::timeout(within, client.init()).await {
         Ok(Ok(handle)) => Ok(handle),
-        Ok(Err(e)) => Err(RedisSetupError::Connect(e.details().to_string())),
+        Ok(Err(e)) => Err(RedisSetupError::Connect(
+            crate::tls::redis_error(e.details()).unwrap_or_else(|| e.details().to_string()),
+        )),
         Err(_) => {
             // Stop the connection task that `init` left behind.
             let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;

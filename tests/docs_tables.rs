@@ -137,6 +137,9 @@ fn readme_configuration_table_lists_every_key() {
         "database.url",
         "auth.query",
         "redis.url",
+        "redis.tls_ca_file",
+        "redis.tls_cert_file",
+        "redis.tls_key_file",
     ] {
         keys.insert(optional.to_string());
     }

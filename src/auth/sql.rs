@@ -58,6 +58,9 @@ impl Db {
             Backend::Sqlite => config.database.max_connections.min(4),
             Backend::Postgres => config.database.max_connections,
         };
+        if let Some(warning) = crate::tls::postgres_warning(&url) {
+            tracing::warn!("{warning}");
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(config.database.connect_timeout)
@@ -161,6 +164,9 @@ pub fn store_for(config: &Config, db: Db) -> Box<dyn TokenStore> {
 /// serve right now, become `Unavailable` (close 1013); errors about the SQL
 /// or the schema become `Query`.
 fn classify(e: sqlx::Error) -> StoreError {
+    if let Some(message) = crate::tls::postgres_error(&e) {
+        return StoreError::Unavailable(message);
+    }
     match e {
         sqlx::Error::Database(db) if cannot_serve_now(db.as_ref()) => {
             StoreError::Unavailable(db.message().to_string())

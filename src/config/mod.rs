@@ -21,6 +21,18 @@ mod validate;
 pub use load::mask_url;
 pub use validate::{MIN_API_KEY_LEN, api_key_problem};
 
+impl RedisConfig {
+    /// The `redis.tls_*` files, for [`crate::tls::client_config`].
+    pub(crate) fn tls_files(&self) -> crate::tls::ClientTlsFiles<'_> {
+        crate::tls::ClientTlsFiles {
+            section: "redis",
+            ca: self.tls_ca_file.as_deref(),
+            cert: self.tls_cert_file.as_deref(),
+            key: self.tls_key_file.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid configuration: {key}: {message}")]
@@ -214,6 +226,13 @@ pub struct RedisConfig {
     /// Longest wait for one Redis command before it counts as failed.
     #[serde(with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// `rediss://` only: PEM file of the CAs the server's certificate must
+    /// come from (instead of the system's store).
+    pub tls_ca_file: Option<PathBuf>,
+    /// `rediss://` only: PEM client certificate (chain), with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// `rediss://` only: PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -225,6 +244,9 @@ impl Default for RedisConfig {
             heartbeat: Duration::from_secs(2),
             node_ttl: Duration::from_secs(10),
             command_timeout: Duration::from_secs(2),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

@@ -119,6 +119,10 @@ impl Config {
                 "must start with postgres://, postgresql:// or sqlite:",
             ));
         }
+        if let Some(url) = &self.database.url {
+            crate::tls::check_postgres_url(url)
+                .map_err(|message| ConfigError::invalid("database.url", message))?;
+        }
         if self.database.max_connections == 0 {
             return Err(ConfigError::invalid(
                 "database.max_connections",
@@ -160,6 +164,25 @@ impl Config {
                 "must start with redis://, rediss:// or redis-cluster://",
             ));
         }
+        let tls = self.redis.tls_files();
+        if !tls.is_empty()
+            && !self
+                .redis
+                .url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+        {
+            let key = ["tls_ca_file", "tls_cert_file", "tls_key_file"]
+                .into_iter()
+                .zip([tls.ca, tls.cert, tls.key])
+                .find_map(|(k, v)| v.map(|_| k))
+                .unwrap_or("tls_ca_file");
+            return Err(ConfigError::invalid(
+                &format!("redis.{key}"),
+                "needs a rediss:// redis.url (TLS); with redis:// it would not be used",
+            ));
+        }
+        crate::tls::client_config(&tls).map_err(|e| ConfigError::invalid(&e.key, e.message))?;
         if self.redis.prefix.is_empty() {
             return Err(ConfigError::invalid("redis.prefix", "must not be empty"));
         }

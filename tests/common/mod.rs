@@ -22,6 +22,7 @@ pub mod node;
 pub mod pg_server;
 pub mod ports;
 pub mod redis_servers;
+pub mod tls_servers;
 
 use std::time::Duration;
 

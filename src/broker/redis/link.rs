@@ -281,13 +281,11 @@ impl Inner {
     /// drops subscriptions of groups that no longer have members.
     pub(super) async fn resync(&self, full: bool) -> Result<(), fred::error::Error> {
         let epoch = self.epoch.load(Ordering::Acquire);
-        if full {
-            if self.history.is_on() {
-                // A restarted Redis has no scripts; load them before the
-                // node reports itself up again.
-                history::PUBLISH.load(&self.client).await?;
-                history::READ.load(&self.client).await?;
-            }
+        if full && self.history.is_on() {
+            // A restarted Redis has no scripts; load them before the node
+            // reports itself up again.
+            history::PUBLISH.load(&self.client).await?;
+            history::READ.load(&self.client).await?;
         }
         self.cleanup.store(false, Ordering::Release);
         let results: Vec<Result<(), fred::error::Error>> = futures_util::stream::iter(self.slots())
