@@ -273,6 +273,15 @@ def test_data_json_cannot_hold_raises_before_sending() -> None:
     assert rec.requests == []
 
 
+def test_publish_many_takes_pairs_not_dicts() -> None:
+    rec = Recorder(ok())
+    with pytest.raises(TypeError, match="pairs"):
+        rec.client().publish_many([{"group": "g", "data": 1}])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="pairs"):
+        rec.client().publish_many(["gd"])  # type: ignore[list-item]
+    assert rec.requests == []
+
+
 def test_a_json_encoder_extends_what_data_can_be() -> None:
     class Encoder(json.JSONEncoder):
         def default(self, o: object) -> object:

@@ -139,6 +139,13 @@ def publish_body(group: str, data: object) -> dict[str, object]:
 def publish_many_body(messages: Iterable[tuple[str, object]]) -> list[dict[str, object]]:
     items = []
     for message in messages:
+        if isinstance(message, (Mapping, str, bytes)):
+            # A dict would unpack into its keys: refuse it rather than send
+            # {"group": "group", "data": "data"}.
+            raise TypeError(
+                f"publish_many takes (group, data) pairs or wsgate.Message, "
+                f"not {type(message).__name__}"
+            )
         group, data = message
         items.append({"group": group, "data": data})
     return items
