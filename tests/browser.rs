@@ -3,6 +3,13 @@
 //! screenshot in `target/artifacts/demo-page.png`), its feed seen by a plain
 //! WebSocket client, and the demo routes' absence from `wsgate serve`.
 //!
+//! The page runs the JavaScript client as npm ships it: the browser test
+//! packs `clients/js` (`npm pack`), checks that the demo serves the packed
+//! `wsgate.js` byte for byte, and has Chromium load that file. With it,
+//! `tests/browser/client.test.mjs` checks in the browser what only a browser
+//! has: `offline`/`online` events (a probe that drops the half-open socket,
+//! then an immediate reconnect) and token refresh on the demo's node.
+//!
 //! Chromium, Node.js and `tests/browser/node_modules` come from
 //! `scripts/install-browser-tools.sh`; without them the browser test fails
 //! (it never skips) and says so.
@@ -102,14 +109,27 @@ async fn demo_page_in_chromium_connects_shows_prices_and_switches_symbols() {
 
     let screenshot: PathBuf = root().join("target/artifacts/demo-page.png");
     let _ = std::fs::remove_file(&screenshot);
+    let packed_dir = tempfile::tempdir().unwrap();
+    let packed = packed_client(packed_dir.path());
     let demo = Demo::start();
     let (page, shot) = (demo.page.clone(), screenshot.clone());
-    let args = ["--test", "--test-reporter=spec", "--test-timeout=90000"]
-        .into_iter()
-        .map(String::from)
-        .chain([String::from("tests/browser/demo.test.mjs")])
-        .collect();
+    // One browser at a time: the machine may be small.
+    let args = [
+        "--test",
+        "--test-reporter=spec",
+        "--test-timeout=90000",
+        "--test-concurrency=1",
+        "tests/browser/demo.test.mjs",
+        "tests/browser/client.test.mjs",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
     let env = vec![
+        (
+            "WSGATE_PACKED_CLIENT".into(),
+            packed.to_string_lossy().into_owned(),
+        ),
         ("WSGATE_DEMO_URL".into(), page),
         (
             "WSGATE_SCREENSHOT".into(),
@@ -127,6 +147,36 @@ async fn demo_page_in_chromium_connects_shows_prices_and_switches_symbols() {
         screenshot.display()
     );
     println!("screenshot: {}", screenshot.display());
+}
+
+/// `npm pack` of clients/js into `dir`, unpacked there; returns the path of
+/// the packed `wsgate.js` (the file an npm user imports).
+fn packed_client(dir: &Path) -> PathBuf {
+    let run = |cwd: &Path, program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .current_dir(cwd)
+            .env("npm_config_update_notifier", "false")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dest = dir.to_str().unwrap();
+    let listing = run(
+        &root().join("clients/js"),
+        "npm",
+        &["pack", "--pack-destination", dest],
+    );
+    let tarball = listing.lines().last().expect("npm pack names its tarball");
+    run(dir, "tar", &["-xzf", tarball]);
+    let file = dir.join("package/wsgate.js");
+    assert!(file.exists(), "no package/wsgate.js in {tarball}");
+    file
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

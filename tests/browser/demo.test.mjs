@@ -1,17 +1,26 @@
 // The demo page in Debian's Chromium, driven by playwright-core (run by
 // tests/browser.rs against a `wsgate demo` process): the status badge goes to
 // connected, prices move, switching symbols unsubscribes one and subscribes
-// another, and a screenshot is saved.
+// another, and a screenshot is saved. The page runs the client file of the
+// npm package (tests/browser.rs packs it), which the demo serves as it is.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const DEMO_URL = process.env.WSGATE_DEMO_URL;
 const SCREENSHOT = process.env.WSGATE_SCREENSHOT;
 const CHROMIUM = process.env.WSGATE_CHROMIUM || '/usr/bin/chromium';
+const PACKED_CLIENT = process.env.WSGATE_PACKED_CLIENT;
+
+test('the demo serves the packed client, byte for byte', async () => {
+  assert.ok(DEMO_URL && PACKED_CLIENT, 'run through `cargo test --test browser`');
+  const resp = await fetch(`${DEMO_URL}/wsgate.js`);
+  assert.equal(resp.status, 200);
+  assert.ok(Buffer.from(await resp.arrayBuffer()).equals(readFileSync(PACKED_CLIENT)), 'demo /demo/wsgate.js = package/wsgate.js');
+});
 
 test('the demo page connects, shows live prices and switches symbols', async (t) => {
   assert.ok(DEMO_URL && SCREENSHOT, 'run through `cargo test --test browser`');
@@ -22,6 +31,13 @@ test('the demo page connects, shows live prices and switches symbols', async (t)
   });
   t.after(() => browser.close());
   const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
+  // The page imports the client from the npm tarball's file.
+  const packed = readFileSync(PACKED_CLIENT, 'utf8');
+  let servedPacked = 0;
+  await page.route('**/demo/wsgate.js', (route) => {
+    servedPacked += 1;
+    return route.fulfill({ contentType: 'text/javascript; charset=utf-8', body: packed });
+  });
   const problems = [];
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('console', (m) => m.type() === 'error' && problems.push(`console error: ${m.text()} (${m.location().url})`));
@@ -79,6 +95,7 @@ test('the demo page connects, shows live prices and switches symbols', async (t)
   mkdirSync(dirname(SCREENSHOT), { recursive: true });
   await page.screenshot({ path: SCREENSHOT, fullPage: true });
   assert.deepEqual(problems, []);
+  assert.equal(servedPacked, 1, 'the page loaded the packed client');
 });
 
 /** Waits for a symbol's row to show a price; returns its text. */
