@@ -86,12 +86,15 @@ async fn publish_many(publisher: &TestNode, messages: Vec<Value>) -> Vec<Value> 
 async fn recovery_scenario(publisher: &TestNode, reader: &TestNode) {
     let token = reader.issue_token("1").await;
 
-    // A fresh subscription carries the group's position (offset 0).
+    // A fresh subscription carries the group's position: offset 0 of the
+    // epoch of a group never published (nothing is stored for it until
+    // the first publication starts the group's epoch).
     let (mut c, _) = Client::authed(&reader.ws_url(), &token).await;
     let (replay, sub) = subscribe_since(&mut c, "h.ticks", None).await;
     assert!(replay.is_empty());
     assert_eq!(sub["offset"], 0, "{sub}");
-    let epoch = sub["epoch"].as_str().expect("epoch").to_string();
+    let unpublished = sub["epoch"].as_str().expect("epoch").to_string();
+    assert!(unpublished.starts_with('~'), "{sub}");
     assert!(sub.get("recovered").is_none(), "{sub}");
 
     // The API answers one offset per message; null for a group without history.
@@ -106,10 +109,15 @@ async fn recovery_scenario(publisher: &TestNode, reader: &TestNode) {
     .await;
     assert_eq!(offsets, vec![json!(1), Value::Null, json!(2)]);
     let mut last = Value::Null;
+    let mut epoch = String::new();
     for n in 1..=2 {
         let m = c.recv_json().await;
         assert_eq!(m["data"]["n"], n, "{m}");
         assert_eq!(m["offset"], n);
+        if n == 1 {
+            epoch = m["epoch"].as_str().expect("epoch").to_string();
+            assert!(!epoch.starts_with('~') && !epoch.is_empty(), "{m}");
+        }
         assert_eq!(m["epoch"], epoch.as_str());
         last = since_of(&m);
     }

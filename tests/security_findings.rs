@@ -384,3 +384,83 @@ async fn r2_a_revocation_gets_through_a_flood_of_group_traffic() {
     assert!(flood.await.unwrap().success());
     drop(reader);
 }
+
+/// M2: subscribing to a history group that was never published leaves no
+/// state behind, in Redis or in memory (496 subscribes made 496 `:meta`
+/// keys kept 7 days; 22k subscribe/unsubscribe pairs grew an embedded node
+/// by 9 MB); and a subscriber from before the first publication still
+/// recovers what it missed.
+#[tokio::test]
+async fn m2_subscribing_to_unpublished_history_groups_creates_no_state() {
+    let prefix = common::redis_servers::RedisPrefix::random();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.redis.url = Some(common::SHARED_REDIS.into());
+    config.redis.prefix = prefix.to_string();
+    config.history.groups = vec!["h.*".into()];
+    config.limits.messages_per_second = 0;
+    let node = spawn(config.clone()).await;
+    let token = issue_token(&config, "1", None).await;
+    let (mut c, _) = Client::authed(&node.ws_url(), &token).await;
+    for i in 0..300 {
+        let group = format!("h.{i}");
+        let reply = c
+            .request(json!({"type": "subscribe", "group": group}))
+            .await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        assert_eq!(reply["offset"], 0);
+        assert_eq!(reply["epoch"], "~");
+        c.request(json!({"type": "unsubscribe", "group": group}))
+            .await;
+    }
+    let keys = common::redis_servers::redis_cli(
+        6379,
+        &["--scan", "--pattern", &format!("*{prefix}*meta*")],
+    );
+    assert!(keys.is_empty(), "{} meta keys: {keys:?}", keys.len());
+    // Subscribed before the first publication, away, then back: recovered.
+    let reply = c
+        .request(json!({"type": "subscribe", "group": "h.x"}))
+        .await;
+    let since = json!({"offset": reply["offset"], "epoch": reply["epoch"]});
+    drop(c);
+    for n in 1..=3 {
+        let (status, _) = node
+            .api_post("/api/v1/publish", json!({"group": "h.x", "data": n}))
+            .await;
+        assert_eq!(status, 200);
+    }
+    let (mut back, _) = Client::authed(&node.ws_url(), &token).await;
+    back.send_json(json!({"type": "subscribe", "group": "h.x", "since": since}))
+        .await;
+    let mut got = Vec::new();
+    loop {
+        let frame = back.recv_json().await;
+        if frame["type"] == "subscribed" {
+            assert_eq!(frame["recovered"], true, "{frame}");
+            break;
+        }
+        got.push(frame["data"].clone());
+    }
+    assert_eq!(got, vec![json!(1), json!(2), json!(3)]);
+}
+
+/// M2, embedded: the in-process broker keeps history only for groups that
+/// were published.
+#[tokio::test]
+async fn m2_embedded_history_holds_only_published_groups() {
+    use wsgate::broker::History;
+    use wsgate::broker::memory::MemoryBroker;
+    let broker = MemoryBroker::with_history(wsgate::broker::HistoryPolicy::new(
+        &wsgate::config::HistoryConfig {
+            groups: vec!["h.*".into()],
+            ..Default::default()
+        },
+    ));
+    for i in 0..20_000 {
+        let recovery = broker.history(&format!("h.{i}"), None).await.unwrap();
+        assert_eq!(recovery.position.offset, 0);
+        assert!(recovery.position.epoch.starts_with('~'));
+    }
+    assert_eq!(broker.history_groups(), 0);
+}

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use super::{
     Broker, BrokerError, BrokerHandler, ControlSender, History, HistoryPolicy, NodeInfo,
-    NodeRegistry, Presence, Recovery, new_epoch,
+    NodeRegistry, Presence, Recovery, UNPUBLISHED_EPOCH, new_epoch,
 };
 use crate::hub::Member;
 use crate::protocol::{Control, Position, Publication};
@@ -27,6 +27,9 @@ pub struct MemoryBroker {
     /// History per group. Held while a history publication is handed to the
     /// handler, so offsets are delivered in order whoever publishes.
     history: Mutex<Histories>,
+    /// The epoch of groups never published, new per process: a position
+    /// taken before a restart does not recover what the new process keeps.
+    unpublished: String,
 }
 
 #[derive(Default)]
@@ -80,6 +83,7 @@ impl MemoryBroker {
             handler: OnceLock::new(),
             policy,
             history: Mutex::new(Histories::default()),
+            unpublished: format!("{UNPUBLISHED_EPOCH}{}", new_epoch()),
         }
     }
 
@@ -87,6 +91,12 @@ impl MemoryBroker {
         self.handler
             .get()
             .ok_or_else(|| BrokerError::Unavailable("broker not attached".into()))
+    }
+
+    /// Groups whose history this broker holds (published within
+    /// `history.meta_ttl`; never one that was only read).
+    pub fn history_groups(&self) -> usize {
+        self.histories().groups.len()
     }
 
     fn histories(&self) -> MutexGuard<'_, Histories> {
@@ -196,9 +206,27 @@ impl History for MemoryBroker {
         since: Option<&Position>,
     ) -> Result<Recovery, BrokerError> {
         let mut histories = self.histories();
+        // Only publishing creates a group's history: reading one that has
+        // none (or whose state expired) stores nothing.
+        let published = histories
+            .groups
+            .get(group)
+            .is_some_and(|h| h.last_publish.elapsed() <= self.policy.meta_ttl);
+        if !published {
+            let position = Position {
+                offset: 0,
+                epoch: self.unpublished.clone(),
+            };
+            return Ok(Recovery::decide(
+                since,
+                position,
+                Vec::new(),
+                &self.unpublished,
+            ));
+        }
         let h = self.group(&mut histories, group);
         let after = match since {
-            Some(since) if since.epoch == h.epoch => h
+            Some(since) if since.epoch == h.epoch || since.epoch == self.unpublished => h
                 .entries
                 .iter()
                 .filter(|p| p.position.as_ref().is_some_and(|q| q.offset > since.offset))
@@ -206,7 +234,12 @@ impl History for MemoryBroker {
                 .collect(),
             _ => Vec::new(),
         };
-        Ok(Recovery::decide(since, h.position(), after))
+        Ok(Recovery::decide(
+            since,
+            h.position(),
+            after,
+            &self.unpublished,
+        ))
     }
 }
 

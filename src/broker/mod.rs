@@ -76,6 +76,13 @@ impl HistoryPolicy {
     }
 }
 
+/// The epoch of a history group that has never been published (or whose
+/// state expired): its position is offset 0 of this epoch. Nothing is
+/// stored for it, so subscribing creates no state; a subscriber holding it
+/// recovers whatever the group's first epoch published since, while all of
+/// it is still kept. Random epochs never start with `~`.
+pub const UNPUBLISHED_EPOCH: &str = "~";
+
 /// A new random epoch: it names one continuous run of a group's offsets.
 pub fn new_epoch() -> String {
     let bytes: [u8; 6] = rand::random();
@@ -98,10 +105,14 @@ impl Recovery {
     /// publications history still holds after `since` (in offset order).
     /// Recovered means: same epoch and no offset missing between `since`
     /// and the current position.
+    /// `unpublished` is the broker's epoch for groups never published
+    /// ([`UNPUBLISHED_EPOCH`], or one per process for the in-process broker,
+    /// whose state does not outlive it).
     pub fn decide(
         since: Option<&Position>,
         position: Position,
         after_since: Vec<Publication>,
+        unpublished: &str,
     ) -> Recovery {
         let Some(since) = since else {
             return Recovery {
@@ -110,7 +121,10 @@ impl Recovery {
                 publications: Vec::new(),
             };
         };
-        let complete = since.epoch == position.epoch
+        // Subscribed before the group's first publication: everything the
+        // current epoch published is what was missed.
+        let from_unpublished = since.epoch == unpublished && since.offset == 0;
+        let complete = (since.epoch == position.epoch || from_unpublished)
             && since.offset <= position.offset
             && (since.offset == position.offset || {
                 let offsets = after_since
@@ -193,8 +207,9 @@ pub trait ControlSender: Send + Sync {
 #[async_trait]
 pub trait History: Send + Sync {
     /// A history group's current position and, with `since`, what it
-    /// still holds after it. Creates the group's epoch if it has none yet,
-    /// so a subscriber that received nothing can still recover later.
+    /// still holds after it. A group never published answers offset 0 of
+    /// [`UNPUBLISHED_EPOCH`] and stores nothing (subscribing must not create
+    /// state an attacker could multiply).
     async fn history(&self, group: &str, since: Option<&Position>)
     -> Result<Recovery, BrokerError>;
 }
@@ -239,7 +254,7 @@ mod tests {
     #[test]
     fn recovery_needs_the_same_epoch_and_every_offset() {
         let decide = |since: Option<Position>, now: u64, after| {
-            let r = Recovery::decide(since.as_ref(), at(now, "e"), after);
+            let r = Recovery::decide(since.as_ref(), at(now, "e"), after, UNPUBLISHED_EPOCH);
             (r.recovered, r.publications.len())
         };
         assert_eq!(decide(None, 5, vec![]), (None, 0));
@@ -254,6 +269,11 @@ mod tests {
         // Another epoch, or an offset the group never reached.
         assert_eq!(decide(Some(at(2, "x")), 5, vec![]), (Some(false), 0));
         assert_eq!(decide(Some(at(9, "e")), 5, vec![]), (Some(false), 0));
+        // Subscribed before anything was published: all of the first
+        // epoch's offsets are what it missed.
+        assert_eq!(decide(Some(at(0, "~")), 3, kept(1..=3)), (Some(true), 3));
+        assert_eq!(decide(Some(at(0, "~")), 3, kept(2..=3)), (Some(false), 0));
+        assert_eq!(decide(Some(at(0, "~")), 0, vec![]), (Some(true), 0));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
 
 use super::{Inner, RedisBroker, unavailable};
-use crate::broker::{BrokerError, History, HistoryPolicy, Recovery, new_epoch};
+use crate::broker::{BrokerError, History, HistoryPolicy, Recovery, UNPUBLISHED_EPOCH, new_epoch};
 use crate::protocol::{self, Position, Publication};
 
 const PUBLISH_LUA: &str = r#"
@@ -55,17 +55,12 @@ return {o, epoch}
 
 const READ_LUA: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'e')
-local offset = 0
 if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  redis.call('DEL', KEYS[1])
-else
-  offset = tonumber(redis.call('HGET', KEYS[2], 'o'))
+  return {ARGV[1], '0'}
 end
+local offset = tonumber(redis.call('HGET', KEYS[2], 'o'))
 local out = {epoch, string.format('%d', offset)}
-if ARGV[3] ~= '' and ARGV[4] == epoch then
+if ARGV[3] ~= '' and (ARGV[4] == epoch or (ARGV[4] == ARGV[1] and ARGV[3] == '0')) then
   local since = tonumber(ARGV[3])
   if since < offset then
     local first = '0-' .. string.format('%d', since + 1)
@@ -80,7 +75,8 @@ return out
 
 /// Assigns the next offset, keeps the envelope and publishes it.
 pub(super) static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::from_lua(PUBLISH_LUA));
-/// Reads the position (creating the epoch if none) and what follows `since`.
+/// Reads the position (offset 0 of [`UNPUBLISHED_EPOCH`] when the group has
+/// none: nothing is written) and what follows `since`.
 pub(super) static READ: LazyLock<Script> = LazyLock::new(|| Script::from_lua(READ_LUA));
 
 /// A key in the same cluster slot as `channel`: its hash tag if it has
@@ -130,7 +126,7 @@ pub(super) fn publish_args(
 /// Arguments of [`READ`].
 pub(super) fn read_args(policy: &HistoryPolicy, since: Option<&Position>) -> Vec<String> {
     vec![
-        new_epoch(),
+        UNPUBLISHED_EPOCH.to_string(),
         millis(policy.meta_ttl),
         since.map(|s| s.offset.to_string()).unwrap_or_default(),
         since.map(|s| s.epoch.clone()).unwrap_or_default(),
@@ -162,7 +158,12 @@ pub(super) fn parse_read(
     let after: Vec<Publication> = items
         .filter_map(|envelope| protocol::decode_envelope(group, envelope.as_bytes()).ok())
         .collect();
-    Some(Recovery::decide(since, Position { offset, epoch }, after))
+    Some(Recovery::decide(
+        since,
+        Position { offset, epoch },
+        after,
+        UNPUBLISHED_EPOCH,
+    ))
 }
 
 impl Inner {
