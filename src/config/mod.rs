@@ -6,8 +6,9 @@
 //! every error names the key it is about.
 //!
 //! This file holds the keys (one struct per section, with its defaults);
-//! [`load`] reads the layers, [`validate`] checks what types alone cannot
-//! express, section by section.
+//! [`load`] reads the layers (with [`files`]: `WSGATE__SECTION__KEY__FILE`
+//! variables), [`validate`] checks what types alone cannot express, section
+//! by section.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod files;
 mod load;
 mod validate;
 
