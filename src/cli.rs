@@ -1,5 +1,5 @@
 //! The command line (section 9): `serve` (default), `token`, `migrate`,
-//! `config check`, `healthcheck` (see [`crate::healthcheck`]) and `demo`
+//! `config check`, `django trigger-sql`, `healthcheck` (see [`crate::healthcheck`]) and `demo`
 //! (see [`crate::demo`]).
 
 use std::path::PathBuf;
@@ -41,6 +41,9 @@ enum Command {
     Config(ConfigCommand),
     /// Run an embedded node with a synthetic market feed and its demo page.
     Demo,
+    /// Tools for the `django` store.
+    #[command(subcommand)]
+    Django(DjangoCommand),
     /// GET the node's /healthz on metrics.listen (from the configuration);
     /// exit 0 on a 2xx answer within 3 s, non-zero otherwise.
     Healthcheck {
@@ -67,6 +70,14 @@ enum TokenCommand {
         #[arg(long)]
         user: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum DjangoCommand {
+    /// Print the PostgreSQL live-revocation triggers for the configured user
+    /// table (auth.django_user_table, auth.django_user_pk,
+    /// auth.django_user_active).
+    TriggerSql,
 }
 
 #[derive(Subcommand)]
@@ -106,6 +117,11 @@ pub fn main() -> ExitCode {
                 Ok(()) => crate::demo::run(config, shutdown_signal()).await,
                 Err(e) => Err(e.into()),
             },
+            Command::Django(DjangoCommand::TriggerSql) => config
+                .auth
+                .django_user()
+                .map(|user| print!("{}", crate::auth::django::trigger_sql(&user)))
+                .map_err(Into::into),
             Command::Config(ConfigCommand::Check) => {
                 print!("{}", config.to_masked_toml());
                 Ok(())

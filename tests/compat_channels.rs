@@ -408,3 +408,95 @@ async fn django_example_end_to_end() {
 
     node.shutdown().await;
 }
+
+/// The example with a custom user model (`EXAMPLE_CUSTOM_USER=1`:
+/// `accounts.User`, table `accounts_member`, pk column `member_id`, active
+/// column `active`): its migration installs what `wsgate django
+/// trigger-sql` prints for those names, a DRF token of such a user
+/// authenticates with the `auth.django_user_*` keys set, an inactive
+/// user's token is refused, and deactivating the user through the ORM
+/// closes the socket through the generated trigger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_example_custom_user_model() {
+    let example = format!("{REPO}/examples/django");
+    let pg = PgDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.database.url = Some(pg.url.clone());
+    config.auth.store = StoreKind::Django;
+    config.auth.django_user_table = "accounts_member".into();
+    config.auth.django_user_pk = "member_id".into();
+    config.auth.django_user_active = "active".into();
+    config.validate().expect("the custom names are identifiers");
+    let user = config.auth.django_user().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!(
+            "{example}/accounts/migrations/wsgate_revoke_trigger.sql"
+        ))
+        .unwrap(),
+        wsgate::auth::django::trigger_sql(&user),
+        "accounts/migrations/wsgate_revoke_trigger.sql is not `wsgate django trigger-sql` \
+         for accounts_member"
+    );
+
+    let env = [
+        ("DATABASE_URL", pg.url.as_str()),
+        ("EXAMPLE_CUSTOM_USER", "1"),
+    ];
+    let manage = |args: &'static [&'static str]| {
+        let example = example.clone();
+        async move {
+            let mut full = vec!["manage.py"];
+            full.extend(args);
+            run_python(&example, &full, &env, None).await
+        }
+    };
+    let out = manage(&["check"]).await;
+    assert!(out.contains("no issues"), "{out}");
+    manage(&["migrate", "--noinput", "-v", "0"]).await;
+    let out = manage(&[
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model\n\
+         from rest_framework.authtoken.models import Token\n\
+         User = get_user_model()\n\
+         assert User._meta.db_table == 'accounts_member', User._meta.db_table\n\
+         User.objects.create_user('first', password='first-pass-123')\n\
+         u = User.objects.create_user('carol', password='carol-pass-123')\n\
+         off = User.objects.create_user('dave', password='dave-pass-123', is_active=False)\n\
+         print(u.pk, Token.objects.create(user=u).key, Token.objects.create(user=off).key)",
+    ])
+    .await;
+    let last = out.trim().lines().last().unwrap_or_default();
+    let fields: Vec<&str> = last.split(' ').collect();
+    let [user_id, token, inactive_token] = fields[..] else {
+        panic!("pk and two tokens: {out}");
+    };
+    assert_eq!(user_id, "2", "carol is the second member");
+
+    let node = spawn(config.clone()).await;
+    let (mut c, welcome) = Client::authed(&node.ws_url(), token).await;
+    assert_eq!(welcome["user_id"], user_id);
+    let mut refused = Client::connect(&node.ws_url()).await;
+    refused
+        .send_json(json!({"type": "auth", "token": inactive_token}))
+        .await;
+    assert_eq!(
+        code(refused.close_within(Duration::from_secs(3)).await),
+        4003
+    );
+
+    // Deactivating carol through the ORM: the generated trigger on
+    // accounts_member notifies, the node closes her socket.
+    manage(&[
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model\n\
+         u = get_user_model().objects.get(username='carol')\n\
+         u.is_active = False\n\
+         u.save()",
+    ])
+    .await;
+    assert_eq!(code(c.close_within(Duration::from_secs(3)).await), 4003);
+    node.shutdown().await;
+}

@@ -8,6 +8,7 @@
 //! [`crate::token`]; they are re-exported here.
 
 pub mod cache;
+pub mod django;
 pub mod sql;
 
 use std::sync::Arc;

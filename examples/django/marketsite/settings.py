@@ -29,6 +29,14 @@ INSTALLED_APPS = [
     "market",
 ]
 
+# EXAMPLE_CUSTOM_USER=1: a custom user model (accounts.User, table
+# accounts_member) instead of auth.User; wsgate then needs the
+# auth.django_user_* keys shown in accounts/models.py. Choose before the
+# first migrate: Django cannot switch the user model of a migrated database.
+if os.environ.get("EXAMPLE_CUSTOM_USER") == "1":
+    INSTALLED_APPS.append("accounts")
+    AUTH_USER_MODEL = "accounts.User"
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
