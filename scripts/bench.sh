@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench.sh [--quick] [--no-peer] [--no-build] [--keep] [--out FILE]
+# scripts/bench.sh [--quick] [--no-peer] [--no-build] [--keep] [--out FILE] [--inputs-out FILE]
 #
 # Runs every scenario of the performance issue (issue 6) with wsgate-bench
 # against wsgate nodes this script starts itself, and rewrites BENCHMARKS.md
@@ -13,6 +13,12 @@
 #     (copied to target/bench-peer, throwaway database) for the same fan-out
 #     and connect scenarios, with the ratios wsgate/peer.
 #
+# It also writes the per-node figures scripts/capacity reads (CPU per delivery,
+# memory per socket, CPU per authentication, ...; each with its source row) to
+# docs/capacity-inputs.json (--inputs-out FILE), with the kernel's slab per
+# idle socket measured on 2,000 loopback connections (scripts/capacity
+# measure-kernel; needs /proc/slabinfo, i.e. root, else that figure stays assumed).
+#
 # A full run takes about 10 minutes; --quick about 2 to 3 (shorter runs, same
 # socket counts; the first peer setup adds a pip install). All load stays on
 # loopback, every run is bounded and stops by itself. Tokens and the API key
@@ -21,7 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-QUICK=0 PEER=1 BUILD=1 KEEP=0 OUT=BENCHMARKS.md
+QUICK=0 PEER=1 BUILD=1 KEEP=0 OUT=BENCHMARKS.md INPUTS_OUT=docs/capacity-inputs.json
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -29,7 +35,8 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --keep) KEEP=1 ;;
         --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --inputs-out) INPUTS_OUT=$2; shift ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -371,6 +378,22 @@ OTHER_AVG=$(jq -s "[.[] | $OWN_DB | .machine.other_cores // 0] | (add / (length 
     echo '```'
 } >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
+
+# --- the capacity calculator's inputs (docs/scaling.md) ---------------------------
+# The same runs' figures as JSON, each with its source row; the kernel's slab
+# per idle socket is measured here (2,000 loopback connections, a few seconds).
+log "writing $INPUTS_OUT"
+KERNEL_ARGS=()
+if python3 scripts/capacity measure-kernel --connections 2000 --out "$WORK/kernel.json" 2>"$WORK/kernel.err"; then
+    KERNEL_ARGS=(--kernel "$WORK/kernel.json")
+else
+    echo "bench.sh: kernel socket memory not measured ($(cat "$WORK/kernel.err")); it stays an assumption" >&2
+fi
+if ! python3 scripts/capacity inputs --results "$RESULTS" --date "$STARTED_AT" --mode "$MODE" \
+    --commit "$COMMIT$DIRTY" --machine "$(nproc) cores ($CPU_MODEL), $MEM memory, Linux $(uname -r), open-file limit $(ulimit -n)" \
+    "${KERNEL_ARGS[@]}" --out "$INPUTS_OUT"; then
+    echo "bench.sh: $INPUTS_OUT not written (a run it needs failed?); the previous one is kept" >&2
+fi
 log "done: $OUT"
 if [ "${#FAILED[@]}" -gt 0 ]; then
     echo "bench.sh: some runs failed: ${FAILED[*]}" >&2
