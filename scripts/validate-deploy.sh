@@ -1227,10 +1227,36 @@ wsgate_bin() { # sets WSGATE: $WSGATE_BIN, else a (normally no-op) cargo build
     [ -x "$WSGATE" ] || { echo "ERROR: no wsgate binary at $WSGATE"; WSGATE=; return 1; }
     echo "  wsgate binary: $WSGATE"
 }
+# The TLS files a configuration names (/etc/wsgate-tls/... in the chart's
+# full values) exist only in the pod, where Secrets are mounted; `config
+# check` reads them. Throwaway PEMs (a self-signed certificate and its key)
+# stand in for them: the check runs on a copy of the configuration whose
+# /etc/wsgate-tls/<dir>/<file> paths point at them.
+tls_stand_in() { # tls_stand_in FILE OUT: FILE with the TLS paths replaced
+    local dir=$WORK/tls-stand-ins
+    if ! grep -q '/etc/wsgate-tls/' "$1"; then cp "$1" "$2"; return 0; fi
+    if [ ! -f "$dir/cert.pem" ]; then
+        mkdir -p "$dir"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+            -subj /CN=wsgate-validate -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null || return 1
+    fi
+    sed -E -e "s#/etc/wsgate-tls/[A-Za-z0-9._/-]+\.key#$dir/key.pem#g" \
+        -e "s#/etc/wsgate-tls/[A-Za-z0-9._/-]+#$dir/cert.pem#g" "$1" >"$2"
+}
 config_check() { # config_check LABEL TOML ENVFILE
-    local out envs
-    mapfile -t envs <"$3"
-    if ! out=$(env -i PATH="$PATH" HOME="$WORK" "${envs[@]}" "$WSGATE" config check --config "$2" 2>&1); then
+    local out envs toml=$WORK/config-check.toml envfile=$WORK/config-check.env
+    tls_stand_in "$2" "$toml" || return 1
+    tls_stand_in "$3" "$envfile" || return 1
+    mapfile -t envs <"$envfile"
+    local i var path
+    for i in "${!envs[@]}"; do # secrets from files (WSGATE__...__FILE) may name TLS files too
+        var=${envs[$i]%%=*} path=${envs[$i]#*=}
+        if [[ $var == *__FILE && -f $path ]]; then
+            tls_stand_in "$path" "$WORK/config-check-$i" || return 1
+            envs[i]="$var=$WORK/config-check-$i"
+        fi
+    done
+    if ! out=$(env -i PATH="$PATH" HOME="$WORK" "${envs[@]}" "$WSGATE" config check --config "$toml" 2>&1); then
         echo "ERROR: $1: wsgate config check --config $2 with $(cut -d= -f1 "$3" | tr '\n' ' '):"
         echo "$out"
         return 1
