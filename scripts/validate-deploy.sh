@@ -1009,12 +1009,12 @@ echo "validate-deploy: tools from $BIN"
 # 1. Helm: lint and render.
 chart_lint() {
     local f
-    for f in "" ci/full-values.yaml ci/kustomize-values.yaml; do
+    for f in "" ci/full-values.yaml ci/kustomize-values.yaml ci/values-django.yaml; do
         "$HELM" lint --strict "$CHART" ${f:+-f "$CHART/$f"} || return 1
         echo "  helm lint --strict ${f:-(default values)}: ok"
     done
 }
-check "helm lint --strict: default values, ci/full-values.yaml, ci/kustomize-values.yaml" chart_lint
+check "helm lint --strict: default values, ci/full-values.yaml, ci/kustomize-values.yaml, ci/values-django.yaml" chart_lint
 
 render() { # render NAME ARGS...: helm template into $WORK/NAME.yaml
     local name=$1; shift
@@ -1025,13 +1025,14 @@ chart_render() {
     render default &&
         render full -f "$CHART/ci/full-values.yaml" &&
         render kustomize-values -f "$CHART/ci/kustomize-values.yaml" &&
+        render django -f "$CHART/ci/values-django.yaml" &&
         render existing-secret --set secrets.existingSecret=wsgate-secrets --set secrets.keys.databaseUrl= &&
         render sleep-action --set lifecycle.useSleepAction=true &&
         render cluster-files --set secrets.existingSecret=wsgate --set replicaCount=3 --set secrets.mountAsFiles=true \
             --set migrateJob.enabled=true --set secrets.reloader=true --set service.type=LoadBalancer \
             --set metrics.prometheusRule.enabled=true
 }
-check "helm template: default values, full values (every value set), kustomize values, existingSecret without a database key, native preStop sleep, existing Secret as files + migrate Job + 3 replicas (PDB by default) + LoadBalancer" chart_render
+check "helm template: default values, full values (every value set), kustomize values, Django values, existingSecret without a database key, native preStop sleep, existing Secret as files + migrate Job + 3 replicas (PDB by default) + LoadBalancer" chart_render
 
 chart_notes() {
     # helm renders NOTES.txt only on install; render it through a scratch
@@ -1067,6 +1068,8 @@ chart_rejects() {
 --set config.drain.grace=5sec|config.drain.grace: Does not match pattern
 --set config.limits.max_message_bytes=1024|config.limits.max_message_bytes: Must be greater than or equal to 4096
 --set config.auth.store=query|config.auth: Must validate "then" as "if" was valid
+--set config.auth.django_user_table=auth_user;DROP|config.auth.django_user_table: Does not match pattern
+--set config.auth.django_user_active=is_active.x|config.auth.django_user_active: Does not match pattern
 --set config.server.listen=0.0.0.0:1|Additional property listen is not allowed
 --set replicaCount=3|needs Redis
 --set autoscaling.enabled=true|needs Redis
@@ -1111,7 +1114,7 @@ check "deploy/kubernetes/base = the chart under ci/kustomize-values.yaml" \
 kube_validate() {
     local name versions=() v
     for v in "${K8S_VERSIONS[@]}"; do versions+=(-k "$v"); done
-    for name in default full kustomize-values existing-secret kustomize secret-example sleep-action cluster-files; do
+    for name in default full kustomize-values django existing-secret kustomize secret-example sleep-action cluster-files; do
         if [ "$name" = secret-example ]; then
             cp deploy/kubernetes/base/secret.example.yaml "$WORK/secret-example.yaml"
         fi
@@ -1266,7 +1269,7 @@ config_check() { # config_check LABEL TOML ENVFILE
 wsgate_config() {
     wsgate_bin || return 1
     local name
-    for name in default full kustomize-values existing-secret cluster-files; do
+    for name in default full kustomize-values django existing-secret cluster-files; do
         mkdir -p "$WORK/cfg-$name"
         checks envs "$WORK/$name.yaml" "$WORK/cfg-$name" '{"database-url":"postgres://wsgate:x@db:5432/wsgate","redis-url":"redis://redis:6379","api-keys":"0123456789abcdef0123"}' || return 1
         config_check "chart $name" "$WORK/cfg-$name/config.toml" "$WORK/cfg-$name/config.env" || return 1
