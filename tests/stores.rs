@@ -115,7 +115,7 @@ async fn native_verify(config: Config) {
     assert_eq!(store.verify(&later).await.unwrap(), None);
 
     // the trait object store_for builds is the same store
-    let dyn_store = store_for(&config, db.clone());
+    let dyn_store = store_for(&config, db.clone()).unwrap();
     assert_eq!(dyn_store.name(), "native");
     assert_expiring_within_the_hour(dyn_store.verify(&other).await.unwrap(), "43");
     assert_eq!(dyn_store.verify(&token).await.unwrap(), None);
@@ -442,7 +442,7 @@ async fn django(mut config: Config) {
     );
 
     // store_for builds the same preset from the configuration
-    let dyn_store = store_for(&config, db.clone());
+    let dyn_store = store_for(&config, db.clone()).unwrap();
     assert_eq!(dyn_store.name(), "django");
     assert_eq!(dyn_store.verify(&active).await.unwrap(), user("7"));
 
@@ -547,7 +547,7 @@ async fn query_store_types(config: Config) {
         c.auth.query = Some(format!(
             "SELECT account_id FROM {table} WHERE token = $1 AND expires > {now_sql}"
         ));
-        let store = store_for(&c, db.clone());
+        let store = store_for(&c, db.clone()).unwrap();
         assert_eq!(store.name(), "query");
         assert_eq!(
             store
@@ -668,7 +668,7 @@ async fn closed_pool(mut config: Config) {
     let token = native.issue("42", None).await.unwrap();
     config.auth.store = StoreKind::Query;
     config.auth.query = Some("SELECT user_id FROM wsgate_tokens WHERE digest = $1".into());
-    let query = store_for(&config, db.clone());
+    let query = store_for(&config, db.clone()).unwrap();
     db.pool.close().await;
 
     let r = native.verify(&token).await;

@@ -8,6 +8,8 @@
 //! [`crate::token`]; they are re-exported here.
 
 pub mod cache;
+mod jwks;
+pub mod jwt;
 pub mod sql;
 
 use std::sync::Arc;

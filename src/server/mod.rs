@@ -198,7 +198,7 @@ async fn open_store(config: &Config) -> Result<(Arc<dyn TokenStore>, bool), Star
         db.migrate().await?;
     }
     let on_postgres = db.backend == Backend::Postgres;
-    Ok((Arc::from(store_for(config, db)), on_postgres))
+    Ok((Arc::from(store_for(config, db)?), on_postgres))
 }
 
 /// The broker and the token caches, chosen by `redis.url`.
