@@ -13,7 +13,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use tokio::sync::Mutex;
@@ -46,9 +51,11 @@ struct Held {
     fresh_until: Instant,
 }
 
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
 pub struct Jwks {
     url: String,
-    client: reqwest::Client,
+    client: HttpsClient,
     held: Mutex<Option<Held>>,
     refetch: DefaultDirectRateLimiter,
 }
@@ -63,13 +70,12 @@ impl Jwks {
     pub fn new(url: String) -> Result<Jwks, StoreError> {
         let tls = crate::tls::system_client_config()
             .map_err(|e| StoreError::Unavailable(format!("JWKS TLS: {e}")))?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(FETCH_TIMEOUT)
-            .connect_timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("JWKS client: {e}")))?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(https);
         let quota = Quota::with_period(REFETCH_EVERY).expect("a non-zero period");
         Ok(Jwks {
             url,
@@ -84,7 +90,9 @@ impl Jwks {
     /// `kid`.
     pub async fn lookup(&self, kid: Option<&str>) -> Result<Lookup, StoreError> {
         let mut held = self.held.lock().await;
-        let stale = held.as_ref().is_none_or(|h| h.fresh_until <= Instant::now());
+        let stale = held
+            .as_ref()
+            .is_none_or(|h| h.fresh_until <= Instant::now());
         if stale {
             self.fetch_into(&mut held).await?;
         }
@@ -127,11 +135,20 @@ impl Jwks {
     }
 
     async fn fetch(&self) -> Result<Held, String> {
-        let mut resp = self
-            .client
-            .get(&self.url)
+        tokio::time::timeout(FETCH_TIMEOUT, self.fetch_unbounded())
+            .await
+            .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
+    }
+
+    async fn fetch_unbounded(&self) -> Result<Held, String> {
+        let uri: hyper::Uri = self.url.parse().map_err(|e| format!("{e}"))?;
+        let request = hyper::Request::get(uri)
             .header("accept", "application/json")
-            .send()
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let resp = self
+            .client
+            .request(request)
             .await
             .map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
@@ -145,13 +162,11 @@ impl Jwks {
             .find_map(max_age)
             .unwrap_or(DEFAULT_MAX_AGE)
             .clamp(MIN_MAX_AGE, MAX_MAX_AGE);
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err("JWKS document too large".into());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the JWKS: {e}"))?
+            .to_bytes();
         let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("not a JWKS: {e}"))?;
         let mut keys = HashMap::new();
         let mut unnamed = Vec::new();

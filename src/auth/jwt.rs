@@ -48,13 +48,15 @@ pub struct JwtStore {
 impl JwtStore {
     /// The store `config` asks for; reads the PEM file. Errors name the key.
     pub fn new(config: &AuthConfig, db: Db) -> Result<JwtStore, StoreError> {
-        let invalid = |key: &str, e: &dyn std::fmt::Display| {
-            StoreError::Query(format!("auth.{key}: {e}"))
-        };
+        let invalid =
+            |key: &str, e: &dyn std::fmt::Display| StoreError::Query(format!("auth.{key}: {e}"));
         let algorithms = config
             .jwt_algorithms()
             .iter()
-            .map(|a| a.parse::<Algorithm>().map_err(|e| invalid("jwt_algorithms", &e)))
+            .map(|a| {
+                a.parse::<Algorithm>()
+                    .map_err(|e| invalid("jwt_algorithms", &e))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let keys = if let Some(secret) = &config.jwt_secret {
             let key = DecodingKey::from_secret(secret.as_bytes())
@@ -66,7 +68,10 @@ impl JwtStore {
             Keys::Static(public_key(&pem).ok_or_else(|| {
                 invalid(
                     "jwt_public_key_file",
-                    &format!("{}: not a PEM RSA, EC or Ed25519 public key", path.display()),
+                    &format!(
+                        "{}: not a PEM RSA, EC or Ed25519 public key",
+                        path.display()
+                    ),
                 )
             })?)
         } else if let Some(url) = &config.jwt_jwks_url {

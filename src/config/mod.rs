@@ -226,7 +226,11 @@ impl AuthConfig {
         if !self.jwt_algorithms.is_empty() {
             return self.jwt_algorithms.clone();
         }
-        let default = if self.jwt_secret.is_some() { "HS256" } else { "RS256" };
+        let default = if self.jwt_secret.is_some() {
+            "HS256"
+        } else {
+            "RS256"
+        };
         vec![default.to_string()]
     }
 }

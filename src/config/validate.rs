@@ -189,7 +189,10 @@ impl Config {
             ));
         }
         if a.jwt_user_claim.is_empty() {
-            return Err(ConfigError::invalid("auth.jwt_user_claim", "must not be empty"));
+            return Err(ConfigError::invalid(
+                "auth.jwt_user_claim",
+                "must not be empty",
+            ));
         }
         if a.jwt_leeway > std::time::Duration::from_secs(300) {
             return Err(ConfigError::invalid("auth.jwt_leeway", "at most 5m"));
@@ -198,7 +201,11 @@ impl Config {
         const PUBLIC: [&str; 9] = [
             "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
         ];
-        let family: &[&str] = if a.jwt_secret.is_some() { &HMAC } else { &PUBLIC };
+        let family: &[&str] = if a.jwt_secret.is_some() {
+            &HMAC
+        } else {
+            &PUBLIC
+        };
         for alg in a.jwt_algorithms() {
             if !family.contains(&alg.as_str()) {
                 let with = if a.jwt_secret.is_some() {
