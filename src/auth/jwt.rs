@@ -31,7 +31,7 @@ enum Keys {
     /// `auth.jwt_secret` or `auth.jwt_public_key_file`: one key.
     Static(DecodingKey),
     /// `auth.jwt_jwks_url`.
-    Jwks(Jwks),
+    Jwks(Box<Jwks>),
 }
 
 pub struct JwtStore {
@@ -75,7 +75,7 @@ impl JwtStore {
                 )
             })?)
         } else if let Some(url) = &config.jwt_jwks_url {
-            Keys::Jwks(Jwks::new(url.clone())?)
+            Keys::Jwks(Box::new(Jwks::new(url.clone())?))
         } else {
             return Err(invalid("jwt_secret", &"no key configured"));
         };
