@@ -4,6 +4,9 @@
 # from the workspace's manifests alone), then a small non-root runtime on
 # Debian slim (glibc, the same release as the builder).
 # Build: docker build -t wsgate:0.1.0 .
+#        (add --build-arg WSGATE_COMMIT=$(git rev-parse --short=12 HEAD) for
+#        the commit in wsgate_build_info and `wsgate --version`: the build
+#        context has no .git)
 # Distroless (no shell, no package manager; same binary, user and layout):
 #        docker build --target runtime-distroless -t wsgate:0.1.0-distroless .
 # Neither needs a shell for its health check: `wsgate healthcheck`.
@@ -38,6 +41,9 @@ COPY migrations ./migrations
 # `wsgate demo` embeds the browser client (include_str!).
 COPY clients/js/wsgate.js ./clients/js/wsgate.js
 COPY src ./src
+# build.rs sets the commit: git is not in the context, so this argument.
+COPY build.rs ./build.rs
+ARG WSGATE_COMMIT=unknown
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked -p wsgate --bin wsgate \
     && install -D -m 0755 target/release/wsgate /out/wsgate \

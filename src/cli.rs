@@ -1,5 +1,6 @@
 //! The command line (section 9): `serve` (default), `token`, `migrate`,
-//! `config check`, and `demo` (see [`crate::demo`]).
+//! `config check`, `django trigger-sql`, `healthcheck` (see [`crate::healthcheck`]) and `demo`
+//! (see [`crate::demo`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use crate::server::Server;
 #[derive(Parser)]
 #[command(
     name = "wsgate",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("WSGATE_COMMIT"), ")"),
     about = "WebSocket gateway: first-frame auth, groups, cluster fan-out"
 )]
 struct Cli {
@@ -40,6 +41,16 @@ enum Command {
     Config(ConfigCommand),
     /// Run an embedded node with a synthetic market feed and its demo page.
     Demo,
+    /// Tools for the `django` store.
+    #[command(subcommand)]
+    Django(DjangoCommand),
+    /// GET the node's /healthz on metrics.listen (from the configuration);
+    /// exit 0 on a 2xx answer within 3 s, non-zero otherwise.
+    Healthcheck {
+        /// GET this URL instead (http:// only), e.g. http://127.0.0.1:9090/readyz.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -62,6 +73,14 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum DjangoCommand {
+    /// Print the PostgreSQL live-revocation triggers for the configured user
+    /// table (auth.django_user_table, auth.django_user_pk,
+    /// auth.django_user_active).
+    TriggerSql,
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate and print the effective configuration, secrets masked.
     Check,
@@ -69,6 +88,9 @@ enum ConfigCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Healthcheck { url }) = &cli.command {
+        return crate::healthcheck::main(cli.config.as_deref(), url.as_deref());
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -91,11 +113,20 @@ pub fn main() -> ExitCode {
             Command::Serve => serve(config).await,
             Command::Token(cmd) => token(config, cmd).await,
             Command::Migrate => migrate(config).await,
-            Command::Demo => crate::demo::run(config, shutdown_signal()).await,
+            Command::Demo => match crate::telemetry::check_otlp_protocol() {
+                Ok(()) => crate::demo::run(config, shutdown_signal()).await,
+                Err(e) => Err(e.into()),
+            },
+            Command::Django(DjangoCommand::TriggerSql) => config
+                .auth
+                .django_user()
+                .map(|user| print!("{}", crate::auth::django::trigger_sql(&user)))
+                .map_err(Into::into),
             Command::Config(ConfigCommand::Check) => {
                 print!("{}", config.to_masked_toml());
                 Ok(())
             }
+            Command::Healthcheck { .. } => unreachable!("answered above"),
         }
     });
     match result {
@@ -110,6 +141,7 @@ pub fn main() -> ExitCode {
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 async fn serve(config: Config) -> CliResult {
+    crate::telemetry::check_otlp_protocol()?;
     let telemetry = crate::telemetry::init(&config.log);
     let server = Server::build(config).await?;
     server.run(shutdown_signal()).await;
@@ -140,6 +172,8 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Applies the migrations whatever `database.migrate` says: that key is
+/// about start-up (off when a Job or this command runs them instead).
 async fn migrate(config: Config) -> CliResult {
     let db = Db::connect(&config).await?;
     db.migrate().await?;

@@ -34,6 +34,7 @@
 //! The edges, where typed errors become close codes and HTTP answers:
 //! - [`state`]: what the WebSocket side shares; `handshake` and `session`:
 //!   one socket, from upgrade to close; `ops`: health, `/metrics`, drain.
+//!   `healthcheck`: `wsgate healthcheck`, the client side of `/healthz`.
 //! - `api`: the backend HTTP API, with its own state.
 //! - [`server`]: the composition root, the only module that names concrete
 //!   stores and brokers; [`cli`]: the command line; `demo`: `wsgate demo`.
@@ -51,6 +52,7 @@ pub mod config;
 mod demo;
 mod dispatch;
 mod handshake;
+mod healthcheck;
 pub mod hub;
 mod limits;
 pub mod metrics;

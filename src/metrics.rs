@@ -8,7 +8,9 @@
 //! Every label set comes from an enum through [`LabelSet`]: the values a
 //! metric can take are the enum's, never a second list kept by hand (a test
 //! checks the README's tables against [`Metrics::catalog`]). A leaf module:
-//! the wire protocol's codes are all it names.
+//! the wire protocol's codes are all it names. Beside them: the standard
+//! `process_*` metrics (Linux) and `wsgate_build_info{version,commit}`,
+//! whose two labels come from the build rather than an enum.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -16,6 +18,12 @@ use prometheus::{
 };
 
 use crate::protocol::{ApiErrorCode, CloseCode, ErrorCode};
+
+/// The crate version, the `version` label of `wsgate_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit built (`build.rs`: git, else `WSGATE_COMMIT`, else
+/// `unknown`), the `commit` label of `wsgate_build_info`.
+pub const COMMIT: &str = env!("WSGATE_COMMIT");
 
 /// A label whose values are fixed: its enum lists them all.
 pub trait LabelSet: Copy + 'static {
@@ -436,6 +444,15 @@ impl Metrics {
         precreate::<ErrorCode>(&m.request_errors);
         precreate::<ApiErrorCode>(&m.api_errors);
         precreate::<RateLimit>(&m.rate_limited);
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "wsgate_build_info",
+                "Always 1; the labels say which version and commit this node runs.",
+            ),
+            &["version", "commit"],
+        )
+        .expect("metric");
+        build_info.with_label_values(&[VERSION, COMMIT]).set(1);
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(connections),
             Box::new(m.connections_opened.clone()),
@@ -458,6 +475,12 @@ impl Metrics {
             Box::new(m.rate_limited.clone()),
             Box::new(m.request_errors.clone()),
             Box::new(m.api_errors.clone()),
+            Box::new(build_info),
+            // process_open_fds, process_max_fds, process_*_memory_bytes,
+            // process_cpu_seconds_total, process_start_time_seconds,
+            // process_threads: read from /proc at each scrape.
+            #[cfg(target_os = "linux")]
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for c in collectors {
             m.registry.register(c).expect("unique metric names");

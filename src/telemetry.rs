@@ -2,8 +2,10 @@
 //!
 //! Logs go to stderr as text or JSON lines. Traces go over OTLP/HTTP when
 //! the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is
-//! set; `OTEL_SERVICE_NAME` and the other `OTEL_*` variables are read by the
-//! OpenTelemetry SDK itself. Spans: `handshake`, `authenticate` (with the
+//! set; `OTEL_SERVICE_NAME` and the other `OTEL_*` variables (the sampler:
+//! `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`) are read by the
+//! OpenTelemetry SDK itself. Only HTTP/protobuf is built in: another
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` stops `serve` ([`check_otlp_protocol`]). Spans: `handshake`, `authenticate` (with the
 //! cache layer that answered), `publish` (parented on a caller's
 //! `traceparent`), and `deliver` on every node that delivers it (parented on
 //! the publish through the envelope).
@@ -156,6 +158,39 @@ pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
 pub fn set_parent_from_headers(span: &tracing::Span, headers: &axum::http::HeaderMap) {
     let cx = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
     let _ = span.set_parent(cx);
+}
+
+/// The OTLP transports this build exports with: HTTP/protobuf only (no
+/// gRPC, no JSON).
+pub const OTLP_PROTOCOL: &str = "http/protobuf";
+
+/// Refuses an `OTEL_EXPORTER_OTLP_PROTOCOL` or
+/// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` other than `http/protobuf`: the SDK
+/// would fall back to HTTP quietly and send to a gRPC port (4317) that never
+/// answers, so a node would run without the traces it was configured for.
+/// `serve` and `demo` do not start then.
+pub fn check_otlp_protocol() -> Result<(), String> {
+    otlp_protocol_error(|k| std::env::var(k).ok()).map_or(Ok(()), Err)
+}
+
+/// As [`check_otlp_protocol`], with the environment given (tests).
+pub fn otlp_protocol_error(env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .into_iter()
+    .find_map(|var| {
+        let value = env(var)?;
+        let value = value.trim();
+        (!value.is_empty() && !value.eq_ignore_ascii_case(OTLP_PROTOCOL)).then(|| {
+            format!(
+                "{var}={value}: wsgate exports OTLP over HTTP/protobuf only; \
+                 set {var}={OTLP_PROTOCOL} (or unset it) and point \
+                 OTEL_EXPORTER_OTLP_ENDPOINT at the collector's OTLP/HTTP port (4318)"
+            )
+        })
+    })
 }
 
 #[cfg(test)]

@@ -408,3 +408,210 @@ async fn django_example_end_to_end() {
 
     node.shutdown().await;
 }
+
+/// The example with a custom user model (`EXAMPLE_CUSTOM_USER=1`:
+/// `accounts.User`, table `accounts_member`, pk column `member_id`, active
+/// column `active`): its migration installs what `wsgate django
+/// trigger-sql` prints for those names, a DRF token of such a user
+/// authenticates with the `auth.django_user_*` keys set, an inactive
+/// user's token is refused, and deactivating the user through the ORM
+/// closes the socket through the generated trigger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_example_custom_user_model() {
+    let example = format!("{REPO}/examples/django");
+    let pg = PgDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.database.url = Some(pg.url.clone());
+    config.auth.store = StoreKind::Django;
+    config.auth.django_user_table = "accounts_member".into();
+    config.auth.django_user_pk = "member_id".into();
+    config.auth.django_user_active = "active".into();
+    config.validate().expect("the custom names are identifiers");
+    let user = config.auth.django_user().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!(
+            "{example}/accounts/migrations/wsgate_revoke_trigger.sql"
+        ))
+        .unwrap(),
+        wsgate::auth::django::trigger_sql(&user),
+        "accounts/migrations/wsgate_revoke_trigger.sql is not `wsgate django trigger-sql` \
+         for accounts_member"
+    );
+
+    let env = [
+        ("DATABASE_URL", pg.url.as_str()),
+        ("EXAMPLE_CUSTOM_USER", "1"),
+    ];
+    let manage = |args: &'static [&'static str]| {
+        let example = example.clone();
+        async move {
+            let mut full = vec!["manage.py"];
+            full.extend(args);
+            run_python(&example, &full, &env, None).await
+        }
+    };
+    let out = manage(&["check"]).await;
+    assert!(out.contains("no issues"), "{out}");
+    manage(&["migrate", "--noinput", "-v", "0"]).await;
+    let out = manage(&[
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model\n\
+         from rest_framework.authtoken.models import Token\n\
+         User = get_user_model()\n\
+         assert User._meta.db_table == 'accounts_member', User._meta.db_table\n\
+         User.objects.create_user('first', password='first-pass-123')\n\
+         u = User.objects.create_user('carol', password='carol-pass-123')\n\
+         off = User.objects.create_user('dave', password='dave-pass-123', is_active=False)\n\
+         print(u.pk, Token.objects.create(user=u).key, Token.objects.create(user=off).key)",
+    ])
+    .await;
+    let last = out.trim().lines().last().unwrap_or_default();
+    let fields: Vec<&str> = last.split(' ').collect();
+    let [user_id, token, inactive_token] = fields[..] else {
+        panic!("pk and two tokens: {out}");
+    };
+    assert_eq!(user_id, "2", "carol is the second member");
+
+    let node = spawn(config.clone()).await;
+    let (mut c, welcome) = Client::authed(&node.ws_url(), token).await;
+    assert_eq!(welcome["user_id"], user_id);
+    let mut refused = Client::connect(&node.ws_url()).await;
+    refused
+        .send_json(json!({"type": "auth", "token": inactive_token}))
+        .await;
+    assert_eq!(
+        code(refused.close_within(Duration::from_secs(3)).await),
+        4003
+    );
+
+    // Deactivating carol through the ORM: the generated trigger on
+    // accounts_member notifies, the node closes her socket.
+    manage(&[
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model\n\
+         u = get_user_model().objects.get(username='carol')\n\
+         u.is_active = False\n\
+         u.save()",
+    ])
+    .await;
+    assert_eq!(code(c.close_within(Duration::from_secs(3)).await), 4003);
+    node.shutdown().await;
+}
+
+/// Session-cookie users (Channels' `AuthMiddlewareStack`): Django's test
+/// client logs in with a session and POSTs `/api/ws-token/`, which inserts
+/// a 5-minute token into `wsgate_tokens` (refusing anonymous users and a
+/// session POST without the CSRF header); a node with the `native` store on
+/// the same database authenticates it; logging that session out deletes
+/// its tokens, which closes its socket (4003), not another session's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_session_user_gets_a_native_token() {
+    let example = format!("{REPO}/examples/django");
+    let pg = PgDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.database.url = Some(pg.url.clone());
+    assert_eq!(config.auth.store, StoreKind::Native);
+    // The node creates wsgate_tokens (database.migrate) before Django mints.
+    let node = spawn(config.clone()).await;
+
+    let env = [
+        ("DATABASE_URL", pg.url.as_str()),
+        ("DJANGO_ALLOWED_HOSTS", "testserver"),
+    ];
+    run_python(
+        &example,
+        &["manage.py", "migrate", "--noinput", "-v", "0"],
+        &env,
+        None,
+    )
+    .await;
+    let out = run_python(
+        &example,
+        &[
+            "manage.py",
+            "shell",
+            "-c",
+            "import json\n\
+             from django.contrib.auth import get_user_model\n\
+             from django.test import Client\n\
+             get_user_model().objects.create_user('first', password='first-pass-123')\n\
+             u = get_user_model().objects.create_user('erin', password='erin-pass-123')\n\
+             assert Client().post('/api/ws-token/').status_code in (401, 403)\n\
+             strict = Client(enforce_csrf_checks=True)\n\
+             assert strict.login(username='erin', password='erin-pass-123')\n\
+             r = strict.post('/api/ws-token/')\n\
+             assert r.status_code == 403 and b'CSRF' in r.content, r.content\n\
+             out = {}\n\
+             for name in ('laptop', 'phone'):\n\
+             \x20   c = Client()\n\
+             \x20   assert c.login(username='erin', password='erin-pass-123')\n\
+             \x20   r = c.post('/api/ws-token/')\n\
+             \x20   assert r.status_code == 200, r.content\n\
+             \x20   assert r['Cache-Control'] == 'no-store'\n\
+             \x20   out[name] = dict(r.json(), session=c.cookies['sessionid'].value)\n\
+             print(json.dumps(out))",
+        ],
+        &env,
+        None,
+    )
+    .await;
+    let minted: Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+    let laptop = &minted["laptop"];
+    assert_eq!(laptop["user_id"], "2", "erin is the second user");
+    assert_eq!(laptop["expires_in"], 300);
+    let token = laptop["token"].as_str().unwrap();
+    assert!(token.starts_with("wsg_") && token.len() == 47, "{token}");
+
+    // Only the digest is stored, with a 5-minute expiry.
+    let pool = pg.pool().await;
+    let row: (String, i64, Option<i64>) = sqlx::query_as(
+        "SELECT user_id, expires_at - created_at, revoked_at FROM wsgate_tokens WHERE digest = $1",
+    )
+    .bind(common::digest(token))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row, ("2".to_string(), 300_000, None));
+    let stored_plain: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM wsgate_tokens WHERE digest = $1")
+            .bind(token)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored_plain, 0);
+
+    let (mut on_laptop, welcome) = Client::authed(&node.ws_url(), token).await;
+    assert_eq!(welcome["user_id"], "2");
+    let (mut on_phone, _) =
+        Client::authed(&node.ws_url(), minted["phone"]["token"].as_str().unwrap()).await;
+
+    // Logging the laptop's session out revokes its tokens only.
+    let session = laptop["session"].as_str().unwrap();
+    run_python(
+        &example,
+        &[
+            "manage.py",
+            "shell",
+            "-c",
+            "import os\n\
+             from django.test import Client\n\
+             c = Client()\n\
+             c.cookies['sessionid'] = os.environ['SESSION']\n\
+             c.logout()",
+        ],
+        &[env[0], env[1], ("SESSION", session)],
+        None,
+    )
+    .await;
+    assert_eq!(
+        code(on_laptop.close_within(Duration::from_secs(3)).await),
+        4003
+    );
+    on_phone.expect_silence(Duration::from_millis(300)).await;
+    pool.close().await;
+    node.shutdown().await;
+}

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use super::jwks::{Jwks, Lookup};
 use super::sql::{Db, classify};
 use super::{Identity, StoreError, Token, TokenDigest, TokenStore};
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, ConfigError};
 
 /// Where the verification keys come from.
 enum Keys {
@@ -47,9 +47,10 @@ pub struct JwtStore {
 
 impl JwtStore {
     /// The store `config` asks for; reads the PEM file. Errors name the key.
-    pub fn new(config: &AuthConfig, db: Db) -> Result<JwtStore, StoreError> {
-        let invalid =
-            |key: &str, e: &dyn std::fmt::Display| StoreError::Query(format!("auth.{key}: {e}"));
+    pub fn new(config: &AuthConfig, db: Db) -> Result<JwtStore, ConfigError> {
+        let invalid = |key: &str, e: &dyn std::fmt::Display| {
+            ConfigError::invalid(&format!("auth.{key}"), e.to_string())
+        };
         let algorithms = config
             .jwt_algorithms()
             .iter()
@@ -75,7 +76,9 @@ impl JwtStore {
                 )
             })?)
         } else if let Some(url) = &config.jwt_jwks_url {
-            Keys::Jwks(Box::new(Jwks::new(url.clone())?))
+            Keys::Jwks(Box::new(
+                Jwks::new(url.clone()).map_err(|e| invalid("jwt_jwks_url", &e))?,
+            ))
         } else {
             return Err(invalid("jwt_secret", &"no key configured"));
         };

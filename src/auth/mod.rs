@@ -8,6 +8,7 @@
 //! [`crate::token`]; they are re-exported here.
 
 pub mod cache;
+pub mod django;
 mod jwks;
 pub mod jwt;
 pub mod sql;

@@ -15,7 +15,7 @@ use sqlx::{AnyPool, Row};
 
 use super::{Identity, StoreError, Token, TokenDigest, TokenStore};
 use crate::clock;
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, ConfigError, DjangoUser, StoreKind};
 
 /// Which database a pool talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,16 +148,18 @@ fn sqlite_url(path: &Path) -> String {
     }
 }
 
-/// Builds the store the configuration names (the `jwt` store reads its key
-/// file: that can fail).
-pub fn store_for(config: &Config, db: Db) -> Result<Box<dyn TokenStore>, StoreError> {
+/// Builds the store the configuration names; refuses `auth.django_user_*`
+/// values that are not SQL identifiers (fails closed even for a
+/// configuration that skipped [`Config::validate`]) and `jwt` keys it
+/// cannot read.
+pub fn store_for(config: &Config, db: Db) -> Result<Box<dyn TokenStore>, ConfigError> {
     Ok(match config.auth.store {
         StoreKind::Native => Box::new(NativeStore { db }),
         StoreKind::Query => Box::new(QueryStore::new(
             db,
             config.auth.query.clone().unwrap_or_default(),
         )),
-        StoreKind::Django => Box::new(QueryStore::django(db)),
+        StoreKind::Django => Box::new(QueryStore::django_for(db, &config.auth.django_user()?)),
         StoreKind::Jwt => Box::new(super::jwt::JwtStore::new(&config.auth, db)?),
     })
 }
@@ -411,7 +413,7 @@ pub struct QueryStore {
     name: &'static str,
     /// The `django` preset's batched lookup: this text followed by
     /// `IN (<placeholders>)`, returning the user id and the key.
-    batch_prefix: Option<&'static str>,
+    batch_prefix: Option<std::sync::Arc<str>>,
 }
 
 impl QueryStore {
@@ -426,31 +428,31 @@ impl QueryStore {
 
     /// Django REST framework's `authtoken_token` joined to an active `auth_user`.
     pub fn django(db: Db) -> QueryStore {
-        let sql = match db.backend {
-            Backend::Postgres => {
-                "SELECT u.id::text AS user_id FROM authtoken_token t \
-                 JOIN auth_user u ON u.id = t.user_id WHERE t.key = $1 AND u.is_active"
-            }
-            Backend::Sqlite => {
-                "SELECT CAST(u.id AS TEXT) AS user_id FROM authtoken_token t \
-                 JOIN auth_user u ON u.id = t.user_id WHERE t.key = $1 AND u.is_active"
-            }
+        let user = crate::config::AuthConfig::default()
+            .django_user()
+            .expect("the default user table is valid");
+        QueryStore::django_for(db, &user)
+    }
+
+    /// `authtoken_token` joined to an active row of `user`'s table (a custom
+    /// `AUTH_USER_MODEL`). Its names come quoted from
+    /// [`crate::config::AuthConfig::django_user`], which admits nothing but
+    /// identifiers.
+    pub fn django_for(db: Db, user: &DjangoUser) -> QueryStore {
+        let DjangoUser { table, pk, active } = user;
+        let id = match db.backend {
+            Backend::Postgres => format!("u.{pk}::text"),
+            Backend::Sqlite => format!("CAST(u.{pk} AS TEXT)"),
         };
-        let batch_prefix = match db.backend {
-            Backend::Postgres => {
-                "SELECT u.id::text AS user_id, t.key FROM authtoken_token t \
-                 JOIN auth_user u ON u.id = t.user_id WHERE u.is_active AND t.key"
-            }
-            Backend::Sqlite => {
-                "SELECT CAST(u.id AS TEXT) AS user_id, t.key FROM authtoken_token t \
-                 JOIN auth_user u ON u.id = t.user_id WHERE u.is_active AND t.key"
-            }
-        };
+        let from = format!("FROM authtoken_token t JOIN {table} u ON u.{pk} = t.user_id");
+        let sql = format!("SELECT {id} AS user_id {from} WHERE t.key = $1 AND u.{active}");
+        let batch_prefix =
+            format!("SELECT {id} AS user_id, t.key {from} WHERE u.{active} AND t.key");
         QueryStore {
             db,
             sql: sql.into(),
             name: "django",
-            batch_prefix: Some(batch_prefix),
+            batch_prefix: Some(batch_prefix.into()),
         }
     }
 }
@@ -484,7 +486,7 @@ impl TokenStore for QueryStore {
                 .map(|(t, _)| t)
                 .collect();
             let mut valid = std::collections::HashMap::new();
-            match self.batch_prefix {
+            match &self.batch_prefix {
                 Some(prefix) if !live.is_empty() => {
                     let bound = padded(&live);
                     let sql = format!("{prefix} IN ({})", placeholders(1, bound.len()));

@@ -23,7 +23,16 @@ impl Config {
     }
 
     /// As [`Config::load`], with the environment given explicitly (tests).
+    /// `WSGATE__SECTION__KEY__FILE` variables are read first ([`super::files`]).
     pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let env = super::files::FileValues::read(env, LIST_KEYS)?;
+        Self::load_layers(file, env.vars.clone()).map_err(|e| env.scrub(e))
+    }
+
+    fn load_layers(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {

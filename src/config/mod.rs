@@ -6,8 +6,9 @@
 //! every error names the key it is about.
 //!
 //! This file holds the keys (one struct per section, with its defaults);
-//! [`load`] reads the layers, [`validate`] checks what types alone cannot
-//! express, section by section.
+//! [`load`] reads the layers (with [`files`]: `WSGATE__SECTION__KEY__FILE`
+//! variables), [`validate`] checks what types alone cannot express, section
+//! by section.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,10 +16,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod files;
 mod load;
+mod sql_ident;
 mod validate;
 
 pub use load::mask_url;
+pub use sql_ident::DjangoUser;
 pub use validate::{MIN_API_KEY_LEN, api_key_problem};
 
 impl RedisConfig {
@@ -187,6 +191,13 @@ pub struct AuthConfig {
     /// SQL for `store = "query"`: takes the token as its one parameter and
     /// returns a row whose first column is the user id.
     pub query: Option<String>,
+    /// `store = "django"`: the table of Django's user model
+    /// (`AUTH_USER_MODEL`), optionally `schema.table`.
+    pub django_user_table: String,
+    /// Its primary key column (what `authtoken_token.user_id` refers to).
+    pub django_user_pk: String,
+    /// Its boolean "active" column; inactive users' tokens are refused.
+    pub django_user_active: String,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -240,6 +251,9 @@ impl Default for AuthConfig {
         AuthConfig {
             store: StoreKind::Native,
             query: None,
+            django_user_table: "auth_user".into(),
+            django_user_pk: "id".into(),
+            django_user_active: "is_active".into(),
             timeout: Duration::from_secs(5),
             cache_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(10),

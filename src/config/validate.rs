@@ -132,7 +132,8 @@ impl Config {
         Ok(())
     }
 
-    /// `[auth]`: the query store needs its query.
+    /// `[auth]`: the query store needs its query; the django store's
+    /// user table and columns are SQL identifiers.
     fn validate_auth(&self) -> Result<(), ConfigError> {
         match (self.auth.store, &self.auth.query) {
             (StoreKind::Query, None) => {
@@ -146,6 +147,9 @@ impl Config {
             }
             _ => {}
         }
+        // Checked whatever the store, so a bad value never waits for the
+        // day the store is switched to fail.
+        self.auth.django_user()?;
         if self.auth.timeout.is_zero() {
             return Err(ConfigError::invalid("auth.timeout", "must be above zero"));
         }

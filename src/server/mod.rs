@@ -52,6 +52,8 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Invalid(#[from] crate::config::ConfigError),
 }
 
 /// Where a running node listens.
@@ -193,6 +195,8 @@ impl Server {
 /// (`auth.store`). Also says whether it is on Postgres (which has the
 /// revocation listener).
 async fn open_store(config: &Config) -> Result<(Arc<dyn TokenStore>, bool), StartError> {
+    // The store's SQL is checked before the database is touched.
+    config.auth.django_user()?;
     let db = Db::connect(config).await?;
     if config.database.migrate {
         db.migrate().await?;

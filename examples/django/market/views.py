@@ -1,11 +1,13 @@
 import wsgate
 from django.conf import settings
+from django.db import DatabaseError
 from rest_framework import serializers
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import publish
+from . import publish, wstoken
 
 
 class TickSerializer(serializers.Serializer):
@@ -47,3 +49,30 @@ class ClientConfig(APIView):
 
     def get(self, request):
         return Response({"ws_url": settings.WSGATE_WS_URL, "user_id": str(request.user.pk)})
+
+
+class WsToken(APIView):
+    """POST /api/ws-token/: a short-lived wsgate token for the logged-in user
+    (session cookie, with Django's CSRF header; or a DRF token), for the JS
+    client's getToken. Answers {"token", "expires_in", "ws_url", "user_id"}.
+    Needs wsgate's `native` store on the shared database (market/wstoken.py)."""
+
+    permission_classes = [IsAuthenticated]
+
+    def post(self, request):
+        by_session = isinstance(request.successful_authenticator, SessionAuthentication)
+        try:
+            token, ttl = wstoken.mint(request.user, request.session if by_session else None)
+        except DatabaseError:
+            # Most likely wsgate has not created wsgate_tokens yet.
+            return Response({"error": "wsgate_tokens unavailable"}, status=503)
+        response = Response(
+            {
+                "token": token,
+                "expires_in": ttl,
+                "ws_url": settings.WSGATE_WS_URL,
+                "user_id": str(request.user.pk),
+            }
+        )
+        response["Cache-Control"] = "no-store"
+        return response

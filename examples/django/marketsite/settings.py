@@ -29,6 +29,14 @@ INSTALLED_APPS = [
     "market",
 ]
 
+# EXAMPLE_CUSTOM_USER=1: a custom user model (accounts.User, table
+# accounts_member) instead of auth.User; wsgate then needs the
+# auth.django_user_* keys shown in accounts/models.py. Choose before the
+# first migrate: Django cannot switch the user model of a migrated database.
+if os.environ.get("EXAMPLE_CUSTOM_USER") == "1":
+    INSTALLED_APPS.append("accounts")
+    AUTH_USER_MODEL = "accounts.User"
+
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -103,6 +111,8 @@ WSGATE_REDIS_PREFIX = os.environ.get("WSGATE_REDIS_PREFIX", "wsgate:")
 # add wsgate.Client keyword arguments, e.g. {"timeout": 2}.
 WSGATE_API_URL = os.environ.get("WSGATE_API_URL", "http://127.0.0.1:8081")
 WSGATE_API_KEY = os.environ.get("WSGATE_API_KEY", "")
+# Lifetime of the tokens POST /api/ws-token/ mints (seconds).
+WSGATE_TOKEN_TTL = int(os.environ.get("WSGATE_TOKEN_TTL", "300"))
 # What the browser connects to (server.listen + server.ws_path).
 WSGATE_WS_URL = os.environ.get("WSGATE_WS_URL", "ws://127.0.0.1:8080/ws")
 

@@ -13,4 +13,7 @@ urlpatterns = [
     path("auth/", include("djoser.urls.authtoken")),
     path("api/market/ticks/", views.PublishTick.as_view()),
     path("api/market/config/", views.ClientConfig.as_view()),
+    # A short-lived wsgate token for the session (or DRF token) user: the JS
+    # client's getToken (market/wstoken.py).
+    path("api/ws-token/", views.WsToken.as_view()),
 ]
