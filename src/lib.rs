@@ -16,7 +16,8 @@
 //! - [`telemetry`]: logs and OpenTelemetry traces.
 //!
 //! The node's parts:
-//! - [`auth`]: the `TokenStore` trait, its SQL stores and the token caches.
+//! - [`auth`]: the `TokenStore` trait, its SQL stores, the JWT store (with
+//!   its JWKS cache) and the token caches.
 //! - `policy`: which groups a user may join or publish to.
 //! - `limits`: per-node and per-IP caps and rate limits at the edge.
 //! - [`hub`]: this node's connections and groups (local, synchronous), with

@@ -246,6 +246,7 @@ async fn serve(
     auth_started: std::time::Instant,
 ) {
     let limits = &state.config.limits;
+    let expires_at = identity.expires_at;
     // The token stays with the connection (redacted): re-validation asks the
     // `query` and `django` stores about the token itself.
     let conn = Arc::new(ConnHandle {
@@ -271,7 +272,7 @@ async fn serve(
         match Box::pin(welcome(&mut socket, state, &conn)).await {
             Ok(()) => {
                 tracing::debug!("authenticated");
-                serve_loop(&mut socket, state, &conn, ip).await
+                serve_loop(&mut socket, state, &conn, ip, expires_at).await
             }
             Err(end) => end,
         }
@@ -353,11 +354,20 @@ enum KeepAlive {
     PongBy(Instant),
 }
 
+/// When a token that expires at `at` (unix ms) does, on the runtime's clock.
+fn expiry_instant(at: u64) -> Instant {
+    Instant::now() + Duration::from_millis(at.saturating_sub(crate::clock::unix_ms()))
+}
+
+/// `expires_at`: when the connection's token expires (unix ms): the
+/// connection is closed with 4003 then, unless a `refresh` brought a token
+/// that lasts longer.
 async fn serve_loop(
     socket: &mut WebSocket,
     state: &AppState,
     conn: &ConnHandle,
     ip: IpAddr,
+    mut expires_at: Option<u64>,
 ) -> End {
     let ping_interval = state.config.server.ping_interval;
     let pong_timeout = state.config.server.pong_timeout;
@@ -368,6 +378,10 @@ async fn serve_loop(
     // every wake-up.
     let timer = sleep_until(Instant::now() + ping_interval);
     tokio::pin!(timer);
+    // Far in the future when the token does not expire (the branch is off then).
+    let no_expiry = Instant::now() + Duration::from_secs(10 * 365 * 86_400);
+    let expiry = sleep_until(expires_at.map_or(no_expiry, expiry_instant));
+    tokio::pin!(expiry);
     loop {
         let deadline = match keepalive {
             KeepAlive::PingAt(t) | KeepAlive::PongBy(t) => t,
@@ -380,16 +394,22 @@ async fn serve_loop(
             // closed rather than fed further.
             biased;
             code = conn.close.requested() => return End::Close(code),
+            _ = &mut expiry, if expires_at.is_some() => {
+                tracing::debug!("token expired");
+                return End::Close(CloseCode::AuthFailed);
+            }
             incoming = socket.recv() => {
                 // Any frame shows the peer is alive.
                 keepalive = KeepAlive::PingAt(Instant::now() + ping_interval);
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
                         let verdict = limiter.as_ref().map_or(RateVerdict::Allow, |l| l.check());
+                        let before = expires_at;
+                        let expiring = &mut expires_at;
                         let handled = bounded_write(conn, pong_timeout, async {
                             match verdict {
                                 RateVerdict::Allow => {
-                                    Box::pin(handle_request(socket, state, conn, ip, &text)).await
+                                    Box::pin(handle_request(socket, state, conn, ip, &text, expiring)).await
                                 }
                                 RateVerdict::Refuse => {
                                     state.metrics.rate_limited(RateLimit::Messages);
@@ -406,6 +426,10 @@ async fn serve_loop(
                         .await;
                         if let Err(end) = handled {
                             return end;
+                        }
+                        if expires_at != before {
+                            // A refresh: the new token's expiry applies.
+                            expiry.as_mut().reset(expires_at.map_or(no_expiry, expiry_instant));
                         }
                     }
                     Some(Ok(Message::Binary(_))) => return End::Close(CloseCode::Unsupported),
@@ -493,13 +517,14 @@ async fn send(socket: &mut WebSocket, frame: Frame) -> Result<(), End> {
 }
 
 /// Serves one request. Refusals are `error` replies; only socket and broker
-/// failures end the connection.
+/// failures end the connection. A `refresh` sets `expires_at` to its token's.
 async fn handle_request(
     socket: &mut WebSocket,
     state: &AppState,
     conn: &ConnHandle,
     ip: IpAddr,
     text: &str,
+    expires_at: &mut Option<u64>,
 ) -> Result<(), End> {
     let ClientFrame { id, request } = protocol::parse_request(text);
     let id = id.as_deref();
@@ -507,7 +532,7 @@ async fn handle_request(
         Err(e) => refuse(state, &e, id),
         Ok(Request::Ping) => Reply::Pong { id }.encode(),
         Ok(Request::Refresh { token }) => {
-            refresh(state, conn, ip, token).await?;
+            *expires_at = refresh(state, conn, ip, token).await?;
             Reply::Refreshed { id }.encode()
         }
         Ok(Request::Subscribe { group, since }) => {
@@ -566,10 +591,15 @@ async fn handle_request(
 /// An in-band token refresh: checks `token` as the first frame's token is
 /// checked (caches, `auth.timeout`, the per-IP failure limiter, the same
 /// metrics) and, when it is valid and of the same user, makes it the
-/// connection's token. Any refusal ends the connection: 4003 for a token that
+/// connection's token and answers its expiry. Any refusal ends the connection: 4003 for a token that
 /// is not valid or belongs to someone else, 4029 for an address over its
 /// failure limit, 1013 when no layer can answer.
-async fn refresh(state: &AppState, conn: &ConnHandle, ip: IpAddr, token: Token) -> Result<(), End> {
+async fn refresh(
+    state: &AppState,
+    conn: &ConnHandle,
+    ip: IpAddr,
+    token: Token,
+) -> Result<Option<u64>, End> {
     let metrics = &state.metrics;
     if state.auth_failures.is_blocked(ip) {
         metrics.rate_limited(RateLimit::Auth);
@@ -581,18 +611,20 @@ async fn refresh(state: &AppState, conn: &ConnHandle, ip: IpAddr, token: Token) 
         auth.result = tracing::field::Empty,
     );
     let (result, verdict) = match check_token(state, &token, &span).await {
-        Checked::Valid(identity) if identity.user_id == conn.user_id => ("ok", Ok(())),
+        Checked::Valid(identity) if identity.user_id == conn.user_id => {
+            ("ok", Ok(identity.expires_at))
+        }
         // Unknown, expired, revoked, inactive, or another user's.
         Checked::Valid(_) | Checked::Invalid => ("invalid_token", Err(AuthFailure::InvalidToken)),
         Checked::Unavailable => ("backend_unavailable", Err(AuthFailure::BackendUnavailable)),
     };
     span.record("auth.result", result);
     match verdict {
-        Ok(()) => {
+        Ok(expires_at) => {
             conn.credential.replace(token);
             metrics.auth_success.inc();
             tracing::debug!("token refreshed");
-            Ok(())
+            Ok(expires_at)
         }
         Err(reason) => {
             metrics.auth_failed(reason);

@@ -102,6 +102,17 @@ pub fn client_config(files: &ClientTlsFiles) -> Result<Option<ClientConfig>, Tls
     Ok(Some(config))
 }
 
+/// A rustls client configuration on ring with the system's CA store (the
+/// JWKS fetch of `auth.jwt_jwks_url`).
+pub fn system_client_config() -> Result<ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(system_roots())
+        .with_no_client_auth())
+}
+
 /// Every certificate in the PEM file at `path` (at least one).
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let shown = path.display();

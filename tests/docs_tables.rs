@@ -153,6 +153,11 @@ fn readme_configuration_table_lists_every_key() {
         "redis.tls_ca_file",
         "redis.tls_cert_file",
         "redis.tls_key_file",
+        "auth.jwt_secret",
+        "auth.jwt_public_key_file",
+        "auth.jwt_jwks_url",
+        "auth.jwt_issuer",
+        "auth.jwt_audience",
     ] {
         keys.insert(optional.to_string());
     }

@@ -9,6 +9,8 @@
 
 pub mod cache;
 pub mod django;
+mod jwks;
+pub mod jwt;
 pub mod sql;
 
 use std::sync::Arc;

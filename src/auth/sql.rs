@@ -84,7 +84,7 @@ impl Db {
     }
 
     /// Records a revocation of a token wsgate does not own.
-    async fn record_revocation(&self, digest: &TokenDigest) -> Result<(), StoreError> {
+    pub(crate) async fn record_revocation(&self, digest: &TokenDigest) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO wsgate_revocations (digest, revoked_at) VALUES ($1, $2) \
              ON CONFLICT (digest) DO NOTHING",
@@ -150,7 +150,8 @@ fn sqlite_url(path: &Path) -> String {
 
 /// Builds the store the configuration names; refuses `auth.django_user_*`
 /// values that are not SQL identifiers (fails closed even for a
-/// configuration that skipped [`Config::validate`]).
+/// configuration that skipped [`Config::validate`]) and `jwt` keys it
+/// cannot read.
 pub fn store_for(config: &Config, db: Db) -> Result<Box<dyn TokenStore>, ConfigError> {
     Ok(match config.auth.store {
         StoreKind::Native => Box::new(NativeStore { db }),
@@ -159,13 +160,14 @@ pub fn store_for(config: &Config, db: Db) -> Result<Box<dyn TokenStore>, ConfigE
             config.auth.query.clone().unwrap_or_default(),
         )),
         StoreKind::Django => Box::new(QueryStore::django_for(db, &config.auth.django_user()?)),
+        StoreKind::Jwt => Box::new(super::jwt::JwtStore::new(&config.auth, db)?),
     })
 }
 
 /// Errors where the database did not answer, or answered that it cannot
 /// serve right now, become `Unavailable` (close 1013); errors about the SQL
 /// or the schema become `Query`.
-fn classify(e: sqlx::Error) -> StoreError {
+pub(crate) fn classify(e: sqlx::Error) -> StoreError {
     if let Some(message) = crate::tls::postgres_error(&e) {
         return StoreError::Unavailable(message);
     }

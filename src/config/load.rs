@@ -68,6 +68,8 @@ impl Config {
         masked.api.keys = masked.api.keys.iter().map(|_| "********".into()).collect();
         masked.database.url = masked.database.url.as_deref().map(mask_url);
         masked.redis.url = masked.redis.url.as_deref().map(mask_url);
+        masked.auth.jwt_secret = masked.auth.jwt_secret.as_ref().map(|_| "********".into());
+        masked.auth.jwt_jwks_url = masked.auth.jwt_jwks_url.as_deref().map(mask_url);
         if masked.server.node_id.is_none() {
             masked.server.node_id = Some(self.node_id());
         }

@@ -180,6 +180,8 @@ pub enum StoreKind {
     Native,
     Query,
     Django,
+    /// Signed JWTs (SimpleJWT, OIDC): verified with a key, no token table.
+    Jwt,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -206,6 +208,42 @@ pub struct AuthConfig {
     /// store (expired, revoked, user deactivated); `0s` turns it off.
     #[serde(with = "humantime_serde")]
     pub revalidate_interval: Duration,
+    /// `store = "jwt"`: the HMAC secret (HS256/384/512), at least 32 bytes.
+    pub jwt_secret: Option<String>,
+    /// `store = "jwt"`: a PEM public key (RSA, EC P-256/P-384, Ed25519).
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// `store = "jwt"`: a JWKS URL, fetched and cached.
+    pub jwt_jwks_url: Option<String>,
+    /// The claim holding the user id (SimpleJWT: `user_id`, OIDC: `sub`).
+    pub jwt_user_claim: String,
+    /// When set, a token must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// When set, a token's `aud` must contain it (a token with an `aud` is
+    /// refused when unset).
+    pub jwt_audience: Option<String>,
+    /// Clock-skew allowance for `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub jwt_leeway: Duration,
+    /// Accepted `alg` values; empty: `HS256` with a secret, else `RS256`.
+    pub jwt_algorithms: Vec<String>,
+    /// Also refuse tokens whose `jti` SimpleJWT's blacklist app lists
+    /// (PostgreSQL `database.url`).
+    pub jwt_blacklist: bool,
+}
+
+impl AuthConfig {
+    /// The `alg` values the jwt store accepts (`jwt_algorithms`, or its default).
+    pub fn jwt_algorithms(&self) -> Vec<String> {
+        if !self.jwt_algorithms.is_empty() {
+            return self.jwt_algorithms.clone();
+        }
+        let default = if self.jwt_secret.is_some() {
+            "HS256"
+        } else {
+            "RS256"
+        };
+        vec![default.to_string()]
+    }
 }
 
 impl Default for AuthConfig {
@@ -220,6 +258,15 @@ impl Default for AuthConfig {
             cache_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(10),
             revalidate_interval: Duration::ZERO,
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_jwks_url: None,
+            jwt_user_claim: "user_id".into(),
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway: Duration::from_secs(5),
+            jwt_algorithms: Vec::new(),
+            jwt_blacklist: false,
         }
     }
 }

@@ -153,6 +153,88 @@ impl Config {
         if self.auth.timeout.is_zero() {
             return Err(ConfigError::invalid("auth.timeout", "must be above zero"));
         }
+        self.validate_jwt()
+    }
+
+    /// `[auth]` for `store = "jwt"`: exactly one key source, a long enough
+    /// secret, and only algorithms of that key's family (so an HS token is
+    /// never checked with a public key used as an HMAC secret).
+    fn validate_jwt(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        if a.store != StoreKind::Jwt {
+            return Ok(());
+        }
+        let sources = [
+            a.jwt_secret.is_some(),
+            a.jwt_public_key_file.is_some(),
+            a.jwt_jwks_url.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(ConfigError::invalid(
+                "auth.jwt_secret",
+                "auth.store = \"jwt\" needs exactly one of auth.jwt_secret, \
+                 auth.jwt_public_key_file, auth.jwt_jwks_url",
+            ));
+        }
+        if let Some(secret) = &a.jwt_secret
+            && secret.len() < 32
+        {
+            return Err(ConfigError::invalid(
+                "auth.jwt_secret",
+                "must be at least 32 bytes",
+            ));
+        }
+        if let Some(url) = &a.jwt_jwks_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(ConfigError::invalid(
+                "auth.jwt_jwks_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if a.jwt_user_claim.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.jwt_user_claim",
+                "must not be empty",
+            ));
+        }
+        if a.jwt_leeway > std::time::Duration::from_secs(300) {
+            return Err(ConfigError::invalid("auth.jwt_leeway", "at most 5m"));
+        }
+        const HMAC: [&str; 3] = ["HS256", "HS384", "HS512"];
+        const PUBLIC: [&str; 9] = [
+            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+        ];
+        let family: &[&str] = if a.jwt_secret.is_some() {
+            &HMAC
+        } else {
+            &PUBLIC
+        };
+        for alg in a.jwt_algorithms() {
+            if !family.contains(&alg.as_str()) {
+                let with = if a.jwt_secret.is_some() {
+                    "with auth.jwt_secret: HS256, HS384, HS512"
+                } else {
+                    "with a public key: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+                };
+                return Err(ConfigError::invalid(
+                    "auth.jwt_algorithms",
+                    format!("{alg:?} is not accepted {with}"),
+                ));
+            }
+        }
+        if a.jwt_blacklist
+            && !self
+                .database
+                .url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::invalid(
+                "auth.jwt_blacklist",
+                "needs a PostgreSQL database.url (SimpleJWT's blacklist tables)",
+            ));
+        }
         Ok(())
     }
 
