@@ -48,12 +48,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* "true" when the chart creates its own Secret (something to put in it). */}}
 {{- define "wsgate.createSecret" -}}
 {{- $s := .Values.secrets }}
-{{- if and (not $s.existingSecret) (or $s.databaseUrl $s.redisUrl $s.apiKeys) }}true{{ end }}
+{{- if and (not $s.existingSecret) (or $s.databaseUrl $s.redisUrl $s.apiKeys $s.jwtSecret) }}true{{ end }}
 {{- end }}
 
 {{/* "true" when a database URL is configured. */}}
 {{- define "wsgate.hasDatabase" -}}
 {{- if and .Values.secrets.keys.databaseUrl (or .Values.secrets.existingSecret .Values.secrets.databaseUrl) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the JWT secret comes from the Secret: the chart's own,
+with secrets.jwtSecret set; an existing one, when config.auth.store is jwt
+(then it must hold secrets.keys.jwtSecret, unless a key file or JWKS URL
+is configured instead). */}}
+{{- define "wsgate.hasJwtSecret" -}}
+{{- $s := .Values.secrets }}
+{{- $auth := .Values.config.auth | default dict }}
+{{- $keyed := or (get $auth "jwt_public_key_file") (get $auth "jwt_jwks_url") }}
+{{- if and $s.keys.jwtSecret (or $s.jwtSecret (and $s.existingSecret (eq (toString (get $auth "store")) "jwt") (not $keyed))) }}true{{ end }}
 {{- end }}
 
 {{/* "true" when the API keys come from the Secret. */}}
@@ -83,6 +94,7 @@ Context: dict "root" $ "only" (list of setting names, or nil for all).
 {{- if include "wsgate.hasDatabase" $root }}{{ $items = append $items (list "WSGATE__DATABASE__URL" $s.keys.databaseUrl "database") }}{{ end }}
 {{- if include "wsgate.hasRedis" $root }}{{ $items = append $items (list "WSGATE__REDIS__URL" $s.keys.redisUrl "redis") }}{{ end }}
 {{- if include "wsgate.hasApiKeys" $root }}{{ $items = append $items (list "WSGATE__API__KEYS" $s.keys.apiKeys "api") }}{{ end }}
+{{- if include "wsgate.hasJwtSecret" $root }}{{ $items = append $items (list "WSGATE__AUTH__JWT_SECRET" $s.keys.jwtSecret "jwt") }}{{ end }}
 {{- range $items }}
 {{- if or (not $.only) (has (index . 2) $.only) }}
 {{- if $s.mountAsFiles }}
