@@ -8,7 +8,9 @@
 //! `wsgate.js` byte for byte, and has Chromium load that file. With it,
 //! `tests/browser/client.test.mjs` checks in the browser what only a browser
 //! has: `offline`/`online` events (a probe that drops the half-open socket,
-//! then an immediate reconnect) and token refresh on the demo's node.
+//! then an immediate reconnect) and token refresh on the demo's node; and
+//! the Vue example's logic (`examples/django/frontend/marketFeed.js`): live
+//! again after a reconnect, symbol changes, re-login.
 //!
 //! Chromium, Node.js and `tests/browser/node_modules` come from
 //! `scripts/install-browser-tools.sh`; without them the browser test fails

@@ -144,3 +144,80 @@ test('token refresh on the open connection, and JWT exp read in the browser', as
   assert.equal(result.pong, 'pong');
   assert.deepEqual(problems, []);
 });
+
+// The Vue example's logic (examples/django/frontend/marketFeed.js, what
+// MarketTicker.vue runs) in the browser: the status follows every state (the
+// old component stayed on "reconnecting" after its first reconnect), the
+// symbol list changes what arrives, and a re-login reconnects with the new
+// token. The demo's feed supplies the ticks (40 a second over its symbols).
+test('Vue example logic: live again after a reconnect, symbol changes, re-login', async (t) => {
+  const { context, page, problems } = await clientPage(t);
+  const feedSource = readFileSync(new URL('../../examples/django/frontend/marketFeed.js', import.meta.url), 'utf8');
+  // marketFeed.js imports './wsgate.js': served at /demo/, next to the packed client.
+  await page.route('**/demo/marketFeed.js', (route) =>
+    route.fulfill({ contentType: 'text/javascript; charset=utf-8', body: feedSource }),
+  );
+  await page.evaluate(async () => {
+    const { createMarketFeed } = await import('/demo/marketFeed.js');
+    const token = async () => (await (await fetch('/demo/token', { cache: 'no-store' })).json()).token;
+    const state = { statuses: [], prices: [], tokens: 0 };
+    const getToken = async () => {
+      state.tokens++;
+      return token();
+    };
+    window.feed = createMarketFeed({
+      wsUrl: `ws://${location.host}/ws`,
+      auth: { getToken },
+      symbols: ['AAPL'],
+      onStatus: (s) => state.statuses.push(s),
+      onPrice: (symbol, price) => state.prices.push({ symbol, price, at: Date.now() }),
+      clientOptions: { pingInterval: 60000, pongTimeout: 1000, minDelay: 100, maxDelay: 300 },
+    });
+    window.state = state;
+    window.getToken = getToken;
+  });
+  const status = () => page.evaluate(() => window.state.statuses.at(-1));
+  const priced = (symbol, since) =>
+    page.waitForFunction(
+      ([s, t]) => window.state.prices.some((p) => p.symbol === s && p.at > t),
+      [symbol, since],
+      { timeout: 10000 },
+    );
+
+  // 1. Live, AAPL ticks.
+  await page.waitForFunction(() => window.state.statuses.at(-1) === 'live', null, { timeout: 10000 });
+  await priced('AAPL', 0);
+
+  // 2. The network goes away and comes back: reconnecting, then live again.
+  await context.setOffline(true);
+  await page.waitForFunction(() => window.state.statuses.includes('reconnecting'), null, { timeout: 5000 });
+  await context.setOffline(false);
+  await page.waitForFunction(
+    () => window.state.statuses.lastIndexOf('live') > window.state.statuses.indexOf('reconnecting'),
+    null,
+    { timeout: 10000 },
+  );
+  const back = await page.evaluate(() => Date.now());
+  await priced('AAPL', back);
+
+  // 3. The symbol list changes: MSFT arrives, AAPL stops.
+  await page.evaluate(() => window.feed.setSymbols(['MSFT']));
+  const changed = await page.evaluate(() => Date.now());
+  await priced('MSFT', changed);
+  await new Promise((r) => setTimeout(r, 500)); // an AAPL tick in flight may still land
+  const settled = await page.evaluate(() => Date.now());
+  await new Promise((r) => setTimeout(r, 1500));
+  const lateAapl = await page.evaluate((t) => window.state.prices.filter((p) => p.symbol === 'AAPL' && p.at > t).length, settled);
+  assert.equal(lateAapl, 0, 'no AAPL after it was removed');
+
+  // 4. Re-login: a new connection with a new token, live again, on MSFT.
+  const tokensBefore = await page.evaluate(() => window.state.tokens);
+  await page.evaluate(() => window.feed.setAuth({ getToken: window.getToken }));
+  const relogin = await page.evaluate(() => Date.now());
+  await page.waitForFunction((n) => window.state.tokens > n, tokensBefore, { timeout: 5000 });
+  await page.waitForFunction(() => window.state.statuses.at(-1) === 'live', null, { timeout: 10000 });
+  await priced('MSFT', relogin);
+  assert.equal(await status(), 'live');
+  await page.evaluate(() => window.feed.close());
+  assert.deepEqual(problems, []);
+});
