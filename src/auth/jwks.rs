@@ -7,10 +7,12 @@
 //!   `governor` limiter): random `kid`s cannot make us hammer the provider.
 //! - A fetch that fails while a set is held keeps the held set; with no set
 //!   at all the answer is "unavailable" (close 1013), never an allow.
-//! - One fetch at a time: concurrent verifications wait for it.
+//! - Verifications read the held set without waiting on anything; one fetch
+//!   runs at a time, and verifications that needed it wait for it and use
+//!   its result rather than fetching again.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -51,12 +53,21 @@ struct Held {
     fresh_until: Instant,
 }
 
+impl Held {
+    fn is_fresh(&self) -> bool {
+        self.fresh_until > Instant::now()
+    }
+}
+
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 pub struct Jwks {
     url: String,
     client: HttpsClient,
-    held: Mutex<Option<Held>>,
+    /// The set in use, swapped whole by a fetch.
+    held: RwLock<Option<Arc<Held>>>,
+    /// Held only while fetching: one fetch at a time.
+    fetching: Mutex<()>,
     refetch: DefaultDirectRateLimiter,
 }
 
@@ -80,7 +91,8 @@ impl Jwks {
         Ok(Jwks {
             url,
             client,
-            held: Mutex::new(None),
+            held: RwLock::new(None),
+            fetching: Mutex::new(()),
             refetch: RateLimiter::direct(quota),
         })
     }
@@ -89,17 +101,14 @@ impl Jwks {
     /// when none is held, when it is stale, or (rate-limited) when it lacks
     /// `kid`.
     pub async fn lookup(&self, kid: Option<&str>) -> Result<Lookup, StoreError> {
-        let mut held = self.held.lock().await;
-        let stale = held
-            .as_ref()
-            .is_none_or(|h| h.fresh_until <= Instant::now());
-        if stale {
-            self.fetch_into(&mut held).await?;
-        }
-        let Some(set) = held.as_ref() else {
-            return Err(StoreError::Unavailable("no JWKS fetched yet".into()));
+        let held = self.current();
+        let stale = held.as_ref().is_none_or(|h| !h.is_fresh());
+        let set = if stale {
+            self.refresh(held.as_ref()).await?
+        } else {
+            held.expect("a fresh set is held")
         };
-        if let Some(found) = find(set, kid) {
+        if let Some(found) = find(&set, kid) {
             return Ok(Lookup::Found(found));
         }
         // An unknown kid: the provider may have rotated. Fetch again unless
@@ -107,31 +116,44 @@ impl Jwks {
         if stale || self.refetch.check().is_err() {
             return Ok(Lookup::Unknown);
         }
-        self.fetch_into(&mut held).await?;
-        Ok(held
-            .as_ref()
-            .and_then(|set| find(set, kid))
-            .map_or(Lookup::Unknown, Lookup::Found))
+        let set = self.refresh(Some(&set)).await?;
+        Ok(find(&set, kid).map_or(Lookup::Unknown, Lookup::Found))
     }
 
-    /// Fetches the set into `held`; a failure with a set held keeps it (and
-    /// logs), without one it is `Unavailable`.
-    async fn fetch_into(&self, held: &mut Option<Held>) -> Result<(), StoreError> {
-        match self.fetch().await {
-            Ok(set) => {
-                *held = Some(set);
-                Ok(())
+    fn current(&self) -> Option<Arc<Held>> {
+        self.held.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces `seen` (the set the caller found wanting, or none) with a
+    /// fetched one, one fetch at a time: a caller that waited while another
+    /// fetched uses that result. A failed fetch keeps a held set (and logs);
+    /// without one it is `Unavailable`.
+    async fn refresh(&self, seen: Option<&Arc<Held>>) -> Result<Arc<Held>, StoreError> {
+        let _fetching = self.fetching.lock().await;
+        let held = self.current();
+        if let Some(h) = &held {
+            let replaced = seen.is_none_or(|s| !Arc::ptr_eq(s, h));
+            if replaced && h.is_fresh() {
+                return Ok(h.clone());
             }
-            Err(e) if held.is_some() => {
+        }
+        let next = match (self.fetch().await, held) {
+            (Ok(set), _) => Arc::new(set),
+            (Err(e), Some(old)) => {
                 tracing::warn!(url = %crate::config::mask_url(&self.url), error = %e, "JWKS fetch failed; keeping the keys held");
                 // Try again after the shortest interval, not on every token.
-                if let Some(h) = held.as_mut() {
-                    h.fresh_until = Instant::now() + MIN_MAX_AGE;
-                }
-                Ok(())
+                Arc::new(Held {
+                    keys: old.keys.clone(),
+                    unnamed: old.unnamed.clone(),
+                    fresh_until: Instant::now() + MIN_MAX_AGE,
+                })
             }
-            Err(e) => Err(StoreError::Unavailable(format!("JWKS fetch failed: {e}"))),
-        }
+            (Err(e), None) => {
+                return Err(StoreError::Unavailable(format!("JWKS fetch failed: {e}")));
+            }
+        };
+        *self.held.write().unwrap_or_else(|e| e.into_inner()) = Some(next.clone());
+        Ok(next)
     }
 
     async fn fetch(&self) -> Result<Held, String> {
