@@ -1,0 +1,181 @@
+//! Requests after `welcome`: subscribe (with history recovery),
+//! unsubscribe, publish, ping and refresh, each answered by one frame.
+
+use axum::extract::ws::WebSocket;
+use futures_util::SinkExt;
+use serde_json::value::RawValue;
+
+use std::net::IpAddr;
+
+use super::auth::refresh;
+use super::socket::{send, text_message};
+use super::{End, JoinFailure, join, unsubscribe_broker};
+use crate::broker::Recovery;
+use crate::clock::unix_micros;
+use crate::hub::ConnHandle;
+use crate::protocol::{
+    self, ClientFrame, CloseCode, ErrorCode, Frame, Position, Publication, Reply, Request,
+    RequestError, message_frame,
+};
+use crate::state::AppState;
+
+/// Serves one request. Refusals are `error` replies; only socket and broker
+/// failures end the connection. A `refresh` sets `expires_at` to its token's.
+pub(super) async fn handle_request(
+    socket: &mut WebSocket,
+    state: &AppState,
+    conn: &ConnHandle,
+    ip: IpAddr,
+    text: &str,
+    expires_at: &mut Option<u64>,
+) -> Result<(), End> {
+    let ClientFrame { id, request } = protocol::parse_request(text);
+    let id = id.as_deref();
+    let reply = match request {
+        Err(e) => refuse(state, &e, id),
+        Ok(Request::Ping) => Reply::Pong { id }.encode(),
+        Ok(Request::Refresh { token }) => {
+            *expires_at = refresh(state, conn, ip, token).await?;
+            Reply::Refreshed { id }.encode()
+        }
+        Ok(Request::Subscribe { group, since }) => {
+            if !state.policy.can_subscribe(&conn.user_id, &group) {
+                refuse(state, &forbidden(), id)
+            } else if state.history.applies(&group) {
+                return subscribe_with_history(socket, state, conn, &group, since.as_ref(), id)
+                    .await;
+            } else {
+                match join(state, conn, &group).await {
+                    Ok(_) => Reply::Subscribed {
+                        group: &group,
+                        // No history here: a client asking to recover is
+                        // told it cannot, so it reloads its state.
+                        recovered: since.map(|_| false),
+                        offset: None,
+                        epoch: None,
+                        id,
+                    }
+                    .encode(),
+                    Err(JoinFailure::TooMany) => refuse(state, &too_many_groups(), id),
+                    Err(JoinFailure::Broker) => return Err(End::Close(CloseCode::TryAgainLater)),
+                }
+            }
+        }
+        Ok(Request::Unsubscribe { group }) => {
+            let (was_member, _) = state.hub.leave(conn.id, &group);
+            if was_member {
+                unsubscribe_broker(state, &group, &conn.session).await;
+            }
+            Reply::Unsubscribed { group: &group, id }.encode()
+        }
+        Ok(Request::Publish { group, data }) => {
+            if !state.policy.can_publish(&conn.user_id, &group) {
+                refuse(state, &forbidden(), id)
+            } else {
+                let publication = Publication {
+                    group: group.clone(),
+                    data,
+                    position: None,
+                    ts: Some(unix_micros()),
+                    trace: None,
+                };
+                if let Err(e) = state.broker.publish(vec![publication]).await {
+                    tracing::warn!(error = %e, "client publish failed");
+                    return Err(End::Close(CloseCode::TryAgainLater));
+                }
+                state.metrics.messages_published.inc();
+                Reply::Published { group: &group, id }.encode()
+            }
+        }
+    };
+    send(socket, reply).await
+}
+
+/// Subscribes to a group with history: its live messages are held back
+/// while the session joins, reads what history holds after `since`, writes
+/// that replay and the `subscribed` reply; then the held messages the replay
+/// did not cover follow. The subscription is in place before history is
+/// read, so every message is in the replay, among the held ones, or both
+/// (and then sent once): no gap and no duplicate.
+pub(super) async fn subscribe_with_history(
+    socket: &mut WebSocket,
+    state: &AppState,
+    conn: &ConnHandle,
+    group: &str,
+    since: Option<&Position>,
+    id: Option<&RawValue>,
+) -> Result<(), End> {
+    state.hub.hold(conn.id, group);
+    let new_member = match join(state, conn, group).await {
+        Ok(new_member) => new_member,
+        Err(failure) => {
+            state.hub.release(conn.id, group);
+            return match failure {
+                JoinFailure::TooMany => send(socket, refuse(state, &too_many_groups(), id)).await,
+                JoinFailure::Broker => Err(End::Close(CloseCode::TryAgainLater)),
+            };
+        }
+    };
+    if !new_member {
+        // Already subscribed: its messages have been arriving all along.
+        state.hub.release_after(conn.id, group, None);
+    }
+    let read = if new_member { since } else { None };
+    let Recovery {
+        position,
+        recovered,
+        publications,
+    } = match state.broker.history(group, read).await {
+        Ok(recovery) => recovery,
+        Err(e) => {
+            tracing::warn!(error = %e, group, "history read failed");
+            return Err(End::Close(CloseCode::TryAgainLater));
+        }
+    };
+    let recovered = if new_member {
+        recovered
+    } else {
+        since.map(|s| s.epoch == position.epoch && s.offset <= position.offset)
+    };
+    if !publications.is_empty() {
+        for p in &publications {
+            let frame = message_frame(&p.group, &p.data, p.position.as_ref());
+            if socket.feed(text_message(frame)).await.is_err() {
+                return Err(End::ClientGone(1006));
+            }
+        }
+        state
+            .metrics
+            .messages_delivered
+            .inc_by(publications.len() as u64);
+    }
+    let reply = Reply::Subscribed {
+        group,
+        recovered,
+        offset: Some(position.offset),
+        epoch: Some(&position.epoch),
+        id,
+    }
+    .encode();
+    // The replay is written with the reply, before any held message.
+    send(socket, reply).await?;
+    state.hub.release_after(conn.id, group, Some(position));
+    Ok(())
+}
+
+pub(super) fn too_many_groups() -> RequestError {
+    RequestError::new(
+        ErrorCode::TooManyGroups,
+        "too many groups on this connection",
+    )
+}
+
+/// An `error` reply, counted by its code.
+pub(super) fn refuse(state: &AppState, error: &RequestError, id: Option<&RawValue>) -> Frame {
+    state.metrics.request_error(error.code);
+    Reply::error(error, id)
+}
+
+pub(super) fn forbidden() -> RequestError {
+    RequestError::new(ErrorCode::Forbidden, "group not allowed")
+}
