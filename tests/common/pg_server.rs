@@ -48,6 +48,13 @@ impl PgServer {
     /// Creates a cluster and starts it; panics (after cleaning up) if it
     /// cannot.
     pub fn start() -> PgServer {
+        PgServer::start_with(|_, _| {})
+    }
+
+    /// As [`PgServer::start`], with `setup(dir, data)` run between `initdb`
+    /// and the first start (configuration files, certificates in `dir`);
+    /// what it writes is handed to the server's user.
+    pub fn start_with(setup: impl FnOnce(&Path, &Path)) -> PgServer {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let as_postgres = unsafe { libc::geteuid() } == 0;
         let dir = tempfile::Builder::new()
@@ -90,6 +97,16 @@ impl PgServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        setup(server.dir.path(), &data);
+        if server.as_postgres {
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{PG_USER}:"))
+                .arg(server.dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown -R {}", server.dir.path().display());
+        }
         server.start_again();
         server
     }

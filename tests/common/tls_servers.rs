@@ -7,10 +7,12 @@
 //! postmaster if that fails), the Redis one killed, and their temporary
 //! directories removed. Every wait is bounded.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::pg_server::PgServer;
+use super::ports::free_port;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -95,26 +97,6 @@ impl Pki {
     }
 }
 
-/// A port free now on 127.0.0.1.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{what} on {port} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 // ---------------------------------------------------------------------------
 // PostgreSQL.
 
@@ -130,32 +112,9 @@ pub enum PgTls {
     Off,
 }
 
-/// The OS user that runs the server when the tests run as root.
-const PG_USER: &str = "postgres";
-
+/// A throwaway PostgreSQL ([`PgServer`]) configured for TLS; stopped on drop.
 pub struct TlsPg {
-    pub port: u16,
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    as_postgres: bool,
-}
-
-/// The newest `/usr/lib/postgresql/<version>/bin` that has `initdb`.
-fn pg_bin_dir() -> PathBuf {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL server binaries under /usr/lib/postgresql")
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((version, bin))
-        })
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .map(|(_, bin)| bin)
-        .expect("no initdb under /usr/lib/postgresql/*/bin")
+    server: PgServer,
 }
 
 impl TlsPg {
@@ -163,135 +122,44 @@ impl TlsPg {
     /// [`PgTls::Off`]), started and accepting connections; panics (after
     /// cleaning up) if it cannot.
     pub fn start(pki: &Pki, tls: PgTls) -> TlsPg {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let as_postgres = unsafe { libc::geteuid() } == 0;
-        let dir = tempfile::Builder::new()
-            .prefix("wsgate-tlspg-")
-            .tempdir()
-            .expect("temp dir");
-        let server = TlsPg {
-            port: free_port(),
-            bin: pg_bin_dir(),
-            dir,
-            as_postgres,
-        };
-        let data = server.dir.path().join("data");
-        // The server's key must belong to the server's user, mode 0600.
-        for (from, to) in [
-            (&pki.server_cert, "server.pem"),
-            (&pki.server_key, "server.key"),
-            (&pki.ca, "ca.pem"),
-        ] {
-            let dest = server.dir.path().join(to);
-            std::fs::copy(from, &dest).expect("copy PEM");
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        server.chown();
-        let out = server.pg(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let hba = match tls {
-            PgTls::Only => "hostssl all all 127.0.0.1/32 trust\n",
-            PgTls::ClientCert => "hostssl all all 127.0.0.1/32 trust clientcert=verify-full\n",
-            PgTls::Off => "host all all 127.0.0.1/32 trust\n",
-        };
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            format!("local all all trust\n{hba}"),
-        )
-        .expect("write pg_hba.conf");
-        let dir = server.dir.path().display();
-        let ssl = match tls {
-            PgTls::Off => "ssl = off\n".to_string(),
-            PgTls::Only | PgTls::ClientCert => format!(
-                "ssl = on\nssl_cert_file = '{dir}/server.pem'\nssl_key_file = '{dir}/server.key'\n\
-                 ssl_ca_file = '{dir}/ca.pem'\n"
-            ),
-        };
-        let mut conf = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .expect("postgresql.conf");
-        std::io::Write::write_all(&mut conf, ssl.as_bytes()).unwrap();
-        server.chown();
-
-        let log = server.dir.path().join("server.log");
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            server.port, dir
-        );
-        let out = server.pg(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-o",
-                &opts,
-                "-w",
-                "-t",
-                "30",
-                "start",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        wait_for_port(server.port, "postgres");
-        server
-    }
-
-    /// Hands the directory to the server's user when we are root.
-    fn chown(&self) {
-        if !self.as_postgres {
-            return;
-        }
-        let status = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{PG_USER}:"))
-            .arg(self.dir.path())
-            .status()
-            .expect("chown");
-        assert!(status.success(), "chown {}", self.dir.path().display());
-    }
-
-    /// Runs one PostgreSQL binary, as the `postgres` user when we are root.
-    fn pg(&self, tool: &str, args: &[&str]) -> Output {
-        // `timeout` bounds every call, whatever the server does.
-        let mut cmd = Command::new("timeout");
-        cmd.arg("60");
-        if self.as_postgres {
-            cmd.args(["runuser", "-u", PG_USER, "--"]);
-        }
-        cmd.arg(self.bin.join(tool))
-            .args(args)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("run {tool}: {e}"))
+        let server = PgServer::start_with(|dir, data| {
+            // The server's key must belong to the server's user, mode 0600
+            // (start_with hands the files over).
+            for (from, to) in [
+                (&pki.server_cert, "server.pem"),
+                (&pki.server_key, "server.key"),
+                (&pki.ca, "ca.pem"),
+            ] {
+                let dest = dir.join(to);
+                std::fs::copy(from, &dest).expect("copy PEM");
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+            let hba = match tls {
+                PgTls::Only => "hostssl all all 127.0.0.1/32 trust\n",
+                PgTls::ClientCert => "hostssl all all 127.0.0.1/32 trust clientcert=verify-full\n",
+                PgTls::Off => "host all all 127.0.0.1/32 trust\n",
+            };
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                format!("local all all trust\n{hba}"),
+            )
+            .expect("write pg_hba.conf");
+            let dir = dir.display();
+            let ssl = match tls {
+                PgTls::Off => "ssl = off\n".to_string(),
+                PgTls::Only | PgTls::ClientCert => format!(
+                    "ssl = on\nssl_cert_file = '{dir}/server.pem'\nssl_key_file = '{dir}/server.key'\n\
+                     ssl_ca_file = '{dir}/ca.pem'\n"
+                ),
+            };
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .expect("postgresql.conf");
+            std::io::Write::write_all(&mut conf, ssl.as_bytes()).unwrap();
+        });
+        TlsPg { server }
     }
 
     /// `postgres://postgres:<password>@<host>:<port>/postgres?<query>`. The
@@ -301,45 +169,13 @@ impl TlsPg {
         let sep = if query.is_empty() { "" } else { "?" };
         format!(
             "postgres://postgres:{PG_PASSWORD}@{host}:{}/postgres{sep}{query}",
-            self.port
+            self.server.port
         )
-    }
-
-    fn postmaster_pid(&self) -> Option<u32> {
-        let text =
-            std::fs::read_to_string(self.dir.path().join("data").join("postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
     }
 }
 
 /// The password in [`TlsPg::url`] and [`TlsRedis::url`].
 pub const PG_PASSWORD: &str = "pg-Secret-0xC0FFEE";
-
-impl Drop for TlsPg {
-    fn drop(&mut self) {
-        let pid = self.postmaster_pid();
-        let data = self.dir.path().join("data");
-        let out = self.pg(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
-        if !out.status.success()
-            && let Some(pid) = pid
-        {
-            // SAFETY: kill(2) of the postmaster this guard started.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Redis.
