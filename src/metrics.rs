@@ -153,18 +153,12 @@ impl CacheResult {
 /// values; anything else a client chooses counts as `other`.
 pub const PEER_CLOSE_CODES: [u16; 3] = [1001, 1005, 1006];
 
-/// The `code` label of `wsgate_connections_closed_total`, in code order.
-pub fn close_labels() -> Vec<String> {
+/// The codes with a `code` label of their own, in order.
+fn labelled_close_codes() -> Vec<u16> {
     let mut codes: Vec<u16> = CloseCode::ALL.iter().map(|c| c.code()).collect();
     codes.extend(PEER_CLOSE_CODES);
     codes.sort_unstable();
-    let mut labels: Vec<String> = codes.iter().map(u16::to_string).collect();
-    labels.push("other".into());
-    labels
-}
-
-fn is_known_close(code: u16) -> bool {
-    CloseCode::from_u16(code).is_some() || PEER_CLOSE_CODES.contains(&code)
+    codes
 }
 
 /// Why an upgrade was refused (`wsgate_connections_rejected_total`).
@@ -258,6 +252,10 @@ pub struct Metrics {
     pub connections_authenticated: IntGauge,
     pub connections_opened: IntCounter,
     connections_closed: IntCounterVec,
+    /// The children of `connections_closed`, made once: a close counts with
+    /// no formatting and no label lookup.
+    closes: Vec<(u16, IntCounter)>,
+    close_other: IntCounter,
     pub auth_success: IntCounter,
     auth_failures: IntCounterVec,
     auth_duration: HistogramVec,
@@ -342,6 +340,11 @@ impl Metrics {
                 "WebSocket connections upgraded.",
             )
             .expect("metric"),
+            closes: labelled_close_codes()
+                .into_iter()
+                .map(|c| (c, connections_closed.with_label_values(&[&c.to_string()])))
+                .collect(),
+            close_other: connections_closed.with_label_values(&["other"]),
             connections_closed,
             auth_success: IntCounter::new(
                 "wsgate_auth_success_total",
@@ -431,9 +434,6 @@ impl Metrics {
             .expect("metric"),
             registry,
         };
-        for label in close_labels() {
-            m.connections_closed.with_label_values(&[label.as_str()]);
-        }
         precreate::<AuthFailure>(&m.auth_failures);
         for s in AuthSource::labels() {
             m.auth_duration.with_label_values(&[s]);
@@ -514,14 +514,10 @@ impl Metrics {
     /// (ours, 1001, 1005 no status, 1006 link dropped) or "other", so a
     /// client cannot grow the label set.
     pub fn closed(&self, code: u16) {
-        let label = if is_known_close(code) {
-            code.to_string()
-        } else {
-            "other".to_string()
-        };
-        self.connections_closed
-            .with_label_values(&[label.as_str()])
-            .inc();
+        match self.closes.iter().find(|(c, _)| *c == code) {
+            Some((_, counter)) => counter.inc(),
+            None => self.close_other.inc(),
+        }
     }
 
     pub fn auth_failed(&self, reason: AuthFailure) {
