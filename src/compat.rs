@@ -267,6 +267,7 @@ impl Inner {
             position: None,
             ts: None,
             trace: None,
+            seq: None,
         };
         let span = tracing::info_span!(
             "deliver",

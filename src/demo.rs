@@ -14,7 +14,8 @@
 //!
 //! The feed publishes through the node's broker, as the HTTP API does, so
 //! the ticks take the real path: history offsets (`market.*` keeps history
-//! here), the hub, each connection's queue.
+//! here, and is a snapshot group, so the page's rows fill at once), the
+//! hub, each connection's queue.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -94,6 +95,12 @@ pub async fn run(
     if !config.history.groups.iter().any(|g| g == GROUP_PATTERN) {
         config.history.groups.push(GROUP_PATTERN.into());
     }
+    // The page subscribes with `latest`, so every row shows a price at once
+    // (history serves it here; a snapshot group too, should history be
+    // turned off for `market.*`).
+    if !config.groups.snapshot.iter().any(|g| g == GROUP_PATTERN) {
+        config.groups.snapshot.push(GROUP_PATTERN.into());
+    }
     let telemetry = crate::telemetry::init(&config.log);
     let server = Server::build(config).await?;
     let token = issue_token(&server.state().config).await?;
@@ -102,7 +109,11 @@ pub async fn run(
     let state = server.state().clone();
     let page = page_url(server.addrs().ws);
 
-    let feed = tokio::spawn(feed(state));
+    // Every symbol's opening price is its first snapshot, published before
+    // the page's address is printed: no row ever waits for its first tick.
+    let market = Market::new();
+    publish(&state, market.opening()).await;
+    let feed = tokio::spawn(feed(state, market));
     println!("wsgate demo: open {page}");
     println!("wsgate demo: token for user \"{DEMO_USER}\" (valid 24h): {token}");
     server.run(shutdown).await;
@@ -194,21 +205,24 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 // The feed.
 
 /// Publishes [`TICKS_PER_BATCH`] ticks every [`BATCH_EVERY`] until aborted.
-async fn feed(state: AppState) {
-    let mut market = Market::new();
+async fn feed(state: AppState, mut market: Market) {
     let mut every = tokio::time::interval(BATCH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         every.tick().await;
-        let publications: Vec<Publication> = (0..TICKS_PER_BATCH)
+        let ticks = (0..TICKS_PER_BATCH)
             .map(|_| market.tick(rand::random(), rand::random()))
-            .map(|tick| tick.publication())
             .collect();
-        let n = publications.len() as u64;
-        match state.broker.publish(publications).await {
-            Ok(_) => state.metrics.messages_published.inc_by(n),
-            Err(e) => tracing::warn!(error = %e, "demo feed: publish failed"),
-        }
+        publish(&state, ticks).await;
+    }
+}
+
+async fn publish(state: &AppState, ticks: Vec<Tick>) {
+    let publications: Vec<Publication> = ticks.iter().map(Tick::publication).collect();
+    let n = publications.len() as u64;
+    match state.broker.publish(publications).await {
+        Ok(_) => state.metrics.messages_published.inc_by(n),
+        Err(e) => tracing::warn!(error = %e, "demo feed: publish failed"),
     }
 }
 
@@ -249,6 +263,21 @@ impl Market {
                 .collect(),
             total_weight: SYMBOLS.iter().map(|(_, _, w)| w).sum(),
         }
+    }
+
+    /// Every symbol at its opening price.
+    fn opening(&self) -> Vec<Tick> {
+        let ts_ms = crate::clock::unix_ms();
+        self.quotes
+            .iter()
+            .map(|q| Tick {
+                symbol: q.symbol,
+                price: q.price,
+                change: round2(q.price - q.open),
+                change_pct: round2((q.price - q.open) / q.open * 100.0),
+                ts_ms,
+            })
+            .collect()
     }
 
     /// Moves one symbol, picked by weight with `pick` in [0, 1), by a step
@@ -295,6 +324,7 @@ impl Tick {
             position: None,
             ts: Some(crate::clock::unix_micros()),
             trace: None,
+            seq: None,
         }
     }
 }

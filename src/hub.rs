@@ -324,7 +324,9 @@ impl Hub {
             None
         };
         let mut held_here = held.as_mut().and_then(|h| h.get_mut(&publication.group));
-        let position = publication.position.as_ref();
+        // What a hold compares: the history offset, or for a snapshot
+        // group the sequence of its kept latest (see `Publication::seq`).
+        let position = publication.position.as_ref().or(publication.seq.as_ref());
         let mut queued = 0;
         for handle in members.values() {
             if let Some(conns) = held_here.as_mut()
@@ -544,6 +546,7 @@ mod tests {
             position: None,
             ts: None,
             trace: None,
+            seq: None,
         }
     }
 

@@ -126,6 +126,7 @@ mod tests {
             auto_join: vec!["user.{user_id}".into()],
             client_publish: publish.iter().map(|s| s.to_string()).collect(),
             conflate: Vec::new(),
+            ..GroupsConfig::default()
         })
     }
 

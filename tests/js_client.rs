@@ -13,7 +13,8 @@
 //!   the environment) and expects the client to land on `node-b`.
 //!
 //! Every node keeps history for `hist.*` (`history.size` small enough for a
-//! test to overflow it) and lets clients publish to `chat.*`. Node.js is
+//! test to overflow it), the latest message of `snap.*`, and lets clients
+//! publish to `chat.*`. Node.js is
 //! required: without it this test fails, it never skips.
 
 mod common;
@@ -29,6 +30,7 @@ const HISTORY_SIZE: &str = "20";
 /// Settings every node of this test shares.
 const COMMON_ENV: &[(&str, &str)] = &[
     ("WSGATE__HISTORY__GROUPS", "hist.*"),
+    ("WSGATE__GROUPS__SNAPSHOT", "snap.*"),
     ("WSGATE__HISTORY__SIZE", HISTORY_SIZE),
     ("WSGATE__GROUPS__CLIENT_PUBLISH", "chat.*"),
     ("WSGATE__DRAIN__GRACE", "0s"),

@@ -172,7 +172,7 @@ fn reference_request(v: &Value) -> (Option<String>, Outcome) {
 fn actual_request(frame: ClientFrame) -> (Option<String>, Outcome) {
     let outcome = match frame.request {
         Err(e) => Outcome::Refused(e.code.as_str()),
-        Ok(Request::Subscribe { group, since }) => Outcome::Subscribe(
+        Ok(Request::Subscribe { group, since, .. }) => Outcome::Subscribe(
             group,
             since.map(|Position { offset, epoch }| (offset, epoch)),
         ),
@@ -299,7 +299,7 @@ proptest! {
             request.to_string()
         };
         let frame = parse_request(&text);
-        let Ok(Request::Subscribe { group: got, since: got_since }) = frame.request else {
+        let Ok(Request::Subscribe { group: got, since: got_since, .. }) = frame.request else {
             return Err(TestCaseError::fail(format!("refused: {text}")));
         };
         prop_assert_eq!(&got, &group);

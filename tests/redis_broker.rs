@@ -128,6 +128,7 @@ fn publication(group: &str, data: &str) -> Publication {
         position: None,
         ts: None,
         trace: None,
+        seq: None,
     }
 }
 

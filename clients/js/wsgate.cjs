@@ -186,7 +186,11 @@ class WsgateClient {
    * connected yet: the subscription is sent once it is). The subscription is
    * renewed after every reconnect. `options.since` starts from a known
    * position; `options.onRecovered(info)` is called after each resubscription
-   * with `since` (see the `recovered` event).
+   * with `since` (see the `recovered` event). `options.latest: true` asks for
+   * the group's latest message first (a `groups.snapshot` or history group),
+   * on this subscribe and on every resubscription that does not recover: it
+   * reaches `handler` before the promise resolves, with `message.snapshot`
+   * set to true.
    */
   subscribe(group, handler, options = {}) {
     let sub = this._subs.get(group);
@@ -199,6 +203,7 @@ class WsgateClient {
       group,
       handler,
       onRecovered: options.onRecovered,
+      latest: options.latest === true,
       offset: options.since?.offset,
       epoch: options.since?.epoch,
       settle: null,
@@ -595,6 +600,7 @@ class WsgateClient {
     const frame = { type: 'subscribe', group: sub.group };
     const resuming = typeof sub.offset === 'number' && typeof sub.epoch === 'string';
     if (resuming) frame.since = { offset: sub.offset, epoch: sub.epoch };
+    if (sub.latest) frame.latest = true;
     this._request(frame, 'subscribe').then(
       (reply) => {
         if (this._subs.get(sub.group) !== sub) return; // unsubscribed meanwhile

@@ -69,6 +69,8 @@ export interface Message<T = unknown> {
   data: T;
   offset?: number;
   epoch?: string;
+  /** Set on the group's latest message sent on a subscribe with `latest`. */
+  snapshot?: true;
 }
 
 export interface Subscribed {
@@ -108,6 +110,8 @@ export interface SubscribeOptions {
   since?: Since;
   /** Called after every resubscription with `since`. */
   onRecovered?: (info: RecoveredInfo) => void;
+  /** Get the group's latest message first (`message.snapshot` is true). */
+  latest?: boolean;
 }
 
 export interface UnauthorizedInfo {

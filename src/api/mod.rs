@@ -333,6 +333,7 @@ async fn publish_in_span(
             position: None,
             ts: Some(ts),
             trace: trace.clone(),
+            seq: None,
         })
         .collect();
     let positions = state

@@ -7,6 +7,10 @@
 //! after the group's last publication; the epoch is new per process (and
 //! when a group's history expired), so a restart tells recovering clients
 //! `recovered: false` instead of serving offsets that started again.
+//!
+//! So is the latest publication of `groups.snapshot` groups: a moka cache
+//! bounded in bytes ([`MAX_MEMORY_SNAPSHOT_BYTES`]) and in time
+//! (`groups.snapshot_ttl`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -15,8 +19,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    Broker, BrokerError, BrokerHandler, ControlSender, History, HistoryPolicy, NodeInfo,
-    NodeRegistry, Presence, Recovery, UNPUBLISHED_EPOCH, new_epoch,
+    Broker, BrokerError, BrokerHandler, ControlSender, History, HistoryPolicy,
+    MAX_MEMORY_SNAPSHOT_BYTES, NodeInfo, NodeRegistry, Presence, Recovery, SnapshotPolicy,
+    Snapshots, UNPUBLISHED_EPOCH, new_epoch,
 };
 use crate::hub::Member;
 use crate::protocol::{Control, Position, Publication};
@@ -30,6 +35,22 @@ pub struct MemoryBroker {
     /// The epoch of groups never published, new per process: a position
     /// taken before a restart does not recover what the new process keeps.
     unpublished: String,
+    snapshots: SnapshotPolicy,
+    /// The latest publication per `groups.snapshot` group, with its `seq`.
+    latest: moka::sync::Cache<String, Publication>,
+    /// Held while a snapshot publication is numbered, kept and handed to
+    /// the handler, so sequences are delivered in order whoever publishes.
+    latest_order: Mutex<()>,
+}
+
+fn latest_cache(policy: &SnapshotPolicy) -> moka::sync::Cache<String, Publication> {
+    moka::sync::Cache::builder()
+        .max_capacity(MAX_MEMORY_SNAPSHOT_BYTES)
+        .weigher(|group: &String, p: &Publication| {
+            u32::try_from(group.len() + p.data.get().len() + 64).unwrap_or(u32::MAX)
+        })
+        .time_to_live(policy.ttl)
+        .build()
 }
 
 #[derive(Default)]
@@ -84,7 +105,36 @@ impl MemoryBroker {
             policy,
             history: Mutex::new(Histories::default()),
             unpublished: format!("{UNPUBLISHED_EPOCH}{}", new_epoch()),
+            latest: latest_cache(&SnapshotPolicy::off()),
+            snapshots: SnapshotPolicy::off(),
+            latest_order: Mutex::new(()),
         }
+    }
+
+    /// Keeps the latest publication of the groups of `policy`.
+    pub fn with_snapshots(mut self, policy: SnapshotPolicy) -> MemoryBroker {
+        self.latest = latest_cache(&policy);
+        self.snapshots = policy;
+        self
+    }
+
+    /// Numbers `p` after its group's kept latest, keeps it and delivers it,
+    /// all under one lock (see `latest_order`).
+    fn publish_snapshot(&self, handler: &Arc<dyn BrokerHandler>, mut p: Publication) {
+        let _order = self.latest_order.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = match self.latest.get(&p.group).and_then(|prev| prev.seq) {
+            Some(prev) => Position {
+                offset: prev.offset + 1,
+                epoch: prev.epoch,
+            },
+            None => Position {
+                offset: 1,
+                epoch: new_epoch(),
+            },
+        };
+        p.seq = Some(seq);
+        self.latest.insert(p.group.clone(), p.clone());
+        handler.on_publication(p);
     }
 
     fn handler(&self) -> Result<&Arc<dyn BrokerHandler>, BrokerError> {
@@ -152,7 +202,11 @@ impl Broker for MemoryBroker {
         let mut positions = Vec::with_capacity(publications.len());
         for mut p in publications {
             if !self.policy.applies(&p.group) {
-                handler.on_publication(p);
+                if self.snapshots.applies(&p.group) {
+                    self.publish_snapshot(handler, p);
+                } else {
+                    handler.on_publication(p);
+                }
                 positions.push(None);
                 continue;
             }
@@ -240,6 +294,20 @@ impl History for MemoryBroker {
             after,
             &self.unpublished,
         ))
+    }
+}
+
+#[async_trait]
+impl Snapshots for MemoryBroker {
+    fn keeps_latest(&self, group: &str) -> bool {
+        self.snapshots.applies(group)
+    }
+
+    async fn latest(&self, group: &str) -> Result<Option<Publication>, BrokerError> {
+        if !self.snapshots.applies(group) {
+            return Ok(None);
+        }
+        Ok(self.latest.get(group))
     }
 }
 

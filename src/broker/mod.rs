@@ -6,8 +6,8 @@
 //! calls the handler directly. The Redis broker (cluster mode) implements
 //! the same traits, so nothing above this module changes between the two.
 //!
-//! [`Broker`] is the message path; [`History`], [`Presence`] and
-//! [`NodeRegistry`] are the read-side services every broker also provides
+//! [`Broker`] is the message path; [`History`], [`Snapshots`], [`Presence`]
+//! and [`NodeRegistry`] are the read-side services every broker also provides
 //! (see [`Broker`] for why they are separate traits).
 //!
 //! History (`history.*`) lives in the broker too, because offsets must be
@@ -17,6 +17,8 @@
 
 pub mod memory;
 pub mod redis;
+mod snapshot;
+pub use snapshot::{MAX_MEMORY_SNAPSHOT_BYTES, SnapshotPolicy};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,7 +163,7 @@ pub trait BrokerHandler: Send + Sync + 'static {
 /// provides all three, so one `Arc<dyn Broker>` reaches them.
 #[async_trait]
 pub trait Broker:
-    ControlSender + History + Presence + NodeRegistry + Send + Sync + 'static
+    ControlSender + History + Snapshots + Presence + NodeRegistry + Send + Sync + 'static
 {
     /// Publishes messages, in order, to every node with a member of their
     /// group. Publications to history groups get the next offset of their
@@ -214,6 +216,16 @@ pub trait History: Send + Sync {
     -> Result<Recovery, BrokerError>;
 }
 
+/// The latest publication of `groups.snapshot` groups (see `snapshot`).
+#[async_trait]
+pub trait Snapshots: Send + Sync {
+    /// Whether this group's latest publication is kept.
+    fn keeps_latest(&self, group: &str) -> bool;
+    /// The group's latest publication, with its `seq`; `None` when it has
+    /// none (never published, or expired). Reading stores nothing.
+    async fn latest(&self, group: &str) -> Result<Option<Publication>, BrokerError>;
+}
+
 /// Who is in a group, across the cluster.
 #[async_trait]
 pub trait Presence: Send + Sync {
@@ -247,6 +259,7 @@ mod tests {
                 position: Some(at(o, "e")),
                 ts: None,
                 trace: None,
+                seq: None,
             })
             .collect()
     }

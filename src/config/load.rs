@@ -13,6 +13,7 @@ const LIST_KEYS: &[&str] = &[
     "groups.allow",
     "groups.auto_join",
     "groups.client_publish",
+    "groups.snapshot",
     "history.groups",
 ];
 

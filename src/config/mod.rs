@@ -321,6 +321,13 @@ pub struct GroupsConfig {
     /// Groups whose messages a slow reader may receive conflated: only the
     /// latest queued message per value of `key` (a dotted path in `data`).
     pub conflate: Vec<ConflateRule>,
+    /// Groups whose latest publication is kept, so a `subscribe` with
+    /// `"latest":true` gets it at once (market snapshots).
+    pub snapshot: Vec<String>,
+    /// How long a `groups.snapshot` group's latest publication is kept
+    /// after it was published.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -339,6 +346,8 @@ impl Default for GroupsConfig {
             auto_join: vec!["user.{user_id}".into()],
             client_publish: Vec::new(),
             conflate: Vec::new(),
+            snapshot: Vec::new(),
+            snapshot_ttl: Duration::from_secs(3600),
         }
     }
 }

@@ -312,6 +312,20 @@ impl Config {
                 }
             }
         }
+        for p in &self.groups.snapshot {
+            if !crate::protocol::is_valid_group(&p.replace('*', "x")) {
+                return Err(ConfigError::invalid(
+                    "groups.snapshot",
+                    format!("{p:?} is not a group pattern (group characters and '*')"),
+                ));
+            }
+        }
+        if self.groups.snapshot_ttl.is_zero() {
+            return Err(ConfigError::invalid(
+                "groups.snapshot_ttl",
+                "must be above zero",
+            ));
+        }
         for rule in &self.groups.conflate {
             let probe = rule.groups.replace('*', "x");
             if !crate::protocol::is_valid_group(&probe) {
@@ -435,6 +449,7 @@ impl Config {
             ("auth.revalidate_interval", self.auth.revalidate_interval),
             ("history.ttl", self.history.ttl),
             ("history.meta_ttl", self.history.meta_ttl),
+            ("groups.snapshot_ttl", self.groups.snapshot_ttl),
         ] {
             if value > MAX_DURATION {
                 return Err(ConfigError::invalid(key, "must be at most 365 days"));

@@ -66,7 +66,8 @@ function watch(symbol) {
   rows.set(symbol, { tr, stamps: [], ticks: 0 });
   placeRows();
   client
-    .subscribe(`market.${symbol}`, (tick) => update(symbol, tick))
+    // latest: the row shows the last price at once, not "…" until the next tick.
+    .subscribe(`market.${symbol}`, (tick, msg) => update(symbol, tick, msg.snapshot === true), { latest: true })
     .catch((e) => {
       // Still subscribed (the client renews it after unauthorized or a
       // reconnect) or already unwatched: nothing to undo.
@@ -98,7 +99,7 @@ function placeRows() {
   $('#empty').hidden = rows.size > 0;
 }
 
-function update(symbol, tick) {
+function update(symbol, tick, snapshot) {
   const row = rows.get(symbol);
   if (!row) return;
   const price = row.tr.querySelector('.price');
@@ -114,6 +115,9 @@ function update(symbol, tick) {
   const sign = tick.change > 0 ? '+' : '';
   change.textContent = `${sign}${tick.change.toFixed(2)} (${sign}${tick.change_pct.toFixed(2)}%)`;
   change.className = `change ${tick.change > 0 ? 'up' : tick.change < 0 ? 'down' : ''}`;
+  // What filled the row first: its snapshot on subscribe, or a live tick.
+  row.tr.dataset.filledBy ??= snapshot ? 'snapshot' : 'tick';
+  if (snapshot) return; // the value when we subscribed, not a tick
   row.ticks += 1;
   row.tr.dataset.ticks = String(row.ticks);
   row.stamps.push(performance.now());

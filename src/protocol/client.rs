@@ -68,6 +68,9 @@ pub enum Request {
     Subscribe {
         group: String,
         since: Option<Position>,
+        /// `"latest":true`: send the group's latest message first (snapshot
+        /// and history groups).
+        latest: bool,
     },
     Unsubscribe {
         group: String,
@@ -154,6 +157,8 @@ pub fn parse_request(text: &str) -> ClientFrame {
         since: Option<Box<RawValue>>,
         #[serde(default)]
         token: Option<Box<RawValue>>,
+        #[serde(default)]
+        latest: Option<Box<RawValue>>,
     }
     let raw: Raw = match serde_json::from_str::<Box<RawValue>>(text) {
         Ok(v) if v.get().starts_with('{') => match serde_json::from_str(v.get()) {
@@ -197,7 +202,16 @@ pub fn parse_request(text: &str) -> ClientFrame {
                     RequestError::bad("since must be {\"offset\":<integer>,\"epoch\":<string>}")
                 })?),
             };
-            Ok(Request::Subscribe { group, since })
+            let latest = match raw.latest.as_deref().map(|l| l.get()) {
+                None | Some("null") | Some("false") => false,
+                Some("true") => true,
+                Some(_) => return Err(RequestError::bad("latest must be a boolean")),
+            };
+            Ok(Request::Subscribe {
+                group,
+                since,
+                latest,
+            })
         }),
         "unsubscribe" => group().map(|group| Request::Unsubscribe { group }),
         "publish" => group().and_then(|group| match raw.data {
@@ -305,7 +319,7 @@ mod tests {
         let f = parse_request(r#"{"type":"subscribe","group":"market.AAPL","id":7}"#);
         assert_eq!(f.id.unwrap().get(), "7");
         assert!(
-            matches!(f.request, Ok(Request::Subscribe { ref group, since: None }) if group == "market.AAPL")
+            matches!(f.request, Ok(Request::Subscribe { ref group, since: None, latest: false }) if group == "market.AAPL")
         );
 
         let f =

@@ -18,6 +18,11 @@ pub struct Publication {
     /// W3C `traceparent` of the publish, so delivery spans on every node
     /// join the publisher's trace (`tp` in the envelope).
     pub trace: Option<String>,
+    /// A `groups.snapshot` publication's place among its group's kept
+    /// latest values (`sq`/`se` in the envelope), assigned by the broker as
+    /// it stores it. Never shown to clients: the hub uses it to drop the
+    /// live copy of the snapshot a new subscriber was just sent.
+    pub seq: Option<Position>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +49,10 @@ pub fn encode_envelope(p: &Publication) -> String {
         ts: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         tp: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sq: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        se: Option<&'a str>,
     }
     serde_json::to_string(&Envelope {
         v: 1,
@@ -53,6 +62,8 @@ pub fn encode_envelope(p: &Publication) -> String {
         epoch: p.position.as_ref().map(|p| p.epoch.as_str()),
         ts: p.ts,
         tp: p.trace.as_deref(),
+        sq: p.seq.as_ref().map(|s| s.offset),
+        se: p.seq.as_ref().map(|s| s.epoch.as_str()),
     })
     .unwrap_or_default()
 }
@@ -72,6 +83,10 @@ pub fn decode_envelope(channel_group: &str, payload: &[u8]) -> Result<Publicatio
         ts: Option<u64>,
         #[serde(default)]
         tp: Option<String>,
+        #[serde(default)]
+        sq: Option<u64>,
+        #[serde(default)]
+        se: Option<String>,
     }
     let env: Envelope = serde_json::from_slice(payload).map_err(|_| EnvelopeError::Malformed)?;
     if env.v != 1 {
@@ -93,6 +108,10 @@ pub fn decode_envelope(channel_group: &str, payload: &[u8]) -> Result<Publicatio
         trace: env
             .tp
             .filter(|t| t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic())),
+        seq: match (env.sq, env.se) {
+            (Some(offset), Some(epoch)) => Some(Position { offset, epoch }),
+            _ => None,
+        },
     })
 }
 
@@ -119,6 +138,7 @@ mod tests {
             position: None,
             ts: None,
             trace: None,
+            seq: None,
         };
         let s = encode_envelope(&p);
         assert_eq!(s, r#"{"v":1,"group":"g","data":[1,2]}"#);
@@ -148,5 +168,16 @@ mod tests {
             decode_envelope("g", s.as_bytes()).unwrap().trace,
             traced.trace
         );
+        // So does a snapshot group's sequence.
+        let kept = Publication {
+            seq: Some(Position {
+                offset: 4,
+                epoch: "e".into(),
+            }),
+            ..traced
+        };
+        let s = encode_envelope(&kept);
+        assert!(s.ends_with(r#","sq":4,"se":"e"}"#), "{s}");
+        assert_eq!(decode_envelope("g", s.as_bytes()).unwrap().seq, kept.seq);
     }
 }

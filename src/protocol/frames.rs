@@ -53,6 +53,16 @@ pub fn message_frame(group: &str, data: &RawValue, position: Option<&Position>) 
     Frame::from_string(s)
 }
 
+/// A group's latest message sent on `subscribe` with `"latest":true`: its
+/// message frame (offset and epoch included for a history group) marked
+/// `"snapshot":true`, so a client can tell it from a live message.
+pub fn snapshot_frame(group: &str, data: &RawValue, position: Option<&Position>) -> Frame {
+    let mut s = message_frame(group, data, position).as_str().to_string();
+    s.pop();
+    s.push_str(r#","snapshot":true}"#);
+    Frame::from_string(s)
+}
+
 /// A message's place in a group's history (also a client's `since`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

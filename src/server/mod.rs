@@ -23,7 +23,7 @@ use crate::auth::sql::{Backend, Db, store_for};
 use crate::auth::{Authenticator, TokenStore};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::{RedisBroker, RedisControl};
-use crate::broker::{Broker, HistoryPolicy};
+use crate::broker::{Broker, HistoryPolicy, SnapshotPolicy};
 use crate::compat::ChannelsBridge;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
@@ -221,6 +221,7 @@ async fn connect_backends(
     metrics: &Arc<Metrics>,
 ) -> Result<Backends, StartError> {
     let history = HistoryPolicy::new(&config.history);
+    let snapshots = SnapshotPolicy::new(&config.groups);
     if config.redis.url.is_none() {
         metrics.redis_up.set(1);
         let auth = Authenticator::with_local_cache(
@@ -230,16 +231,21 @@ async fn connect_backends(
             metrics.clone(),
         );
         return Ok(Backends {
-            broker: Arc::new(MemoryBroker::with_history(history)),
+            broker: Arc::new(MemoryBroker::with_history(history).with_snapshots(snapshots)),
             auth: Arc::new(auth),
             cache_client: None,
         });
     }
     let redis_error = |e: &dyn std::fmt::Display| StartError::Redis(e.to_string());
-    let broker =
-        RedisBroker::connect_with(&config.redis, config.node_id(), metrics.clone(), history)
-            .await
-            .map_err(|e| redis_error(&e))?;
+    let broker = RedisBroker::connect_with(
+        &config.redis,
+        config.node_id(),
+        metrics.clone(),
+        history,
+        snapshots,
+    )
+    .await
+    .map_err(|e| redis_error(&e))?;
     let (cache, client) = token_cache(config, metrics.clone()).await?;
     Ok(Backends {
         broker,

@@ -13,8 +13,9 @@
 //! cost small; queued frames are written in batches with one flush.
 //!
 //! This file is the connection's life; `auth` holds the token checks (first
-//! frame and `refresh`), `requests` the requests after `welcome`, and
-//! `socket` the bounded writes and the close handshake.
+//! frame and `refresh`), `requests` the requests after `welcome`, `latest`
+//! a subscribe's `"latest":true`, and `socket` the bounded writes and the
+//! close handshake.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::protocol::{self, CloseCode, ErrorCode, Reply, RequestError};
 use crate::state::AppState;
 
 mod auth;
+mod latest;
 mod requests;
 mod socket;
 

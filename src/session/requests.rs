@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 use std::net::IpAddr;
 
 use super::auth::refresh;
+use super::latest::{history_latest, subscribe_with_latest, write_snapshots};
 use super::socket::{send, text_message};
 use super::{End, JoinFailure, join, unsubscribe_broker};
 use crate::broker::Recovery;
@@ -38,12 +39,20 @@ pub(super) async fn handle_request(
             *expires_at = refresh(state, conn, ip, token).await?;
             Reply::Refreshed { id }.encode()
         }
-        Ok(Request::Subscribe { group, since }) => {
+        Ok(Request::Subscribe {
+            group,
+            since,
+            latest,
+        }) => {
             if !state.policy.can_subscribe(&conn.user_id, &group) {
                 refuse(state, &forbidden(), id)
             } else if state.history.applies(&group) {
-                return subscribe_with_history(socket, state, conn, &group, since.as_ref(), id)
+                let since = since.as_ref();
+                return subscribe_with_history(socket, state, conn, &group, since, latest, id)
                     .await;
+            } else if latest && state.broker.keeps_latest(&group) {
+                let recovering = since.is_some();
+                return subscribe_with_latest(socket, state, conn, &group, recovering, id).await;
             } else {
                 match join(state, conn, &group).await {
                     Ok(_) => Reply::Subscribed {
@@ -78,6 +87,7 @@ pub(super) async fn handle_request(
                     position: None,
                     ts: Some(unix_micros()),
                     trace: None,
+                    seq: None,
                 };
                 if let Err(e) = state.broker.publish(vec![publication]).await {
                     tracing::warn!(error = %e, "client publish failed");
@@ -96,13 +106,16 @@ pub(super) async fn handle_request(
 /// that replay and the `subscribed` reply; then the held messages the replay
 /// did not cover follow. The subscription is in place before history is
 /// read, so every message is in the replay, among the held ones, or both
-/// (and then sent once): no gap and no duplicate.
+/// (and then sent once): no gap and no duplicate. With `latest`, a new
+/// subscriber without a recovered `since` gets the last kept message first
+/// (see `latest`).
 pub(super) async fn subscribe_with_history(
     socket: &mut WebSocket,
     state: &AppState,
     conn: &ConnHandle,
     group: &str,
     since: Option<&Position>,
+    latest: bool,
     id: Option<&RawValue>,
 ) -> Result<(), End> {
     state.hub.hold(conn.id, group);
@@ -121,23 +134,31 @@ pub(super) async fn subscribe_with_history(
         state.hub.release_after(conn.id, group, None);
     }
     let read = if new_member { since } else { None };
-    let Recovery {
-        position,
-        recovered,
-        publications,
-    } = match state.broker.history(group, read).await {
+    let recovery = match state.broker.history(group, read).await {
         Ok(recovery) => recovery,
         Err(e) => {
             tracing::warn!(error = %e, group, "history read failed");
             return Err(End::Close(CloseCode::TryAgainLater));
         }
     };
+    let snapshot = latest && new_member && recovery.recovered != Some(true);
+    let Recovery {
+        position,
+        recovered,
+        publications,
+    } = if snapshot {
+        history_latest(state, group, recovery).await?
+    } else {
+        recovery
+    };
     let recovered = if new_member {
         recovered
     } else {
         since.map(|s| s.epoch == position.epoch && s.offset <= position.offset)
     };
-    if !publications.is_empty() {
+    if snapshot && !publications.is_empty() {
+        write_snapshots(socket, state, &publications).await?;
+    } else if !publications.is_empty() {
         for p in &publications {
             let frame = message_frame(&p.group, &p.data, p.position.as_ref());
             if socket.feed(text_message(frame)).await.is_err() {

@@ -57,6 +57,10 @@ test('the demo page connects, shows live prices and switches symbols', async (t)
   // AAPL is on the default watchlist: it gets a price, then a different one.
   const aapl = 'tr[data-symbol="AAPL"]';
   const first = await waitForPrice(page, 'AAPL');
+  // Every watched row was filled at once, by its snapshot.
+  await page.waitForFunction(() => [...document.querySelectorAll('#ticker tbody tr')].every((tr) => tr.dataset.filledBy));
+  const filledBy = await page.$$eval('#ticker tbody tr', (trs) => trs.map((tr) => tr.dataset.filledBy));
+  assert.deepEqual(filledBy, filledBy.map(() => 'snapshot'), `rows filled by ${filledBy}`);
   await page.waitForFunction(
     ([sel, p]) => {
       const text = document.querySelector(`${sel} td.price`)?.textContent;
@@ -76,6 +80,9 @@ test('the demo page connects, shows live prices and switches symbols', async (t)
   await page.check('#picker input[value="XOM"]');
   const xomPrice = await waitForPrice(page, 'XOM');
   assert.match(xomPrice, /^\d+\.\d\d$/);
+  // Subscribed with latest: the row was filled by the group's snapshot, not
+  // by waiting for a tick (the demo publishes every opening price first).
+  assert.equal(await page.getAttribute('tr[data-symbol="XOM"]', 'data-filled-by'), 'snapshot');
   await page.waitForFunction(() => Number(document.querySelector('tr[data-symbol="XOM"]').dataset.ticks) >= 2, null, {
     timeout: 15000,
   });

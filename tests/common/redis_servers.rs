@@ -47,14 +47,16 @@ impl std::fmt::Display for RedisPrefix {
 impl Drop for RedisPrefix {
     fn drop(&mut self) {
         // Best effort, and never a panic (that would abort an unwinding test).
-        let Some(keys) = try_redis_cli(6379, &["--scan", "--pattern", &format!("{}*", self.0)])
-        else {
-            return;
-        };
-        for chunk in keys.chunks(100) {
-            let mut args = vec!["del"];
-            args.extend(chunk.iter().map(String::as_str));
-            try_redis_cli(6379, &args);
+        // Group keys are hash-tagged: `{<prefix>group:<g>}:history`.
+        for pattern in [format!("{}*", self.0), format!("{{{}*", self.0)] {
+            let Some(keys) = try_redis_cli(6379, &["--scan", "--pattern", &pattern]) else {
+                return;
+            };
+            for chunk in keys.chunks(100) {
+                let mut args = vec!["del"];
+                args.extend(chunk.iter().map(String::as_str));
+                try_redis_cli(6379, &args);
+            }
         }
     }
 }

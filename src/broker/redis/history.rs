@@ -32,7 +32,7 @@ use fred::prelude::{ClientLike, PubsubInterface, Value};
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand};
 
-use super::{Inner, RedisBroker, unavailable};
+use super::{Inner, RedisBroker, snapshot, unavailable};
 use crate::broker::{BrokerError, History, HistoryPolicy, Recovery, UNPUBLISHED_EPOCH, new_epoch};
 use crate::protocol::{self, Position, Publication};
 
@@ -81,7 +81,7 @@ pub(super) static READ: LazyLock<Script> = LazyLock::new(|| Script::from_lua(REA
 
 /// A key in the same cluster slot as `channel`: its hash tag if it has
 /// one, else the whole channel name as the tag.
-fn slot_key(channel: &str, suffix: &str) -> String {
+pub(super) fn slot_key(channel: &str, suffix: &str) -> String {
     let tagged = channel
         .find('{')
         .and_then(|open| channel[open + 1..].find('}').map(|close| close > 0))
@@ -184,15 +184,23 @@ impl Inner {
         let mut scripted = Vec::with_capacity(publications.len());
         for p in &publications {
             let channel = inner.group_channel(&p.group);
-            let with_history = inner.history.applies(&p.group);
-            let queued: Result<(), _> = if with_history {
+            // History groups through this file's script, snapshot groups
+            // through `snapshot`'s (which keeps the latest), others plain.
+            let script = if inner.history.applies(&p.group) {
                 let args = publish_args(&inner.history, &channel, p, inner.sharded);
-                scripted.push(Some((keys(&channel), args.clone())));
+                Some((&*PUBLISH, keys(&channel), args))
+            } else if inner.snapshots.applies(&p.group) {
+                let args = snapshot::publish_args(&inner.snapshots, &channel, p, inner.sharded);
+                Some((&*snapshot::PUBLISH, snapshot::keys(&channel), args))
+            } else {
+                None
+            };
+            let queued: Result<(), _> = if let Some((script, keys, args)) = &script {
                 // Pipelines have no EVALSHA method in fred 10; routed by the
                 // first key (argument 2), which shares the channel's slot.
-                let mut call: Vec<String> = vec![PUBLISH.sha1().to_string(), "2".into()];
-                call.extend(keys(&channel));
-                call.extend(args);
+                let mut call: Vec<String> = vec![script.sha1().to_string(), keys.len().to_string()];
+                call.extend(keys.iter().cloned());
+                call.extend(args.iter().cloned());
                 pipeline
                     .custom::<(), _>(
                         CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false),
@@ -200,7 +208,6 @@ impl Inner {
                     )
                     .await
             } else {
-                scripted.push(None);
                 let envelope = protocol::encode_envelope(p);
                 if inner.sharded {
                     pipeline.spublish(channel, envelope).await
@@ -208,12 +215,13 @@ impl Inner {
                     pipeline.publish(channel, envelope).await
                 }
             };
+            scripted.push(script);
             queued.map_err(unavailable)?;
         }
         let results = pipeline.try_all::<Value>().await;
         let mut positions = Vec::with_capacity(publications.len());
         for (result, script) in results.into_iter().zip(scripted) {
-            let Some((keys, args)) = script else {
+            let Some((script, keys, args)) = script else {
                 result.map_err(unavailable)?;
                 positions.push(None);
                 continue;
@@ -222,13 +230,18 @@ impl Inner {
                 Err(e) if e.details().starts_with("NOSCRIPT") => {
                     // Redis lost its scripts (restart, SCRIPT FLUSH) after
                     // this node loaded them: load and run it once more.
-                    PUBLISH
+                    script
                         .evalsha_with_reload::<Value, _, _>(&inner.client, keys, args)
                         .await
                 }
                 other => other,
             }
             .map_err(unavailable)?;
+            if !std::ptr::eq(script, &*PUBLISH) {
+                // A snapshot group: no offset to answer.
+                positions.push(None);
+                continue;
+            }
             let position = reply
                 .convert::<Vec<String>>()
                 .ok()

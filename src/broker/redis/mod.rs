@@ -18,12 +18,16 @@
 //!   [`NodeRegistry`](super::NodeRegistry) implementations that read them;
 //! - `history`: offsets and kept publications, assigned by Lua scripts at
 //!   publish time, which is why publishing lives there too, with the
-//!   [`History`](super::History) implementation.
+//!   [`History`](super::History) implementation;
+//! - `snapshot`: the latest publication of `groups.snapshot` groups, kept
+//!   by a script in the same publish pipeline, and the
+//!   [`Snapshots`](super::Snapshots) implementation.
 
 mod control;
 mod history;
 mod link;
 mod presence;
+mod snapshot;
 
 use control::ControlLink;
 pub use control::RedisControl;
@@ -41,7 +45,7 @@ use fred::prelude::{
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::{Broker, BrokerError, BrokerHandler, ControlSender, HistoryPolicy};
+use super::{Broker, BrokerError, BrokerHandler, ControlSender, HistoryPolicy, SnapshotPolicy};
 use crate::config::RedisConfig;
 use crate::hub::Member;
 use crate::metrics::Metrics;
@@ -72,6 +76,7 @@ struct Inner {
     /// Redis Cluster: group channels are sharded.
     sharded: bool,
     history: HistoryPolicy,
+    snapshots: SnapshotPolicy,
     client: Client,
     subscriber: SubscriberClient,
     metrics: Arc<Metrics>,
@@ -110,15 +115,24 @@ impl RedisBroker {
         node_id: String,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
-        RedisBroker::connect_with(cfg, node_id, metrics, HistoryPolicy::off()).await
+        RedisBroker::connect_with(
+            cfg,
+            node_id,
+            metrics,
+            HistoryPolicy::off(),
+            SnapshotPolicy::off(),
+        )
+        .await
     }
 
-    /// As [`RedisBroker::connect`], keeping history for the groups of `history`.
+    /// As [`RedisBroker::connect`], keeping history for the groups of
+    /// `history` and the latest publication of those of `snapshots`.
     pub async fn connect_with(
         cfg: &RedisConfig,
         node_id: String,
         metrics: Arc<Metrics>,
         history: HistoryPolicy,
+        snapshots: SnapshotPolicy,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
         let setup = |e: redis_client::RedisSetupError| BrokerError::Unavailable(e.to_string());
         metrics.redis_up.set(0);
@@ -147,6 +161,7 @@ impl RedisBroker {
             command_timeout: cfg.command_timeout,
             sharded: subscriber.is_clustered(),
             history,
+            snapshots,
             client,
             subscriber,
             metrics,
