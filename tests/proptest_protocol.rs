@@ -531,13 +531,15 @@ fn publication() -> impl Strategy<Value = Publication> {
         prop::option::of((any::<u64>(), any::<String>())),
         prop::option::of(any::<u64>()),
         prop::option::of(traceparent()),
+        prop::option::of((any::<u64>(), any::<String>())),
     )
-        .prop_map(|(group, data, position, ts, trace)| Publication {
+        .prop_map(|(group, data, position, ts, trace, seq)| Publication {
             group,
             data: RawValue::from_string(data.to_string()).unwrap(),
             position: position.map(|(offset, epoch)| Position { offset, epoch }),
             ts,
             trace,
+            seq: seq.map(|(offset, epoch)| Position { offset, epoch }),
         })
 }
 
@@ -551,6 +553,7 @@ proptest! {
         prop_assert_eq!(&d.group, &p.group);
         prop_assert_eq!(d.data.get(), p.data.get());
         prop_assert_eq!(&d.position, &p.position);
+        prop_assert_eq!(&d.seq, &p.seq);
         prop_assert_eq!(d.ts, p.ts);
         // Only a plausible traceparent is carried on.
         let plausible = p

@@ -86,7 +86,7 @@ fn check_frame(text: &str) {
             );
             Reply::Refreshed { id }.encode()
         }
-        Ok(Request::Subscribe { group, since }) => {
+        Ok(Request::Subscribe { group, since, .. }) => {
             assert!(is_valid_group(group), "group {group:?} accepted");
             Reply::Subscribed {
                 group,
@@ -113,6 +113,7 @@ fn check_frame(text: &str) {
                 position: None,
                 ts: None,
                 trace: None,
+                seq: None,
             };
             let decoded = decode_envelope(group, encode_envelope(&publication).as_bytes())
                 .expect("an envelope we encoded decodes");
