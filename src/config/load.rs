@@ -272,6 +272,12 @@ mod tests {
             ("WSGATE__REDIS__URL", "http://x", "redis.url"),
             ("WSGATE__SERVER__LISTEN", "nowhere", "server.listen"),
             ("WSGATE__AUTH__STORE", "ldap", "auth.store"),
+            (
+                "WSGATE__GROUPS__SNAPSHOT",
+                "market.*,a b",
+                "groups.snapshot",
+            ),
+            ("WSGATE__GROUPS__SNAPSHOT_TTL", "0s", "groups.snapshot_ttl"),
         ] {
             let err = Config::load_with_env(None, env(&[(k, v)]))
                 .unwrap_err()
