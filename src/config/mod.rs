@@ -94,6 +94,11 @@ pub struct ServerConfig {
     /// header (a layer-4 load balancer's), whose source address is the
     /// client's; a connection without one is dropped.
     pub proxy_protocol: bool,
+    /// Opt-in write coalescing: after a frame is queued for a connection,
+    /// wait this long for more before writing, so a socket in many busy
+    /// groups takes one write for several frames (0 = write at once).
+    #[serde(with = "humantime_serde")]
+    pub write_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +113,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
+            write_delay: Duration::ZERO,
         }
     }
 }
@@ -486,6 +492,8 @@ impl Default for LogConfig {
 
 /// Longest duration any setting accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest `server.write_delay`: it is added to every message's latency.
+pub const MAX_WRITE_DELAY: Duration = Duration::from_secs(1);
 /// Largest `limits.outbound_queue` (frames queued for one connection).
 pub const MAX_OUTBOUND_QUEUE: usize = 1_000_000;
 

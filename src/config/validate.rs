@@ -2,7 +2,8 @@
 //! error naming its key.
 
 use super::{
-    Config, ConfigError, MAX_DURATION, MAX_HISTORY_SIZE, MAX_OUTBOUND_QUEUE, StoreKind, parse_cidr,
+    Config, ConfigError, MAX_DURATION, MAX_HISTORY_SIZE, MAX_OUTBOUND_QUEUE, MAX_WRITE_DELAY,
+    StoreKind, parse_cidr,
 };
 
 impl Config {
@@ -71,6 +72,12 @@ impl Config {
                 "server.proxy_protocol",
                 "needs server.listen to itself: api.listen and metrics.listen must be other \
                  addresses (their clients send no PROXY header)",
+            ));
+        }
+        if self.server.write_delay > MAX_WRITE_DELAY {
+            return Err(ConfigError::invalid(
+                "server.write_delay",
+                "must be at most 1s (it delays every message by up to this)",
             ));
         }
         if self.server.pong_timeout.is_zero() {

@@ -254,6 +254,7 @@ async fn serve_loop(
     let mut keepalive = KeepAlive::PingAt(Instant::now() + ping_interval);
     let limiter = MessageLimiter::new(state.config.limits.messages_per_second);
     let mut batch: Vec<Outbound> = Vec::new();
+    let write_delay = state.config.server.write_delay;
     // One timer for the connection, moved rather than re-registered on
     // every wake-up.
     let timer = sleep_until(Instant::now() + ping_interval);
@@ -323,6 +324,17 @@ async fn serve_loop(
             open = conn.queue.pop_batch(&mut batch, MAX_BATCH) => {
                 if !open {
                     return End::Close(CloseCode::InternalError);
+                }
+                if !write_delay.is_zero() && batch.len() < MAX_BATCH {
+                    // Coalescing (opt-in): let more frames gather for one
+                    // write. A close request still wins meanwhile.
+                    tokio::select! {
+                        biased;
+                        code = conn.close.requested() => return End::Close(code),
+                        _ = tokio::time::sleep(write_delay) => {}
+                    }
+                    let room = MAX_BATCH - batch.len();
+                    conn.queue.take_ready(&mut batch, room);
                 }
                 let written = write_batch(socket, state, &mut batch);
                 if let Err(end) = bounded_write(conn, pong_timeout, written).await {
