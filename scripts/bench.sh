@@ -62,8 +62,8 @@ if [ "$BUILD" = 1 ]; then
     log "cargo build --release -p wsgate -p wsgate-bench"
     cargo build --release -p wsgate -p wsgate-bench
 fi
-WSGATE=$ROOT/target/release/wsgate
-BENCH=$ROOT/target/release/wsgate-bench
+WSGATE=${WSGATE_BIN:-$ROOT/target/release/wsgate}
+BENCH=${WSGATE_BENCH_BIN:-$ROOT/target/release/wsgate-bench}
 [ -x "$WSGATE" ] && [ -x "$BENCH" ] || die "release binaries missing (run without --no-build)"
 for tool in curl psql redis-cli; do
     command -v "$tool" >/dev/null || die "$tool is needed"
