@@ -283,3 +283,64 @@ async fn a_node_killed_mid_batch_is_taken_over_at_least_once_in_order() {
     drop(survivor);
     watcher.shutdown().await;
 }
+
+/// The Django example's `publish_outbox` (an unmanaged model on
+/// `wsgate_outbox`) inside `transaction.atomic()`: what commits arrives,
+/// what rolls back does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_example_publishes_through_the_outbox() {
+    let pg = PgDb::create().await;
+    let (_dir, node) = node_with(|c| {
+        c.database.url = Some(pg.url.clone());
+        c.outbox.enabled = true;
+    })
+    .await;
+    let token = node.issue_token("1").await;
+    let mut client = subscriber(&node.ws_url(), &token, &["dj.orders".to_string()]).await;
+    let example = format!("{}/examples/django", env!("CARGO_MANIFEST_DIR"));
+    let env = [("DATABASE_URL", pg.url.as_str())];
+    run_python(&example, &["manage.py", "migrate", "--noinput", "-v", "0"], &env).await;
+    let script = "from django.db import transaction\n\
+                  from market.publish import publish_outbox\n\
+                  with transaction.atomic():\n    publish_outbox('dj.orders', {'n': 1})\n\
+                  try:\n    with transaction.atomic():\n        \
+                  publish_outbox('dj.orders', {'n': 'rolled back'})\n        \
+                  raise RuntimeError('roll back')\n\
+                  except RuntimeError:\n    pass\n\
+                  with transaction.atomic():\n    publish_outbox('dj.orders', {'n': 2})\n\
+                  print('ok')";
+    let out = run_python(&example, &["manage.py", "shell", "-c", script], &env).await;
+    assert!(out.trim().ends_with("ok"), "{out}");
+    assert_eq!(client.recv_json().await["data"], json!({"n": 1}));
+    assert_eq!(client.recv_json().await["data"], json!({"n": 2}));
+    client.expect_silence(Duration::from_millis(300)).await;
+    node.shutdown().await;
+}
+
+/// The virtualenv's python (`scripts/install-python-tools.sh`) runs `args`
+/// in `dir`; returns stdout, failing the test on a non-zero exit.
+async fn run_python(dir: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let venv = std::env::var_os("WSGATE_PYENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/wsgate-pyenv")
+        });
+    let python = venv.join("bin/python");
+    assert!(python.exists(), "no Python virtualenv at {}", venv.display());
+    let mut command = std::process::Command::new(python);
+    command
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .envs(env.iter().copied())
+        .current_dir(dir);
+    let out = tokio::task::spawn_blocking(move || command.output().expect("python runs"))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
