@@ -187,7 +187,9 @@ class Client(_Base):
         body = self._settings.encode(_core.with_key({"messages": items}, idempotency_key))
         return self._publish_encoded(body, len(items), idempotency_key)
 
-    def _publish_encoded(self, body: bytes, n: int, key: str | None) -> list[int | None]:
+    def _publish_encoded(
+        self, body: bytes, n: int, key: str | None = None
+    ) -> list[int | None]:
         repeatable = key is not None or self._publish_repeatable()
         answer = self._call("POST", "/api/v1/publish", body, repeatable)
         return _core.offsets(answer, n)
@@ -305,7 +307,9 @@ class AsyncClient(_Base):
         body = self._settings.encode(_core.with_key({"messages": items}, idempotency_key))
         return await self._publish_encoded(body, len(items), idempotency_key)
 
-    async def _publish_encoded(self, body: bytes, n: int, key: str | None) -> list[int | None]:
+    async def _publish_encoded(
+        self, body: bytes, n: int, key: str | None = None
+    ) -> list[int | None]:
         repeatable = key is not None or self._publish_repeatable()
         answer = await self._call("POST", "/api/v1/publish", body, repeatable)
         return _core.offsets(answer, n)

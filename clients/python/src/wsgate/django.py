@@ -138,7 +138,7 @@ def _sender(
 ) -> Callable[[], None]:
     def send() -> None:
         try:
-            client._publish_encoded(body, n, None)
+            client._publish_encoded(body, n)
         except WsgateError as e:
             if not robust:
                 raise
