@@ -51,14 +51,22 @@ fn outbox_needs_postgres() {
     let mut c = test_config(dir.path());
     c.outbox.enabled = true;
     let e = c.validate().unwrap_err().to_string();
-    assert!(e.contains("outbox.enabled") && e.contains("PostgreSQL"), "{e}");
+    assert!(
+        e.contains("outbox.enabled") && e.contains("PostgreSQL"),
+        "{e}"
+    );
     c.database.url = Some("sqlite://x.db".into());
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("outbox.enabled"), "{e}");
     c.database.url = Some("postgres://u@h/db".into());
     c.validate().expect("valid on PostgreSQL");
     c.outbox.batch = 0;
-    assert!(c.validate().unwrap_err().to_string().contains("outbox.batch"));
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("outbox.batch")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,8 +104,10 @@ async fn embedded_broker_publishes_committed_rows_in_order_woken_by_notify() {
     let start = Instant::now();
     insert_rows(&pool, &rows(&gs[..1], 100, n), true).await;
     let mut more = Received::default();
-    more.collect(&mut client, Duration::from_secs(60), |r| r.total >= n as usize)
-        .await;
+    more.collect(&mut client, Duration::from_secs(60), |r| {
+        r.total >= n as usize
+    })
+    .await;
     let took = start.elapsed();
     assert_eq!(more.total, n as usize);
     println!(
@@ -143,7 +153,12 @@ async fn idempotent_publish_on_the_embedded_broker() {
             .await;
         assert_eq!(status, 400, "{bad:?}: {body}");
         assert_eq!(body["error"], "bad_request");
-        assert!(body["message"].as_str().unwrap().contains("idempotency_key"));
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("idempotency_key")
+        );
     }
     let (status, _) = node
         .api_post(
@@ -255,7 +270,10 @@ async fn a_node_killed_mid_batch_is_taken_over_at_least_once_in_order() {
     killed.wait_exit(Duration::from_secs(5));
     let left = pending_rows(&pool).await;
     println!("killed after {} deliveries, {left} rows left", got.total);
-    assert!(left > 0, "the node finished before it was killed: no takeover to test");
+    assert!(
+        left > 0,
+        "the node finished before it was killed: no takeover to test"
+    );
 
     let takeover = Instant::now();
     let survivor = BinNode::start(dir.path(), &env("survivor"));
@@ -279,7 +297,11 @@ async fn a_node_killed_mid_batch_is_taken_over_at_least_once_in_order() {
     while pending_rows(&pool).await > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(pending_rows(&pool).await, 0, "every row deleted once published");
+    assert_eq!(
+        pending_rows(&pool).await,
+        0,
+        "every row deleted once published"
+    );
     drop(survivor);
     watcher.shutdown().await;
 }
@@ -299,7 +321,12 @@ async fn django_example_publishes_through_the_outbox() {
     let mut client = subscriber(&node.ws_url(), &token, &["dj.orders".to_string()]).await;
     let example = format!("{}/examples/django", env!("CARGO_MANIFEST_DIR"));
     let env = [("DATABASE_URL", pg.url.as_str())];
-    run_python(&example, &["manage.py", "migrate", "--noinput", "-v", "0"], &env).await;
+    run_python(
+        &example,
+        &["manage.py", "migrate", "--noinput", "-v", "0"],
+        &env,
+    )
+    .await;
     let script = "from django.db import transaction\n\
                   from market.publish import publish_outbox\n\
                   with transaction.atomic():\n    publish_outbox('dj.orders', {'n': 1})\n\
@@ -323,10 +350,15 @@ async fn run_python(dir: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let venv = std::env::var_os("WSGATE_PYENV")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
-            std::path::Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/wsgate-pyenv")
+            std::path::Path::new(&std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/wsgate-pyenv")
         });
     let python = venv.join("bin/python");
-    assert!(python.exists(), "no Python virtualenv at {}", venv.display());
+    assert!(
+        python.exists(),
+        "no Python virtualenv at {}",
+        venv.display()
+    );
     let mut command = std::process::Command::new(python);
     command
         .args(args)

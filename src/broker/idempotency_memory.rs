@@ -50,7 +50,10 @@ impl Idempotency for MemoryIdempotency {
                         _ => Op::Put(now + ttl),
                     }
                 });
-                matches!(result, CompResult::Inserted(_) | CompResult::ReplacedWith(_))
+                matches!(
+                    result,
+                    CompResult::Inserted(_) | CompResult::ReplacedWith(_)
+                )
             })
             .collect())
     }
@@ -104,6 +107,9 @@ mod tests {
         ids.claim(&k("a"), Duration::from_millis(20)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert_eq!(ids.held(&k("a")).await.unwrap(), [false]);
-        assert_eq!(ids.claim(&k("a"), Duration::from_secs(1)).await.unwrap(), [true]);
+        assert_eq!(
+            ids.claim(&k("a"), Duration::from_secs(1)).await.unwrap(),
+            [true]
+        );
     }
 }

@@ -103,10 +103,7 @@ async fn publish(
         outbox.broker.publish(fresh).await?;
         outbox.metrics.messages_published.inc_by(n);
         outbox.metrics.outbox_published.inc_by(n);
-        outbox
-            .idempotency
-            .keep(&fresh_keys, outbox.window)
-            .await?;
+        outbox.idempotency.keep(&fresh_keys, outbox.window).await?;
     }
     if skipped > 0 {
         outbox.metrics.publish_duplicates.inc_by(skipped);

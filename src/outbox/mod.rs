@@ -54,7 +54,6 @@ use crate::broker::idempotency::Idempotency;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
-
 /// Longest wait after a failed batch (the database or the broker is down),
 /// doubled from [`RETRY_MIN`].
 const RETRY_MAX: Duration = Duration::from_secs(5);
