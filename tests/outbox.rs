@@ -376,3 +376,52 @@ async fn run_python(dir: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A row whose publication is already remembered (a node published it, kept
+/// its key, then died before its delete committed) is deleted without being
+/// delivered again; the rows around it go out in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_already_published_within_the_window_is_not_delivered_again() {
+    let pg = PgDb::create().await;
+    let prefix = RedisPrefix::random();
+    let dir = tempfile::tempdir().unwrap();
+    let watcher = spawn(cluster_config(dir.path(), "watcher", &prefix, &pg)).await;
+    let pool = pg.pool().await;
+    let token = watcher.issue_token("1").await;
+    let gs = groups(1);
+    let mut client = subscriber(&watcher.ws_url(), &token, &gs).await;
+    insert_rows(&pool, &rows(&gs, 0, 3), true).await;
+    let middle: i64 =
+        sqlx::query_scalar("SELECT id FROM wsgate_outbox ORDER BY id OFFSET 1 LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let status = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            "6379",
+            "set",
+            &format!("{prefix}idem:outbox:{middle}"),
+            "1",
+            "PX",
+            "60000",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(status.status.success());
+    let mut config = cluster_config(dir.path(), "publisher", &prefix, &pg);
+    config.outbox.enabled = true;
+    let publisher = spawn(config).await;
+    let mut got = Received::default();
+    got.collect(&mut client, Duration::from_secs(10), |r| r.total >= 2)
+        .await;
+    assert_eq!(got.per_group[&gs[0]], [0, 2], "{got:?}");
+    client.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(pending_rows(&pool).await, 0);
+    assert_eq!(
+        publisher.metric("wsgate_publish_duplicates_total").await,
+        1.0
+    );
+    publisher.shutdown().await;
+    watcher.shutdown().await;
+}
