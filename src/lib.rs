@@ -24,8 +24,11 @@
 //!   each connection's bounded, conflating outbound queue (`queue`).
 //! - [`broker`]: moves publications and commands between nodes: the
 //!   `Broker` trait (with `History`, `Presence` and `NodeRegistry` beside
-//!   it), the in-process broker and the Redis one. [`redis_client`] builds
+//!   it), the in-process broker and the Redis one, and idempotency keys
+//!   (`idempotency`: in process, or on Redis). [`redis_client`] builds
 //!   the Redis clients (broker, token cache, channels_redis bridge).
+//! - `outbox`: publishes the rows a backend commits to `wsgate_outbox`
+//!   (PostgreSQL), claimed per partition, at least once.
 //! - `revocation`: forgetting a token everywhere and closing its sockets
 //!   (the API, the CLI, the Postgres listener and re-validation share it).
 //! - `dispatch`: what the broker delivers, handed to the hub.
@@ -57,6 +60,7 @@ pub mod hub;
 mod limits;
 pub mod metrics;
 mod ops;
+mod outbox;
 mod policy;
 pub mod protocol;
 mod queue;

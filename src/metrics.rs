@@ -266,6 +266,14 @@ pub struct Metrics {
     pub messages_published: IntCounter,
     pub messages_delivered: IntCounter,
     pub messages_conflated: IntCounter,
+    /// Publishes not delivered again because their idempotency key was
+    /// already held (an API retry, an outbox row published before).
+    pub publish_duplicates: IntCounter,
+    /// Outbox rows this node published.
+    pub outbox_published: IntCounter,
+    /// Outbox batches that failed (rolled back, retried) and rows dropped
+    /// as invalid.
+    pub outbox_errors: IntCounter,
     messages_dropped: IntCounterVec,
     pub delivery_latency: Histogram,
     pub groups: IntGauge,
@@ -374,6 +382,21 @@ impl Metrics {
                 "Queued messages replaced by a newer one with the same key (groups.conflate).",
             )
             .expect("metric"),
+            publish_duplicates: IntCounter::new(
+                "wsgate_publish_duplicates_total",
+                "Publishes not delivered again: their idempotency key was held (API retries, outbox rows).",
+            )
+            .expect("metric"),
+            outbox_published: IntCounter::new(
+                "wsgate_outbox_published_total",
+                "Outbox rows published by this node.",
+            )
+            .expect("metric"),
+            outbox_errors: IntCounter::new(
+                "wsgate_outbox_errors_total",
+                "Outbox batches rolled back after an error, and invalid rows dropped.",
+            )
+            .expect("metric"),
             messages_dropped,
             delivery_latency: Histogram::with_opts(
                 HistogramOpts::new(
@@ -466,6 +489,9 @@ impl Metrics {
             Box::new(m.messages_delivered.clone()),
             Box::new(m.messages_dropped.clone()),
             Box::new(m.messages_conflated.clone()),
+            Box::new(m.publish_duplicates.clone()),
+            Box::new(m.outbox_published.clone()),
+            Box::new(m.outbox_errors.clone()),
             Box::new(m.delivery_latency.clone()),
             Box::new(m.groups.clone()),
             Box::new(m.redis_up.clone()),

@@ -22,8 +22,11 @@ use tracing::Instrument;
 
 use std::sync::Arc;
 
+mod idempotent;
+
 use crate::auth::Authenticator;
 use crate::auth::Token;
+use crate::broker::idempotency::Idempotency;
 use crate::broker::{Broker, HistoryPolicy};
 use crate::clock::unix_micros;
 use crate::metrics::Metrics;
@@ -99,6 +102,10 @@ pub struct ApiShared {
     pub history: HistoryPolicy,
     /// `api.body_timeout`.
     pub body_timeout: std::time::Duration,
+    /// Where publish's `idempotency_key`s are remembered.
+    pub idempotency: Arc<dyn Idempotency>,
+    /// `api.idempotency_window`.
+    pub idempotency_window: std::time::Duration,
 }
 
 impl ApiState {
@@ -264,6 +271,9 @@ struct PublishBody {
     #[serde(default, deserialize_with = "crate::protocol::present")]
     data: Option<Box<RawValue>>,
     messages: Option<Vec<PublishItem>>,
+    /// A retry with the same key within `api.idempotency_window` delivers
+    /// nothing (see `idempotent`).
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -301,17 +311,10 @@ async fn publish_in_span(
     span: tracing::Span,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body: PublishBody = parse_body(body)?;
-    let items = match body {
-        PublishBody {
-            group: Some(group),
-            data: Some(data),
-            messages: None,
-        } => vec![PublishItem { group, data }],
-        PublishBody {
-            group: None,
-            data: None,
-            messages: Some(messages),
-        } if !messages.is_empty() => messages,
+    let idempotency_key = body.idempotency_key;
+    let items = match (body.group, body.data, body.messages) {
+        (Some(group), Some(data), None) => vec![PublishItem { group, data }],
+        (None, None, Some(messages)) if !messages.is_empty() => messages,
         _ => {
             return Err(bad(
                 "expected {\"group\":..,\"data\":..} or a non-empty {\"messages\":[..]}",
@@ -321,6 +324,13 @@ async fn publish_in_span(
     for item in &items {
         check_group(&item.group)?;
     }
+    let claim = match &idempotency_key {
+        Some(key) => match idempotent::claim(&state, key).await? {
+            Some(claim) => Some(claim),
+            None => return Ok(Json(json!({"ok": true, "duplicate": true}))),
+        },
+        None => None,
+    };
     let ts = unix_micros();
     let trace = crate::telemetry::current_traceparent();
     let n = items.len() as u64;
@@ -335,11 +345,14 @@ async fn publish_in_span(
             trace: trace.clone(),
         })
         .collect();
-    let positions = state
-        .broker
-        .publish(publications)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let published = state.broker.publish(publications).await;
+    if let Some(claim) = claim {
+        match &published {
+            Ok(_) => claim.done(&state).await,
+            Err(_) => claim.failed(&state).await,
+        }
+    }
+    let positions = published.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     state.metrics.messages_published.inc_by(n);
     if !state.history.is_on() {
         return Ok(Json(json!({"ok": true})));

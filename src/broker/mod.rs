@@ -15,6 +15,8 @@
 //! publication gives it the next offset of its group in the same step, so
 //! the order of offsets is the order of delivery on every node.
 
+pub mod idempotency;
+pub mod idempotency_memory;
 pub mod memory;
 pub mod redis;
 

@@ -69,6 +69,7 @@ pub struct Config {
     pub log: LogConfig,
     pub history: HistoryConfig,
     pub compat: CompatConfig,
+    pub outbox: OutboxConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +129,13 @@ pub struct ApiConfig {
     /// Longest time a caller may take to send a request body.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// How long a publish's `idempotency_key` is remembered (a retry with
+    /// the same key within it is not delivered again); also the outbox's.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Without Redis: most idempotency keys kept in memory (the oldest go
+    /// first past it).
+    pub idempotency_capacity: u64,
 }
 
 impl Default for ApiConfig {
@@ -137,6 +145,8 @@ impl Default for ApiConfig {
             keys: Vec::new(),
             key_file: None,
             body_timeout: Duration::from_secs(10),
+            idempotency_window: Duration::from_secs(600),
+            idempotency_capacity: 100_000,
         }
     }
 }
@@ -466,6 +476,42 @@ impl Default for CompatConfig {
         }
     }
 }
+
+/// The transactional outbox (`wsgate_outbox`, PostgreSQL only): rows a
+/// backend inserts in its own transactions, published by the nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Publish the rows of `wsgate_outbox` (needs a PostgreSQL `database.url`).
+    pub enabled: bool,
+    /// Most rows published per claimed partition and transaction.
+    pub batch: u32,
+    /// Longest wait between looks at the table when no notice arrives.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Longest one batch may hold its partition (claim, publish, delete);
+    /// past it the batch is rolled back and its rows published again later.
+    #[serde(with = "humantime_serde")]
+    pub batch_timeout: Duration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            enabled: false,
+            batch: 500,
+            poll_interval: Duration::from_secs(1),
+            batch_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Largest `outbox.batch`.
+pub const MAX_OUTBOX_BATCH: u32 = 10_000;
+/// Largest `api.idempotency_capacity`.
+pub const MAX_IDEMPOTENCY_CAPACITY: u64 = 10_000_000;
+/// Longest `api.idempotency_window`.
+pub const MAX_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

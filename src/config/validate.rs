@@ -2,8 +2,9 @@
 //! error naming its key.
 
 use super::{
-    Config, ConfigError, MAX_DURATION, MAX_HISTORY_SIZE, MAX_OUTBOUND_QUEUE, MAX_WRITE_DELAY,
-    StoreKind, parse_cidr,
+    Config, ConfigError, MAX_DURATION, MAX_HISTORY_SIZE, MAX_IDEMPOTENCY_CAPACITY,
+    MAX_IDEMPOTENCY_WINDOW, MAX_OUTBOUND_QUEUE, MAX_OUTBOX_BATCH, MAX_WRITE_DELAY, StoreKind,
+    parse_cidr,
 };
 
 impl Config {
@@ -17,6 +18,8 @@ impl Config {
         self.validate_groups()?;
         self.validate_history()?;
         self.validate_compat()?;
+        self.validate_idempotency()?;
+        self.validate_outbox()?;
         self.validate_limits()?;
         self.validate_bounds()?;
         self.validate_log()?;
@@ -377,6 +380,63 @@ impl Config {
             return Err(ConfigError::invalid(
                 "compat.channels_redis",
                 "needs redis.url (channels_redis publishes through Redis)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `api.idempotency_*`: a window and a memory that are bounded.
+    fn validate_idempotency(&self) -> Result<(), ConfigError> {
+        let window = self.api.idempotency_window;
+        if window < std::time::Duration::from_secs(1) || window > MAX_IDEMPOTENCY_WINDOW {
+            return Err(ConfigError::invalid(
+                "api.idempotency_window",
+                "must be between 1s and 7 days",
+            ));
+        }
+        if !(1..=MAX_IDEMPOTENCY_CAPACITY).contains(&self.api.idempotency_capacity) {
+            return Err(ConfigError::invalid(
+                "api.idempotency_capacity",
+                format!("must be between 1 and {MAX_IDEMPOTENCY_CAPACITY}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[outbox]`: PostgreSQL only (it claims rows with `FOR UPDATE SKIP
+    /// LOCKED` and is woken by `LISTEN/NOTIFY`), and bounded.
+    fn validate_outbox(&self) -> Result<(), ConfigError> {
+        let o = &self.outbox;
+        if o.enabled
+            && !self
+                .database
+                .url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::invalid(
+                "outbox.enabled",
+                "needs a PostgreSQL database.url (the outbox claims rows with FOR UPDATE \
+                 SKIP LOCKED and is woken by LISTEN/NOTIFY; SQLite has neither)",
+            ));
+        }
+        if !(1..=MAX_OUTBOX_BATCH).contains(&o.batch) {
+            return Err(ConfigError::invalid(
+                "outbox.batch",
+                format!("must be between 1 and {MAX_OUTBOX_BATCH}"),
+            ));
+        }
+        let ms = std::time::Duration::from_millis;
+        if o.poll_interval < ms(10) || o.poll_interval > ms(3_600_000) {
+            return Err(ConfigError::invalid(
+                "outbox.poll_interval",
+                "must be between 10ms and 1h",
+            ));
+        }
+        if o.batch_timeout < ms(100) || o.batch_timeout > ms(600_000) {
+            return Err(ConfigError::invalid(
+                "outbox.batch_timeout",
+                "must be between 100ms and 10m",
             ));
         }
         Ok(())

@@ -21,7 +21,10 @@ use crate::auth::StoreError;
 use crate::auth::cache::RedisTokenCache;
 use crate::auth::sql::{Backend, Db, store_for};
 use crate::auth::{Authenticator, TokenStore};
+use crate::broker::idempotency::Idempotency;
+use crate::broker::idempotency_memory::MemoryIdempotency;
 use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::idempotency::RedisIdempotency;
 use crate::broker::redis::{RedisBroker, RedisControl};
 use crate::broker::{Broker, HistoryPolicy};
 use crate::compat::ChannelsBridge;
@@ -29,6 +32,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::ops;
+use crate::outbox::{Outbox, OutboxTasks};
 use crate::redis_client;
 use crate::revocation::Forget;
 use crate::revocation::revalidate::Revalidator;
@@ -54,6 +58,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Invalid(#[from] crate::config::ConfigError),
+    #[error("outbox: {0}")]
+    Outbox(#[from] crate::outbox::OutboxError),
 }
 
 /// Where a running node listens.
@@ -76,6 +82,8 @@ pub struct Server {
     cache_client: Option<fred::clients::Client>,
     /// Delivers Django Channels `group_send` (`compat.channels_redis`).
     compat: Option<ChannelsBridge>,
+    /// Publishes `wsgate_outbox` rows (`outbox.enabled`).
+    outbox: Option<OutboxTasks>,
     listeners: Vec<(TcpListener, Router)>,
     addrs: Addrs,
 }
@@ -90,6 +98,7 @@ impl Server {
         let (store, on_postgres) = open_store(&config).await?;
         let backends = connect_backends(&config, store, &metrics).await?;
         let history = HistoryPolicy::new(&config.history);
+        let idempotency = backends.idempotency;
         let state = AppState::new(config, backends.broker.clone(), backends.auth, metrics);
         let forget = Forget::new(state.auth.clone(), state.hub.clone());
         state
@@ -97,6 +106,7 @@ impl Server {
             .attach(Arc::new(Dispatcher::new(state.hub.clone(), forget.clone())));
         let compat = start_compat(&state).await?;
         let (revalidator, revocations) = start_revocation(&state, on_postgres, forget).await?;
+        let outbox = start_outbox(&state, idempotency.clone()).await?;
         let api = ApiState::new(ApiShared {
             keys: ApiKeys::new(&api_keys),
             broker: state.broker.clone(),
@@ -104,6 +114,8 @@ impl Server {
             metrics: state.metrics.clone(),
             history,
             body_timeout: state.config.api.body_timeout,
+            idempotency,
+            idempotency_window: state.config.api.idempotency_window,
         });
         let (listeners, addrs) = listen::bind_roles(&state, api)?;
         Ok(Server {
@@ -112,6 +124,7 @@ impl Server {
             revalidation: revalidator.map(Revalidator::spawn),
             cache_client: backends.cache_client,
             compat,
+            outbox,
             listeners,
             addrs,
         })
@@ -168,6 +181,10 @@ impl Server {
             "wsgate serving"
         );
         shutdown.await;
+        // Other nodes take over the outbox while this one drains.
+        if let Some(outbox) = &self.outbox {
+            outbox.stop();
+        }
         ops::drain::drain(&self.state).await;
         if let Some(compat) = &self.compat {
             compat.shutdown().await;
@@ -211,6 +228,9 @@ struct Backends {
     auth: Arc<Authenticator>,
     /// The auth cache's Redis client, closed at the end of a drain.
     cache_client: Option<fred::clients::Client>,
+    /// Where idempotency keys are remembered: beside the broker, as wide
+    /// as delivery (Redis, or this process).
+    idempotency: Arc<dyn Idempotency>,
 }
 
 /// Without Redis: the in-process broker and an in-process token cache.
@@ -233,6 +253,10 @@ async fn connect_backends(
             broker: Arc::new(MemoryBroker::with_history(history)),
             auth: Arc::new(auth),
             cache_client: None,
+            idempotency: Arc::new(MemoryIdempotency::new(
+                config.api.idempotency_capacity,
+                config.api.idempotency_window,
+            )),
         });
     }
     let redis_error = |e: &dyn std::fmt::Display| StartError::Redis(e.to_string());
@@ -241,10 +265,17 @@ async fn connect_backends(
             .await
             .map_err(|e| redis_error(&e))?;
     let (cache, client) = token_cache(config, metrics.clone()).await?;
+    // Shares the token cache's client: both are plain key commands.
+    let idempotency = RedisIdempotency::new(
+        client.clone(),
+        &config.redis.prefix,
+        config.redis.command_timeout,
+    );
     Ok(Backends {
         broker,
         auth: Arc::new(Authenticator::with_cache(store, cache)),
         cache_client: Some(client),
+        idempotency: Arc::new(idempotency),
     })
 }
 
@@ -286,6 +317,27 @@ async fn start_revocation(
         .await
         .map_err(|e| StartError::Store(StoreError::Unavailable(e.to_string())))?;
     Ok((revalidator, Some(task)))
+}
+
+/// The transactional outbox (`outbox.enabled`; validation made sure the
+/// database is PostgreSQL): see [`crate::outbox`].
+async fn start_outbox(
+    state: &AppState,
+    idempotency: Arc<dyn Idempotency>,
+) -> Result<Option<OutboxTasks>, StartError> {
+    if !state.config.outbox.enabled {
+        return Ok(None);
+    }
+    let url = Db::url(&state.config);
+    let outbox = Outbox::connect(
+        &state.config,
+        &url,
+        state.broker.clone(),
+        idempotency,
+        state.metrics.clone(),
+    )
+    .await?;
+    Ok(Some(outbox.start(&url).await?))
 }
 
 /// What `wsgate token revoke` needs to revoke a token in a running cluster

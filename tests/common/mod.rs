@@ -19,6 +19,7 @@ pub mod bin;
 pub mod client;
 pub mod db;
 pub mod node;
+pub mod outbox;
 pub mod pg_server;
 pub mod ports;
 pub mod redis_servers;

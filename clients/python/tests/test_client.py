@@ -57,6 +57,30 @@ def test_any_json_value_is_data(
     assert member.message()["data"] == data
 
 
+def test_a_publish_repeated_with_its_idempotency_key_is_delivered_once(
+    client: wsgate.Client, subscriber: Subscribers, group: str
+) -> None:
+    member = subscriber("py-1", group)
+    key = "py-" + unique_group().replace(".", "-")
+    assert client.publish(group, {"n": 1}, idempotency_key=key) is None
+    assert client.publish(group, {"n": 1}, idempotency_key=key) is None
+    assert member.message()["data"] == {"n": 1}
+    member.expect_silence(0.3)
+    assert client.publish_many([(group, 2), (group, 3)], idempotency_key=key + "-b") == [
+        None,
+        None,
+    ]
+    assert client.publish_many([(group, 2), (group, 3)], idempotency_key=key + "-b") == [
+        None,
+        None,
+    ]
+    assert [member.message()["data"], member.message()["data"]] == [2, 3]
+    member.expect_silence(0.3)
+    with pytest.raises(wsgate.BadRequest) as e:
+        client.publish(group, 1, idempotency_key="not a key")
+    assert "idempotency_key" in e.value.message
+
+
 def test_publish_to_a_user_group_reaches_only_that_user(
     client: wsgate.Client, subscriber: Subscribers
 ) -> None:

@@ -22,6 +22,7 @@
 
 mod control;
 mod history;
+pub mod idempotency;
 mod link;
 mod presence;
 
