@@ -6,7 +6,7 @@
 //! close (slow consumer, disconnect, revoke, drain) through its
 //! [`CloseSignal`]. Locks are never held across an `.await`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -101,7 +101,10 @@ struct State {
 
 struct Entry {
     handle: Arc<ConnHandle>,
-    groups: HashSet<String>,
+    /// A list, not a set: a connection is in few groups (at most
+    /// `limits.max_groups_per_connection`), and an empty or one-group list
+    /// costs far less per socket than a hash set (docs/performance.md).
+    groups: Vec<String>,
 }
 
 /// Connections replaying a group's history: group → connection → state.
@@ -210,7 +213,7 @@ impl Hub {
             handle.id,
             Entry {
                 handle,
-                groups: HashSet::new(),
+                groups: Vec::new(),
             },
         );
     }
@@ -250,7 +253,7 @@ impl Hub {
         let mut state = self.write();
         let state = &mut *state;
         let entry = state.conns.get_mut(&id).ok_or(JoinError::NotRegistered)?;
-        if entry.groups.contains(group) {
+        if entry.groups.iter().any(|g| g == group) {
             return Ok(Joined {
                 new_member: false,
                 first_local: false,
@@ -259,7 +262,9 @@ impl Hub {
         if entry.groups.len() >= self.max_groups {
             return Err(JoinError::TooManyGroups);
         }
-        entry.groups.insert(group.to_string());
+        // Grown one at a time: most connections stay in one or two groups.
+        entry.groups.reserve_exact(1);
+        entry.groups.push(group.to_string());
         let handle = entry.handle.clone();
         let members = state.groups.entry(group.to_string()).or_default();
         let first_local = members.is_empty();
@@ -277,7 +282,11 @@ impl Hub {
         let was_member = state
             .conns
             .get_mut(&id)
-            .is_some_and(|e| e.groups.remove(group));
+            .and_then(|e| {
+                let at = e.groups.iter().position(|g| g == group)?;
+                Some(e.groups.swap_remove(at))
+            })
+            .is_some();
         if !was_member {
             return (false, false);
         }
