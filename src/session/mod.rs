@@ -346,11 +346,10 @@ async fn serve_loop(
                 }
                 if !write_delay.is_zero() && batch.len() < MAX_BATCH {
                     // Coalescing (opt-in): let more frames gather for one
-                    // write. A close request still wins meanwhile.
-                    tokio::select! {
-                        biased;
-                        code = conn.close.requested() => return End::Close(code),
-                        _ = tokio::time::sleep(write_delay) => {}
+                    // write. Boxed, so an idle socket's task does not hold
+                    // the timer.
+                    if let Some(code) = Box::pin(gather(conn, write_delay)).await {
+                        return End::Close(code);
                     }
                     let room = MAX_BATCH - batch.len();
                     conn.queue.take_ready(&mut batch, room);
@@ -380,6 +379,16 @@ async fn serve_loop(
                 }
             },
         }
+    }
+}
+
+/// Waits `delay` for more frames to queue (`server.write_delay`); a close
+/// request ends the wait and is returned.
+async fn gather(conn: &ConnHandle, delay: Duration) -> Option<CloseCode> {
+    tokio::select! {
+        biased;
+        code = conn.close.requested() => Some(code),
+        _ = tokio::time::sleep(delay) => None,
     }
 }
 
