@@ -26,6 +26,8 @@
 //!   `Broker` trait (with `History`, `Presence` and `NodeRegistry` beside
 //!   it), the in-process broker and the Redis one. [`redis_client`] builds
 //!   the Redis clients (broker, token cache, channels_redis bridge).
+//! - `occupancy`: feed demand: counts the `occupied` / `vacated` events the
+//!   broker decides and POSTs them to the signed webhook.
 //! - `revocation`: forgetting a token everywhere and closing its sockets
 //!   (the API, the CLI, the Postgres listener and re-validation share it).
 //! - `dispatch`: what the broker delivers, handed to the hub.
@@ -56,6 +58,7 @@ mod healthcheck;
 pub mod hub;
 mod limits;
 pub mod metrics;
+mod occupancy;
 mod ops;
 mod policy;
 pub mod protocol;
