@@ -373,3 +373,54 @@ fn commands_processed() -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
+
+#[test]
+fn config_refuses_unsigned_or_malformed_webhooks_and_masks_the_secret() {
+    let check = |f: &dyn Fn(&mut Config)| {
+        let mut c = Config::default();
+        f(&mut c);
+        c.validate().err().map(|e| e.to_string())
+    };
+    let url = |c: &mut Config| c.occupancy.webhook_url = Some("https://feed.example/hook".into());
+    let err = check(&|c| url(c)).unwrap();
+    assert!(err.contains("occupancy.webhook_secret"), "{err}");
+    let err = check(&|c| {
+        url(c);
+        c.occupancy.webhook_secret = Some("short".into());
+    })
+    .unwrap();
+    assert!(err.contains("at least 16 bytes"), "{err}");
+    for bad in ["ftp://x/hook", "not a url", "file:///etc/passwd"] {
+        let err = check(&|c| {
+            c.occupancy.webhook_url = Some(bad.into());
+            c.occupancy.webhook_secret = Some(SECRET.into());
+        })
+        .unwrap();
+        assert!(err.contains("occupancy.webhook_url"), "{bad}: {err}");
+    }
+    for (key, f) in [
+        (
+            "occupancy.stream",
+            &(|c: &mut Config| c.occupancy.stream = "a{b}".into()) as &dyn Fn(&mut Config),
+        ),
+        ("occupancy.stream_maxlen", &|c: &mut Config| {
+            c.occupancy.stream_maxlen = 0
+        }),
+        ("occupancy.webhook_attempts", &|c: &mut Config| {
+            c.occupancy.webhook_attempts = 0
+        }),
+        ("occupancy.queue", &|c: &mut Config| c.occupancy.queue = 0),
+        ("occupancy.linger", &|c: &mut Config| {
+            c.occupancy.linger = Duration::from_secs(400 * 24 * 3600)
+        }),
+    ] {
+        let err = check(f).unwrap_or_else(|| panic!("{key} accepted"));
+        assert!(err.contains(key), "{err}");
+    }
+    let mut ok = Config::default();
+    url(&mut ok);
+    ok.occupancy.webhook_secret = Some(SECRET.into());
+    ok.validate().unwrap();
+    let shown = ok.to_masked_toml();
+    assert!(!shown.contains(SECRET), "{shown}");
+}

@@ -254,7 +254,7 @@ impl Inner {
         let live = self.occ_live_nodes().await?;
         // No live node at all (not even this one) means the registry cannot
         // be read right: judge nobody dead this time.
-        let check_live = live.iter().any(|n| *n == self.node_id);
+        let check_live = live.contains(&self.node_id);
         let (stream, on) = self.occ_stream(occ);
         let now = crate::clock::unix_ms();
         let keys = vec![
