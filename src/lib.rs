@@ -29,6 +29,8 @@
 //!   the Redis clients (broker, token cache, channels_redis bridge).
 //! - `outbox`: publishes the rows a backend commits to `wsgate_outbox`
 //!   (PostgreSQL), claimed per partition, at least once.
+//! - `occupancy`: feed demand: counts the `occupied` / `vacated` events the
+//!   broker decides and POSTs them to the signed webhook.
 //! - `revocation`: forgetting a token everywhere and closing its sockets
 //!   (the API, the CLI, the Postgres listener and re-validation share it).
 //! - `dispatch`: what the broker delivers, handed to the hub.
@@ -59,6 +61,7 @@ mod healthcheck;
 pub mod hub;
 mod limits;
 pub mod metrics;
+mod occupancy;
 mod ops;
 mod outbox;
 mod policy;

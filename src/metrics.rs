@@ -230,6 +230,56 @@ impl RateLimit {
     }
 }
 
+/// An occupancy transition this node emitted (`wsgate_occupancy_events_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OccupancyEventLabel {
+    Occupied,
+    Vacated,
+}
+
+impl OccupancyEventLabel {
+    pub const ALL: [OccupancyEventLabel; 2] =
+        [OccupancyEventLabel::Occupied, OccupancyEventLabel::Vacated];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OccupancyEventLabel::Occupied => "occupied",
+            OccupancyEventLabel::Vacated => "vacated",
+        }
+    }
+}
+
+/// What became of an occupancy webhook attempt (`wsgate_occupancy_webhooks_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookResult {
+    /// Answered 2xx.
+    Delivered,
+    /// Failed (5xx, 408, 429, timeout, connection); tried again later.
+    Retried,
+    /// Given up: attempts used up, or another 4xx.
+    Failed,
+    /// Not attempted: the queue was full.
+    Dropped,
+}
+
+impl WebhookResult {
+    pub const ALL: [WebhookResult; 4] = [
+        WebhookResult::Delivered,
+        WebhookResult::Retried,
+        WebhookResult::Failed,
+        WebhookResult::Dropped,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookResult::Delivered => "delivered",
+            WebhookResult::Retried => "retried",
+            WebhookResult::Failed => "failed",
+            WebhookResult::Dropped => "dropped",
+        }
+    }
+}
+
+label_set!(OccupancyEventLabel, OccupancyEventLabel::ALL, as_str);
+label_set!(WebhookResult, WebhookResult::ALL, as_str);
 label_set!(AuthFailure, AuthFailure::ALL, as_str);
 label_set!(DropReason, DropReason::ALL, as_str);
 label_set!(CacheResult, CacheResult::ALL, as_str);
@@ -286,6 +336,8 @@ pub struct Metrics {
     request_errors: IntCounterVec,
     api_errors: IntCounterVec,
     rate_limited: IntCounterVec,
+    occupancy_events: IntCounterVec,
+    occupancy_webhooks: IntCounterVec,
 }
 
 impl Metrics {
@@ -455,6 +507,22 @@ impl Metrics {
                 &["kind"],
             )
             .expect("metric"),
+            occupancy_events: IntCounterVec::new(
+                Opts::new(
+                    "wsgate_occupancy_events_total",
+                    "Occupancy transitions this node emitted (each is emitted by one node).",
+                ),
+                &["event"],
+            )
+            .expect("metric"),
+            occupancy_webhooks: IntCounterVec::new(
+                Opts::new(
+                    "wsgate_occupancy_webhooks_total",
+                    "Occupancy webhook attempts and events, by result.",
+                ),
+                &["result"],
+            )
+            .expect("metric"),
             registry,
         };
         precreate::<AuthFailure>(&m.auth_failures);
@@ -467,6 +535,8 @@ impl Metrics {
         precreate::<ErrorCode>(&m.request_errors);
         precreate::<ApiErrorCode>(&m.api_errors);
         precreate::<RateLimit>(&m.rate_limited);
+        precreate::<OccupancyEventLabel>(&m.occupancy_events);
+        precreate::<WebhookResult>(&m.occupancy_webhooks);
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "wsgate_build_info",
@@ -501,6 +571,8 @@ impl Metrics {
             Box::new(m.rate_limited.clone()),
             Box::new(m.request_errors.clone()),
             Box::new(m.api_errors.clone()),
+            Box::new(m.occupancy_events.clone()),
+            Box::new(m.occupancy_webhooks.clone()),
             Box::new(build_info),
             // process_open_fds, process_max_fds, process_*_memory_bytes,
             // process_cpu_seconds_total, process_start_time_seconds,
@@ -522,6 +594,20 @@ impl Metrics {
     /// Counts a refused API call.
     pub fn api_error(&self, error: ApiErrorCode) {
         self.api_errors.with_label_values(&[error.as_str()]).inc();
+    }
+
+    /// Counts an occupancy event this node emitted.
+    pub fn occupancy_event(&self, event: OccupancyEventLabel) {
+        self.occupancy_events
+            .with_label_values(&[event.as_str()])
+            .inc();
+    }
+
+    /// Counts webhook results.
+    pub fn webhook(&self, result: WebhookResult, n: u64) {
+        self.occupancy_webhooks
+            .with_label_values(&[result.as_str()])
+            .inc_by(n);
     }
 
     /// Counts an `error` reply to a client request.

@@ -158,6 +158,8 @@ fn readme_configuration_table_lists_every_key() {
         "auth.jwt_jwks_url",
         "auth.jwt_issuer",
         "auth.jwt_audience",
+        "occupancy.webhook_url",
+        "occupancy.webhook_secret",
     ] {
         keys.insert(optional.to_string());
     }

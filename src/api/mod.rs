@@ -1,5 +1,5 @@
-//! The backend API (section 5): publish, disconnect, revoke, presence and the
-//! cluster listing, behind `Authorization: Bearer <api key>`.
+//! The backend API (section 5): publish, disconnect, revoke, presence, the
+//! occupied groups (`groups`) and the cluster listing, behind `Authorization: Bearer <api key>`.
 //!
 //! Bodies are read as bytes and parsed here rather than with the `Json`
 //! extractor, so any content type works (`curl -d` sends a form type) and
@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use std::sync::Arc;
 
+mod groups;
 mod idempotent;
 
 use crate::auth::Authenticator;
@@ -151,6 +152,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/disconnect", post(disconnect))
         .route("/api/v1/revoke", post(revoke))
+        .route("/api/v1/groups", get(groups::list))
         .route("/api/v1/groups/{group}/presence", get(presence))
         .route("/api/v1/cluster", get(cluster))
         .fallback(|| async { ApiError::NotFound })

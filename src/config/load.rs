@@ -70,6 +70,9 @@ impl Config {
         masked.redis.url = masked.redis.url.as_deref().map(mask_url);
         masked.auth.jwt_secret = masked.auth.jwt_secret.as_ref().map(|_| "********".into());
         masked.auth.jwt_jwks_url = masked.auth.jwt_jwks_url.as_deref().map(mask_url);
+        let occupancy = &mut masked.occupancy;
+        occupancy.webhook_secret = occupancy.webhook_secret.as_ref().map(|_| "********".into());
+        occupancy.webhook_url = occupancy.webhook_url.as_deref().map(mask_url);
         if masked.server.node_id.is_none() {
             masked.server.node_id = Some(self.node_id());
         }

@@ -70,6 +70,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub compat: CompatConfig,
     pub outbox: OutboxConfig,
+    pub occupancy: OccupancyConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -502,6 +503,57 @@ impl Default for OutboxConfig {
             batch: 500,
             poll_interval: Duration::from_secs(1),
             batch_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Feed demand: events when a group gets its first member anywhere in the
+/// cluster (`occupied`) and when its last one has been gone for `linger`
+/// (`vacated`), as a signed webhook and a Redis stream; the groups API lists
+/// the occupied groups.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OccupancyConfig {
+    /// Track occupancy at all (one Redis script per local first join and
+    /// last leave of a group; nothing per message).
+    pub enabled: bool,
+    /// How long a group stays occupied after its last member left; a join
+    /// within it cancels the `vacated` event.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Redis stream the events are appended to (key
+    /// `<redis.prefix>{occ}:<stream>`); empty: no stream.
+    pub stream: String,
+    /// Approximate bound on the stream's length (`XADD MAXLEN ~`).
+    pub stream_maxlen: u64,
+    /// `http(s)://` URL the events are POSTed to; unset: no webhook.
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key of the webhook's signature (at least 16 bytes;
+    /// required with `webhook_url`).
+    pub webhook_secret: Option<String>,
+    /// Longest wait for one webhook attempt.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    /// Attempts per event (the first one included), with exponential
+    /// backoff and jitter between them.
+    pub webhook_attempts: u32,
+    /// Events waiting for the webhook; past it, new ones are dropped and
+    /// counted.
+    pub queue: usize,
+}
+
+impl Default for OccupancyConfig {
+    fn default() -> Self {
+        OccupancyConfig {
+            enabled: true,
+            linger: Duration::from_secs(30),
+            stream: "events".into(),
+            stream_maxlen: 10_000,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_timeout: Duration::from_secs(5),
+            webhook_attempts: 5,
+            queue: 1024,
         }
     }
 }

@@ -20,6 +20,7 @@ impl Config {
         self.validate_compat()?;
         self.validate_idempotency()?;
         self.validate_outbox()?;
+        self.validate_occupancy()?;
         self.validate_limits()?;
         self.validate_bounds()?;
         self.validate_log()?;
@@ -442,6 +443,74 @@ impl Config {
         Ok(())
     }
 
+    /// `[occupancy]`: a stream key Redis accepts, bounded queues, and a
+    /// webhook only with a secret (unsigned events are never sent).
+    fn validate_occupancy(&self) -> Result<(), ConfigError> {
+        let o = &self.occupancy;
+        if o.stream.len() > 128
+            || !o
+                .stream
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+        {
+            return Err(ConfigError::invalid(
+                "occupancy.stream",
+                "at most 128 printable ASCII characters, without spaces or braces",
+            ));
+        }
+        if !(1..=10_000_000).contains(&o.stream_maxlen) {
+            return Err(ConfigError::invalid(
+                "occupancy.stream_maxlen",
+                "must be between 1 and 10000000",
+            ));
+        }
+        if !(1..=20).contains(&o.webhook_attempts) {
+            return Err(ConfigError::invalid(
+                "occupancy.webhook_attempts",
+                "must be between 1 and 20",
+            ));
+        }
+        if !(1..=100_000).contains(&o.queue) {
+            return Err(ConfigError::invalid(
+                "occupancy.queue",
+                "must be between 1 and 100000",
+            ));
+        }
+        if o.webhook_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "occupancy.webhook_timeout",
+                "must be above zero",
+            ));
+        }
+        if let Some(raw) = &o.webhook_url {
+            let url = url::Url::parse(raw).map_err(|e| {
+                ConfigError::invalid("occupancy.webhook_url", format!("not a URL: {e}"))
+            })?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(ConfigError::invalid(
+                    "occupancy.webhook_url",
+                    "must be an http:// or https:// URL with a host",
+                ));
+            }
+            match &o.webhook_secret {
+                Some(secret) if secret.len() >= 16 => {}
+                Some(_) => {
+                    return Err(ConfigError::invalid(
+                        "occupancy.webhook_secret",
+                        "must be at least 16 bytes",
+                    ));
+                }
+                None => {
+                    return Err(ConfigError::invalid(
+                        "occupancy.webhook_secret",
+                        "required with occupancy.webhook_url (events are always signed)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `[limits]`: counts above zero, and consistent with each other.
     fn validate_limits(&self) -> Result<(), ConfigError> {
         if self.limits.conflate_after > self.limits.outbound_queue {
@@ -502,6 +571,8 @@ impl Config {
             ("auth.revalidate_interval", self.auth.revalidate_interval),
             ("history.ttl", self.history.ttl),
             ("history.meta_ttl", self.history.meta_ttl),
+            ("occupancy.linger", self.occupancy.linger),
+            ("occupancy.webhook_timeout", self.occupancy.webhook_timeout),
         ] {
             if value > MAX_DURATION {
                 return Err(ConfigError::invalid(key, "must be at most 365 days"));

@@ -86,6 +86,8 @@ pub struct Server {
     outbox: Option<OutboxTasks>,
     listeners: Vec<(TcpListener, Router)>,
     addrs: Addrs,
+    /// Counting occupancy events and the webhook (`[occupancy]`).
+    occupancy: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -104,6 +106,11 @@ impl Server {
         state
             .broker
             .attach(Arc::new(Dispatcher::new(state.hub.clone(), forget.clone())));
+        let occupancy = crate::occupancy::start(&state.config, &state.broker, &state.metrics)
+            .map_err(|e| StartError::Config {
+                key: "occupancy.webhook_url",
+                message: e.to_string(),
+            })?;
         let compat = start_compat(&state).await?;
         let (revalidator, revocations) = start_revocation(&state, on_postgres, forget).await?;
         let outbox = start_outbox(&state, idempotency.clone()).await?;
@@ -127,6 +134,7 @@ impl Server {
             outbox,
             listeners,
             addrs,
+            occupancy,
         })
     }
 
@@ -197,6 +205,9 @@ impl Server {
         }
         // Leaves the cluster (a no-op for the in-process broker).
         self.state.broker.shutdown().await;
+        for task in &self.occupancy {
+            task.abort();
+        }
         if let Some(cache_client) = &self.cache_client {
             use fred::interfaces::ClientLike;
             let _ = tokio::time::timeout(Duration::from_secs(2), cache_client.quit()).await;
@@ -250,7 +261,10 @@ async fn connect_backends(
             metrics.clone(),
         );
         return Ok(Backends {
-            broker: Arc::new(MemoryBroker::with_history(history)),
+            broker: Arc::new(match crate::occupancy::settings(config) {
+                Some(occupancy) => MemoryBroker::with_history(history).with_occupancy(&occupancy),
+                None => MemoryBroker::with_history(history),
+            }),
             auth: Arc::new(auth),
             cache_client: None,
             idempotency: Arc::new(MemoryIdempotency::new(
@@ -264,6 +278,9 @@ async fn connect_backends(
         RedisBroker::connect_with(&config.redis, config.node_id(), metrics.clone(), history)
             .await
             .map_err(|e| redis_error(&e))?;
+    if let Some(occupancy) = crate::occupancy::settings(config) {
+        broker.start_occupancy(occupancy);
+    }
     let (cache, client) = token_cache(config, metrics.clone()).await?;
     // Shares the token cache's client: both are plain key commands.
     let idempotency = RedisIdempotency::new(

@@ -13,6 +13,7 @@
 //! - [`redis_servers`]: the shared Redis ([`RedisPrefix`], deleted on drop),
 //!   throwaway `redis-server` processes and a Redis Cluster.
 //! - [`pg_server`]: a throwaway PostgreSQL cluster to stop, restart, freeze.
+//! - [`webhook`]: a webhook receiver that records requests and fails the first few.
 #![allow(dead_code, unused_imports)]
 
 pub mod bin;
@@ -24,6 +25,7 @@ pub mod pg_server;
 pub mod ports;
 pub mod redis_servers;
 pub mod tls_servers;
+pub mod webhook;
 
 use std::time::Duration;
 

@@ -18,12 +18,15 @@
 //!   [`NodeRegistry`](super::NodeRegistry) implementations that read them;
 //! - `history`: offsets and kept publications, assigned by Lua scripts at
 //!   publish time, which is why publishing lives there too, with the
-//!   [`History`](super::History) implementation.
+//!   [`History`](super::History) implementation;
+//! - `occupancy`: which nodes hold each group, the `occupied` / `vacated`
+//!   events and their stream (Lua scripts on first join and last leave).
 
 mod control;
 mod history;
 pub mod idempotency;
 mod link;
+mod occupancy;
 mod presence;
 
 use control::ControlLink;
@@ -88,6 +91,8 @@ struct Inner {
     heartbeat_now: Notify,
     bad_envelopes: AtomicU64,
     lost_messages: AtomicU64,
+    /// Set by `start_occupancy`; off until then.
+    occupancy: OnceLock<occupancy::RedisOccupancy>,
 }
 
 /// The cluster broker. Build it with [`RedisBroker::connect`]; stop it with
@@ -160,6 +165,7 @@ impl RedisBroker {
             heartbeat_now: Notify::new(),
             bad_envelopes: AtomicU64::new(0),
             lost_messages: AtomicU64::new(0),
+            occupancy: OnceLock::new(),
         });
         let broker = Arc::new(RedisBroker {
             inner: inner.clone(),
@@ -319,6 +325,9 @@ impl Broker for RedisBroker {
             }
             slot.add(member);
             inner.presence_add(group, &slot, member, count == 0).await;
+            if count == 0 {
+                inner.occupancy_joined(group).await;
+            }
             unsettled.settled();
             return Ok(());
         }
@@ -346,6 +355,7 @@ impl Broker for RedisBroker {
                 return Ok(());
             }
             inner.presence_remove(group, &slot, None).await;
+            inner.occupancy_left(group).await;
             if state.sub != Sub::None {
                 state.sub = Sub::Unknown;
                 let result = if inner.subscriber.is_connected() {
@@ -400,6 +410,7 @@ impl Broker for RedisBroker {
         let inner = &self.inner;
         inner.set_up(false);
         if inner.client.is_connected() {
+            inner.occupancy_shutdown().await;
             let pipeline = inner.client.pipeline();
             let queued: Result<(), fred::error::Error> = async {
                 let _: () = pipeline.del(inner.node_key()).await?;
