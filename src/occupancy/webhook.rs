@@ -9,13 +9,10 @@
 //! - One attempt waits at most `occupancy.webhook_timeout`; 5xx, 408, 429,
 //!   timeouts and connection errors are retried up to
 //!   `occupancy.webhook_attempts` in all, after an exponential backoff with
-//!   jitter ([`backoff`]); another 4xx is final.
+//!   jitter (`backon`, [`backoff`]); another 4xx is final.
 //! - Events go out one at a time, in the order this node emitted them;
 //!   while one is retried, later ones wait in the bounded queue, and past
 //!   `occupancy.queue` the oldest are dropped and counted.
-//!
-//! The backoff is a few lines here rather than `backon`/`backoff`: neither
-//! is in the dependency tree, and this one loop is all that needs it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +98,7 @@ impl Webhook {
 
     async fn deliver(&self, event: &OccupancyEvent, metrics: &Metrics) {
         let body = Bytes::from(serde_json::to_vec(event).unwrap_or_default());
+        let mut waits = backoff();
         for attempt in 1..=self.attempts {
             match self.attempt(&body).await {
                 Outcome::Delivered => {
@@ -109,7 +107,7 @@ impl Webhook {
                 }
                 Outcome::Retry(why) if attempt < self.attempts => {
                     metrics.webhook(WebhookResult::Retried, 1);
-                    let wait = backoff(attempt, rand::random());
+                    let wait = waits.next().unwrap_or(BACKOFF_MAX);
                     tracing::debug!(id = %event.id, attempt, why, ?wait, "occupancy webhook failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
@@ -158,13 +156,17 @@ pub fn signature(secret: &[u8], ts: u64, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// The wait after failed attempt `attempt` (1-based): `BACKOFF_BASE`
-/// doubled per attempt, at most `BACKOFF_MAX`, then scaled by a jitter in
-/// [0.5, 1) from `jitter` in [0, 1), so nodes retrying at once spread out.
-pub fn backoff(attempt: u32, jitter: f64) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    exp.min(BACKOFF_MAX)
-        .mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+/// The waits between attempts: `BACKOFF_BASE` doubled per attempt, at most
+/// `BACKOFF_MAX`, each plus a random jitter of up to itself, so nodes
+/// retrying at once spread out.
+pub fn backoff() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_BASE)
+        .with_max_delay(BACKOFF_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 #[cfg(test)]
@@ -173,11 +175,13 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_a_cap_with_jitter() {
-        assert_eq!(backoff(1, 1.0), Duration::from_millis(200));
-        assert_eq!(backoff(1, 0.0), Duration::from_millis(100));
-        assert_eq!(backoff(3, 1.0), Duration::from_millis(800));
-        assert_eq!(backoff(40, 1.0), BACKOFF_MAX);
-        assert_eq!(backoff(40, 0.0), BACKOFF_MAX / 2);
+        let waits: Vec<Duration> = backoff().take(12).collect();
+        for (i, wait) in waits.iter().enumerate() {
+            let base = BACKOFF_BASE.saturating_mul(1 << i).min(BACKOFF_MAX);
+            assert!(*wait >= base, "wait {i}: {wait:?} below {base:?}");
+            assert!(*wait <= base * 2, "wait {i}: {wait:?} above twice {base:?}");
+        }
+        assert!(waits[11] >= BACKOFF_MAX, "capped: {:?}", waits[11]);
     }
 
     #[test]

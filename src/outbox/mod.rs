@@ -146,15 +146,23 @@ impl Outbox {
     /// Publishes until aborted: every partition with rows, then waits for a
     /// notice or `outbox.poll_interval`.
     async fn run(self, wake: Arc<Notify>) {
-        let mut retry = RETRY_MIN;
+        let backoff = || {
+            use backon::BackoffBuilder;
+            backon::ExponentialBuilder::default()
+                .with_min_delay(RETRY_MIN)
+                .with_max_delay(RETRY_MAX)
+                .with_jitter()
+                .without_max_times()
+                .build()
+        };
+        let mut retry = backoff();
         loop {
             match self.drain().await {
-                Ok(()) => retry = RETRY_MIN,
+                Ok(()) => retry = backoff(),
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox batch failed; retrying");
                     self.metrics.outbox_errors.inc();
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(RETRY_MAX);
+                    tokio::time::sleep(retry.next().unwrap_or(RETRY_MAX)).await;
                     continue;
                 }
             }
