@@ -69,7 +69,12 @@ impl Config {
         masked.database.url = masked.database.url.as_deref().map(mask_url);
         masked.redis.url = masked.redis.url.as_deref().map(mask_url);
         masked.auth.jwt_secret = masked.auth.jwt_secret.as_ref().map(|_| "********".into());
+        let a = &mut masked.authorize;
+        for secret in [&mut a.hook_secret, &mut a.hook_api_key, &mut a.grant_secret] {
+            *secret = secret.as_ref().map(|_| "********".into());
+        }
         masked.auth.jwt_jwks_url = masked.auth.jwt_jwks_url.as_deref().map(mask_url);
+        masked.authorize.hook_url = masked.authorize.hook_url.as_deref().map(mask_url);
         if masked.server.node_id.is_none() {
             masked.server.node_id = Some(self.node_id());
         }

@@ -33,6 +33,7 @@ use crate::redis_client;
 use crate::revocation::Forget;
 use crate::revocation::revalidate::Revalidator;
 use crate::state::AppState;
+use crate::subscribe_auth::SubscribeAuth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -90,11 +91,32 @@ impl Server {
         let (store, on_postgres) = open_store(&config).await?;
         let backends = connect_backends(&config, store, &metrics).await?;
         let history = HistoryPolicy::new(&config.history);
-        let state = AppState::new(config, backends.broker.clone(), backends.auth, metrics);
+        let subscribe_auth = Arc::new(
+            SubscribeAuth::new(
+                &config.groups,
+                &config.authorize,
+                config.node_id(),
+                metrics.clone(),
+            )
+            .map_err(|message| StartError::Config {
+                key: "authorize",
+                message,
+            })?,
+        );
+        let state = AppState::new(
+            config,
+            backends.broker.clone(),
+            backends.auth,
+            metrics,
+            subscribe_auth,
+        );
         let forget = Forget::new(state.auth.clone(), state.hub.clone());
-        state
-            .broker
-            .attach(Arc::new(Dispatcher::new(state.hub.clone(), forget.clone())));
+        state.broker.attach(Arc::new(Dispatcher::new(
+            state.hub.clone(),
+            forget.clone(),
+            state.subscribe_auth.clone(),
+            Arc::downgrade(&state.broker),
+        )));
         let compat = start_compat(&state).await?;
         let (revalidator, revocations) = start_revocation(&state, on_postgres, forget).await?;
         let api = ApiState::new(ApiShared {

@@ -33,6 +33,7 @@ use crate::protocol::{self, CloseCode, ErrorCode, Reply, RequestError};
 use crate::state::AppState;
 
 mod auth;
+mod authorize;
 mod requests;
 mod socket;
 
