@@ -127,7 +127,7 @@ mod tests {
             allow: allow.iter().map(|s| s.to_string()).collect(),
             auto_join: vec!["user.{user_id}".into()],
             client_publish: publish.iter().map(|s| s.to_string()).collect(),
-            conflate: Vec::new(),
+            ..GroupsConfig::default()
         })
     }
 
