@@ -10,6 +10,9 @@ use std::time::Duration;
 use super::ports::{free_port, wait_for_port};
 
 pub const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/django");
+/// The checkout's `wsgate` Python package, first on `PYTHONPATH`, so the
+/// example runs with this checkout's client rather than the installed one.
+const PYTHON_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python/src");
 
 /// The virtualenv's python.
 pub fn venv_python() -> PathBuf {
@@ -36,6 +39,7 @@ pub async fn manage(args: &[&str], env: &[(&str, &str)]) -> String {
         .arg("manage.py")
         .args(args)
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONPATH", PYTHON_CLIENT)
         .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
         .current_dir(EXAMPLE);
     let shown = format!("{args:?}");
@@ -66,6 +70,7 @@ impl DjangoServer {
             .args(["manage.py", "runserver", "--noreload"])
             .arg(format!("127.0.0.1:{port}"))
             .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PYTHONPATH", PYTHON_CLIENT)
             .envs(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .current_dir(EXAMPLE)
             .stdout(Stdio::null())

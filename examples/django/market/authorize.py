@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import time
 
-import httpx
 import jwt
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -30,6 +29,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from wsgate.django import get_client
 
 # How old a signed hook call may be (seconds): a captured call cannot be
 # replayed after that.
@@ -132,11 +132,5 @@ class SubscribeGrant(SubscribePermissionsMixin, APIView):
 
 def revoke(user_id, group):
     """Takes the user out of `group` on every wsgate node, and drops wsgate's
-    cached allow; raises httpx.HTTPStatusError when wsgate refuses."""
-    response = httpx.post(
-        settings.WSGATE_API_URL.rstrip("/") + "/api/v1/unsubscribe",
-        json={"user_id": str(user_id), "group": group},
-        headers={"Authorization": f"Bearer {settings.WSGATE_API_KEY}"},
-        timeout=5,
-    )
-    response.raise_for_status()
+    cached allow; raises wsgate.WsgateError when wsgate refuses."""
+    get_client().unsubscribe(user_id, group)
