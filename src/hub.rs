@@ -339,6 +339,14 @@ impl Hub {
         leaving.iter().map(|h| h.session.clone()).collect()
     }
 
+    /// Whether connection `id` is in `group` now.
+    pub fn is_member(&self, id: ConnId, group: &str) -> bool {
+        self.read()
+            .conns
+            .get(&id)
+            .is_some_and(|e| e.groups.contains(group))
+    }
+
     /// The groups with at least one local member.
     pub fn groups(&self) -> Vec<String> {
         self.read().groups.keys().cloned().collect()

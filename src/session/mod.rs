@@ -220,6 +220,12 @@ async fn join(state: &AppState, conn: &ConnHandle, group: &str) -> Result<bool, 
         state.hub.leave(conn.id, group);
         return Err(JoinFailure::Broker);
     }
+    if !state.hub.is_member(conn.id, group) {
+        // Taken out (`POST /api/v1/unsubscribe`) while the broker
+        // subscribed: its unsubscribe may have run before this subscribe
+        // and found nothing, so undo this one (a second one is a no-op).
+        unsubscribe_broker(state, group, &conn.session).await;
+    }
     Ok(true)
 }
 
