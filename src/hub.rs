@@ -305,6 +305,59 @@ impl Hub {
         (true, emptied)
     }
 
+    /// Takes every connection of `user_id` out of `group` (the backend
+    /// revoked it) and queues an unsolicited `unsubscribed` for each, after
+    /// the last message of the group it got. Returns the sessions that left,
+    /// for the caller to tell the broker (exactly once each: a `leave` or
+    /// `unregister` racing this finds them gone).
+    pub fn remove_user(&self, user_id: &str, group: &str) -> Vec<String> {
+        let leaving: Vec<Arc<ConnHandle>> = {
+            let mut state = self.write();
+            let state = &mut *state;
+            let Some(members) = state.groups.get_mut(group) else {
+                return Vec::new();
+            };
+            let leaving: Vec<Arc<ConnHandle>> = members
+                .values()
+                .filter(|h| h.user_id == user_id)
+                .cloned()
+                .collect();
+            for handle in &leaving {
+                members.remove(&handle.id);
+            }
+            if members.is_empty() {
+                state.groups.remove(group);
+            }
+            let frame = crate::protocol::Reply::Unsubscribed { group, id: None }.encode();
+            for handle in &leaving {
+                if let Some(entry) = state.conns.get_mut(&handle.id)
+                    && let Some(at) = entry.groups.iter().position(|g| g == group)
+                {
+                    entry.groups.swap_remove(at);
+                }
+                // Under the lock: no message of the group is queued after it.
+                if handle.queue.push(Outbound::frame(frame.clone())) == Pushed::Full {
+                    handle.close.request(CloseCode::SlowConsumer);
+                }
+            }
+            self.metrics.groups.set(state.groups.len() as i64);
+            leaving
+        };
+        for handle in &leaving {
+            // A replay's leftover filter for this group is moot now.
+            self.release(handle.id, group);
+        }
+        leaving.iter().map(|h| h.session.clone()).collect()
+    }
+
+    /// Whether connection `id` is in `group` now.
+    pub fn is_member(&self, id: ConnId, group: &str) -> bool {
+        self.read()
+            .conns
+            .get(&id)
+            .is_some_and(|e| e.groups.iter().any(|g| g == group))
+    }
+
     /// The groups with at least one local member.
     pub fn groups(&self) -> Vec<String> {
         self.read().groups.keys().cloned().collect()

@@ -19,6 +19,8 @@
 //! - [`auth`]: the `TokenStore` trait, its SQL stores, the JWT store (with
 //!   its JWKS cache) and the token caches.
 //! - `policy`: which groups a user may join or publish to.
+//! - [`subscribe_auth`]: `groups.authorize`, the backend's say on who joins
+//!   which group: the subscribe hook, its answer cache, subscription grants.
 //! - `limits`: per-node and per-IP caps and rate limits at the edge.
 //! - [`hub`]: this node's connections and groups (local, synchronous), with
 //!   each connection's bounded, conflating outbound queue (`queue`).
@@ -72,6 +74,7 @@ mod revocation;
 pub mod server;
 mod session;
 pub mod state;
+pub mod subscribe_auth;
 pub mod telemetry;
 mod tls;
 pub mod token;

@@ -278,8 +278,52 @@ impl WebhookResult {
     }
 }
 
+/// How a subscribe to a `groups.authorize` group was decided
+/// (`wsgate_subscribe_authorizations_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizeOutcome {
+    /// The hook said allow.
+    Allow,
+    /// The hook said deny (or there is no hook and no grant was sent).
+    Deny,
+    /// The hook failed: timeout, error status, bad answer (`unavailable`).
+    Error,
+    /// An allow from the cache, no hook call.
+    CachedAllow,
+    /// A deny from the cache, no hook call.
+    CachedDeny,
+    /// A valid subscription grant.
+    Grant,
+    /// A grant that is invalid, expired, for someone else or revoked.
+    GrantInvalid,
+}
+
+impl AuthorizeOutcome {
+    pub const ALL: [AuthorizeOutcome; 7] = [
+        AuthorizeOutcome::Allow,
+        AuthorizeOutcome::Deny,
+        AuthorizeOutcome::Error,
+        AuthorizeOutcome::CachedAllow,
+        AuthorizeOutcome::CachedDeny,
+        AuthorizeOutcome::Grant,
+        AuthorizeOutcome::GrantInvalid,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthorizeOutcome::Allow => "allow",
+            AuthorizeOutcome::Deny => "deny",
+            AuthorizeOutcome::Error => "error",
+            AuthorizeOutcome::CachedAllow => "cached_allow",
+            AuthorizeOutcome::CachedDeny => "cached_deny",
+            AuthorizeOutcome::Grant => "grant",
+            AuthorizeOutcome::GrantInvalid => "grant_invalid",
+        }
+    }
+}
+
 label_set!(OccupancyEventLabel, OccupancyEventLabel::ALL, as_str);
 label_set!(WebhookResult, WebhookResult::ALL, as_str);
+label_set!(AuthorizeOutcome, AuthorizeOutcome::ALL, as_str);
 label_set!(AuthFailure, AuthFailure::ALL, as_str);
 label_set!(DropReason, DropReason::ALL, as_str);
 label_set!(CacheResult, CacheResult::ALL, as_str);
@@ -338,6 +382,9 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     occupancy_events: IntCounterVec,
     occupancy_webhooks: IntCounterVec,
+    authorizations: IntCounterVec,
+    /// Round trips of the subscribe hook, answered or not.
+    pub authorize_hook_duration: Histogram,
 }
 
 impl Metrics {
@@ -523,6 +570,24 @@ impl Metrics {
                 &["result"],
             )
             .expect("metric"),
+            authorizations: IntCounterVec::new(
+                Opts::new(
+                    "wsgate_subscribe_authorizations_total",
+                    "Subscribes to groups.authorize groups, by how they were decided.",
+                ),
+                &["outcome"],
+            )
+            .expect("metric"),
+            authorize_hook_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "wsgate_subscribe_hook_duration_seconds",
+                    "Round trips of the subscribe hook (cache hits make none).",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            )
+            .expect("metric"),
             registry,
         };
         precreate::<AuthFailure>(&m.auth_failures);
@@ -537,6 +602,7 @@ impl Metrics {
         precreate::<RateLimit>(&m.rate_limited);
         precreate::<OccupancyEventLabel>(&m.occupancy_events);
         precreate::<WebhookResult>(&m.occupancy_webhooks);
+        precreate::<AuthorizeOutcome>(&m.authorizations);
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "wsgate_build_info",
@@ -573,6 +639,8 @@ impl Metrics {
             Box::new(m.api_errors.clone()),
             Box::new(m.occupancy_events.clone()),
             Box::new(m.occupancy_webhooks.clone()),
+            Box::new(m.authorizations.clone()),
+            Box::new(m.authorize_hook_duration.clone()),
             Box::new(build_info),
             // process_open_fds, process_max_fds, process_*_memory_bytes,
             // process_cpu_seconds_total, process_start_time_seconds,
@@ -620,6 +688,13 @@ impl Metrics {
     /// Counts a rate-limit refusal of the given kind.
     pub fn rate_limited(&self, kind: RateLimit) {
         self.rate_limited.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// Counts a subscribe decided for a `groups.authorize` group.
+    pub fn authorize(&self, outcome: AuthorizeOutcome) {
+        self.authorizations
+            .with_label_values(&[outcome.as_str()])
+            .inc();
     }
 
     /// Counts a close. Codes a client chose are bounded to the known set

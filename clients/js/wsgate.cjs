@@ -540,6 +540,10 @@ class WsgateClient {
         return this._onMessage(msg);
       case 'error':
         return this._onError(msg);
+      case 'unsubscribed':
+        // Without an id it is the server's own: the backend ended it.
+        if (msg.id === undefined) return this._onUnsubscribedByServer(msg);
+        return this._settle(msg);
       default:
         return this._settle(msg);
     }
@@ -574,6 +578,16 @@ class WsgateClient {
     } catch (e) {
       this._emit('error', e);
     }
+  }
+
+  /** The backend took this user out of a group (`POST /api/v1/unsubscribe`):
+   *  the subscription is over, and is not renewed after a reconnect. */
+  _onUnsubscribedByServer(msg) {
+    const sub = this._subs.get(msg.group);
+    if (!sub) return;
+    this._subs.delete(msg.group);
+    settleReady(sub, new WsgateError('unsubscribed', `the server ended the subscription to ${msg.group}`));
+    this._emit('unsubscribed', { group: msg.group });
   }
 
   _onError(msg) {

@@ -126,6 +126,8 @@ export interface Events {
   /** The server accepted a new token (`refreshed`); `expiresAt` is its expiry, when known. */
   refreshed: (info: { expiresAt: number | null }) => void;
   recovered: (info: RecoveredInfo) => void;
+  /** The server ended a subscription (the backend revoked it): it is forgotten, not renewed. */
+  unsubscribed: (info: { group: string }) => void;
   error: (error: WsgateError | Error) => void;
   state: (state: State, previous: State) => void;
   /** Every message frame, including those of auto-joined groups. */

@@ -1,5 +1,6 @@
-//! The backend API (section 5): publish, disconnect, revoke, presence, the
-//! occupied groups (`groups`) and the cluster listing, behind `Authorization: Bearer <api key>`.
+//! The backend API (section 5): publish, disconnect, revoke, unsubscribe,
+//! presence, the occupied groups (`groups`) and the cluster listing, behind
+//! `Authorization: Bearer <api key>`.
 //!
 //! Bodies are read as bytes and parsed here rather than with the `Json`
 //! extractor, so any content type works (`curl -d` sends a form type) and
@@ -33,6 +34,8 @@ use crate::clock::unix_micros;
 use crate::metrics::Metrics;
 use crate::protocol::{ApiErrorCode, Control, Publication, is_valid_group};
 use crate::revocation::{RevokeError, revoke_everywhere};
+
+mod unsubscribe;
 
 /// Largest request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -153,6 +156,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/disconnect", post(disconnect))
         .route("/api/v1/revoke", post(revoke))
         .route("/api/v1/groups", get(groups::list))
+        .route("/api/v1/unsubscribe", post(unsubscribe::unsubscribe))
         .route("/api/v1/groups/{group}/presence", get(presence))
         .route("/api/v1/cluster", get(cluster))
         .fallback(|| async { ApiError::NotFound })
@@ -375,6 +379,17 @@ enum UserId {
     Number(i64),
 }
 
+impl UserId {
+    /// The id as text; `None` when it is an empty string.
+    fn into_string(self) -> Option<String> {
+        match self {
+            UserId::Text(s) if !s.is_empty() => Some(s),
+            UserId::Number(n) => Some(n.to_string()),
+            UserId::Text(_) => None,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DisconnectBody {
@@ -386,11 +401,10 @@ async fn disconnect(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body: DisconnectBody = parse_body(body)?;
-    let user_id = match body.user_id {
-        UserId::Text(s) if !s.is_empty() => s,
-        UserId::Number(n) => n.to_string(),
-        UserId::Text(_) => return Err(bad("user_id must not be empty")),
-    };
+    let user_id = body
+        .user_id
+        .into_string()
+        .ok_or_else(|| bad("user_id must not be empty"))?;
     state
         .broker
         .control(Control::DisconnectUser { user_id })

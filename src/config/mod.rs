@@ -71,6 +71,7 @@ pub struct Config {
     pub compat: CompatConfig,
     pub outbox: OutboxConfig,
     pub occupancy: OccupancyConfig,
+    pub authorize: AuthorizeConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -338,6 +339,10 @@ pub struct GroupsConfig {
     /// Groups whose messages a slow reader may receive conflated: only the
     /// latest queued message per value of `key` (a dotted path in `data`).
     pub conflate: Vec<ConflateRule>,
+    /// Groups the application backend authorizes per user (`[authorize]`):
+    /// subscribing needs the hook's allow or a valid grant, whatever
+    /// `allow` says.
+    pub authorize: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -356,6 +361,53 @@ impl Default for GroupsConfig {
             auto_join: vec!["user.{user_id}".into()],
             client_publish: Vec::new(),
             conflate: Vec::new(),
+            authorize: Vec::new(),
+        }
+    }
+}
+
+/// How the backend authorizes `groups.authorize` groups: the subscribe hook
+/// and subscription grants.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthorizeConfig {
+    /// The backend URL wsgate POSTs `{user_id, group, ...}` to.
+    pub hook_url: Option<String>,
+    /// HMAC-SHA256 secret signing each hook call (at least 32 bytes).
+    pub hook_secret: Option<String>,
+    /// Sent as `Authorization: Bearer <key>` on each hook call.
+    pub hook_api_key: Option<String>,
+    /// Longest wait for the hook's answer.
+    #[serde(with = "humantime_serde")]
+    pub hook_timeout: Duration,
+    /// How long an allow is kept per (user, group).
+    #[serde(with = "humantime_serde")]
+    pub allow_ttl: Duration,
+    /// How long a deny is kept per (user, group).
+    #[serde(with = "humantime_serde")]
+    pub deny_ttl: Duration,
+    /// Most (user, group) answers kept, each of allow and deny.
+    pub cache_size: u64,
+    /// HS256 secret of subscription grants (at least 32 bytes).
+    pub grant_secret: Option<String>,
+    /// Longest a grant may live (`exp` minus now at subscribe); also how
+    /// long an unsubscribe keeps refusing grants issued before it.
+    #[serde(with = "humantime_serde")]
+    pub grant_max_lifetime: Duration,
+}
+
+impl Default for AuthorizeConfig {
+    fn default() -> Self {
+        AuthorizeConfig {
+            hook_url: None,
+            hook_secret: None,
+            hook_api_key: None,
+            hook_timeout: Duration::from_secs(2),
+            allow_ttl: Duration::from_secs(30),
+            deny_ttl: Duration::from_secs(5),
+            cache_size: 100_000,
+            grant_secret: None,
+            grant_max_lifetime: Duration::from_secs(3600),
         }
     }
 }

@@ -16,6 +16,7 @@ impl Config {
         self.validate_auth()?;
         self.validate_redis()?;
         self.validate_groups()?;
+        self.validate_authorize()?;
         self.validate_history()?;
         self.validate_compat()?;
         self.validate_idempotency()?;
@@ -310,6 +311,7 @@ impl Config {
             ("groups.allow", &self.groups.allow),
             ("groups.auto_join", &self.groups.auto_join),
             ("groups.client_publish", &self.groups.client_publish),
+            ("groups.authorize", &self.groups.authorize),
         ] {
             for p in patterns {
                 let probe = p.replace("{user_id}", "1").replace('*', "x");
@@ -550,6 +552,71 @@ impl Config {
     }
 
     /// Upper bounds: past these, deadlines overflow or a queue cannot be made.
+    /// `groups.authorize` needs a way to say yes: the hook or grants. The
+    /// hook is signed or keyed (never called bare), and secrets are long.
+    fn validate_authorize(&self) -> Result<(), ConfigError> {
+        let a = &self.authorize;
+        if !self.groups.authorize.is_empty() && a.hook_url.is_none() && a.grant_secret.is_none() {
+            return Err(ConfigError::invalid(
+                "groups.authorize",
+                "needs authorize.hook_url or authorize.grant_secret (or both)",
+            ));
+        }
+        if let Some(url) = &a.hook_url {
+            if !(url.starts_with("https://") || url.starts_with("http://"))
+                || url::Url::parse(url).is_err()
+            {
+                return Err(ConfigError::invalid(
+                    "authorize.hook_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            if a.hook_secret.is_none() && a.hook_api_key.is_none() {
+                return Err(ConfigError::invalid(
+                    "authorize.hook_url",
+                    "needs authorize.hook_secret or authorize.hook_api_key, so the backend \
+                     can tell wsgate's calls from anyone's",
+                ));
+            }
+            if a.hook_timeout.is_zero() {
+                return Err(ConfigError::invalid(
+                    "authorize.hook_timeout",
+                    "must be more than 0",
+                ));
+            }
+        }
+        for (key, secret) in [
+            ("authorize.hook_secret", &a.hook_secret),
+            ("authorize.grant_secret", &a.grant_secret),
+        ] {
+            if secret.as_ref().is_some_and(|s| s.len() < 32) {
+                return Err(ConfigError::invalid(key, "must be at least 32 bytes"));
+            }
+        }
+        if a.hook_api_key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::invalid(
+                "authorize.hook_api_key",
+                "must be non-empty printable ASCII without spaces",
+            ));
+        }
+        if a.cache_size == 0 && (!a.allow_ttl.is_zero() || !a.deny_ttl.is_zero()) {
+            return Err(ConfigError::invalid(
+                "authorize.cache_size",
+                "must be more than 0 (set authorize.allow_ttl and deny_ttl to 0s for no cache)",
+            ));
+        }
+        if a.grant_max_lifetime.is_zero() {
+            return Err(ConfigError::invalid(
+                "authorize.grant_max_lifetime",
+                "must be more than 0",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_bounds(&self) -> Result<(), ConfigError> {
         // Past these, deadlines overflow (`Instant + Duration` panics in
         // every session) or a queue cannot be made: no setting needs them.
@@ -573,6 +640,13 @@ impl Config {
             ("history.meta_ttl", self.history.meta_ttl),
             ("occupancy.linger", self.occupancy.linger),
             ("occupancy.webhook_timeout", self.occupancy.webhook_timeout),
+            ("authorize.hook_timeout", self.authorize.hook_timeout),
+            ("authorize.allow_ttl", self.authorize.allow_ttl),
+            ("authorize.deny_ttl", self.authorize.deny_ttl),
+            (
+                "authorize.grant_max_lifetime",
+                self.authorize.grant_max_lifetime,
+            ),
         ] {
             if value > MAX_DURATION {
                 return Err(ConfigError::invalid(key, "must be at most 365 days"));

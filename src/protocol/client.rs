@@ -65,9 +65,11 @@ pub type RequestId = Box<RawValue>;
 #[derive(Debug)]
 pub enum Request {
     /// `since`: where a reconnecting client left off in the group's history.
+    /// `token`: a subscription grant for the group (`groups.authorize`).
     Subscribe {
         group: String,
         since: Option<Position>,
+        token: Option<Token>,
     },
     Unsubscribe {
         group: String,
@@ -96,15 +98,18 @@ pub enum ErrorCode {
     Forbidden,
     TooManyGroups,
     RateLimited,
+    /// The backend that authorizes the group did not answer: try again.
+    Unavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 5] = [
+    pub const ALL: [ErrorCode; 6] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownType,
         ErrorCode::Forbidden,
         ErrorCode::TooManyGroups,
         ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +119,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::TooManyGroups => "too_many_groups",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -197,7 +203,25 @@ pub fn parse_request(text: &str) -> ClientFrame {
                     RequestError::bad("since must be {\"offset\":<integer>,\"epoch\":<string>}")
                 })?),
             };
-            Ok(Request::Subscribe { group, since })
+            let token = match raw.token.as_deref() {
+                None => None,
+                Some(t) if t.get() == "null" => None,
+                Some(t) => match serde_json::from_str::<String>(t.get()) {
+                    Ok(t) if !t.is_empty() && t.len() <= MAX_AUTH_FRAME_BYTES => {
+                        Some(Token::new(t))
+                    }
+                    _ => {
+                        return Err(RequestError::bad(
+                            "token must be a non-empty string of at most 4 KiB",
+                        ));
+                    }
+                },
+            };
+            Ok(Request::Subscribe {
+                group,
+                since,
+                token,
+            })
         }),
         "unsubscribe" => group().map(|group| Request::Unsubscribe { group }),
         "publish" => group().and_then(|group| match raw.data {
@@ -305,7 +329,7 @@ mod tests {
         let f = parse_request(r#"{"type":"subscribe","group":"market.AAPL","id":7}"#);
         assert_eq!(f.id.unwrap().get(), "7");
         assert!(
-            matches!(f.request, Ok(Request::Subscribe { ref group, since: None }) if group == "market.AAPL")
+            matches!(f.request, Ok(Request::Subscribe { ref group, since: None, token: None }) if group == "market.AAPL")
         );
 
         let f =
@@ -317,6 +341,16 @@ mod tests {
                 ..
             })
         ));
+        let f = parse_request(r#"{"type":"subscribe","group":"g","token":"t.t.t"}"#);
+        assert!(
+            matches!(f.request, Ok(Request::Subscribe { token: Some(ref t), .. }) if t.expose() == "t.t.t")
+        );
+        for bad in ["\"\"", "5", "{}"] {
+            let f = parse_request(&format!(
+                r#"{{"type":"subscribe","group":"g","token":{bad}}}"#
+            ));
+            assert_eq!(f.request.unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+        }
         let f = parse_request(r#"{"type":"subscribe","group":"g","since":{"offset":-3}}"#);
         assert_eq!(f.request.unwrap_err().code, ErrorCode::BadRequest);
 

@@ -37,6 +37,7 @@ use crate::redis_client;
 use crate::revocation::Forget;
 use crate::revocation::revalidate::Revalidator;
 use crate::state::AppState;
+use crate::subscribe_auth::SubscribeAuth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -101,11 +102,32 @@ impl Server {
         let backends = connect_backends(&config, store, &metrics).await?;
         let history = HistoryPolicy::new(&config.history);
         let idempotency = backends.idempotency;
-        let state = AppState::new(config, backends.broker.clone(), backends.auth, metrics);
+        let subscribe_auth = Arc::new(
+            SubscribeAuth::new(
+                &config.groups,
+                &config.authorize,
+                config.node_id(),
+                metrics.clone(),
+            )
+            .map_err(|message| StartError::Config {
+                key: "authorize",
+                message,
+            })?,
+        );
+        let state = AppState::new(
+            config,
+            backends.broker.clone(),
+            backends.auth,
+            metrics,
+            subscribe_auth,
+        );
         let forget = Forget::new(state.auth.clone(), state.hub.clone());
-        state
-            .broker
-            .attach(Arc::new(Dispatcher::new(state.hub.clone(), forget.clone())));
+        state.broker.attach(Arc::new(Dispatcher::new(
+            state.hub.clone(),
+            forget.clone(),
+            state.subscribe_auth.clone(),
+            Arc::downgrade(&state.broker),
+        )));
         let occupancy = crate::occupancy::start(&state.config, &state.broker, &state.metrics)
             .map_err(|e| StartError::Config {
                 key: "occupancy.webhook_url",

@@ -33,6 +33,7 @@ use crate::protocol::{self, CloseCode, ErrorCode, Reply, RequestError};
 use crate::state::AppState;
 
 mod auth;
+mod authorize;
 mod requests;
 mod socket;
 
@@ -228,6 +229,12 @@ async fn join(state: &AppState, conn: &ConnHandle, group: &str) -> Result<bool, 
         tracing::warn!(error = %e, group, "broker subscribe failed");
         state.hub.leave(conn.id, group);
         return Err(JoinFailure::Broker);
+    }
+    if !state.hub.is_member(conn.id, group) {
+        // Taken out (`POST /api/v1/unsubscribe`) while the broker
+        // subscribed: its unsubscribe may have run before this subscribe
+        // and found nothing, so undo this one (a second one is a no-op).
+        unsubscribe_broker(state, group, &conn.session).await;
     }
     Ok(true)
 }

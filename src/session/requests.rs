@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 use std::net::IpAddr;
 
 use super::auth::refresh;
+use super::authorize::authorize;
 use super::socket::{send, text_message};
 use super::{End, JoinFailure, join, unsubscribe_broker};
 use crate::broker::Recovery;
@@ -38,9 +39,13 @@ pub(super) async fn handle_request(
             *expires_at = refresh(state, conn, ip, token).await?;
             Reply::Refreshed { id }.encode()
         }
-        Ok(Request::Subscribe { group, since }) => {
-            if !state.policy.can_subscribe(&conn.user_id, &group) {
-                refuse(state, &forbidden(), id)
+        Ok(Request::Subscribe {
+            group,
+            since,
+            token,
+        }) => {
+            if let Err(e) = authorize(state, conn, ip, &group, token.as_ref()).await {
+                refuse(state, &e, id)
             } else if state.history.applies(&group) {
                 return subscribe_with_history(socket, state, conn, &group, since.as_ref(), id)
                     .await;

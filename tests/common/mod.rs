@@ -9,6 +9,8 @@
 //! - [`client`]: a WebSocket client ([`Client`]) and how it saw a close.
 //! - [`bin`]: the real `wsgate` binary ([`BinNode`], [`run_bin`]) and `node`
 //!   (Node.js) for the JavaScript tests.
+//! - [`django`]: the example Django project: `manage.py`, `runserver`.
+//! - [`hook_backend`]: a stand-in backend answering the subscribe hook.
 //! - [`ports`]: free ports and waiting for one to open or close.
 //! - [`redis_servers`]: the shared Redis ([`RedisPrefix`], deleted on drop),
 //!   throwaway `redis-server` processes and a Redis Cluster.
@@ -19,6 +21,8 @@
 pub mod bin;
 pub mod client;
 pub mod db;
+pub mod django;
+pub mod hook_backend;
 pub mod node;
 pub mod outbox;
 pub mod pg_server;

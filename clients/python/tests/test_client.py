@@ -176,6 +176,21 @@ def test_revoke_closes_the_sockets_and_refuses_the_token(
     client.revoke(token)
 
 
+def test_unsubscribe_ends_the_users_subscription(
+    client: wsgate.Client, subscriber: Subscribers, group: str
+) -> None:
+    s = subscriber("py-2", group)
+    other = subscriber("py-1", group)
+    client.unsubscribe("py-2", group)
+    assert s.recv() == {"type": "unsubscribed", "group": group}
+    client.publish(group, 1)
+    assert other.message()["data"] == 1
+    # Retries may repeat it; nobody subscribed is fine too.
+    client.unsubscribe("py-2", group)
+    with pytest.raises(wsgate.BadRequest):
+        client.unsubscribe("py-2", "not a group")
+
+
 def test_presence_lists_the_members(
     node: Node, client: wsgate.Client, subscriber: Subscribers, group: str
 ) -> None:

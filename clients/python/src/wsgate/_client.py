@@ -203,6 +203,13 @@ class Client(_Base):
         authenticated with it, on every node, with 4003."""
         self._call("POST", "/api/v1/revoke", self._settings.encode({"token": token}), True)
 
+    def unsubscribe(self, user_id: str | int, group: str) -> None:
+        """Takes ``user_id`` out of ``group`` on every node (each socket gets
+        an unsolicited ``unsubscribed``), forgets wsgate's cached hook allow
+        for the pair and refuses grants for it issued until now."""
+        body = self._settings.encode({"user_id": user_id, "group": group})
+        self._call("POST", "/api/v1/unsubscribe", body, True)
+
     def presence(self, group: str) -> Presence:
         """Who is in ``group``: ``{"group", "count", "members": [{"user_id",
         "session", "node"}]}``."""
@@ -322,6 +329,11 @@ class AsyncClient(_Base):
     async def revoke(self, token: str) -> None:
         """See ``Client.revoke``."""
         await self._call("POST", "/api/v1/revoke", self._settings.encode({"token": token}), True)
+
+    async def unsubscribe(self, user_id: str | int, group: str) -> None:
+        """See ``Client.unsubscribe``."""
+        body = self._settings.encode({"user_id": user_id, "group": group})
+        await self._call("POST", "/api/v1/unsubscribe", body, True)
 
     async def presence(self, group: str) -> Presence:
         """See ``Client.presence``."""
