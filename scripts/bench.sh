@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # scripts/bench.sh [--quick] [--no-peer] [--no-build] [--keep] [--out FILE] [--inputs-out FILE]
+#                  [--only embedded|coalescing|redis|peer]
 #
 # Runs every scenario of the performance issue (issue 6) with wsgate-bench
 # against wsgate nodes this script starts itself, and rewrites BENCHMARKS.md
@@ -9,6 +10,7 @@
 #   - two nodes over the machine's Redis (127.0.0.1:6379, a unique key
 #     prefix) with a throwaway PostgreSQL database (127.0.0.1:5432, user
 #     postgres) that is created here and dropped at the end;
+#   - the many-groups shape at server.write_delay 0, 5 and 20 ms (coalescing);
 #   - when ../shared/peers/django_channels exists, the Django Channels peer
 #     (copied to target/bench-peer, throwaway database) for the same fan-out
 #     and connect scenarios, with the ratios wsgate/peer.
@@ -27,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-QUICK=0 PEER=1 BUILD=1 KEEP=0 OUT=BENCHMARKS.md INPUTS_OUT=docs/capacity-inputs.json
+QUICK=0 PEER=1 BUILD=1 KEEP=0 OUT=BENCHMARKS.md INPUTS_OUT=docs/capacity-inputs.json ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -36,11 +38,19 @@ while [ $# -gt 0 ]; do
         --keep) KEEP=1 ;;
         --out) OUT=$2; shift ;;
         --inputs-out) INPUTS_OUT=$2; shift ;;
+        --only) ONLY=$2; shift ;;
         -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
+
+# want SECTION: whether this run includes SECTION (all of them without --only).
+want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+case "$ONLY" in ""|embedded|coalescing|redis|peer) ;; *) echo "bench.sh: --only $ONLY?" >&2; exit 2 ;; esac
+if [ -n "$ONLY" ] && [ "$OUT" = BENCHMARKS.md ]; then
+    echo "bench.sh: --only needs --out FILE (BENCHMARKS.md holds full runs)" >&2; exit 2
+fi
 
 log() { printf '\n== %s\n' "$*" >&2; }
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -52,8 +62,8 @@ if [ "$BUILD" = 1 ]; then
     log "cargo build --release -p wsgate -p wsgate-bench"
     cargo build --release -p wsgate -p wsgate-bench
 fi
-WSGATE=$ROOT/target/release/wsgate
-BENCH=$ROOT/target/release/wsgate-bench
+WSGATE=${WSGATE_BIN:-$ROOT/target/release/wsgate}
+BENCH=${WSGATE_BENCH_BIN:-$ROOT/target/release/wsgate-bench}
 [ -x "$WSGATE" ] && [ -x "$BENCH" ] || die "release binaries missing (run without --no-build)"
 for tool in curl psql redis-cli; do
     command -v "$tool" >/dev/null || die "$tool is needed"
@@ -202,14 +212,16 @@ KEYS=(--api-key-file "$API_KEY_FILE")
 # --- one node, embedded mode ------------------------------------------------
 one_node() { # one_node NAME PORT...
     local name=$1 ws=$2 api=$3 met=$4
+    shift 4
     mkdir -p "$WORK/$name"
     note_cmd "# tokens: WSGATE__DATABASE__SQLITE_PATH=$WORK/$name/wsgate.db target/release/wsgate token issue --user 1 > $WORK/$name/tokens.txt"
     (cd "$WORK/$name" && umask 077 &&
         WSGATE__DATABASE__SQLITE_PATH="$WORK/$name/wsgate.db" WSGATE__API__KEYS="$API_KEY" \
             "$WSGATE" token issue --user 1 >"$WORK/$name/tokens.txt")
-    start_node "$name" "$ws" "$api" "$met" WSGATE__DATABASE__SQLITE_PATH="$WORK/$name/wsgate.db"
+    start_node "$name" "$ws" "$api" "$met" WSGATE__DATABASE__SQLITE_PATH="$WORK/$name/wsgate.db" "$@"
 }
 
+if want embedded; then
 log "one node, embedded mode (ports $WS1/$API1)"
 one_node embedded "$WS1" "$API1" "$MET1"
 N1=(--ws "ws://127.0.0.1:$WS1/ws" --api "http://127.0.0.1:$API1" --tokens-file "$WORK/embedded/tokens.txt"
@@ -231,8 +243,25 @@ one_node idle "$WS1" "$API1" "$MET1"
 bench idle-19k idle --ws "ws://127.0.0.1:$WS1/ws" --tokens-file "$WORK/idle/tokens.txt" \
     --server-pid "$NODE_PID" --sockets 19000 --sockets-per-process 10000 --settle 2 --hold "$HOLD"
 stop_pid "$NODE_PID"
+fi
+
+# --- write coalescing: the many-groups shape at several server.write_delay ------
+# Each window on a fresh embedded node, the same offered rates; the report
+# gives per window the highest rate reached with p99 <= 50 ms.
+want coalescing && for wd in ${WRITE_DELAYS:-0 5 20}; do
+    log "many groups with server.write_delay=${wd}ms"
+    one_node "wd$wd" "$WS1" "$API1" "$MET1" WSGATE__SERVER__WRITE_DELAY="${wd}ms"
+    NWD=(--ws "ws://127.0.0.1:$WS1/ws" --api "http://127.0.0.1:$API1" --tokens-file "$WORK/wd$wd/tokens.txt"
+        "${KEYS[@]}" --server-pid "$NODE_PID")
+    for rate in ${COALESCE_RATES:-1000 2000 3000 5000}; do
+        bench "groups-wd${wd}ms-r$rate" groups "${NWD[@]}" --sockets 10000 --groups 1000 --per-socket 10 \
+            --rate "$rate" --inflight 128 --duration "$D" --drain "$DRAIN"
+    done
+    stop_pid "$NODE_PID"
+done
 
 # --- two nodes over Redis, PostgreSQL token store -----------------------------
+if want redis; then
 log "two nodes over Redis (prefix $PREFIX), PostgreSQL database $PGDB"
 psql_admin -c "CREATE DATABASE $PGDB"
 PG_CREATED=1
@@ -270,11 +299,12 @@ bench publish-batch publish --api "http://127.0.0.1:$APIR1" "${KEYS[@]}" --serve
     --aux-pid "$REDIS_PID" --batch 100 --concurrency 8 --groups 100 --duration "$D"
 stop_pid "$R1_PID"
 stop_pid "$R2_PID"
+fi
 
 # --- the Django Channels peer ---------------------------------------------------
 PEER_SRC=$ROOT/../shared/peers/django_channels
 PEER_NOTE="not run"
-if [ "$PEER" = 1 ] && [ -d "$PEER_SRC" ] && command -v python3 >/dev/null; then
+if want peer && [ "$PEER" = 1 ] && [ -d "$PEER_SRC" ] && command -v python3 >/dev/null; then
     log "Django Channels peer (database $PEERDB)"
     PEER_DIR=${WSGATE_BENCH_PEER_DIR:-$ROOT/target/bench-peer}
     mkdir -p "$PEER_DIR"
@@ -382,6 +412,7 @@ mv "$OUT.tmp" "$OUT"
 # --- the capacity calculator's inputs (docs/scaling.md) ---------------------------
 # The same runs' figures as JSON, each with its source row; the kernel's slab
 # per idle socket is measured here (2,000 loopback connections, a few seconds).
+if [ -n "$ONLY" ]; then log "done: $OUT (--only $ONLY: $INPUTS_OUT left as it was)"; exit 0; fi
 log "writing $INPUTS_OUT"
 KERNEL_ARGS=()
 if python3 scripts/capacity measure-kernel --connections 2000 --out "$WORK/kernel.json" 2>"$WORK/kernel.err"; then

@@ -16,9 +16,17 @@
 //! the ticks take the real path: history offsets (`market.*` keeps history
 //! here, and is a snapshot group, so the page's rows fill at once), the
 //! hub, each connection's queue.
+//!
+//! It publishes every symbol's opening price once at start (the rows' first
+//! snapshot), then only the symbols someone watches: it follows the
+//! broker's occupancy events (`occupied` / `vacated` of `market.*`), as a
+//! backend feed would follow the webhook or the Redis stream, so an
+//! unwatched symbol costs nothing.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -29,7 +37,9 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::auth::sql::{Db, NativeStore};
+use crate::broker::{Broker, OccupancyKind};
 use crate::config::{Config, StoreKind};
+use crate::metrics::Metrics;
 use crate::protocol::Publication;
 use crate::server::Server;
 use crate::state::AppState;
@@ -89,6 +99,9 @@ pub async fn run(
             "wsgate demo runs in embedded mode only: unset database.url and redis.url".into(),
         );
     }
+    if !config.occupancy.enabled {
+        return Err("wsgate demo's feed follows occupancy: occupancy.enabled must be true".into());
+    }
     if config.auth.store != StoreKind::Native {
         return Err("wsgate demo issues a native token: auth.store must be \"native\"".into());
     }
@@ -112,8 +125,8 @@ pub async fn run(
     // Every symbol's opening price is its first snapshot, published before
     // the page's address is printed: no row ever waits for its first tick.
     let market = Market::new();
-    publish(&state, market.opening()).await;
-    let feed = tokio::spawn(feed(state, market));
+    publish_opening(&state, &market).await;
+    let feed = tokio::spawn(feed(state.broker.clone(), state.metrics.clone(), market));
     println!("wsgate demo: open {page}");
     println!("wsgate demo: token for user \"{DEMO_USER}\" (valid 24h): {token}");
     server.run(shutdown).await;
@@ -204,21 +217,69 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 // ---------------------------------------------------------------------------
 // The feed.
 
-/// Publishes [`TICKS_PER_BATCH`] ticks every [`BATCH_EVERY`] until aborted.
-async fn feed(state: AppState, mut market: Market) {
+/// Publishes up to [`TICKS_PER_BATCH`] ticks of the watched symbols every
+/// [`BATCH_EVERY`] until aborted; nothing while nobody watches.
+async fn feed(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, mut market: Market) {
+    let Some(mut events) = broker.occupancy_events() else {
+        tracing::warn!("demo feed: occupancy is off; nothing to follow");
+        return;
+    };
+    let mut watched = occupied_symbols(broker.as_ref()).await;
     let mut every = tokio::time::interval(BATCH_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        every.tick().await;
-        let ticks = (0..TICKS_PER_BATCH)
-            .map(|_| market.tick(rand::random(), rand::random()))
-            .collect();
-        publish(&state, ticks).await;
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => {
+                    if let Some(symbol) = event.group.strip_prefix("market.") {
+                        match event.event {
+                            OccupancyKind::Occupied => watched.insert(symbol.to_string()),
+                            OccupancyKind::Vacated => watched.remove(symbol),
+                        };
+                    }
+                }
+                // Fell behind: read the whole picture again.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    watched = occupied_symbols(broker.as_ref()).await;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = every.tick() => {
+                let publications: Vec<Publication> = (0..TICKS_PER_BATCH)
+                    .filter_map(|_| market.tick_among(&watched, rand::random(), rand::random()))
+                    .map(|tick| tick.publication())
+                    .collect();
+                if publications.is_empty() {
+                    continue;
+                }
+                let n = publications.len() as u64;
+                match broker.publish(publications).await {
+                    Ok(_) => metrics.messages_published.inc_by(n),
+                    Err(e) => tracing::warn!(error = %e, "demo feed: publish failed"),
+                }
+            }
+        }
     }
 }
 
-async fn publish(state: &AppState, ticks: Vec<Tick>) {
-    let publications: Vec<Publication> = ticks.iter().map(Tick::publication).collect();
+/// The symbols of the occupied `market.*` groups now.
+async fn occupied_symbols(broker: &dyn Broker) -> HashSet<String> {
+    match broker.occupied(GROUP_PATTERN, SYMBOLS.len() * 4).await {
+        Ok(listed) => listed
+            .groups
+            .into_iter()
+            .filter_map(|g| g.group.strip_prefix("market.").map(str::to_string))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "demo feed: could not list occupied groups");
+            HashSet::new()
+        }
+    }
+}
+
+/// Publishes every symbol's opening price (each row's first snapshot).
+async fn publish_opening(state: &AppState, market: &Market) {
+    let publications: Vec<Publication> = market.opening().iter().map(Tick::publication).collect();
     let n = publications.len() as u64;
     match state.broker.publish(publications).await {
         Ok(_) => state.metrics.messages_published.inc_by(n),
@@ -229,7 +290,6 @@ async fn publish(state: &AppState, ticks: Vec<Tick>) {
 /// A random walk per symbol, pulled gently back towards its opening price.
 struct Market {
     quotes: Vec<Quote>,
-    total_weight: u32,
 }
 
 struct Quote {
@@ -261,7 +321,6 @@ impl Market {
                     weight,
                 })
                 .collect(),
-            total_weight: SYMBOLS.iter().map(|(_, _, w)| w).sum(),
         }
     }
 
@@ -282,11 +341,30 @@ impl Market {
 
     /// Moves one symbol, picked by weight with `pick` in [0, 1), by a step
     /// drawn from `step` in [0, 1).
+    #[cfg(test)]
     fn tick(&mut self, pick: f64, step: f64) -> Tick {
-        let mut at = (pick * self.total_weight as f64) as u32;
+        let all: HashSet<String> = SYMBOLS.iter().map(|s| s.0.to_string()).collect();
+        self.tick_among(&all, pick, step)
+            .expect("every symbol is watched")
+    }
+
+    /// As [`Market::tick`], among the `watched` symbols only (`None`: none
+    /// of ours is watched).
+    fn tick_among(&mut self, watched: &HashSet<String>, pick: f64, step: f64) -> Option<Tick> {
+        let total: u32 = self
+            .quotes
+            .iter()
+            .filter(|q| watched.contains(q.symbol))
+            .map(|q| q.weight)
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut at = ((pick * total as f64) as u32).min(total - 1);
         let quote = self
             .quotes
             .iter_mut()
+            .filter(|q| watched.contains(q.symbol))
             .find(|q| {
                 if at < q.weight {
                     true
@@ -294,18 +372,17 @@ impl Market {
                     at -= q.weight;
                     false
                 }
-            })
-            .expect("pick is below the total weight");
+            })?;
         // Up to ±0.2% a tick, plus 1% of the distance back to the open.
         let moved = quote.price * (1.0 + (step - 0.5) * 0.004) + (quote.open - quote.price) * 0.01;
         quote.price = round2(moved.max(0.01));
-        Tick {
+        Some(Tick {
             symbol: quote.symbol,
             price: quote.price,
             change: round2(quote.price - quote.open),
             change_pct: round2((quote.price - quote.open) / quote.open * 100.0),
             ts_ms: crate::clock::unix_ms(),
-        }
+        })
     }
 }
 
@@ -369,6 +446,74 @@ mod tests {
         assert_eq!(data["price"], 189.30);
         assert_eq!(data["change"], 0.0);
         assert!(data["ts"].as_u64().unwrap() > 0);
+    }
+
+    /// Records the groups of what the broker delivers.
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    impl crate::broker::BrokerHandler for Recorder {
+        fn on_publication(&self, publication: Publication) {
+            self.0.lock().unwrap().push(publication.group);
+        }
+        fn on_control(&self, _control: crate::protocol::Control) {}
+        fn local_presence(&self, _group: &str) -> Vec<crate::hub::Member> {
+            Vec::new()
+        }
+        fn local_node(&self) -> crate::broker::NodeInfo {
+            crate::broker::NodeInfo {
+                node: "n".into(),
+                connections: 0,
+                last_seen_ms: 0,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_feed_publishes_only_watched_symbols() {
+        use crate::broker::memory::MemoryBroker;
+        use crate::broker::occupancy::OccupancySettings;
+        let settings = OccupancySettings {
+            linger: Duration::from_millis(50),
+            stream: None,
+            stream_maxlen: 10,
+            queue: 64,
+        };
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new().with_occupancy(&settings));
+        let recorder = Arc::new(Recorder(Default::default()));
+        broker.attach(recorder.clone());
+        let metrics = Arc::new(Metrics::new());
+        let member = crate::hub::Member {
+            user_id: "u".into(),
+            session: "s".into(),
+            node: "n".into(),
+        };
+        // Watched before the feed starts: found by the listing.
+        broker.subscribe("market.ORCL", &member).await.unwrap();
+        let task = tokio::spawn(feed(broker.clone(), metrics.clone(), Market::new()));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Watched later: found by the event.
+        broker.subscribe("market.PFE", &member).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        broker.unsubscribe("market.ORCL", "s").await.unwrap();
+        broker.unsubscribe("market.PFE", "s").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after_vacate = recorder.0.lock().unwrap().len();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        task.abort();
+        let seen = recorder.0.lock().unwrap().clone();
+        println!(
+            "demo feed: {} ticks, {} published",
+            seen.len(),
+            metrics.messages_published.get()
+        );
+        assert!(seen.iter().any(|g| g == "market.ORCL"), "{seen:?}");
+        assert!(seen.iter().any(|g| g == "market.PFE"), "{seen:?}");
+        assert!(
+            seen.iter().all(|g| g == "market.ORCL" || g == "market.PFE"),
+            "an unwatched symbol was published: {seen:?}"
+        );
+        assert_eq!(seen.len() as u64, metrics.messages_published.get());
+        assert_eq!(seen.len(), after_vacate, "nothing after both vacated");
     }
 
     #[test]

@@ -3,24 +3,63 @@
 //! Sits between [`crate::broker`] and [`crate::hub`], which know nothing of
 //! each other: publications become deliveries to local sockets, control
 //! commands close them (a revoked digest through [`crate::revocation`]'s one
-//! path), and the broker asks it for this node's presence and registry entry.
+//! path) or take a user out of a group (forgetting the backend's cached
+//! allow first), and the broker asks it for this node's presence and
+//! registry entry.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use crate::broker::{BrokerHandler, NodeInfo};
+use crate::broker::{Broker, BrokerHandler, NodeInfo};
 use crate::hub::{Hub, Member};
 use crate::protocol::{CloseCode, Control, Publication};
 use crate::revocation::Forget;
+use crate::subscribe_auth::SubscribeAuth;
 use crate::token::TokenDigest;
 
 pub struct Dispatcher {
     hub: Arc<Hub>,
     forget: Forget,
+    subscribe_auth: Arc<SubscribeAuth>,
+    /// To tell the broker that the sessions a control command took out of a
+    /// group left it. Weak: the broker holds this dispatcher.
+    broker: Weak<dyn Broker>,
 }
 
 impl Dispatcher {
-    pub fn new(hub: Arc<Hub>, forget: Forget) -> Dispatcher {
-        Dispatcher { hub, forget }
+    pub fn new(
+        hub: Arc<Hub>,
+        forget: Forget,
+        subscribe_auth: Arc<SubscribeAuth>,
+        broker: Weak<dyn Broker>,
+    ) -> Dispatcher {
+        Dispatcher {
+            hub,
+            forget,
+            subscribe_auth,
+            broker,
+        }
+    }
+
+    /// Takes a user out of a group here. The cached allow goes first, so a
+    /// subscribe racing this asks the backend again.
+    fn unsubscribe(&self, user_id: &str, group: &str) -> usize {
+        self.subscribe_auth.revoke(user_id, group);
+        let sessions = self.hub.remove_user(user_id, group);
+        let n = sessions.len();
+        if n > 0
+            && let Some(broker) = self.broker.upgrade()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let group = group.to_string();
+            runtime.spawn(async move {
+                for session in sessions {
+                    if let Err(e) = broker.unsubscribe(&group, &session).await {
+                        tracing::warn!(error = %e, group, "broker unsubscribe failed");
+                    }
+                }
+            });
+        }
+        n
     }
 }
 
@@ -49,6 +88,7 @@ impl BrokerHandler for Dispatcher {
                 Some(d) => self.forget.here(&d),
                 None => 0,
             },
+            Control::Unsubscribe { user_id, group } => self.unsubscribe(user_id, group),
         };
         if closed > 0 {
             tracing::info!(closed, op = control_name(&control), "closing connections");
@@ -72,5 +112,6 @@ fn control_name(c: &Control) -> &'static str {
     match c {
         Control::DisconnectUser { .. } => "disconnect",
         Control::RevokeDigest { .. } => "revoke",
+        Control::Unsubscribe { .. } => "unsubscribe",
     }
 }

@@ -6,7 +6,7 @@
 //! close (slow consumer, disconnect, revoke, drain) through its
 //! [`CloseSignal`]. Locks are never held across an `.await`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -101,7 +101,10 @@ struct State {
 
 struct Entry {
     handle: Arc<ConnHandle>,
-    groups: HashSet<String>,
+    /// A list, not a set: a connection is in few groups (at most
+    /// `limits.max_groups_per_connection`), and an empty or one-group list
+    /// costs far less per socket than a hash set (docs/performance.md).
+    groups: Vec<String>,
 }
 
 /// Connections replaying a group's history: group → connection → state.
@@ -210,7 +213,7 @@ impl Hub {
             handle.id,
             Entry {
                 handle,
-                groups: HashSet::new(),
+                groups: Vec::new(),
             },
         );
     }
@@ -250,7 +253,7 @@ impl Hub {
         let mut state = self.write();
         let state = &mut *state;
         let entry = state.conns.get_mut(&id).ok_or(JoinError::NotRegistered)?;
-        if entry.groups.contains(group) {
+        if entry.groups.iter().any(|g| g == group) {
             return Ok(Joined {
                 new_member: false,
                 first_local: false,
@@ -259,7 +262,9 @@ impl Hub {
         if entry.groups.len() >= self.max_groups {
             return Err(JoinError::TooManyGroups);
         }
-        entry.groups.insert(group.to_string());
+        // Grown one at a time: most connections stay in one or two groups.
+        entry.groups.reserve_exact(1);
+        entry.groups.push(group.to_string());
         let handle = entry.handle.clone();
         let members = state.groups.entry(group.to_string()).or_default();
         let first_local = members.is_empty();
@@ -277,7 +282,11 @@ impl Hub {
         let was_member = state
             .conns
             .get_mut(&id)
-            .is_some_and(|e| e.groups.remove(group));
+            .and_then(|e| {
+                let at = e.groups.iter().position(|g| g == group)?;
+                Some(e.groups.swap_remove(at))
+            })
+            .is_some();
         if !was_member {
             return (false, false);
         }
@@ -294,6 +303,59 @@ impl Hub {
         // A replay's leftover filter for this group is moot now.
         self.release(id, group);
         (true, emptied)
+    }
+
+    /// Takes every connection of `user_id` out of `group` (the backend
+    /// revoked it) and queues an unsolicited `unsubscribed` for each, after
+    /// the last message of the group it got. Returns the sessions that left,
+    /// for the caller to tell the broker (exactly once each: a `leave` or
+    /// `unregister` racing this finds them gone).
+    pub fn remove_user(&self, user_id: &str, group: &str) -> Vec<String> {
+        let leaving: Vec<Arc<ConnHandle>> = {
+            let mut state = self.write();
+            let state = &mut *state;
+            let Some(members) = state.groups.get_mut(group) else {
+                return Vec::new();
+            };
+            let leaving: Vec<Arc<ConnHandle>> = members
+                .values()
+                .filter(|h| h.user_id == user_id)
+                .cloned()
+                .collect();
+            for handle in &leaving {
+                members.remove(&handle.id);
+            }
+            if members.is_empty() {
+                state.groups.remove(group);
+            }
+            let frame = crate::protocol::Reply::Unsubscribed { group, id: None }.encode();
+            for handle in &leaving {
+                if let Some(entry) = state.conns.get_mut(&handle.id)
+                    && let Some(at) = entry.groups.iter().position(|g| g == group)
+                {
+                    entry.groups.swap_remove(at);
+                }
+                // Under the lock: no message of the group is queued after it.
+                if handle.queue.push(Outbound::frame(frame.clone())) == Pushed::Full {
+                    handle.close.request(CloseCode::SlowConsumer);
+                }
+            }
+            self.metrics.groups.set(state.groups.len() as i64);
+            leaving
+        };
+        for handle in &leaving {
+            // A replay's leftover filter for this group is moot now.
+            self.release(handle.id, group);
+        }
+        leaving.iter().map(|h| h.session.clone()).collect()
+    }
+
+    /// Whether connection `id` is in `group` now.
+    pub fn is_member(&self, id: ConnId, group: &str) -> bool {
+        self.read()
+            .conns
+            .get(&id)
+            .is_some_and(|e| e.groups.iter().any(|g| g == group))
     }
 
     /// The groups with at least one local member.

@@ -19,13 +19,20 @@
 //! - [`auth`]: the `TokenStore` trait, its SQL stores, the JWT store (with
 //!   its JWKS cache) and the token caches.
 //! - `policy`: which groups a user may join or publish to.
+//! - [`subscribe_auth`]: `groups.authorize`, the backend's say on who joins
+//!   which group: the subscribe hook, its answer cache, subscription grants.
 //! - `limits`: per-node and per-IP caps and rate limits at the edge.
 //! - [`hub`]: this node's connections and groups (local, synchronous), with
 //!   each connection's bounded, conflating outbound queue (`queue`).
 //! - [`broker`]: moves publications and commands between nodes: the
 //!   `Broker` trait (with `History`, `Presence` and `NodeRegistry` beside
-//!   it), the in-process broker and the Redis one. [`redis_client`] builds
+//!   it), the in-process broker and the Redis one, and idempotency keys
+//!   (`idempotency`: in process, or on Redis). [`redis_client`] builds
 //!   the Redis clients (broker, token cache, channels_redis bridge).
+//! - `outbox`: publishes the rows a backend commits to `wsgate_outbox`
+//!   (PostgreSQL), claimed per partition, at least once.
+//! - `occupancy`: feed demand: counts the `occupied` / `vacated` events the
+//!   broker decides and POSTs them to the signed webhook.
 //! - `revocation`: forgetting a token everywhere and closing its sockets
 //!   (the API, the CLI, the Postgres listener and re-validation share it).
 //! - `dispatch`: what the broker delivers, handed to the hub.
@@ -56,7 +63,9 @@ mod healthcheck;
 pub mod hub;
 mod limits;
 pub mod metrics;
+mod occupancy;
 mod ops;
+mod outbox;
 mod policy;
 pub mod protocol;
 mod queue;
@@ -65,6 +74,7 @@ mod revocation;
 pub mod server;
 mod session;
 pub mod state;
+pub mod subscribe_auth;
 pub mod telemetry;
 mod tls;
 pub mod token;

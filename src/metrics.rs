@@ -230,6 +230,100 @@ impl RateLimit {
     }
 }
 
+/// An occupancy transition this node emitted (`wsgate_occupancy_events_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OccupancyEventLabel {
+    Occupied,
+    Vacated,
+}
+
+impl OccupancyEventLabel {
+    pub const ALL: [OccupancyEventLabel; 2] =
+        [OccupancyEventLabel::Occupied, OccupancyEventLabel::Vacated];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OccupancyEventLabel::Occupied => "occupied",
+            OccupancyEventLabel::Vacated => "vacated",
+        }
+    }
+}
+
+/// What became of an occupancy webhook attempt (`wsgate_occupancy_webhooks_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookResult {
+    /// Answered 2xx.
+    Delivered,
+    /// Failed (5xx, 408, 429, timeout, connection); tried again later.
+    Retried,
+    /// Given up: attempts used up, or another 4xx.
+    Failed,
+    /// Not attempted: the queue was full.
+    Dropped,
+}
+
+impl WebhookResult {
+    pub const ALL: [WebhookResult; 4] = [
+        WebhookResult::Delivered,
+        WebhookResult::Retried,
+        WebhookResult::Failed,
+        WebhookResult::Dropped,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookResult::Delivered => "delivered",
+            WebhookResult::Retried => "retried",
+            WebhookResult::Failed => "failed",
+            WebhookResult::Dropped => "dropped",
+        }
+    }
+}
+
+/// How a subscribe to a `groups.authorize` group was decided
+/// (`wsgate_subscribe_authorizations_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizeOutcome {
+    /// The hook said allow.
+    Allow,
+    /// The hook said deny (or there is no hook and no grant was sent).
+    Deny,
+    /// The hook failed: timeout, error status, bad answer (`unavailable`).
+    Error,
+    /// An allow from the cache, no hook call.
+    CachedAllow,
+    /// A deny from the cache, no hook call.
+    CachedDeny,
+    /// A valid subscription grant.
+    Grant,
+    /// A grant that is invalid, expired, for someone else or revoked.
+    GrantInvalid,
+}
+
+impl AuthorizeOutcome {
+    pub const ALL: [AuthorizeOutcome; 7] = [
+        AuthorizeOutcome::Allow,
+        AuthorizeOutcome::Deny,
+        AuthorizeOutcome::Error,
+        AuthorizeOutcome::CachedAllow,
+        AuthorizeOutcome::CachedDeny,
+        AuthorizeOutcome::Grant,
+        AuthorizeOutcome::GrantInvalid,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthorizeOutcome::Allow => "allow",
+            AuthorizeOutcome::Deny => "deny",
+            AuthorizeOutcome::Error => "error",
+            AuthorizeOutcome::CachedAllow => "cached_allow",
+            AuthorizeOutcome::CachedDeny => "cached_deny",
+            AuthorizeOutcome::Grant => "grant",
+            AuthorizeOutcome::GrantInvalid => "grant_invalid",
+        }
+    }
+}
+
+label_set!(OccupancyEventLabel, OccupancyEventLabel::ALL, as_str);
+label_set!(WebhookResult, WebhookResult::ALL, as_str);
+label_set!(AuthorizeOutcome, AuthorizeOutcome::ALL, as_str);
 label_set!(AuthFailure, AuthFailure::ALL, as_str);
 label_set!(DropReason, DropReason::ALL, as_str);
 label_set!(CacheResult, CacheResult::ALL, as_str);
@@ -266,6 +360,14 @@ pub struct Metrics {
     pub messages_published: IntCounter,
     pub messages_delivered: IntCounter,
     pub messages_conflated: IntCounter,
+    /// Publishes not delivered again because their idempotency key was
+    /// already held (an API retry, an outbox row published before).
+    pub publish_duplicates: IntCounter,
+    /// Outbox rows this node published.
+    pub outbox_published: IntCounter,
+    /// Outbox batches that failed (rolled back, retried) and rows dropped
+    /// as invalid.
+    pub outbox_errors: IntCounter,
     messages_dropped: IntCounterVec,
     pub delivery_latency: Histogram,
     pub groups: IntGauge,
@@ -278,6 +380,11 @@ pub struct Metrics {
     request_errors: IntCounterVec,
     api_errors: IntCounterVec,
     rate_limited: IntCounterVec,
+    occupancy_events: IntCounterVec,
+    occupancy_webhooks: IntCounterVec,
+    authorizations: IntCounterVec,
+    /// Round trips of the subscribe hook, answered or not.
+    pub authorize_hook_duration: Histogram,
 }
 
 impl Metrics {
@@ -374,6 +481,21 @@ impl Metrics {
                 "Queued messages replaced by a newer one with the same key (groups.conflate).",
             )
             .expect("metric"),
+            publish_duplicates: IntCounter::new(
+                "wsgate_publish_duplicates_total",
+                "Publishes not delivered again: their idempotency key was held (API retries, outbox rows).",
+            )
+            .expect("metric"),
+            outbox_published: IntCounter::new(
+                "wsgate_outbox_published_total",
+                "Outbox rows published by this node.",
+            )
+            .expect("metric"),
+            outbox_errors: IntCounter::new(
+                "wsgate_outbox_errors_total",
+                "Outbox batches rolled back after an error, and invalid rows dropped.",
+            )
+            .expect("metric"),
             messages_dropped,
             delivery_latency: Histogram::with_opts(
                 HistogramOpts::new(
@@ -432,6 +554,40 @@ impl Metrics {
                 &["kind"],
             )
             .expect("metric"),
+            occupancy_events: IntCounterVec::new(
+                Opts::new(
+                    "wsgate_occupancy_events_total",
+                    "Occupancy transitions this node emitted (each is emitted by one node).",
+                ),
+                &["event"],
+            )
+            .expect("metric"),
+            occupancy_webhooks: IntCounterVec::new(
+                Opts::new(
+                    "wsgate_occupancy_webhooks_total",
+                    "Occupancy webhook attempts and events, by result.",
+                ),
+                &["result"],
+            )
+            .expect("metric"),
+            authorizations: IntCounterVec::new(
+                Opts::new(
+                    "wsgate_subscribe_authorizations_total",
+                    "Subscribes to groups.authorize groups, by how they were decided.",
+                ),
+                &["outcome"],
+            )
+            .expect("metric"),
+            authorize_hook_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "wsgate_subscribe_hook_duration_seconds",
+                    "Round trips of the subscribe hook (cache hits make none).",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+            )
+            .expect("metric"),
             registry,
         };
         precreate::<AuthFailure>(&m.auth_failures);
@@ -444,6 +600,9 @@ impl Metrics {
         precreate::<ErrorCode>(&m.request_errors);
         precreate::<ApiErrorCode>(&m.api_errors);
         precreate::<RateLimit>(&m.rate_limited);
+        precreate::<OccupancyEventLabel>(&m.occupancy_events);
+        precreate::<WebhookResult>(&m.occupancy_webhooks);
+        precreate::<AuthorizeOutcome>(&m.authorizations);
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "wsgate_build_info",
@@ -466,6 +625,9 @@ impl Metrics {
             Box::new(m.messages_delivered.clone()),
             Box::new(m.messages_dropped.clone()),
             Box::new(m.messages_conflated.clone()),
+            Box::new(m.publish_duplicates.clone()),
+            Box::new(m.outbox_published.clone()),
+            Box::new(m.outbox_errors.clone()),
             Box::new(m.delivery_latency.clone()),
             Box::new(m.groups.clone()),
             Box::new(m.redis_up.clone()),
@@ -475,6 +637,10 @@ impl Metrics {
             Box::new(m.rate_limited.clone()),
             Box::new(m.request_errors.clone()),
             Box::new(m.api_errors.clone()),
+            Box::new(m.occupancy_events.clone()),
+            Box::new(m.occupancy_webhooks.clone()),
+            Box::new(m.authorizations.clone()),
+            Box::new(m.authorize_hook_duration.clone()),
             Box::new(build_info),
             // process_open_fds, process_max_fds, process_*_memory_bytes,
             // process_cpu_seconds_total, process_start_time_seconds,
@@ -498,6 +664,20 @@ impl Metrics {
         self.api_errors.with_label_values(&[error.as_str()]).inc();
     }
 
+    /// Counts an occupancy event this node emitted.
+    pub fn occupancy_event(&self, event: OccupancyEventLabel) {
+        self.occupancy_events
+            .with_label_values(&[event.as_str()])
+            .inc();
+    }
+
+    /// Counts webhook results.
+    pub fn webhook(&self, result: WebhookResult, n: u64) {
+        self.occupancy_webhooks
+            .with_label_values(&[result.as_str()])
+            .inc_by(n);
+    }
+
     /// Counts an `error` reply to a client request.
     pub fn request_error(&self, code: ErrorCode) {
         self.request_errors
@@ -508,6 +688,13 @@ impl Metrics {
     /// Counts a rate-limit refusal of the given kind.
     pub fn rate_limited(&self, kind: RateLimit) {
         self.rate_limited.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// Counts a subscribe decided for a `groups.authorize` group.
+    pub fn authorize(&self, outcome: AuthorizeOutcome) {
+        self.authorizations
+            .with_label_values(&[outcome.as_str()])
+            .inc();
     }
 
     /// Counts a close. Codes a client chose are bounded to the known set

@@ -63,7 +63,9 @@ impl GroupPolicy {
 
     /// `user.<id>` groups belong to user `<id>` alone. Everything after the
     /// prefix is the id, so `user.42.x` is the group of user "42.x", not of "42".
-    fn private_ok(user_id: &str, group: &str) -> bool {
+    /// Also false for an id that is not a group segment. Checked before the
+    /// backend is asked about a `groups.authorize` group, too.
+    pub fn private_ok(user_id: &str, group: &str) -> bool {
         if !is_valid_user_id(user_id) {
             return false;
         }

@@ -129,6 +129,13 @@ impl OutboundQueue {
         }
     }
 
+    /// Moves up to `max` queued frames into `batch` without waiting.
+    pub fn take_ready(&self, batch: &mut Vec<Outbound>, max: usize) {
+        let mut state = self.lock();
+        let n = state.items.len().min(max);
+        batch.extend(state.items.drain(..n));
+    }
+
     /// Refuses further pushes (the connection is ending).
     pub fn close(&self) {
         self.lock().closed = true;

@@ -17,6 +17,7 @@ use crate::hub::Hub;
 use crate::limits::{AuthFailureLimiter, ConnectionLimits, TrustedProxies};
 use crate::metrics::Metrics;
 use crate::policy::GroupPolicy;
+use crate::subscribe_auth::SubscribeAuth;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
@@ -36,6 +37,8 @@ pub struct Shared {
     pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
     pub policy: GroupPolicy,
+    /// `groups.authorize`: the backend's say on who joins which group.
+    pub subscribe_auth: Arc<SubscribeAuth>,
     /// Which groups keep history (`history.*`); the broker keeps it.
     pub history: HistoryPolicy,
     /// Socket counts against `limits.max_*`, per node and per client IP.
@@ -57,6 +60,7 @@ impl AppState {
         broker: Arc<dyn Broker>,
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
+        subscribe_auth: Arc<SubscribeAuth>,
     ) -> AppState {
         let node_id = config.node_id();
         let hub = Arc::new(
@@ -81,6 +85,7 @@ impl AppState {
             auth,
             metrics,
             policy,
+            subscribe_auth,
             history,
             limits,
             proxies,

@@ -158,6 +158,12 @@ fn readme_configuration_table_lists_every_key() {
         "auth.jwt_jwks_url",
         "auth.jwt_issuer",
         "auth.jwt_audience",
+        "occupancy.webhook_url",
+        "occupancy.webhook_secret",
+        "authorize.hook_url",
+        "authorize.hook_secret",
+        "authorize.hook_api_key",
+        "authorize.grant_secret",
     ] {
         keys.insert(optional.to_string());
     }

@@ -1100,6 +1100,61 @@ async fn postgres_stopped_restarted_and_frozen() {
     .await;
 }
 
+/// sqlx does not ping a pooled connection before each query (that would be
+/// a round trip per token lookup), so after a PostgreSQL restart every idle
+/// connection in the pool is dead and is found so on first use. The store
+/// then repeats the read on another connection: no connect after the
+/// restart is refused because of a dead pooled connection. (With the
+/// repeat removed, the first uncached connect after the restart is closed
+/// with 1013.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_across_a_postgres_restart() {
+    bounded(Duration::from_secs(90), async {
+        let mut pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        config.database.url = Some(pg.url("postgres"));
+        config.database.max_connections = 4;
+        config.auth.timeout = Duration::from_secs(5);
+        let node = spawn(config).await;
+        let mut tokens = Vec::new();
+        for user in 0..24 {
+            tokens.push(node.issue_token(&user.to_string()).await);
+        }
+        // Fill the pool: 8 uncached connects at once want 4 connections.
+        let url = node.ws_url();
+        let warm = tokens.drain(..8).map(|token| {
+            let url = url.clone();
+            tokio::spawn(async move { try_auth(&url, &token).await.0 })
+        });
+        for answer in futures_util::future::join_all(warm).await {
+            assert!(answer.unwrap().is_ok(), "connect before the restart");
+        }
+
+        pg.stop_immediate();
+        pg.start_again();
+
+        // One by one first (each may meet a dead connection), then at once.
+        for token in tokens.drain(..8) {
+            let (answer, _) = try_auth(&url, &token).await;
+            assert!(
+                answer.is_ok(),
+                "uncached connect after the restart: {answer:?}"
+            );
+        }
+        let burst = tokens.drain(..).map(|token| {
+            let url = url.clone();
+            tokio::spawn(async move { try_auth(&url, &token).await.0 })
+        });
+        for answer in futures_util::future::join_all(burst).await {
+            let answer = answer.unwrap();
+            assert!(answer.is_ok(), "burst after the restart: {answer:?}");
+        }
+        node.shutdown().await;
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // 3. Reconnect storm.
 

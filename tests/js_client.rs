@@ -26,6 +26,8 @@ use common::{API_KEY, BinNode, PgDb, RedisPrefix, issue_token, redis_node_env};
 use wsgate::config::Config;
 
 const HISTORY_SIZE: &str = "20";
+/// Signs the subscription grants of `paid.*` (test/grant.test.js).
+const GRANT_SECRET: &str = "js-client-test-grant-secret-0123456789";
 
 /// Settings every node of this test shares.
 const COMMON_ENV: &[(&str, &str)] = &[
@@ -33,6 +35,8 @@ const COMMON_ENV: &[(&str, &str)] = &[
     ("WSGATE__GROUPS__SNAPSHOT", "snap.*"),
     ("WSGATE__HISTORY__SIZE", HISTORY_SIZE),
     ("WSGATE__GROUPS__CLIENT_PUBLISH", "chat.*"),
+    ("WSGATE__GROUPS__AUTHORIZE", "paid.*"),
+    ("WSGATE__AUTHORIZE__GRANT_SECRET", GRANT_SECRET),
     ("WSGATE__DRAIN__GRACE", "0s"),
     ("WSGATE__DRAIN__SPREAD", "50ms"),
 ];
@@ -117,6 +121,7 @@ async fn js_client_tests_pass_against_real_nodes() {
         ("WSGATE_B_WS", node_b.ws_url()),
         ("WSGATE_B_API", format!("http://{}", node_b.api)),
         ("WSGATE_CLUSTER_TOKEN", cluster_token),
+        ("WSGATE_GRANT_SECRET", GRANT_SECRET.to_string()),
     ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut test_files: Vec<_> = std::fs::read_dir(root.join("clients/js/test"))

@@ -110,7 +110,8 @@ fn number_text() -> impl Strategy<Value = String> {
 /// as an absent field, except for `data`, where it is a value like any other.
 #[derive(Debug, PartialEq)]
 enum Outcome {
-    Subscribe(String, Option<(u64, String)>),
+    /// Group, `since`, subscription grant (`token`).
+    Subscribe(String, Option<(u64, String)>, Option<String>),
     Unsubscribe(String),
     Publish(String, String),
     Ping,
@@ -138,18 +139,27 @@ fn reference_request(v: &Value) -> (Option<String>, Outcome) {
         _ => Err(Refused("bad_request")),
     };
     let outcome = match kind {
-        "subscribe" => group().and_then(|g| match field("since") {
-            None => Ok(Outcome::Subscribe(g, None)),
-            Some(Value::Object(s)) if s.len() == 2 => {
-                match (s.get("offset").and_then(Value::as_u64), s.get("epoch")) {
-                    (Some(offset), Some(Value::String(epoch))) => {
-                        Ok(Outcome::Subscribe(g, Some((offset, epoch.clone()))))
+        "subscribe" => group()
+            .and_then(|g| match field("since") {
+                None => Ok((g, None)),
+                Some(Value::Object(s)) if s.len() == 2 => {
+                    match (s.get("offset").and_then(Value::as_u64), s.get("epoch")) {
+                        (Some(offset), Some(Value::String(epoch))) => {
+                            Ok((g, Some((offset, epoch.clone()))))
+                        }
+                        _ => Err(Refused("bad_request")),
                     }
-                    _ => Err(Refused("bad_request")),
                 }
-            }
-            Some(_) => Err(Refused("bad_request")),
-        }),
+                Some(_) => Err(Refused("bad_request")),
+            })
+            // A grant: a non-empty string of at most 4 KiB.
+            .and_then(|(g, since)| match field("token") {
+                None => Ok(Outcome::Subscribe(g, since, None)),
+                Some(Value::String(t)) if !t.is_empty() && t.len() <= MAX_AUTH_FRAME_BYTES => {
+                    Ok(Outcome::Subscribe(g, since, Some(t.clone())))
+                }
+                Some(_) => Err(Refused("bad_request")),
+            }),
         "unsubscribe" => group().map(Outcome::Unsubscribe),
         "publish" => group().and_then(|g| match obj.get("data") {
             Some(data) => Ok(Outcome::Publish(g, data.to_string())),
@@ -172,9 +182,15 @@ fn reference_request(v: &Value) -> (Option<String>, Outcome) {
 fn actual_request(frame: ClientFrame) -> (Option<String>, Outcome) {
     let outcome = match frame.request {
         Err(e) => Outcome::Refused(e.code.as_str()),
-        Ok(Request::Subscribe { group, since, .. }) => Outcome::Subscribe(
+        Ok(Request::Subscribe {
+            group,
+            since,
+            token,
+            ..
+        }) => Outcome::Subscribe(
             group,
             since.map(|Position { offset, epoch }| (offset, epoch)),
+            token.map(|t| t.expose().to_string()),
         ),
         Ok(Request::Unsubscribe { group }) => Outcome::Unsubscribe(group),
         Ok(Request::Publish { group, data }) => Outcome::Publish(group, data.get().to_string()),
@@ -299,7 +315,12 @@ proptest! {
             request.to_string()
         };
         let frame = parse_request(&text);
-        let Ok(Request::Subscribe { group: got, since: got_since, .. }) = frame.request else {
+        let Ok(Request::Subscribe {
+            group: got,
+            since: got_since,
+            ..
+        }) = frame.request
+        else {
             return Err(TestCaseError::fail(format!("refused: {text}")));
         };
         prop_assert_eq!(&got, &group);

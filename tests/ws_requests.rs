@@ -347,3 +347,58 @@ async fn server_pings_and_closes_on_pong_timeout() {
     assert_eq!(code(dead.expect_close().await), 1011);
     assert_eq!(live.request(json!({"type": "ping"})).await["type"], "pong");
 }
+
+/// `server.write_delay` (opt-in coalescing) holds frames back for a moment
+/// to write them together: every message still arrives, in order, requests
+/// are still answered, and a disconnect still wins over waiting frames.
+#[tokio::test]
+async fn write_delay_coalesces_without_loss_or_reorder() {
+    let (_d, node) = node_with(|c| c.server.write_delay = Duration::from_millis(20)).await;
+    let mut c = authed(&node, "u1").await;
+    c.subscribe("ticks").await;
+    let n = 300;
+    for batch in 0..n / 30 {
+        let msgs: Vec<Value> = (0..30)
+            .map(|i| json!({"group": "ticks", "data": {"i": batch * 30 + i}}))
+            .collect();
+        let (status, _) = node
+            .api_post("/api/v1/publish", json!({"messages": msgs}))
+            .await;
+        assert_eq!(status, 200);
+    }
+    for i in 0..n {
+        let m = c.recv_json().await;
+        assert_eq!(m["type"], "message", "{m}");
+        assert_eq!(m["data"]["i"], i, "in publish order");
+    }
+    let pong = c.request(json!({"type": "ping", "id": 7})).await;
+    assert_eq!(pong["type"], "pong");
+    assert_eq!(pong["id"], 7);
+    node.publish("ticks", json!({"last": true})).await;
+    let (status, _) = node
+        .api_post("/api/v1/disconnect", json!({"user_id": "u1"}))
+        .await;
+    assert_eq!(status, 200);
+    // The last message may or may not be written before the close; the
+    // close comes either way.
+    let closed = loop {
+        match tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut c.ws)).await {
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(Message::Text(t)))) => assert!(t.contains("last"), "{t}"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no close: {other:?}"),
+        }
+    };
+    assert!(closed.is_some(), "a close frame with a code");
+}
+
+#[test]
+fn write_delay_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.server.write_delay = Duration::from_millis(1000);
+    c.validate().expect("1s is the most");
+    c.server.write_delay = Duration::from_millis(1001);
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("server.write_delay"), "{err}");
+}

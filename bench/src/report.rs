@@ -506,7 +506,61 @@ pub fn render(runs: &[Value]) -> String {
         out.push_str("\n## wsgate and the Django Channels peer, same run\n\n");
         out.push_str(&peer);
     }
+    let coalescing = coalescing_table(runs);
+    if !coalescing.is_empty() {
+        out.push_str("\n## Write coalescing (`server.write_delay`), many-groups shape\n\n");
+        out.push_str(&coalescing);
+    }
     out.push_str("\n## Every run\n\n");
     out.push_str(&all_runs(runs));
+    out
+}
+
+/// The `groups` scenario swept over offered rates at several
+/// `server.write_delay` windows (labels `groups-wd<ms>-r<rate>`), and per
+/// window the highest offered rate that was reached with p99 <= 50 ms.
+fn coalescing_table(runs: &[Value]) -> String {
+    let mut rows: Vec<(u64, u64, &Value)> = runs
+        .iter()
+        .filter_map(|r| {
+            let label = r["label"].as_str()?;
+            let (wd, rate) = label.strip_prefix("groups-wd")?.split_once("ms-r")?;
+            Some((wd.parse().ok()?, rate.parse().ok()?, r))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    rows.sort_by_key(|(wd, rate, _)| (*wd, *rate));
+    let mut out = String::from(
+        "| write_delay | offered publishes/s | reached publishes/s | p99 | missing | CPU per delivery |\n|---|---|---|---|---|---|\n",
+    );
+    let mut knee: BTreeMap<u64, u64> = BTreeMap::new();
+    for (wd, rate, r) in &rows {
+        let reached = f(&r["published"]["rate_msgs_s"]).unwrap_or(0.0);
+        knee.entry(*wd).or_insert(0);
+        if reached >= 0.99 * *rate as f64 && p99(r).is_some_and(|p| p <= 50.0) && missing(r) == 0 {
+            let best = knee.entry(*wd).or_insert(0);
+            *best = (*best).max(*rate);
+        }
+        out.push_str(&format!(
+            "| {wd} ms | {} | {} | {} | {} | {} |\n",
+            fmt_int(*rate as f64),
+            fmt_int(reached),
+            ms(p99(r)),
+            fmt_int(missing(r) as f64),
+            us(cpu_per_op(r)),
+        ));
+    }
+    out.push_str("\nHighest offered rate reached in full with p99 <= 50 ms and nothing missing: ");
+    let summary: Vec<String> = knee
+        .iter()
+        .map(|(wd, rate)| match rate {
+            0 => format!("{wd} ms: none of the rates tried"),
+            r => format!("{wd} ms: {}/s", fmt_int(*r as f64)),
+        })
+        .collect();
+    out.push_str(&summary.join("; "));
+    out.push_str(".\n");
     out
 }

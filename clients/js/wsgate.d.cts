@@ -112,6 +112,11 @@ export interface SubscribeOptions {
   onRecovered?: (info: RecoveredInfo) => void;
   /** Get the group's latest message first (`message.snapshot` is true). */
   latest?: boolean;
+  /**
+   * A subscription grant for a `groups.authorize` group, or a function
+   * returning one, called before every (re)subscription.
+   */
+  grant?: string | ((group: string) => string | Promise<string>);
 }
 
 export interface UnauthorizedInfo {
@@ -130,6 +135,8 @@ export interface Events {
   /** The server accepted a new token (`refreshed`); `expiresAt` is its expiry, when known. */
   refreshed: (info: { expiresAt: number | null }) => void;
   recovered: (info: RecoveredInfo) => void;
+  /** The server ended a subscription (the backend revoked it): it is forgotten, not renewed. */
+  unsubscribed: (info: { group: string }) => void;
   error: (error: WsgateError | Error) => void;
   state: (state: State, previous: State) => void;
   /** Every message frame, including those of auto-joined groups. */

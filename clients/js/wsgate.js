@@ -187,7 +187,10 @@ export class WsgateClient {
    * the group's latest message first (a `groups.snapshot` or history group),
    * on this subscribe and on every resubscription that does not recover: it
    * reaches `handler` before the promise resolves, with `message.snapshot`
-   * set to true.
+   * set to true. `options.grant` is a subscription grant for a group the
+   * backend authorizes (`groups.authorize`): a string, or a function
+   * `(group) => string | Promise<string>` called before this subscribe and
+   * every resubscription, so a fresh grant replaces an expired one.
    */
   subscribe(group, handler, options = {}) {
     let sub = this._subs.get(group);
@@ -201,6 +204,7 @@ export class WsgateClient {
       handler,
       onRecovered: options.onRecovered,
       latest: options.latest === true,
+      grant: options.grant,
       offset: options.since?.offset,
       epoch: options.since?.epoch,
       settle: null,
@@ -542,6 +546,10 @@ export class WsgateClient {
         return this._onMessage(msg);
       case 'error':
         return this._onError(msg);
+      case 'unsubscribed':
+        // Without an id it is the server's own: the backend ended it.
+        if (msg.id === undefined) return this._onUnsubscribedByServer(msg);
+        return this._settle(msg);
       default:
         return this._settle(msg);
     }
@@ -578,6 +586,16 @@ export class WsgateClient {
     }
   }
 
+  /** The backend took this user out of a group (`POST /api/v1/unsubscribe`):
+   *  the subscription is over, and is not renewed after a reconnect. */
+  _onUnsubscribedByServer(msg) {
+    const sub = this._subs.get(msg.group);
+    if (!sub) return;
+    this._subs.delete(msg.group);
+    settleReady(sub, new WsgateError('unsubscribed', `the server ended the subscription to ${msg.group}`));
+    this._emit('unsubscribed', { group: msg.group });
+  }
+
   _onError(msg) {
     const err = new WsgateError(msg.code, msg.message, msg);
     if (msg.id === undefined || !this._pending.has(msg.id)) {
@@ -598,7 +616,17 @@ export class WsgateClient {
     const resuming = typeof sub.offset === 'number' && typeof sub.epoch === 'string';
     if (resuming) frame.since = { offset: sub.offset, epoch: sub.epoch };
     if (sub.latest) frame.latest = true;
-    this._request(frame, 'subscribe').then(
+    const send = (token) => {
+      if (typeof token === 'string' && token !== '') frame.token = token;
+      return this._request(frame, 'subscribe');
+    };
+    const request =
+      typeof sub.grant === 'function'
+        ? Promise.resolve()
+            .then(() => sub.grant(sub.group))
+            .then(send)
+        : send(sub.grant);
+    request.then(
       (reply) => {
         if (this._subs.get(sub.group) !== sub) return; // unsubscribed meanwhile
         if (typeof reply.offset === 'number' && typeof reply.epoch === 'string') {

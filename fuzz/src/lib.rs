@@ -86,8 +86,19 @@ fn check_frame(text: &str) {
             );
             Reply::Refreshed { id }.encode()
         }
-        Ok(Request::Subscribe { group, since, .. }) => {
+        Ok(Request::Subscribe {
+            group,
+            since,
+            token,
+            ..
+        }) => {
             assert!(is_valid_group(group), "group {group:?} accepted");
+            assert!(
+                token.as_ref().is_none_or(
+                    |t| !t.expose().is_empty() && t.expose().len() <= MAX_AUTH_FRAME_BYTES
+                ),
+                "bad subscribe token accepted"
+            );
             Reply::Subscribed {
                 group,
                 recovered: since.as_ref().map(|_| false),

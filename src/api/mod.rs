@@ -1,5 +1,6 @@
-//! The backend API (section 5): publish, disconnect, revoke, presence and the
-//! cluster listing, behind `Authorization: Bearer <api key>`.
+//! The backend API (section 5): publish, disconnect, revoke, unsubscribe,
+//! presence, the occupied groups (`groups`) and the cluster listing, behind
+//! `Authorization: Bearer <api key>`.
 //!
 //! Bodies are read as bytes and parsed here rather than with the `Json`
 //! extractor, so any content type works (`curl -d` sends a form type) and
@@ -22,13 +23,19 @@ use tracing::Instrument;
 
 use std::sync::Arc;
 
+mod groups;
+mod idempotent;
+
 use crate::auth::Authenticator;
 use crate::auth::Token;
+use crate::broker::idempotency::Idempotency;
 use crate::broker::{Broker, HistoryPolicy};
 use crate::clock::unix_micros;
 use crate::metrics::Metrics;
 use crate::protocol::{ApiErrorCode, Control, Publication, is_valid_group};
 use crate::revocation::{RevokeError, revoke_everywhere};
+
+mod unsubscribe;
 
 /// Largest request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -99,6 +106,10 @@ pub struct ApiShared {
     pub history: HistoryPolicy,
     /// `api.body_timeout`.
     pub body_timeout: std::time::Duration,
+    /// Where publish's `idempotency_key`s are remembered.
+    pub idempotency: Arc<dyn Idempotency>,
+    /// `api.idempotency_window`.
+    pub idempotency_window: std::time::Duration,
 }
 
 impl ApiState {
@@ -144,6 +155,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/disconnect", post(disconnect))
         .route("/api/v1/revoke", post(revoke))
+        .route("/api/v1/groups", get(groups::list))
+        .route("/api/v1/unsubscribe", post(unsubscribe::unsubscribe))
         .route("/api/v1/groups/{group}/presence", get(presence))
         .route("/api/v1/cluster", get(cluster))
         .fallback(|| async { ApiError::NotFound })
@@ -264,6 +277,9 @@ struct PublishBody {
     #[serde(default, deserialize_with = "crate::protocol::present")]
     data: Option<Box<RawValue>>,
     messages: Option<Vec<PublishItem>>,
+    /// A retry with the same key within `api.idempotency_window` delivers
+    /// nothing (see `idempotent`).
+    idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -301,17 +317,10 @@ async fn publish_in_span(
     span: tracing::Span,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body: PublishBody = parse_body(body)?;
-    let items = match body {
-        PublishBody {
-            group: Some(group),
-            data: Some(data),
-            messages: None,
-        } => vec![PublishItem { group, data }],
-        PublishBody {
-            group: None,
-            data: None,
-            messages: Some(messages),
-        } if !messages.is_empty() => messages,
+    let idempotency_key = body.idempotency_key;
+    let items = match (body.group, body.data, body.messages) {
+        (Some(group), Some(data), None) => vec![PublishItem { group, data }],
+        (None, None, Some(messages)) if !messages.is_empty() => messages,
         _ => {
             return Err(bad(
                 "expected {\"group\":..,\"data\":..} or a non-empty {\"messages\":[..]}",
@@ -321,6 +330,13 @@ async fn publish_in_span(
     for item in &items {
         check_group(&item.group)?;
     }
+    let claim = match &idempotency_key {
+        Some(key) => match idempotent::claim(&state, key).await? {
+            Some(claim) => Some(claim),
+            None => return Ok(Json(json!({"ok": true, "duplicate": true}))),
+        },
+        None => None,
+    };
     let ts = unix_micros();
     let trace = crate::telemetry::current_traceparent();
     let n = items.len() as u64;
@@ -336,11 +352,14 @@ async fn publish_in_span(
             seq: None,
         })
         .collect();
-    let positions = state
-        .broker
-        .publish(publications)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let published = state.broker.publish(publications).await;
+    if let Some(claim) = claim {
+        match &published {
+            Ok(_) => claim.done(&state).await,
+            Err(_) => claim.failed(&state).await,
+        }
+    }
+    let positions = published.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     state.metrics.messages_published.inc_by(n);
     if !state.history.is_on() {
         return Ok(Json(json!({"ok": true})));
@@ -361,6 +380,17 @@ enum UserId {
     Number(i64),
 }
 
+impl UserId {
+    /// The id as text; `None` when it is an empty string.
+    fn into_string(self) -> Option<String> {
+        match self {
+            UserId::Text(s) if !s.is_empty() => Some(s),
+            UserId::Number(n) => Some(n.to_string()),
+            UserId::Text(_) => None,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DisconnectBody {
@@ -372,11 +402,10 @@ async fn disconnect(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body: DisconnectBody = parse_body(body)?;
-    let user_id = match body.user_id {
-        UserId::Text(s) if !s.is_empty() => s,
-        UserId::Number(n) => n.to_string(),
-        UserId::Text(_) => return Err(bad("user_id must not be empty")),
-    };
+    let user_id = body
+        .user_id
+        .into_string()
+        .ok_or_else(|| bad("user_id must not be empty"))?;
     state
         .broker
         .control(Control::DisconnectUser { user_id })

@@ -29,6 +29,9 @@ pub enum Backend {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// How many dead pooled connections one read may meet before it gives
+    /// up: the pool's size (see [`Db::read`]).
+    stale_retries: u32,
 }
 
 /// wsgate's own migration-history table, so it never collides with the
@@ -64,10 +67,42 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(config.database.connect_timeout)
+            // No ping before each query (a round trip per lookup): a
+            // connection the server dropped is found on first use instead,
+            // and [`Db::read`] retries on another one.
+            .test_before_acquire(false)
             .connect(&url)
             .await
             .map_err(classify)?;
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            backend,
+            stale_retries: max,
+        })
+    }
+
+    /// Runs a read query, again on another connection while the one it got
+    /// turns out dead (the server restarted, or a proxy cut an idle
+    /// connection). Such a failure happens before the query reaches a live
+    /// server, and the reads here have no side effect, so repeating them is
+    /// safe. Bounded by the pool's size: after a restart every idle
+    /// connection can be dead, and each dead one fails at once; a server
+    /// that is down fails every attempt the same way and the error stands.
+    async fn read<T, F, Fut>(&self, run: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut dead = 0;
+        loop {
+            match run().await {
+                Err(e) if connection_lost(&e) && dead < self.stale_retries => {
+                    dead += 1;
+                    tracing::debug!(error = %e, dead, "pooled database connection lost; retrying the read");
+                }
+                done => return done.map_err(classify),
+            }
+        }
     }
 
     /// Applies wsgate's migrations (idempotent).
@@ -107,22 +142,28 @@ impl Db {
             "SELECT digest FROM wsgate_revocations WHERE digest IN ({})",
             placeholders(1, bound.len())
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for digest in bound {
-            query = query.bind(digest);
-        }
-        let rows = query.fetch_all(&self.pool).await.map_err(classify)?;
+        let rows = self
+            .read(|| {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for digest in &bound {
+                    query = query.bind(digest.clone());
+                }
+                query.fetch_all(&self.pool)
+            })
+            .await?;
         rows.iter()
             .map(|r| r.try_get::<String, _>(0).map_err(classify))
             .collect()
     }
 
     async fn is_revoked(&self, digest: &TokenDigest) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 FROM wsgate_revocations WHERE digest = $1")
-            .bind(digest.to_hex())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(classify)?;
+        let row = self
+            .read(|| {
+                sqlx::query("SELECT 1 FROM wsgate_revocations WHERE digest = $1")
+                    .bind(digest.to_hex())
+                    .fetch_optional(&self.pool)
+            })
+            .await?;
         Ok(row.is_some())
     }
 }
@@ -187,6 +228,19 @@ pub(crate) fn classify(e: sqlx::Error) -> StoreError {
         | sqlx::Error::InvalidArgument(_)
         | sqlx::Error::RowNotFound => StoreError::Query(e.to_string()),
         other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// The connection, not the query, failed: the socket is gone, or the
+/// server said it is shutting down (57P01 admin, 57P02 crash) on a
+/// connection that sat idle in the pool.
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some_and(|pg| matches!(pg.code(), "57P01" | "57P02")),
+        _ => false,
     }
 }
 
@@ -328,17 +382,20 @@ impl NativeStore {
 #[async_trait]
 impl TokenStore for NativeStore {
     async fn verify(&self, token: &Token) -> Result<Option<Identity>, StoreError> {
-        let row = sqlx::query(
-            "SELECT t.user_id, t.expires_at FROM wsgate_tokens t \
-             WHERE t.digest = $1 AND t.revoked_at IS NULL \
-               AND (t.expires_at IS NULL OR t.expires_at > $2) \
-               AND NOT EXISTS (SELECT 1 FROM wsgate_revocations r WHERE r.digest = t.digest)",
-        )
-        .bind(token.digest().to_hex())
-        .bind(clock::unix_ms() as i64)
-        .fetch_optional(&self.db.pool)
-        .await
-        .map_err(classify)?;
+        let row = self
+            .db
+            .read(|| {
+                sqlx::query(
+                    "SELECT t.user_id, t.expires_at FROM wsgate_tokens t \
+                     WHERE t.digest = $1 AND t.revoked_at IS NULL \
+                       AND (t.expires_at IS NULL OR t.expires_at > $2) \
+                       AND NOT EXISTS (SELECT 1 FROM wsgate_revocations r WHERE r.digest = t.digest)",
+                )
+                .bind(token.digest().to_hex())
+                .bind(clock::unix_ms() as i64)
+                .fetch_optional(&self.db.pool)
+            })
+            .await?;
         row.map(|r| {
             Ok(Identity {
                 user_id: user_id_of(&r)?,
@@ -362,11 +419,17 @@ impl TokenStore for NativeStore {
                    AND NOT EXISTS (SELECT 1 FROM wsgate_revocations r WHERE r.digest = t.digest)",
                 placeholders(2, bound.len())
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(clock::unix_ms() as i64);
-            for digest in bound {
-                query = query.bind(digest);
-            }
-            let rows = query.fetch_all(&self.db.pool).await.map_err(classify)?;
+            let rows = self
+                .db
+                .read(|| {
+                    let mut query =
+                        sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(clock::unix_ms() as i64);
+                    for digest in &bound {
+                        query = query.bind(digest.clone());
+                    }
+                    query.fetch_all(&self.db.pool)
+                })
+                .await?;
             let mut valid = std::collections::HashMap::with_capacity(rows.len());
             for row in &rows {
                 let digest: String = row.try_get(1).map_err(classify)?;
@@ -463,11 +526,14 @@ impl TokenStore for QueryStore {
         if self.db.is_revoked(&token.digest()).await? {
             return Ok(None);
         }
-        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.clone()))
-            .bind(token.expose())
-            .fetch_optional(&self.db.pool)
-            .await
-            .map_err(classify)?;
+        let row = self
+            .db
+            .read(|| {
+                sqlx::query(sqlx::AssertSqlSafe(self.sql.clone()))
+                    .bind(token.expose())
+                    .fetch_optional(&self.db.pool)
+            })
+            .await?;
         identity_of(row)
     }
 
@@ -490,11 +556,16 @@ impl TokenStore for QueryStore {
                 Some(prefix) if !live.is_empty() => {
                     let bound = padded(&live);
                     let sql = format!("{prefix} IN ({})", placeholders(1, bound.len()));
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for token in bound {
-                        query = query.bind(token.expose());
-                    }
-                    let rows = query.fetch_all(&self.db.pool).await.map_err(classify)?;
+                    let rows = self
+                        .db
+                        .read(|| {
+                            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                            for token in &bound {
+                                query = query.bind(token.expose());
+                            }
+                            query.fetch_all(&self.db.pool)
+                        })
+                        .await?;
                     for row in &rows {
                         let key: String = row.try_get(1).map_err(classify)?;
                         valid.insert(key, user_id_of(row)?);
@@ -503,11 +574,14 @@ impl TokenStore for QueryStore {
                 Some(_) => {}
                 None => {
                     for token in live {
-                        let row = sqlx::query(sqlx::AssertSqlSafe(self.sql.clone()))
-                            .bind(token.expose())
-                            .fetch_optional(&self.db.pool)
-                            .await
-                            .map_err(classify)?;
+                        let row = self
+                            .db
+                            .read(|| {
+                                sqlx::query(sqlx::AssertSqlSafe(self.sql.clone()))
+                                    .bind(token.expose())
+                                    .fetch_optional(&self.db.pool)
+                            })
+                            .await?;
                         if let Some(identity) = identity_of(row)? {
                             valid.insert(token.expose().to_string(), identity.user_id);
                         }

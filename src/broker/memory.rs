@@ -18,10 +18,11 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
+use super::occupancy::{LocalOccupancy, OccupancySettings};
 use super::{
     Broker, BrokerError, BrokerHandler, ControlSender, History, HistoryPolicy,
-    MAX_MEMORY_SNAPSHOT_BYTES, NodeInfo, NodeRegistry, Presence, Recovery, SnapshotPolicy,
-    Snapshots, UNPUBLISHED_EPOCH, new_epoch,
+    MAX_MEMORY_SNAPSHOT_BYTES, NodeInfo, NodeRegistry, Occupancy, OccupancyEvent, OccupiedGroups,
+    Presence, Recovery, SnapshotPolicy, Snapshots, UNPUBLISHED_EPOCH, new_epoch,
 };
 use crate::hub::Member;
 use crate::protocol::{Control, Position, Publication};
@@ -35,6 +36,8 @@ pub struct MemoryBroker {
     /// The epoch of groups never published, new per process: a position
     /// taken before a restart does not recover what the new process keeps.
     unpublished: String,
+    /// Member counts per group, for occupancy events (`None`: off).
+    occupancy: Option<LocalOccupancy>,
     snapshots: SnapshotPolicy,
     /// The latest publication per `groups.snapshot` group, with its `seq`.
     latest: moka::sync::Cache<String, Publication>,
@@ -105,6 +108,7 @@ impl MemoryBroker {
             policy,
             history: Mutex::new(Histories::default()),
             unpublished: format!("{UNPUBLISHED_EPOCH}{}", new_epoch()),
+            occupancy: None,
             latest: latest_cache(&SnapshotPolicy::off()),
             snapshots: SnapshotPolicy::off(),
             latest_order: Mutex::new(()),
@@ -135,6 +139,12 @@ impl MemoryBroker {
         p.seq = Some(seq);
         self.latest.insert(p.group.clone(), p.clone());
         handler.on_publication(p);
+    }
+
+    /// Tracks occupancy (events and the groups listing).
+    pub fn with_occupancy(mut self, settings: &OccupancySettings) -> MemoryBroker {
+        self.occupancy = Some(LocalOccupancy::new(settings));
+        self
     }
 
     fn handler(&self) -> Result<&Arc<dyn BrokerHandler>, BrokerError> {
@@ -229,13 +239,19 @@ impl Broker for MemoryBroker {
         Ok(positions)
     }
 
-    async fn subscribe(&self, _group: &str, _member: &Member) -> Result<(), BrokerError> {
+    async fn subscribe(&self, group: &str, _member: &Member) -> Result<(), BrokerError> {
         // Every publication reaches the handler; the hub filters by group,
-        // and presence is read from the hub.
+        // and presence is read from the hub. Only occupancy counts here.
+        if let Some(occupancy) = &self.occupancy {
+            occupancy.join(group);
+        }
         Ok(())
     }
 
-    async fn unsubscribe(&self, _group: &str, _session: &str) -> Result<(), BrokerError> {
+    async fn unsubscribe(&self, group: &str, _session: &str) -> Result<(), BrokerError> {
+        if let Some(occupancy) = &self.occupancy {
+            occupancy.leave(group);
+        }
         Ok(())
     }
 
@@ -323,5 +339,20 @@ impl Presence for MemoryBroker {
 impl NodeRegistry for MemoryBroker {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
         Ok(vec![self.handler()?.local_node()])
+    }
+}
+
+#[async_trait]
+impl Occupancy for MemoryBroker {
+    async fn occupied(&self, pattern: &str, limit: usize) -> Result<OccupiedGroups, BrokerError> {
+        Ok(self
+            .occupancy
+            .as_ref()
+            .map(|o| o.list(pattern, limit))
+            .unwrap_or_default())
+    }
+
+    fn occupancy_events(&self) -> Option<tokio::sync::broadcast::Receiver<OccupancyEvent>> {
+        self.occupancy.as_ref().map(|o| o.emitter().subscribe())
     }
 }

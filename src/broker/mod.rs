@@ -15,7 +15,10 @@
 //! publication gives it the next offset of its group in the same step, so
 //! the order of offsets is the order of delivery on every node.
 
+pub mod idempotency;
+pub mod idempotency_memory;
 pub mod memory;
+pub mod occupancy;
 pub mod redis;
 mod snapshot;
 pub use snapshot::{MAX_MEMORY_SNAPSHOT_BYTES, SnapshotPolicy};
@@ -25,6 +28,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use wildmatch::WildMatch;
+
+pub use occupancy::{OccupancyEvent, OccupancyKind, OccupiedGroups};
 
 use crate::config::HistoryConfig;
 use crate::hub::Member;
@@ -163,7 +168,7 @@ pub trait BrokerHandler: Send + Sync + 'static {
 /// provides all three, so one `Arc<dyn Broker>` reaches them.
 #[async_trait]
 pub trait Broker:
-    ControlSender + History + Snapshots + Presence + NodeRegistry + Send + Sync + 'static
+    ControlSender + History + Snapshots + Presence + NodeRegistry + Occupancy + Send + Sync + 'static
 {
     /// Publishes messages, in order, to every node with a member of their
     /// group. Publications to history groups get the next offset of their
@@ -231,6 +236,16 @@ pub trait Snapshots: Send + Sync {
 pub trait Presence: Send + Sync {
     /// Members of a group across the cluster.
     async fn presence(&self, group: &str) -> Result<Vec<Member>, BrokerError>;
+}
+
+/// Feed demand: the groups with a member anywhere (or lingering), and the
+/// `occupied` / `vacated` events this node emits (see [`occupancy`]).
+#[async_trait]
+pub trait Occupancy: Send + Sync {
+    /// The occupied groups matching `pattern` (`*`, `?`), at most `limit`.
+    async fn occupied(&self, pattern: &str, limit: usize) -> Result<OccupiedGroups, BrokerError>;
+    /// The events this node emits; `None` when occupancy is off.
+    fn occupancy_events(&self) -> Option<tokio::sync::broadcast::Receiver<OccupancyEvent>>;
 }
 
 /// The cluster listing.

@@ -14,6 +14,7 @@ const LIST_KEYS: &[&str] = &[
     "groups.auto_join",
     "groups.client_publish",
     "groups.snapshot",
+    "groups.authorize",
     "history.groups",
 ];
 
@@ -70,7 +71,15 @@ impl Config {
         masked.database.url = masked.database.url.as_deref().map(mask_url);
         masked.redis.url = masked.redis.url.as_deref().map(mask_url);
         masked.auth.jwt_secret = masked.auth.jwt_secret.as_ref().map(|_| "********".into());
+        let a = &mut masked.authorize;
+        for secret in [&mut a.hook_secret, &mut a.hook_api_key, &mut a.grant_secret] {
+            *secret = secret.as_ref().map(|_| "********".into());
+        }
         masked.auth.jwt_jwks_url = masked.auth.jwt_jwks_url.as_deref().map(mask_url);
+        let occupancy = &mut masked.occupancy;
+        occupancy.webhook_secret = occupancy.webhook_secret.as_ref().map(|_| "********".into());
+        occupancy.webhook_url = occupancy.webhook_url.as_deref().map(mask_url);
+        masked.authorize.hook_url = masked.authorize.hook_url.as_deref().map(mask_url);
         if masked.server.node_id.is_none() {
             masked.server.node_id = Some(self.node_id());
         }
@@ -258,6 +267,66 @@ mod tests {
         assert_eq!(c.auth.timeout, Duration::from_millis(250));
         assert_eq!(c.groups.allow, vec!["market.*", "user.{user_id}"]);
         assert_eq!(c.limits.max_connections, 10);
+    }
+
+    #[test]
+    fn authorize_needs_a_way_to_say_yes_and_long_secrets() {
+        let secret = "s".repeat(32);
+        let hook = "http://127.0.0.1:9/hook";
+        for (pairs, key) in [
+            (
+                vec![("WSGATE__GROUPS__AUTHORIZE", "doc.*")],
+                "groups.authorize",
+            ),
+            (
+                vec![("WSGATE__AUTHORIZE__HOOK_URL", hook)],
+                "authorize.hook_url",
+            ),
+            (
+                vec![
+                    ("WSGATE__AUTHORIZE__HOOK_URL", "ftp://x"),
+                    ("WSGATE__AUTHORIZE__HOOK_SECRET", secret.as_str()),
+                ],
+                "authorize.hook_url",
+            ),
+            (
+                vec![
+                    ("WSGATE__AUTHORIZE__HOOK_URL", hook),
+                    ("WSGATE__AUTHORIZE__HOOK_SECRET", "short"),
+                ],
+                "authorize.hook_secret",
+            ),
+            (
+                vec![("WSGATE__AUTHORIZE__GRANT_SECRET", "short")],
+                "authorize.grant_secret",
+            ),
+            (
+                vec![("WSGATE__AUTHORIZE__GRANT_MAX_LIFETIME", "0s")],
+                "authorize.grant_max_lifetime",
+            ),
+            (
+                vec![("WSGATE__GROUPS__AUTHORIZE", "a b")],
+                "groups.authorize",
+            ),
+        ] {
+            let err = Config::load_with_env(None, env(&pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{pairs:?}: {err}");
+        }
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("WSGATE__GROUPS__AUTHORIZE", "doc.*,team.{user_id}.*"),
+                ("WSGATE__AUTHORIZE__HOOK_URL", hook),
+                ("WSGATE__AUTHORIZE__HOOK_API_KEY", "k"),
+                ("WSGATE__AUTHORIZE__HOOK_SECRET", secret.as_str()),
+            ]),
+        )
+        .unwrap();
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains(&secret), "{shown}");
+        assert!(shown.contains("hook_api_key = \"********\""), "{shown}");
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct Config {
     pub log: LogConfig,
     pub history: HistoryConfig,
     pub compat: CompatConfig,
+    pub outbox: OutboxConfig,
+    pub occupancy: OccupancyConfig,
+    pub authorize: AuthorizeConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +97,11 @@ pub struct ServerConfig {
     /// header (a layer-4 load balancer's), whose source address is the
     /// client's; a connection without one is dropped.
     pub proxy_protocol: bool,
+    /// Opt-in write coalescing: after a frame is queued for a connection,
+    /// wait this long for more before writing, so a socket in many busy
+    /// groups takes one write for several frames (0 = write at once).
+    #[serde(with = "humantime_serde")]
+    pub write_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +116,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
+            write_delay: Duration::ZERO,
         }
     }
 }
@@ -122,6 +131,13 @@ pub struct ApiConfig {
     /// Longest time a caller may take to send a request body.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// How long a publish's `idempotency_key` is remembered (a retry with
+    /// the same key within it is not delivered again); also the outbox's.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Without Redis: most idempotency keys kept in memory (the oldest go
+    /// first past it).
+    pub idempotency_capacity: u64,
 }
 
 impl Default for ApiConfig {
@@ -131,6 +147,8 @@ impl Default for ApiConfig {
             keys: Vec::new(),
             key_file: None,
             body_timeout: Duration::from_secs(10),
+            idempotency_window: Duration::from_secs(600),
+            idempotency_capacity: 100_000,
         }
     }
 }
@@ -328,6 +346,10 @@ pub struct GroupsConfig {
     /// after it was published.
     #[serde(with = "humantime_serde")]
     pub snapshot_ttl: Duration,
+    /// Groups the application backend authorizes per user (`[authorize]`):
+    /// subscribing needs the hook's allow or a valid grant, whatever
+    /// `allow` says.
+    pub authorize: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -348,6 +370,53 @@ impl Default for GroupsConfig {
             conflate: Vec::new(),
             snapshot: Vec::new(),
             snapshot_ttl: Duration::from_secs(3600),
+            authorize: Vec::new(),
+        }
+    }
+}
+
+/// How the backend authorizes `groups.authorize` groups: the subscribe hook
+/// and subscription grants.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthorizeConfig {
+    /// The backend URL wsgate POSTs `{user_id, group, ...}` to.
+    pub hook_url: Option<String>,
+    /// HMAC-SHA256 secret signing each hook call (at least 32 bytes).
+    pub hook_secret: Option<String>,
+    /// Sent as `Authorization: Bearer <key>` on each hook call.
+    pub hook_api_key: Option<String>,
+    /// Longest wait for the hook's answer.
+    #[serde(with = "humantime_serde")]
+    pub hook_timeout: Duration,
+    /// How long an allow is kept per (user, group).
+    #[serde(with = "humantime_serde")]
+    pub allow_ttl: Duration,
+    /// How long a deny is kept per (user, group).
+    #[serde(with = "humantime_serde")]
+    pub deny_ttl: Duration,
+    /// Most (user, group) answers kept, each of allow and deny.
+    pub cache_size: u64,
+    /// HS256 secret of subscription grants (at least 32 bytes).
+    pub grant_secret: Option<String>,
+    /// Longest a grant may live (`exp` minus now at subscribe); also how
+    /// long an unsubscribe keeps refusing grants issued before it.
+    #[serde(with = "humantime_serde")]
+    pub grant_max_lifetime: Duration,
+}
+
+impl Default for AuthorizeConfig {
+    fn default() -> Self {
+        AuthorizeConfig {
+            hook_url: None,
+            hook_secret: None,
+            hook_api_key: None,
+            hook_timeout: Duration::from_secs(2),
+            allow_ttl: Duration::from_secs(30),
+            deny_ttl: Duration::from_secs(5),
+            cache_size: 100_000,
+            grant_secret: None,
+            grant_max_lifetime: Duration::from_secs(3600),
         }
     }
 }
@@ -470,6 +539,93 @@ impl Default for CompatConfig {
     }
 }
 
+/// The transactional outbox (`wsgate_outbox`, PostgreSQL only): rows a
+/// backend inserts in its own transactions, published by the nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Publish the rows of `wsgate_outbox` (needs a PostgreSQL `database.url`).
+    pub enabled: bool,
+    /// Most rows published per claimed partition and transaction.
+    pub batch: u32,
+    /// Longest wait between looks at the table when no notice arrives.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Longest one batch may hold its partition (claim, publish, delete);
+    /// past it the batch is rolled back and its rows published again later.
+    #[serde(with = "humantime_serde")]
+    pub batch_timeout: Duration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            enabled: false,
+            batch: 500,
+            poll_interval: Duration::from_secs(1),
+            batch_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Feed demand: events when a group gets its first member anywhere in the
+/// cluster (`occupied`) and when its last one has been gone for `linger`
+/// (`vacated`), as a signed webhook and a Redis stream; the groups API lists
+/// the occupied groups.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OccupancyConfig {
+    /// Track occupancy at all (one Redis script per local first join and
+    /// last leave of a group; nothing per message).
+    pub enabled: bool,
+    /// How long a group stays occupied after its last member left; a join
+    /// within it cancels the `vacated` event.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Redis stream the events are appended to (key
+    /// `<redis.prefix>{occ}:<stream>`); empty: no stream.
+    pub stream: String,
+    /// Approximate bound on the stream's length (`XADD MAXLEN ~`).
+    pub stream_maxlen: u64,
+    /// `http(s)://` URL the events are POSTed to; unset: no webhook.
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key of the webhook's signature (at least 16 bytes;
+    /// required with `webhook_url`).
+    pub webhook_secret: Option<String>,
+    /// Longest wait for one webhook attempt.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    /// Attempts per event (the first one included), with exponential
+    /// backoff and jitter between them.
+    pub webhook_attempts: u32,
+    /// Events waiting for the webhook; past it, new ones are dropped and
+    /// counted.
+    pub queue: usize,
+}
+
+impl Default for OccupancyConfig {
+    fn default() -> Self {
+        OccupancyConfig {
+            enabled: true,
+            linger: Duration::from_secs(30),
+            stream: "events".into(),
+            stream_maxlen: 10_000,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_timeout: Duration::from_secs(5),
+            webhook_attempts: 5,
+            queue: 1024,
+        }
+    }
+}
+
+/// Largest `outbox.batch`.
+pub const MAX_OUTBOX_BATCH: u32 = 10_000;
+/// Largest `api.idempotency_capacity`.
+pub const MAX_IDEMPOTENCY_CAPACITY: u64 = 10_000_000;
+/// Longest `api.idempotency_window`.
+pub const MAX_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -495,6 +651,8 @@ impl Default for LogConfig {
 
 /// Longest duration any setting accepts.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest `server.write_delay`: it is added to every message's latency.
+pub const MAX_WRITE_DELAY: Duration = Duration::from_secs(1);
 /// Largest `limits.outbound_queue` (frames queued for one connection).
 pub const MAX_OUTBOUND_QUEUE: usize = 1_000_000;
 

@@ -65,12 +65,14 @@ pub type RequestId = Box<RawValue>;
 #[derive(Debug)]
 pub enum Request {
     /// `since`: where a reconnecting client left off in the group's history.
+    /// `token`: a subscription grant for the group (`groups.authorize`).
     Subscribe {
         group: String,
         since: Option<Position>,
         /// `"latest":true`: send the group's latest message first (snapshot
         /// and history groups).
         latest: bool,
+        token: Option<Token>,
     },
     Unsubscribe {
         group: String,
@@ -99,15 +101,18 @@ pub enum ErrorCode {
     Forbidden,
     TooManyGroups,
     RateLimited,
+    /// The backend that authorizes the group did not answer: try again.
+    Unavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 5] = [
+    pub const ALL: [ErrorCode; 6] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownType,
         ErrorCode::Forbidden,
         ErrorCode::TooManyGroups,
         ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -117,6 +122,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::TooManyGroups => "too_many_groups",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -207,10 +213,25 @@ pub fn parse_request(text: &str) -> ClientFrame {
                 Some("true") => true,
                 Some(_) => return Err(RequestError::bad("latest must be a boolean")),
             };
+            let token = match raw.token.as_deref() {
+                None => None,
+                Some(t) if t.get() == "null" => None,
+                Some(t) => match serde_json::from_str::<String>(t.get()) {
+                    Ok(t) if !t.is_empty() && t.len() <= MAX_AUTH_FRAME_BYTES => {
+                        Some(Token::new(t))
+                    }
+                    _ => {
+                        return Err(RequestError::bad(
+                            "token must be a non-empty string of at most 4 KiB",
+                        ));
+                    }
+                },
+            };
             Ok(Request::Subscribe {
                 group,
                 since,
                 latest,
+                token,
             })
         }),
         "unsubscribe" => group().map(|group| Request::Unsubscribe { group }),
@@ -319,7 +340,7 @@ mod tests {
         let f = parse_request(r#"{"type":"subscribe","group":"market.AAPL","id":7}"#);
         assert_eq!(f.id.unwrap().get(), "7");
         assert!(
-            matches!(f.request, Ok(Request::Subscribe { ref group, since: None, latest: false }) if group == "market.AAPL")
+            matches!(f.request, Ok(Request::Subscribe { ref group, since: None, latest: false, token: None }) if group == "market.AAPL")
         );
 
         let f =
@@ -331,6 +352,16 @@ mod tests {
                 ..
             })
         ));
+        let f = parse_request(r#"{"type":"subscribe","group":"g","token":"t.t.t"}"#);
+        assert!(
+            matches!(f.request, Ok(Request::Subscribe { token: Some(ref t), .. }) if t.expose() == "t.t.t")
+        );
+        for bad in ["\"\"", "5", "{}"] {
+            let f = parse_request(&format!(
+                r#"{{"type":"subscribe","group":"g","token":{bad}}}"#
+            ));
+            assert_eq!(f.request.unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+        }
         let f = parse_request(r#"{"type":"subscribe","group":"g","since":{"offset":-3}}"#);
         assert_eq!(f.request.unwrap_err().code, ErrorCode::BadRequest);
 

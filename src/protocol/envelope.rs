@@ -124,6 +124,9 @@ pub enum Control {
     /// Close every connection authenticated with the token of this SHA-256
     /// digest (hex) with 4003.
     RevokeDigest { digest: String },
+    /// Remove this user from this group on every connection (an unsolicited
+    /// `unsubscribed`), and forget the backend's cached allow for the pair.
+    Unsubscribe { user_id: String, group: String },
 }
 
 #[cfg(test)]

@@ -21,7 +21,10 @@ use crate::auth::StoreError;
 use crate::auth::cache::RedisTokenCache;
 use crate::auth::sql::{Backend, Db, store_for};
 use crate::auth::{Authenticator, TokenStore};
+use crate::broker::idempotency::Idempotency;
+use crate::broker::idempotency_memory::MemoryIdempotency;
 use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::idempotency::RedisIdempotency;
 use crate::broker::redis::{RedisBroker, RedisControl};
 use crate::broker::{Broker, HistoryPolicy, SnapshotPolicy};
 use crate::compat::ChannelsBridge;
@@ -29,10 +32,12 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::ops;
+use crate::outbox::{Outbox, OutboxTasks};
 use crate::redis_client;
 use crate::revocation::Forget;
 use crate::revocation::revalidate::Revalidator;
 use crate::state::AppState;
+use crate::subscribe_auth::SubscribeAuth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -54,6 +59,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Invalid(#[from] crate::config::ConfigError),
+    #[error("outbox: {0}")]
+    Outbox(#[from] crate::outbox::OutboxError),
 }
 
 /// Where a running node listens.
@@ -76,8 +83,12 @@ pub struct Server {
     cache_client: Option<fred::clients::Client>,
     /// Delivers Django Channels `group_send` (`compat.channels_redis`).
     compat: Option<ChannelsBridge>,
+    /// Publishes `wsgate_outbox` rows (`outbox.enabled`).
+    outbox: Option<OutboxTasks>,
     listeners: Vec<(TcpListener, Router)>,
     addrs: Addrs,
+    /// Counting occupancy events and the webhook (`[occupancy]`).
+    occupancy: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -90,13 +101,41 @@ impl Server {
         let (store, on_postgres) = open_store(&config).await?;
         let backends = connect_backends(&config, store, &metrics).await?;
         let history = HistoryPolicy::new(&config.history);
-        let state = AppState::new(config, backends.broker.clone(), backends.auth, metrics);
+        let idempotency = backends.idempotency;
+        let subscribe_auth = Arc::new(
+            SubscribeAuth::new(
+                &config.groups,
+                &config.authorize,
+                config.node_id(),
+                metrics.clone(),
+            )
+            .map_err(|message| StartError::Config {
+                key: "authorize",
+                message,
+            })?,
+        );
+        let state = AppState::new(
+            config,
+            backends.broker.clone(),
+            backends.auth,
+            metrics,
+            subscribe_auth,
+        );
         let forget = Forget::new(state.auth.clone(), state.hub.clone());
-        state
-            .broker
-            .attach(Arc::new(Dispatcher::new(state.hub.clone(), forget.clone())));
+        state.broker.attach(Arc::new(Dispatcher::new(
+            state.hub.clone(),
+            forget.clone(),
+            state.subscribe_auth.clone(),
+            Arc::downgrade(&state.broker),
+        )));
+        let occupancy = crate::occupancy::start(&state.config, &state.broker, &state.metrics)
+            .map_err(|e| StartError::Config {
+                key: "occupancy.webhook_url",
+                message: e.to_string(),
+            })?;
         let compat = start_compat(&state).await?;
         let (revalidator, revocations) = start_revocation(&state, on_postgres, forget).await?;
+        let outbox = start_outbox(&state, idempotency.clone()).await?;
         let api = ApiState::new(ApiShared {
             keys: ApiKeys::new(&api_keys),
             broker: state.broker.clone(),
@@ -104,6 +143,8 @@ impl Server {
             metrics: state.metrics.clone(),
             history,
             body_timeout: state.config.api.body_timeout,
+            idempotency,
+            idempotency_window: state.config.api.idempotency_window,
         });
         let (listeners, addrs) = listen::bind_roles(&state, api)?;
         Ok(Server {
@@ -112,8 +153,10 @@ impl Server {
             revalidation: revalidator.map(Revalidator::spawn),
             cache_client: backends.cache_client,
             compat,
+            outbox,
             listeners,
             addrs,
+            occupancy,
         })
     }
 
@@ -168,6 +211,10 @@ impl Server {
             "wsgate serving"
         );
         shutdown.await;
+        // Other nodes take over the outbox while this one drains.
+        if let Some(outbox) = &self.outbox {
+            outbox.stop();
+        }
         ops::drain::drain(&self.state).await;
         if let Some(compat) = &self.compat {
             compat.shutdown().await;
@@ -180,6 +227,9 @@ impl Server {
         }
         // Leaves the cluster (a no-op for the in-process broker).
         self.state.broker.shutdown().await;
+        for task in &self.occupancy {
+            task.abort();
+        }
         if let Some(cache_client) = &self.cache_client {
             use fred::interfaces::ClientLike;
             let _ = tokio::time::timeout(Duration::from_secs(2), cache_client.quit()).await;
@@ -211,6 +261,9 @@ struct Backends {
     auth: Arc<Authenticator>,
     /// The auth cache's Redis client, closed at the end of a drain.
     cache_client: Option<fred::clients::Client>,
+    /// Where idempotency keys are remembered: beside the broker, as wide
+    /// as delivery (Redis, or this process).
+    idempotency: Arc<dyn Idempotency>,
 }
 
 /// Without Redis: the in-process broker and an in-process token cache.
@@ -231,9 +284,19 @@ async fn connect_backends(
             metrics.clone(),
         );
         return Ok(Backends {
-            broker: Arc::new(MemoryBroker::with_history(history).with_snapshots(snapshots)),
+            broker: Arc::new({
+                let broker = MemoryBroker::with_history(history).with_snapshots(snapshots);
+                match crate::occupancy::settings(config) {
+                    Some(occupancy) => broker.with_occupancy(&occupancy),
+                    None => broker,
+                }
+            }),
             auth: Arc::new(auth),
             cache_client: None,
+            idempotency: Arc::new(MemoryIdempotency::new(
+                config.api.idempotency_capacity,
+                config.api.idempotency_window,
+            )),
         });
     }
     let redis_error = |e: &dyn std::fmt::Display| StartError::Redis(e.to_string());
@@ -246,11 +309,21 @@ async fn connect_backends(
     )
     .await
     .map_err(|e| redis_error(&e))?;
+    if let Some(occupancy) = crate::occupancy::settings(config) {
+        broker.start_occupancy(occupancy);
+    }
     let (cache, client) = token_cache(config, metrics.clone()).await?;
+    // Shares the token cache's client: both are plain key commands.
+    let idempotency = RedisIdempotency::new(
+        client.clone(),
+        &config.redis.prefix,
+        config.redis.command_timeout,
+    );
     Ok(Backends {
         broker,
         auth: Arc::new(Authenticator::with_cache(store, cache)),
         cache_client: Some(client),
+        idempotency: Arc::new(idempotency),
     })
 }
 
@@ -292,6 +365,27 @@ async fn start_revocation(
         .await
         .map_err(|e| StartError::Store(StoreError::Unavailable(e.to_string())))?;
     Ok((revalidator, Some(task)))
+}
+
+/// The transactional outbox (`outbox.enabled`; validation made sure the
+/// database is PostgreSQL): see [`crate::outbox`].
+async fn start_outbox(
+    state: &AppState,
+    idempotency: Arc<dyn Idempotency>,
+) -> Result<Option<OutboxTasks>, StartError> {
+    if !state.config.outbox.enabled {
+        return Ok(None);
+    }
+    let url = Db::url(&state.config);
+    let outbox = Outbox::connect(
+        &state.config,
+        &url,
+        state.broker.clone(),
+        idempotency,
+        state.metrics.clone(),
+    )
+    .await?;
+    Ok(Some(outbox.start(&url).await?))
 }
 
 /// What `wsgate token revoke` needs to revoke a token in a running cluster

@@ -34,6 +34,7 @@ use crate::protocol::{self, CloseCode, ErrorCode, Reply, RequestError};
 use crate::state::AppState;
 
 mod auth;
+mod authorize;
 mod latest;
 mod requests;
 mod socket;
@@ -50,7 +51,16 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Runs a connection to the end. `slot` holds its place in `max_connections`.
 /// Every log line of the connection carries its `conn` id, and `session` and
 /// `user_id` once authenticated.
-pub async fn run(socket: WebSocket, state: AppState, slot: SessionSlot) {
+///
+/// Not an `async fn`, so that the socket is boxed before any future holds
+/// it: each `async fn` level keeps its own copy of a by-value argument for
+/// its whole life, and this future is the socket's task for as long as the
+/// socket lives (see docs/performance.md, "Memory per idle socket").
+pub fn run(
+    socket: WebSocket,
+    state: AppState,
+    slot: SessionSlot,
+) -> impl Future<Output = ()> + Send + 'static {
     let conn_id = state.next_conn_id();
     let span = tracing::info_span!(
         "connection",
@@ -58,18 +68,19 @@ pub async fn run(socket: WebSocket, state: AppState, slot: SessionSlot) {
         session = tracing::field::Empty,
         user_id = tracing::field::Empty,
     );
-    run_connection(socket, state, slot, conn_id)
-        .instrument(span)
-        .await
+    run_connection(Box::new(socket), state, slot, conn_id).instrument(span)
 }
 
-async fn run_connection(socket: WebSocket, state: AppState, slot: SessionSlot, conn_id: u64) {
-    let mut slot = slot;
+async fn run_connection(
+    mut socket: Box<WebSocket>,
+    state: AppState,
+    mut slot: SessionSlot,
+    conn_id: u64,
+) {
     let ip = slot.ip();
     let metrics = state.metrics.clone();
     metrics.connections_opened.inc();
     metrics.connections_pending.inc();
-    let mut socket = socket;
     // Revocations from here on must reach this connection (checked again
     // once it is in the hub).
     let auth_started = std::time::Instant::now();
@@ -93,7 +104,7 @@ async fn run_connection(socket: WebSocket, state: AppState, slot: SessionSlot, c
     let identity = match outcome {
         Ok((identity, token)) => Some((identity, token)),
         Err(End::Close(code)) => {
-            close(&mut socket, &state, code).await;
+            Box::pin(close(&mut socket, &state, code)).await;
             None
         }
         Err(End::ClientGone(code)) => {
@@ -119,7 +130,7 @@ enum End {
 
 /// Phase 2: an authenticated connection.
 async fn serve(
-    mut socket: WebSocket,
+    mut socket: Box<WebSocket>,
     state: &AppState,
     conn_id: u64,
     identity: Identity,
@@ -166,7 +177,7 @@ async fn serve(
     // It no longer serves, even while its close frame waits for a stalled peer.
     state.metrics.connections_authenticated.dec();
     match end {
-        End::Close(code) => close(&mut socket, state, code).await,
+        End::Close(code) => Box::pin(close(&mut socket, state, code)).await,
         End::ClientGone(code) => state.metrics.closed(code),
     }
 }
@@ -221,6 +232,12 @@ async fn join(state: &AppState, conn: &ConnHandle, group: &str) -> Result<bool, 
         state.hub.leave(conn.id, group);
         return Err(JoinFailure::Broker);
     }
+    if !state.hub.is_member(conn.id, group) {
+        // Taken out (`POST /api/v1/unsubscribe`) while the broker
+        // subscribed: its unsubscribe may have run before this subscribe
+        // and found nothing, so undo this one (a second one is a no-op).
+        unsubscribe_broker(state, group, &conn.session).await;
+    }
     Ok(true)
 }
 
@@ -254,8 +271,13 @@ async fn serve_loop(
     let ping_interval = state.config.server.ping_interval;
     let pong_timeout = state.config.server.pong_timeout;
     let mut keepalive = KeepAlive::PingAt(Instant::now() + ping_interval);
-    let limiter = MessageLimiter::new(state.config.limits.messages_per_second);
+    // Made at the first request, and boxed: an idle socket holds no limiter
+    // (two of them are a fair part of this loop's state), and a new one
+    // allows a full burst whether it was made now or at the first request.
+    let per_second = state.config.limits.messages_per_second;
+    let mut limiter: Option<Box<MessageLimiter>> = None;
     let mut batch: Vec<Outbound> = Vec::new();
+    let write_delay = state.config.server.write_delay;
     // One timer for the connection, moved rather than re-registered on
     // every wake-up.
     let timer = sleep_until(Instant::now() + ping_interval);
@@ -285,10 +307,15 @@ async fn serve_loop(
                 keepalive = KeepAlive::PingAt(Instant::now() + ping_interval);
                 match incoming {
                     Some(Ok(Message::Text(text))) => {
+                        if limiter.is_none() {
+                            limiter = MessageLimiter::new(per_second).map(Box::new);
+                        }
                         let verdict = limiter.as_ref().map_or(RateVerdict::Allow, |l| l.check());
                         let before = expires_at;
                         let expiring = &mut expires_at;
-                        let handled = bounded_write(conn, pong_timeout, async {
+                        // Boxed, as every write below: the state of a write in
+                        // flight is allocated only while it is.
+                        let handled = Box::pin(bounded_write(conn, pong_timeout, async {
                             match verdict {
                                 RateVerdict::Allow => {
                                     Box::pin(handle_request(socket, state, conn, ip, &text, expiring)).await
@@ -304,7 +331,7 @@ async fn serve_loop(
                                     Err(End::Close(CloseCode::RateLimited))
                                 }
                             }
-                        })
+                        }))
                         .await;
                         if let Err(end) = handled {
                             return end;
@@ -326,8 +353,18 @@ async fn serve_loop(
                 if !open {
                     return End::Close(CloseCode::InternalError);
                 }
+                if !write_delay.is_zero() && batch.len() < MAX_BATCH {
+                    // Coalescing (opt-in): let more frames gather for one
+                    // write. Boxed, so an idle socket's task does not hold
+                    // the timer.
+                    if let Some(code) = Box::pin(gather(conn, write_delay)).await {
+                        return End::Close(code);
+                    }
+                    let room = MAX_BATCH - batch.len();
+                    conn.queue.take_ready(&mut batch, room);
+                }
                 let written = write_batch(socket, state, &mut batch);
-                if let Err(end) = bounded_write(conn, pong_timeout, written).await {
+                if let Err(end) = Box::pin(bounded_write(conn, pong_timeout, written)).await {
                     return end;
                 }
             }
@@ -339,7 +376,7 @@ async fn serve_loop(
                             .await
                             .map_err(|_| End::ClientGone(1006))
                     };
-                    if let Err(end) = bounded_write(conn, pong_timeout, ping).await {
+                    if let Err(end) = Box::pin(bounded_write(conn, pong_timeout, ping)).await {
                         return end;
                     }
                     keepalive = KeepAlive::PongBy(Instant::now() + pong_timeout);
@@ -354,7 +391,72 @@ async fn serve_loop(
     }
 }
 
+/// Waits `delay` for more frames to queue (`server.write_delay`); a close
+/// request ends the wait and is returned.
+async fn gather(conn: &ConnHandle, delay: Duration) -> Option<CloseCode> {
+    tokio::select! {
+        biased;
+        code = conn.close.requested() => Some(code),
+        _ = tokio::time::sleep(delay) => None,
+    }
+}
+
 fn new_session_id() -> String {
     let bytes: [u8; 12] = rand::random();
     hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod sizes {
+    //! Where an idle socket's bytes go, as far as types tell: printed, not
+    //! asserted (the memory target is measured by `wsgate-bench idle`; see
+    //! docs/performance.md). `cargo test --lib session::sizes -- --nocapture`.
+
+    use std::future::Future;
+    use std::mem::size_of;
+    use std::sync::Arc;
+
+    use axum::extract::ws::WebSocket;
+
+    use super::run;
+    use crate::hub::{CloseSignal, ConnHandle, ConnId, OutboundQueue};
+    use crate::limits::SessionSlot;
+    use crate::state::AppState;
+    use crate::token::Credential;
+
+    /// The size of the future a function of three owned arguments returns,
+    /// without making one.
+    fn future_size<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {
+        size_of::<F>()
+    }
+
+    #[test]
+    fn print_sizes() {
+        let rows = [
+            ("session future (run), the task's state", future_size(run)),
+            ("  + the socket, boxed by run", size_of::<WebSocket>()),
+            (
+                "tungstenite WebSocketContext",
+                size_of::<tungstenite::protocol::WebSocketContext>(),
+            ),
+            ("ConnHandle (one Arc allocation)", size_of::<ConnHandle>()),
+            ("  OutboundQueue", size_of::<OutboundQueue>()),
+            ("  Credential (token + digest)", size_of::<Credential>()),
+            ("  CloseSignal", size_of::<CloseSignal>()),
+            (
+                "hub entry (id, handle, group list)",
+                size_of::<(ConnId, Arc<ConnHandle>, Vec<String>)>(),
+            ),
+            ("SessionSlot", size_of::<SessionSlot>()),
+            (
+                "MessageLimiter (made at the first request)",
+                size_of::<crate::limits::MessageLimiter>(),
+            ),
+            ("AppState", size_of::<AppState>()),
+            ("tokio Sleep", size_of::<tokio::time::Sleep>()),
+        ];
+        for (what, bytes) in rows {
+            println!("{what:<45} {bytes:>6} B");
+        }
+    }
 }

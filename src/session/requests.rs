@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 use std::net::IpAddr;
 
 use super::auth::refresh;
+use super::authorize::authorize;
 use super::latest::{history_latest, subscribe_with_latest, write_snapshots};
 use super::socket::{send, text_message};
 use super::{End, JoinFailure, join, unsubscribe_broker};
@@ -43,9 +44,10 @@ pub(super) async fn handle_request(
             group,
             since,
             latest,
+            token,
         }) => {
-            if !state.policy.can_subscribe(&conn.user_id, &group) {
-                refuse(state, &forbidden(), id)
+            if let Err(e) = authorize(state, conn, ip, &group, token.as_ref()).await {
+                refuse(state, &e, id)
             } else if state.history.applies(&group) {
                 let since = since.as_ref();
                 return subscribe_with_history(socket, state, conn, &group, since, latest, id)

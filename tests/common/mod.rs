@@ -9,20 +9,27 @@
 //! - [`client`]: a WebSocket client ([`Client`]) and how it saw a close.
 //! - [`bin`]: the real `wsgate` binary ([`BinNode`], [`run_bin`]) and `node`
 //!   (Node.js) for the JavaScript tests.
+//! - [`django`]: the example Django project: `manage.py`, `runserver`.
+//! - [`hook_backend`]: a stand-in backend answering the subscribe hook.
 //! - [`ports`]: free ports and waiting for one to open or close.
 //! - [`redis_servers`]: the shared Redis ([`RedisPrefix`], deleted on drop),
 //!   throwaway `redis-server` processes and a Redis Cluster.
 //! - [`pg_server`]: a throwaway PostgreSQL cluster to stop, restart, freeze.
+//! - [`webhook`]: a webhook receiver that records requests and fails the first few.
 #![allow(dead_code, unused_imports)]
 
 pub mod bin;
 pub mod client;
 pub mod db;
+pub mod django;
+pub mod hook_backend;
 pub mod node;
+pub mod outbox;
 pub mod pg_server;
 pub mod ports;
 pub mod redis_servers;
 pub mod tls_servers;
+pub mod webhook;
 
 use std::time::Duration;
 

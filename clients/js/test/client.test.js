@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { WsgateError } from '../wsgate.js';
-import { TcpProxy, client, env, nextEvent, publish, sleep, uniqueGroup, waitFor } from './helpers.js';
+import { TcpProxy, apiPost, client, env, nextEvent, publish, sleep, uniqueGroup, waitFor } from './helpers.js';
 
 const WS = env('WSGATE_EMBEDDED_WS');
 const API = env('WSGATE_EMBEDDED_API');
@@ -109,6 +109,37 @@ test('delivers publications from another client and from the backend API, in ord
   // Publishing while not connected is refused locally.
   pub.close();
   await assert.rejects(pub.publish(group, {}), (e) => e.code === 'not_connected');
+});
+
+test('an unsubscribed the server sends unasked ends the subscription', async (t) => {
+  const c = client(WS, { token: env('WSGATE_TOKEN_1') });
+  t.after(() => c.close());
+  await c.connect();
+  const group = uniqueGroup('revoked');
+  const kept = uniqueGroup('kept');
+  const got = [];
+  await c.subscribe(group, (data) => got.push(data));
+  await c.subscribe(kept, () => {});
+  const ended = nextEvent(c, 'unsubscribed');
+  const errors = [];
+  c.on('error', (e) => errors.push(e));
+  // The backend takes user js-1 out of the group.
+  await apiPost(API, '/api/v1/unsubscribe', { user_id: 'js-1', group });
+  assert.deepEqual(await ended, { group });
+  await publish(API, group, { n: 1 });
+  await c.ping();
+  await sleep(100);
+  assert.deepEqual(got, []);
+  // Forgotten: subscribing again sends a new subscribe (not the old promise).
+  const again = await c.subscribe(group, (data) => got.push(data));
+  assert.equal(again.type, 'subscribed');
+  await publish(API, group, { n: 2 });
+  await waitFor('the message after resubscribing', () => got.length === 1);
+  assert.deepEqual(got, [{ n: 2 }]);
+  // An unsubscribed for a group the client is not in changes nothing.
+  await apiPost(API, '/api/v1/unsubscribe', { user_id: 'js-1', group: uniqueGroup('none') });
+  await c.ping();
+  assert.deepEqual(errors, []);
 });
 
 test('a refused token (4003) emits unauthorized and is never retried', async (t) => {

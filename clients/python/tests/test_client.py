@@ -57,6 +57,30 @@ def test_any_json_value_is_data(
     assert member.message()["data"] == data
 
 
+def test_a_publish_repeated_with_its_idempotency_key_is_delivered_once(
+    client: wsgate.Client, subscriber: Subscribers, group: str
+) -> None:
+    member = subscriber("py-1", group)
+    key = "py-" + unique_group().replace(".", "-")
+    assert client.publish(group, {"n": 1}, idempotency_key=key) is None
+    assert client.publish(group, {"n": 1}, idempotency_key=key) is None
+    assert member.message()["data"] == {"n": 1}
+    member.expect_silence(0.3)
+    assert client.publish_many([(group, 2), (group, 3)], idempotency_key=key + "-b") == [
+        None,
+        None,
+    ]
+    assert client.publish_many([(group, 2), (group, 3)], idempotency_key=key + "-b") == [
+        None,
+        None,
+    ]
+    assert [member.message()["data"], member.message()["data"]] == [2, 3]
+    member.expect_silence(0.3)
+    with pytest.raises(wsgate.BadRequest) as e:
+        client.publish(group, 1, idempotency_key="not a key")
+    assert "idempotency_key" in e.value.message
+
+
 def test_publish_to_a_user_group_reaches_only_that_user(
     client: wsgate.Client, subscriber: Subscribers
 ) -> None:
@@ -150,6 +174,21 @@ def test_revoke_closes_the_sockets_and_refuses_the_token(
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4003
     # Revoking again is fine (retries may repeat it).
     client.revoke(token)
+
+
+def test_unsubscribe_ends_the_users_subscription(
+    client: wsgate.Client, subscriber: Subscribers, group: str
+) -> None:
+    s = subscriber("py-2", group)
+    other = subscriber("py-1", group)
+    client.unsubscribe("py-2", group)
+    assert s.recv() == {"type": "unsubscribed", "group": group}
+    client.publish(group, 1)
+    assert other.message()["data"] == 1
+    # Retries may repeat it; nobody subscribed is fine too.
+    client.unsubscribe("py-2", group)
+    with pytest.raises(wsgate.BadRequest):
+        client.unsubscribe("py-2", "not a group")
 
 
 def test_presence_lists_the_members(

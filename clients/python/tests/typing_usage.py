@@ -23,6 +23,7 @@ def sync_use(client: wsgate.Client) -> None:
     client.disconnect(42)
     client.disconnect("42")
     client.revoke("wsg_token")
+    client.unsubscribe(42, "doc.17")
 
 
 async def async_use() -> None:

@@ -20,6 +20,11 @@ All three end as the same frame on every subscribed socket:
   when started with compat.channels_redis = true; the message minus `type`
   (or only its compat.payload_key value) becomes `data`.
 
+- `publish_outbox`: a row in wsgate's `wsgate_outbox` table, saved in the
+  caller's transaction: published once the transaction commits (at least
+  once, in order per group), never if it rolls back. Needs PostgreSQL and
+  wsgate's outbox.enabled = true.
+
 A group may be any name of 1-128 characters of A-Z a-z 0-9 . _ : @ -.
 """
 
@@ -47,6 +52,14 @@ def publish_redis(group, data):
         _redis = redis.Redis.from_url(settings.REDIS_URL)
     envelope = json.dumps({"v": 1, "group": group, "data": data}, separators=(",", ":"))
     return _redis.publish(f"{settings.WSGATE_REDIS_PREFIX}group:{group}", envelope)
+
+
+def publish_outbox(group, data):
+    """Saves an OutboxMessage; call it inside `transaction.atomic()` with the
+    business write it announces."""
+    from market.models import OutboxMessage
+
+    return OutboxMessage.objects.create(group=group, data=data).pk
 
 
 def publish_channels(group, data, type="market.tick"):

@@ -111,6 +111,10 @@ WSGATE_REDIS_PREFIX = os.environ.get("WSGATE_REDIS_PREFIX", "wsgate:")
 # add wsgate.Client keyword arguments, e.g. {"timeout": 2}.
 WSGATE_API_URL = os.environ.get("WSGATE_API_URL", "http://127.0.0.1:8081")
 WSGATE_API_KEY = os.environ.get("WSGATE_API_KEY", "")
+# wsgate's authorize.hook_secret (the subscribe hook's HMAC key) and
+# authorize.grant_secret (what /api/ws-grant/ signs grants with).
+WSGATE_HOOK_SECRET = os.environ.get("WSGATE_HOOK_SECRET", "")
+WSGATE_GRANT_SECRET = os.environ.get("WSGATE_GRANT_SECRET", "")
 # Lifetime of the tokens POST /api/ws-token/ mints (seconds).
 WSGATE_TOKEN_TTL = int(os.environ.get("WSGATE_TOKEN_TTL", "300"))
 # What the browser connects to (server.listen + server.ws_path).

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from market import views
+from market import authorize, views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -16,4 +16,8 @@ urlpatterns = [
     # A short-lived wsgate token for the session (or DRF token) user: the JS
     # client's getToken (market/wstoken.py).
     path("api/ws-token/", views.WsToken.as_view()),
+    # wsgate's subscribe hook (groups.authorize) and subscription grants,
+    # decided by DRF permissions (market/authorize.py).
+    path("api/wsgate/authorize/", authorize.SubscribeHook.as_view()),
+    path("api/ws-grant/", authorize.SubscribeGrant.as_view()),
 ]

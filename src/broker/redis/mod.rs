@@ -22,10 +22,14 @@
 //! - `snapshot`: the latest publication of `groups.snapshot` groups, kept
 //!   by a script in the same publish pipeline, and the
 //!   [`Snapshots`](super::Snapshots) implementation.
+//! - `occupancy`: which nodes hold each group, the `occupied` / `vacated`
+//!   events and their stream (Lua scripts on first join and last leave).
 
 mod control;
 mod history;
+pub mod idempotency;
 mod link;
+mod occupancy;
 mod presence;
 mod snapshot;
 
@@ -92,6 +96,8 @@ struct Inner {
     heartbeat_now: Notify,
     bad_envelopes: AtomicU64,
     lost_messages: AtomicU64,
+    /// Set by `start_occupancy`; off until then.
+    occupancy: OnceLock<occupancy::RedisOccupancy>,
 }
 
 /// The cluster broker. Build it with [`RedisBroker::connect`]; stop it with
@@ -174,6 +180,7 @@ impl RedisBroker {
             heartbeat_now: Notify::new(),
             bad_envelopes: AtomicU64::new(0),
             lost_messages: AtomicU64::new(0),
+            occupancy: OnceLock::new(),
         });
         let broker = Arc::new(RedisBroker {
             inner: inner.clone(),
@@ -333,6 +340,9 @@ impl Broker for RedisBroker {
             }
             slot.add(member);
             inner.presence_add(group, &slot, member, count == 0).await;
+            if count == 0 {
+                inner.occupancy_joined(group).await;
+            }
             unsettled.settled();
             return Ok(());
         }
@@ -360,6 +370,7 @@ impl Broker for RedisBroker {
                 return Ok(());
             }
             inner.presence_remove(group, &slot, None).await;
+            inner.occupancy_left(group).await;
             if state.sub != Sub::None {
                 state.sub = Sub::Unknown;
                 let result = if inner.subscriber.is_connected() {
@@ -414,6 +425,7 @@ impl Broker for RedisBroker {
         let inner = &self.inner;
         inner.set_up(false);
         if inner.client.is_connected() {
+            inner.occupancy_shutdown().await;
             let pipeline = inner.client.pipeline();
             let queued: Result<(), fred::error::Error> = async {
                 let _: () = pipeline.del(inner.node_key()).await?;

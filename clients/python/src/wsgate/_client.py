@@ -157,26 +157,41 @@ class Client(_Base):
             verify=verify,
         )
 
-    def publish(self, group: str, data: object) -> int | None:
+    def publish(
+        self, group: str, data: object, *, idempotency_key: str | None = None
+    ) -> int | None:
         """Publishes ``data`` (anything JSON can hold) to ``group``; every
         member socket, on every node, receives
         ``{"type":"message","group":group,"data":data}``. Returns the
         message's offset in the group's history, or None when the group keeps
-        none. A group without members is not an error."""
-        body = self._settings.encode(_core.publish_body(group, data))
-        return self._publish_encoded(body, 1)[0]
+        none (or when ``idempotency_key`` was already used: wsgate delivered
+        it the first time). A group without members is not an error.
 
-    def publish_many(self, messages: Iterable[tuple[str, object]]) -> list[int | None]:
+        With ``idempotency_key`` (1-128 of ``A-Z a-z 0-9 . _ : -``), a
+        request repeated within wsgate's ``api.idempotency_window`` is not
+        delivered again, so the publish is retried after a lost answer
+        whatever ``publish_retry`` says."""
+        body = self._settings.encode(_core.publish_body(group, data, idempotency_key))
+        return self._publish_encoded(body, 1, idempotency_key)[0]
+
+    def publish_many(
+        self, messages: Iterable[tuple[str, object]], *, idempotency_key: str | None = None
+    ) -> list[int | None]:
         """Publishes ``(group, data)`` pairs (or ``wsgate.Message``) in one
         request, delivered in order; returns their offsets (None where a group
-        keeps no history). Nothing is sent for no messages."""
+        keeps no history). Nothing is sent for no messages.
+        ``idempotency_key`` covers the whole request (see ``publish``)."""
         items = _messages(messages)
         if not items:
             return []
-        return self._publish_encoded(self._settings.encode({"messages": items}), len(items))
+        body = self._settings.encode(_core.with_key({"messages": items}, idempotency_key))
+        return self._publish_encoded(body, len(items), idempotency_key)
 
-    def _publish_encoded(self, body: bytes, n: int) -> list[int | None]:
-        answer = self._call("POST", "/api/v1/publish", body, self._publish_repeatable())
+    def _publish_encoded(
+        self, body: bytes, n: int, key: str | None = None
+    ) -> list[int | None]:
+        repeatable = key is not None or self._publish_repeatable()
+        answer = self._call("POST", "/api/v1/publish", body, repeatable)
         return _core.offsets(answer, n)
 
     def disconnect(self, user_id: str | int) -> None:
@@ -187,6 +202,13 @@ class Client(_Base):
         """Refuses ``token`` from now on and closes every connection that
         authenticated with it, on every node, with 4003."""
         self._call("POST", "/api/v1/revoke", self._settings.encode({"token": token}), True)
+
+    def unsubscribe(self, user_id: str | int, group: str) -> None:
+        """Takes ``user_id`` out of ``group`` on every node (each socket gets
+        an unsolicited ``unsubscribed``), forgets wsgate's cached hook allow
+        for the pair and refuses grants for it issued until now."""
+        body = self._settings.encode({"user_id": user_id, "group": group})
+        self._call("POST", "/api/v1/unsubscribe", body, True)
 
     def presence(self, group: str) -> Presence:
         """Who is in ``group``: ``{"group", "count", "members": [{"user_id",
@@ -275,21 +297,28 @@ class AsyncClient(_Base):
             verify=verify,
         )
 
-    async def publish(self, group: str, data: object) -> int | None:
+    async def publish(
+        self, group: str, data: object, *, idempotency_key: str | None = None
+    ) -> int | None:
         """See ``Client.publish``."""
-        body = self._settings.encode(_core.publish_body(group, data))
-        return (await self._publish_encoded(body, 1))[0]
+        body = self._settings.encode(_core.publish_body(group, data, idempotency_key))
+        return (await self._publish_encoded(body, 1, idempotency_key))[0]
 
-    async def publish_many(self, messages: Iterable[tuple[str, object]]) -> list[int | None]:
+    async def publish_many(
+        self, messages: Iterable[tuple[str, object]], *, idempotency_key: str | None = None
+    ) -> list[int | None]:
         """See ``Client.publish_many``."""
         items = _messages(messages)
         if not items:
             return []
-        body = self._settings.encode({"messages": items})
-        return await self._publish_encoded(body, len(items))
+        body = self._settings.encode(_core.with_key({"messages": items}, idempotency_key))
+        return await self._publish_encoded(body, len(items), idempotency_key)
 
-    async def _publish_encoded(self, body: bytes, n: int) -> list[int | None]:
-        answer = await self._call("POST", "/api/v1/publish", body, self._publish_repeatable())
+    async def _publish_encoded(
+        self, body: bytes, n: int, key: str | None = None
+    ) -> list[int | None]:
+        repeatable = key is not None or self._publish_repeatable()
+        answer = await self._call("POST", "/api/v1/publish", body, repeatable)
         return _core.offsets(answer, n)
 
     async def disconnect(self, user_id: str | int) -> None:
@@ -300,6 +329,11 @@ class AsyncClient(_Base):
     async def revoke(self, token: str) -> None:
         """See ``Client.revoke``."""
         await self._call("POST", "/api/v1/revoke", self._settings.encode({"token": token}), True)
+
+    async def unsubscribe(self, user_id: str | int, group: str) -> None:
+        """See ``Client.unsubscribe``."""
+        body = self._settings.encode({"user_id": user_id, "group": group})
+        await self._call("POST", "/api/v1/unsubscribe", body, True)
 
     async def presence(self, group: str) -> Presence:
         """See ``Client.presence``."""

@@ -132,8 +132,15 @@ class Settings:
         return step / 2 + random.uniform(0, step / 2)
 
 
-def publish_body(group: str, data: object) -> dict[str, object]:
-    return {"group": group, "data": data}
+def publish_body(group: str, data: object, key: str | None = None) -> dict[str, object]:
+    return with_key({"group": group, "data": data}, key)
+
+
+def with_key(body: dict[str, object], key: str | None) -> dict[str, object]:
+    """Adds ``idempotency_key`` when given (wsgate checks its form)."""
+    if key is not None:
+        body["idempotency_key"] = key
+    return body
 
 
 def publish_many_body(messages: Iterable[tuple[str, object]]) -> list[dict[str, object]]:
