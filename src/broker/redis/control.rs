@@ -79,8 +79,7 @@ pub(super) struct ControlLink {
 
 impl ControlLink {
     /// Connects, subscribes, and starts delivering commands to `inner`'s
-    /// handler. fred resubscribes after a reconnection
-    /// (`manage_subscriptions`).
+    /// handler; resubscribes after every reconnection.
     pub(super) async fn start(
         cfg: &RedisConfig,
         inner: Arc<Inner>,
@@ -97,7 +96,12 @@ impl ControlLink {
             let _ = subscriber.quit().await;
             return Err(unavailable(e));
         }
-        let manage = subscriber.manage_subscriptions();
+        let manage = tokio::spawn(resubscribe_on_reconnect(
+            subscriber.clone(),
+            subscriber.reconnect_rx(),
+            control_channel(&cfg.prefix),
+            inner.clone(),
+        ));
         let dispatch = tokio::spawn(async move {
             let mut messages = messages;
             loop {
@@ -122,5 +126,35 @@ impl ControlLink {
             },
             connection,
         ))
+    }
+}
+
+/// After each reconnection of the control connection: marks the control
+/// channel down, subscribes it again (retrying while Redis refuses), then
+/// marks it up. Unlike fred's `manage_subscriptions`, the node knows when
+/// the channel is back, and is not up before (see `Inner::control_up`).
+async fn resubscribe_on_reconnect(
+    subscriber: SubscriberClient,
+    mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    channel: String,
+    inner: Arc<Inner>,
+) {
+    loop {
+        match reconnects.recv().await {
+            Ok(_) | Err(RecvError::Lagged(_)) => {
+                inner
+                    .control_up
+                    .store(false, std::sync::atomic::Ordering::Release);
+                while let Err(e) = subscriber.subscribe(channel.clone()).await {
+                    tracing::debug!(error = %e, "control channel resubscription failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                inner
+                    .control_up
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!("Redis control channel resubscribed");
+            }
+            Err(RecvError::Closed) => break,
+        }
     }
 }

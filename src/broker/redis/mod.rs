@@ -89,6 +89,10 @@ struct Inner {
     /// Connection generation; bumped on every disconnection and reconnection.
     epoch: AtomicU64,
     up: AtomicBool,
+    /// The control channel is subscribed on its own connection
+    /// ([`ControlLink`]); the node is up only with both in place, so a
+    /// revocation sent meanwhile is not missed by a node that says it is up.
+    control_up: AtomicBool,
     /// A heartbeat timed out on a connection that still looks open.
     stale: AtomicBool,
     /// Some group may hold a subscription it should not (a failed UNSUBSCRIBE).
@@ -175,6 +179,7 @@ impl RedisBroker {
             groups: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             up: AtomicBool::new(false),
+            control_up: AtomicBool::new(true),
             stale: AtomicBool::new(false),
             cleanup: AtomicBool::new(false),
             heartbeat_now: Notify::new(),
@@ -399,7 +404,7 @@ impl Broker for RedisBroker {
     }
 
     fn is_up(&self) -> bool {
-        self.inner.up.load(Ordering::Acquire)
+        self.inner.up.load(Ordering::Acquire) && self.inner.control_up.load(Ordering::Acquire)
     }
 
     fn attach(&self, handler: Arc<dyn BrokerHandler>) {
