@@ -139,22 +139,18 @@ async fn resubscribe_on_reconnect(
     channel: String,
     inner: Arc<Inner>,
 ) {
-    loop {
-        match reconnects.recv().await {
-            Ok(_) | Err(RecvError::Lagged(_)) => {
-                inner
-                    .control_up
-                    .store(false, std::sync::atomic::Ordering::Release);
-                while let Err(e) = subscriber.subscribe(channel.clone()).await {
-                    tracing::debug!(error = %e, "control channel resubscription failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-                inner
-                    .control_up
-                    .store(true, std::sync::atomic::Ordering::Release);
-                tracing::info!("Redis control channel resubscribed");
-            }
-            Err(RecvError::Closed) => break,
+    // A lagged receiver missed reconnections: resubscribing once covers them.
+    while let Ok(_) | Err(RecvError::Lagged(_)) = reconnects.recv().await {
+        inner
+            .control_up
+            .store(false, std::sync::atomic::Ordering::Release);
+        while let Err(e) = subscriber.subscribe(channel.clone()).await {
+            tracing::debug!(error = %e, "control channel resubscription failed; retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
+        inner
+            .control_up
+            .store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!("Redis control channel resubscribed");
     }
 }
