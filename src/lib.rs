@@ -25,8 +25,9 @@
 //! - [`hub`]: this node's connections and groups (local, synchronous), with
 //!   each connection's bounded, conflating outbound queue (`queue`).
 //! - [`broker`]: moves publications and commands between nodes: the
-//!   `Broker` trait (with `History`, `Presence` and `NodeRegistry` beside
-//!   it), the in-process broker and the Redis one, and idempotency keys
+//!   `Broker` trait (with `History`, `Snapshots` (a group's latest message),
+//!   `Presence`, `NodeRegistry` and `Occupancy` beside it), the in-process
+//!   broker and the Redis one, and idempotency keys
 //!   (`idempotency`: in process, or on Redis). [`redis_client`] builds
 //!   the Redis clients (broker, token cache, channels_redis bridge).
 //! - `outbox`: publishes the rows a backend commits to `wsgate_outbox`
