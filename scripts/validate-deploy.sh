@@ -527,7 +527,7 @@ def rust_sources(src_dir):
 def cmd_dashboard(dashboard, alerts, src_dir, out_rules):
     d = json.load(open(dashboard))
     sources = rust_sources(src_dir)
-    # The metrics are registered in one file (src/metrics.rs or src/ops/metrics.rs).
+    # The metrics are registered in one file (src/metrics/mod.rs).
     metrics_rs = next((f for f, t in sorted(sources.items()) if '"wsgate_connections"' in t), None)
     if not metrics_rs:
         fail("no source file under %s registers wsgate_connections" % src_dir)
