@@ -20,6 +20,7 @@ mod files;
 mod load;
 mod sql_ident;
 mod validate;
+mod validate_backend;
 
 pub use load::mask_url;
 pub use sql_ident::DjangoUser;
