@@ -22,9 +22,9 @@ use axum::extract::ws::WebSocket;
 use futures_util::SinkExt;
 use serde_json::value::RawValue;
 
-use super::requests::{refuse, too_many_groups};
+use super::End;
+use super::requests::{join_held, refuse_join};
 use super::socket::{send, text_message};
-use super::{End, JoinFailure, join};
 use crate::broker::Recovery;
 use crate::hub::ConnHandle;
 use crate::protocol::{CloseCode, Position, Publication, Reply, snapshot_frame};
@@ -43,16 +43,9 @@ pub(super) async fn subscribe_with_latest(
     recovering: bool,
     id: Option<&RawValue>,
 ) -> Result<(), End> {
-    state.hub.hold(conn.id, group);
-    let new_member = match join(state, conn, group).await {
+    let new_member = match join_held(state, conn, group).await {
         Ok(new_member) => new_member,
-        Err(failure) => {
-            state.hub.release(conn.id, group);
-            return match failure {
-                JoinFailure::TooMany => send(socket, refuse(state, &too_many_groups(), id)).await,
-                JoinFailure::Broker => Err(End::Close(CloseCode::TryAgainLater)),
-            };
-        }
+        Err(failure) => return refuse_join(socket, state, failure, id).await,
     };
     let latest = if new_member {
         match state.broker.latest(group).await {

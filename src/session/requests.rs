@@ -103,6 +103,36 @@ pub(super) async fn handle_request(
     send(socket, reply).await
 }
 
+/// Joins `group` with its live messages held back (see `Hub::hold`), for a
+/// subscribe that writes something (a replay, a latest) before them; on a
+/// failure nothing stays held.
+pub(super) async fn join_held(
+    state: &AppState,
+    conn: &ConnHandle,
+    group: &str,
+) -> Result<bool, JoinFailure> {
+    state.hub.hold(conn.id, group);
+    let joined = join(state, conn, group).await;
+    if joined.is_err() {
+        state.hub.release(conn.id, group);
+    }
+    joined
+}
+
+/// A failed join: too many groups is refused, the broker gone ends the
+/// connection (1013).
+pub(super) async fn refuse_join(
+    socket: &mut WebSocket,
+    state: &AppState,
+    failure: JoinFailure,
+    id: Option<&RawValue>,
+) -> Result<(), End> {
+    match failure {
+        JoinFailure::TooMany => send(socket, refuse(state, &too_many_groups(), id)).await,
+        JoinFailure::Broker => Err(End::Close(CloseCode::TryAgainLater)),
+    }
+}
+
 /// Subscribes to a group with history: its live messages are held back
 /// while the session joins, reads what history holds after `since`, writes
 /// that replay and the `subscribed` reply; then the held messages the replay
@@ -120,16 +150,9 @@ pub(super) async fn subscribe_with_history(
     latest: bool,
     id: Option<&RawValue>,
 ) -> Result<(), End> {
-    state.hub.hold(conn.id, group);
-    let new_member = match join(state, conn, group).await {
+    let new_member = match join_held(state, conn, group).await {
         Ok(new_member) => new_member,
-        Err(failure) => {
-            state.hub.release(conn.id, group);
-            return match failure {
-                JoinFailure::TooMany => send(socket, refuse(state, &too_many_groups(), id)).await,
-                JoinFailure::Broker => Err(End::Close(CloseCode::TryAgainLater)),
-            };
-        }
+        Err(failure) => return refuse_join(socket, state, failure, id).await,
     };
     if !new_member {
         // Already subscribed: its messages have been arriving all along.
