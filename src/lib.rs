@@ -27,7 +27,8 @@
 //! - [`broker`]: moves publications and commands between nodes: the
 //!   `Broker` trait (with `History`, `Snapshots` (a group's latest message),
 //!   `Presence`, `NodeRegistry` and `Occupancy` beside it), the in-process
-//!   broker and the Redis one, and idempotency keys
+//!   broker and the Redis one (one server, a Redis Cluster, or independent
+//!   shards with each group on one), and idempotency keys
 //!   (`idempotency`: in process, or on Redis). [`redis_client`] builds
 //!   the Redis clients (broker, token cache, channels_redis bridge).
 //! - `outbox`: publishes the rows a backend commits to `wsgate_outbox`

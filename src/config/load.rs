@@ -16,6 +16,7 @@ const LIST_KEYS: &[&str] = &[
     "groups.snapshot",
     "groups.authorize",
     "history.groups",
+    "redis.shards",
 ];
 
 impl Config {
@@ -59,7 +60,11 @@ impl Config {
         }
         builder = builder.add_source(Collected(env_values(env)?));
         let raw = builder.build().map_err(describe)?;
-        let config: Config = raw.try_deserialize().map_err(describe)?;
+        let mut config: Config = raw.try_deserialize().map_err(describe)?;
+        // `redis.url` is the first shard when only the shards are given.
+        if config.redis.url.is_none() {
+            config.redis.url = config.redis.shards.first().cloned();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -70,6 +75,7 @@ impl Config {
         masked.api.keys = masked.api.keys.iter().map(|_| "********".into()).collect();
         masked.database.url = masked.database.url.as_deref().map(mask_url);
         masked.redis.url = masked.redis.url.as_deref().map(mask_url);
+        masked.redis.shards = masked.redis.shards.iter().map(|u| mask_url(u)).collect();
         masked.auth.jwt_secret = masked.auth.jwt_secret.as_ref().map(|_| "********".into());
         let a = &mut masked.authorize;
         for secret in [&mut a.hook_secret, &mut a.hook_api_key, &mut a.grant_secret] {
@@ -362,6 +368,65 @@ mod tests {
             "postgres://u:********@db:5432/x"
         );
         assert_eq!(mask_url("redis://h:6379"), "redis://h:6379");
+    }
+
+    /// `redis.shards` from the environment: `redis.url` is the first, the
+    /// passwords are masked, and what cannot work is refused by name.
+    #[test]
+    fn redis_shards() {
+        let c = Config::load_with_env(
+            None,
+            env(&[(
+                "WSGATE__REDIS__SHARDS",
+                "redis://:pw1@r1:6379, rediss://:pw2@r2:6380",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.redis.shards,
+            ["redis://:pw1@r1:6379", "rediss://:pw2@r2:6380"]
+        );
+        assert_eq!(c.redis.url.as_deref(), Some("redis://:pw1@r1:6379"));
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
+        for (vars, key) in [
+            (
+                vec![("WSGATE__REDIS__SHARDS", "redis://a,redis://a")],
+                "redis.shards",
+            ),
+            (
+                vec![("WSGATE__REDIS__SHARDS", "redis://a,redis-cluster://b")],
+                "redis.shards",
+            ),
+            (
+                vec![("WSGATE__REDIS__SHARDS", "redis://a,http://b")],
+                "redis.shards",
+            ),
+            (
+                vec![
+                    ("WSGATE__REDIS__SHARDS", "redis://a,redis://b"),
+                    ("WSGATE__REDIS__CLUSTER", "true"),
+                ],
+                "redis.shards",
+            ),
+            (
+                vec![
+                    ("WSGATE__REDIS__SHARDS", "redis://a,redis://b"),
+                    ("WSGATE__REDIS__URL", "redis://b"),
+                ],
+                "redis.url",
+            ),
+        ] {
+            let err = Config::load_with_env(None, env(&vars)).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { key: named, .. } if named == key),
+                "{vars:?}: {err:?}"
+            );
+        }
+        let many: Vec<String> = (0..65).map(|i| format!("redis://h{i}")).collect();
+        let err = Config::load_with_env(None, env(&[("WSGATE__REDIS__SHARDS", &many.join(","))]))
+            .unwrap_err();
+        assert!(err.to_string().contains("at most 64"), "{err}");
     }
 
     /// L6: `WSGATE__API__KEYS="k1, k2"` kept the space, so the second key

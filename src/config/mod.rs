@@ -295,6 +295,14 @@ impl Default for AuthConfig {
 pub struct RedisConfig {
     pub url: Option<String>,
     pub cluster: bool,
+    /// Independent Redis servers (`redis://` or `rediss://`): each group's
+    /// channel, history, latest value and presence live on one of them,
+    /// chosen by consistent hashing of the group name, so pub/sub grows with
+    /// the list. The first also holds what belongs to no group (node
+    /// registry, control channel, token cache, idempotency keys); `url` is
+    /// it. Empty: `url` alone. Every node must list the same servers in the
+    /// same order.
+    pub shards: Vec<String>,
     pub prefix: String,
     /// How often a node refreshes its registry entry and presence.
     #[serde(with = "humantime_serde")]
@@ -320,6 +328,7 @@ impl Default for RedisConfig {
         RedisConfig {
             url: None,
             cluster: false,
+            shards: Vec::new(),
             prefix: "wsgate:".into(),
             heartbeat: Duration::from_secs(2),
             node_ttl: Duration::from_secs(10),

@@ -249,6 +249,37 @@ impl Config {
         Ok(())
     }
 
+    /// `redis.shards`: independent servers only (a Redis Cluster spreads
+    /// its channels itself), each once, the first being `redis.url`.
+    fn validate_redis_shards(&self) -> Result<(), ConfigError> {
+        let shards = &self.redis.shards;
+        if shards.is_empty() {
+            return Ok(());
+        }
+        let invalid = |why: &str| Err(ConfigError::invalid("redis.shards", why));
+        if shards.len() > MAX_REDIS_SHARDS {
+            return invalid(&format!("at most {MAX_REDIS_SHARDS} servers"));
+        }
+        for (i, url) in shards.iter().enumerate() {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return invalid("each must start with redis:// or rediss:// (one server each)");
+            }
+            if shards[..i].contains(url) {
+                return invalid("lists a server twice");
+            }
+        }
+        if self.redis.cluster {
+            return invalid("independent servers only; not with redis.cluster");
+        }
+        if self.redis.url.as_deref() != shards.first().map(String::as_str) {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "must be the first of redis.shards (or left unset)",
+            ));
+        }
+        Ok(())
+    }
+
     /// `[redis]`: URL scheme, prefix and timers.
     fn validate_redis(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.redis.url
@@ -261,6 +292,7 @@ impl Config {
                 "must start with redis://, rediss:// or redis-cluster://",
             ));
         }
+        self.validate_redis_shards()?;
         let tls = self.redis.tls_files();
         if !tls.is_empty()
             && !self
@@ -517,6 +549,8 @@ pub fn api_key_problem(key: &str) -> Result<(), &'static str> {
 
 /// Shortest API key.
 pub const MIN_API_KEY_LEN: usize = 16;
+/// Most servers in `redis.shards` (each costs every node three connections).
+pub const MAX_REDIS_SHARDS: usize = 64;
 
 impl Config {
     /// What is allowed but unsafe in production, said loudly at start-up

@@ -186,8 +186,17 @@ impl Inner {
 
     /// Records the link state; returns whether it changed.
     pub(super) fn set_up(&self, up: bool) -> bool {
-        self.metrics.redis_up.set(i64::from(up));
-        self.up.swap(up, Ordering::AcqRel) != up
+        let changed = self.up.swap(up, Ordering::AcqRel) != up;
+        if changed {
+            if up {
+                self.links_down.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                self.links_down.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        let all_up = self.links_down.load(Ordering::Acquire) == 0;
+        self.metrics.redis_up.set(i64::from(all_up));
+        changed
     }
 
     fn bump_epoch(&self) {

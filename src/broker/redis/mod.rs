@@ -24,6 +24,8 @@
 //!   [`Snapshots`](super::Snapshots) implementation.
 //! - `occupancy`: which nodes hold each group, the `occupied` / `vacated`
 //!   events and their stream (Lua scripts on first join and last leave).
+//! - `shards`: [`ShardedBroker`], one broker per independent server of
+//!   `redis.shards`, each group placed on one of them.
 
 mod control;
 mod history;
@@ -31,13 +33,15 @@ pub mod idempotency;
 mod link;
 mod occupancy;
 mod presence;
+mod shards;
 mod snapshot;
 
 use control::ControlLink;
 pub use control::RedisControl;
+pub use shards::{ShardedBroker, shard_of};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -89,6 +93,10 @@ struct Inner {
     /// Connection generation; bumped on every disconnection and reconnection.
     epoch: AtomicU64,
     up: AtomicBool,
+    /// Links of this node's brokers that are down, shared by the shards of
+    /// a [`ShardedBroker`] (1 for a lone broker) so `wsgate_redis_up` is 1
+    /// only while all are up.
+    links_down: Arc<AtomicUsize>,
     /// The control channel is subscribed on its own connection
     /// ([`ControlLink`]); the node is up only with both in place, so a
     /// revocation sent meanwhile is not missed by a node that says it is up.
@@ -144,6 +152,20 @@ impl RedisBroker {
         history: HistoryPolicy,
         snapshots: SnapshotPolicy,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
+        let links_down = Arc::new(AtomicUsize::new(1));
+        RedisBroker::connect_shard(cfg, node_id, metrics, history, snapshots, links_down).await
+    }
+
+    /// As [`RedisBroker::connect_with`], as one of the shards whose links
+    /// `links_down` counts (it starts counting this one as down).
+    async fn connect_shard(
+        cfg: &RedisConfig,
+        node_id: String,
+        metrics: Arc<Metrics>,
+        history: HistoryPolicy,
+        snapshots: SnapshotPolicy,
+        links_down: Arc<AtomicUsize>,
+    ) -> Result<Arc<RedisBroker>, BrokerError> {
         let setup = |e: redis_client::RedisSetupError| BrokerError::Unavailable(e.to_string());
         metrics.redis_up.set(0);
         let client = redis_client::client(cfg).map_err(setup)?;
@@ -179,6 +201,7 @@ impl RedisBroker {
             groups: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             up: AtomicBool::new(false),
+            links_down,
             control_up: AtomicBool::new(true),
             stale: AtomicBool::new(false),
             cleanup: AtomicBool::new(false),
