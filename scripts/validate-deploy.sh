@@ -635,7 +635,7 @@ def cmd_config_keys(config_rs, schema_path):
             keys.add("%s.%s" % (section, key))
     managed = {"server.listen": "ports.ws", "api.listen": "ports.api", "metrics.listen": "ports.metrics",
                "server.node_id": "the pod name (WSGATE__SERVER__NODE_ID)", "database.url": "secrets.databaseUrl",
-               "redis.url": "secrets.redisUrl", "api.keys": "secrets.apiKeys",
+               "redis.url": "secrets.redisUrl", "redis.shards": "secrets.redisShards", "api.keys": "secrets.apiKeys",
                "auth.jwt_secret": "secrets.jwtSecret"}
     schema = json.load(open(schema_path))["properties"]["config"]["properties"]
     in_schema = {"%s.%s" % (s, k) for s, v in schema.items() for k in v.get("properties", {})}

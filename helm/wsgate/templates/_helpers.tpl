@@ -48,7 +48,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* "true" when the chart creates its own Secret (something to put in it). */}}
 {{- define "wsgate.createSecret" -}}
 {{- $s := .Values.secrets }}
-{{- if and (not $s.existingSecret) (or $s.databaseUrl $s.redisUrl $s.apiKeys $s.jwtSecret) }}true{{ end }}
+{{- if and (not $s.existingSecret) (or $s.databaseUrl $s.redisUrl $s.redisShards $s.apiKeys $s.jwtSecret) }}true{{ end }}
 {{- end }}
 
 {{/* "true" when a database URL is configured. */}}
@@ -92,7 +92,8 @@ Context: dict "root" $ "only" (list of setting names, or nil for all).
 {{- $name := include "wsgate.secretName" $root }}
 {{- $items := list }}
 {{- if include "wsgate.hasDatabase" $root }}{{ $items = append $items (list "WSGATE__DATABASE__URL" $s.keys.databaseUrl "database") }}{{ end }}
-{{- if include "wsgate.hasRedis" $root }}{{ $items = append $items (list "WSGATE__REDIS__URL" $s.keys.redisUrl "redis") }}{{ end }}
+{{- if include "wsgate.hasRedisUrl" $root }}{{ $items = append $items (list "WSGATE__REDIS__URL" $s.keys.redisUrl "redis") }}{{ end }}
+{{- if include "wsgate.hasRedisShards" $root }}{{ $items = append $items (list "WSGATE__REDIS__SHARDS" $s.keys.redisShards "redis") }}{{ end }}
 {{- if include "wsgate.hasApiKeys" $root }}{{ $items = append $items (list "WSGATE__API__KEYS" $s.keys.apiKeys "api") }}{{ end }}
 {{- if include "wsgate.hasJwtSecret" $root }}{{ $items = append $items (list "WSGATE__AUTH__JWT_SECRET" $s.keys.jwtSecret "jwt") }}{{ end }}
 {{- range $items }}
@@ -144,7 +145,18 @@ Context: dict "root" $ "only" (list of setting names, or nil for all).
 
 {{/* "true" when Redis is configured (an existing Secret must then hold it). */}}
 {{- define "wsgate.hasRedis" -}}
+{{- if or (include "wsgate.hasRedisUrl" .) (include "wsgate.hasRedisShards" .) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the Secret holds a Redis URL. */}}
+{{- define "wsgate.hasRedisUrl" -}}
 {{- if and .Values.secrets.keys.redisUrl (or .Values.secrets.existingSecret .Values.secrets.redisUrl) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the Secret holds `redis.shards`. */}}
+{{- define "wsgate.hasRedisShards" -}}
+{{- $s := .Values.secrets }}
+{{- if and $s.keys.redisShards (or (and (not $s.existingSecret) $s.redisShards) (and $s.existingSecret $s.redisShardsInExistingSecret)) }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -209,7 +221,7 @@ One TOML value: string, bool, whole number, a list of values, or a table
 {{- $_ := set $cfg.database "migrate" false }}
 {{- end -}}
 # wsgate configuration rendered by the Helm chart from `.Values.config`.
-# server.node_id, database.url, redis.url and api.keys come from the
+# server.node_id, database.url, redis.url, redis.shards and api.keys come from the
 # environment (pod name and Secret), which overrides this file.
 {{- range $section, $values := $cfg }}
 
