@@ -182,7 +182,9 @@ impl ControlSender for ShardedBroker {
 impl Broker for ShardedBroker {
     /// Each shard's part in one call, all shards at once; the answer keeps
     /// the order of `publications`. Order holds within a group (one shard),
-    /// not across groups on different shards.
+    /// not across groups on different shards. A shard that fails fails the
+    /// call, though the other shards' parts may have gone out, as when one
+    /// server's pipeline fails midway.
     async fn publish(
         &self,
         publications: Vec<Publication>,
