@@ -26,8 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fred::prelude::{ClientLike, PubsubInterface, Value};
+use fred::prelude::{ClientLike, ClusterInterface, PubsubInterface, Value};
 use fred::types::Message;
+use fred::types::cluster::ClusterRouting;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
@@ -40,6 +41,9 @@ use crate::protocol::{self, Control};
 
 /// How often the supervisor checks the link when nothing happens.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+/// How often, on Redis Cluster, the slot owners are compared with those
+/// the subscriber routes by (see [`Inner::slots_moved`]).
+const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
 /// Groups resubscribed concurrently after a reconnection.
 const RESYNC_CONCURRENCY: usize = 64;
 
@@ -282,6 +286,34 @@ impl Inner {
             .is_ok()
     }
 
+    /// Whether the cluster's slot owners differ from those the subscriber
+    /// routes by. Nothing else notices a resharding: when a slot moves,
+    /// Redis drops its channels' sharded subscriptions with an unsolicited
+    /// `SUNSUBSCRIBE`, which fred 10.1 discards, and no reconnection or
+    /// topology event follows, so the moved groups would stay silent.
+    /// Owners are compared by node id, which does not depend on how a
+    /// host name was parsed.
+    pub(super) async fn slots_moved(&self) -> bool {
+        let Some(cached) = self.subscriber.cached_cluster_state() else {
+            return false;
+        };
+        let fresh = match self.client.cluster_slots::<Value>().await {
+            Ok(value) => ClusterRouting::from_cluster_slots(value, ""),
+            Err(e) => Err(e),
+        };
+        let owners = |routing: &ClusterRouting| -> Vec<(u16, u16, String)> {
+            let slots = routing.slots().iter();
+            slots.map(|s| (s.start, s.end, s.id.to_string())).collect()
+        };
+        match fresh {
+            Ok(fresh) => owners(&fresh) != owners(&cached),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read the cluster's slots");
+                false
+            }
+        }
+    }
+
     // -- resubscription -------------------------------------------------------
 
     /// Brings Redis in line with local state: with `full`, (re)subscribes
@@ -380,6 +412,8 @@ pub(super) async fn supervise(
 ) {
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut topology = tokio::time::interval(TOPOLOGY_EVERY);
+    topology.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut full = false;
     loop {
         tokio::select! {
@@ -403,6 +437,16 @@ pub(super) async fn supervise(
                 Err(RecvError::Closed) => break,
             },
             _ = tick.tick() => {}
+            _ = topology.tick(), if inner.sharded => {
+                if inner.slots_moved().await {
+                    // The refreshed routing is reported on `changes`, which
+                    // resubscribes every group (above).
+                    tracing::info!("Redis Cluster slots moved; refreshing the subscriber's routing");
+                    if let Err(e) = inner.subscriber.sync_cluster().await {
+                        tracing::debug!(error = %e, "cluster routing refresh failed; retrying");
+                    }
+                }
+            }
         }
         if !inner.connected() {
             if !full {
