@@ -12,7 +12,6 @@ use common::*;
 use serde_json::{Value, json};
 use wsgate::config::Config;
 
-/// A node of a test cluster: its own node id, the given Redis and Postgres.
 fn node_config(
     dir: &std::path::Path,
     node: &str,
@@ -20,15 +19,7 @@ fn node_config(
     prefix: &str,
     pg: &PgDb,
 ) -> Config {
-    let mut c = test_config(dir);
-    c.server.node_id = Some(node.into());
-    c.redis.url = Some(redis_url.into());
-    c.redis.prefix = prefix.into();
-    c.redis.heartbeat = Duration::from_millis(200);
-    c.redis.node_ttl = Duration::from_secs(1);
-    c.redis.command_timeout = Duration::from_millis(500);
-    c.database.url = Some(pg.url.clone());
-    c
+    redis_node_config(dir, node, redis_url, prefix, &pg.url)
 }
 
 /// Nodes on one Redis key prefix (deleted from the shared Redis on drop).

@@ -60,15 +60,8 @@ fn node_config(
     prefix: &str,
     pg: &PgDb,
 ) -> Config {
-    let mut c = test_config(dir);
-    c.server.node_id = Some(node.into());
+    let mut c = redis_node_config(dir, node, &shards.urls()[0], prefix, &pg.url);
     c.redis.shards = shards.urls();
-    c.redis.url = Some(shards.urls()[0].clone());
-    c.redis.prefix = prefix.into();
-    c.redis.heartbeat = Duration::from_millis(200);
-    c.redis.node_ttl = Duration::from_secs(1);
-    c.redis.command_timeout = Duration::from_millis(500);
-    c.database.url = Some(pg.url.clone());
     c.history.groups = vec!["h.*".into()];
     c
 }

@@ -28,6 +28,26 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     c
 }
 
+/// A node of a test cluster: its own node id, the given Redis and
+/// PostgreSQL, and short Redis timers so a lost node or link shows quickly.
+pub fn redis_node_config(
+    dir: &std::path::Path,
+    node: &str,
+    redis_url: &str,
+    prefix: &str,
+    pg_url: &str,
+) -> Config {
+    let mut c = test_config(dir);
+    c.server.node_id = Some(node.into());
+    c.redis.url = Some(redis_url.into());
+    c.redis.prefix = prefix.into();
+    c.redis.heartbeat = Duration::from_millis(200);
+    c.redis.node_ttl = Duration::from_secs(1);
+    c.redis.command_timeout = Duration::from_millis(500);
+    c.database.url = Some(pg_url.into());
+    c
+}
+
 /// A running node.
 pub struct TestNode {
     pub addrs: Addrs,
