@@ -6,39 +6,42 @@
 #
 # Usage:
 #   scripts/cluster-failover.sh                       all phases (about 2-3 minutes)
-#   scripts/cluster-failover.sh --phase master-loss   one phase (or a comma list:
-#                                                     master-loss,reshard,node-loss)
+#   scripts/cluster-failover.sh --phase master-loss   one phase (or a comma list, run in
+#                                                     that order; all: master-loss,node-loss,reshard)
 #   scripts/cluster-failover.sh --report FILE         also write the report to FILE
 #
 # What it starts, all by itself, and stops on exit (trap, also on failure or
 # Ctrl-C; only the PIDs it wrote down, never by name):
 #   - 6 throwaway redis-server processes, a Redis Cluster of 3 masters + 3
 #     replicas (`redis-cli --cluster create ... --cluster-replicas 1`),
-#     ports 7101-7106, cluster-node-timeout 1500 ms, no persistence, data
-#     in a private temp dir;
+#     ports 7101-7106 (cluster bus 17101-17106), cluster-node-timeout
+#     1500 ms, no persistence, data in a private temp dir;
 #   - a throwaway PostgreSQL database `wsgate_fo_<random>` on the machine's
 #     server (127.0.0.1:5432, user postgres, trust), dropped at the end;
-#   - 3 wsgate nodes (fo-1..fo-3): ws 17101-17103, api 18101-18103,
-#     metrics 17111-17113, redis.url = redis-cluster://127.0.0.1:7101;
+#   - 3 wsgate nodes (fo-1..fo-3): ws 17121-17123, api 18121-18123,
+#     metrics 17131-17133, redis.url = redis-cluster://127.0.0.1:7101;
 #   - nginx in front, as scripts/local-cluster.sh does (its own prefix, the
 #     config rendered from scripts/nginx-local.conf.template; never the
-#     system nginx): WebSocket on 127.0.0.1:17100, API on 127.0.0.1:18100;
+#     system nginx): WebSocket on 127.0.0.1:17120, API on 127.0.0.1:18120;
 #   - the driver, scripts/cluster_failover_driver.py (Python, the repo's
 #     virtualenv): 240 WebSockets through nginx, 2 groups each, 30 groups
 #     (8 plain + 2 history per master), 150 publishes/s through the API.
 #
-# Phases (the driver's report says what each measures):
+# Phases, in this order by default (the driver's report says what each
+# measures; resharding comes last because it leaves groups silent, see
+# docs/scaling.md "Failover, measured"):
 #   master-loss  SIGKILL of a Redis master (not the seed 7101): time until
 #                every group on its slots delivers again on every node,
 #                messages lost (plain groups: at most once), history groups
 #                recovered with `since` (zero loss), presence, node registry,
 #                /readyz, same wsgate PIDs. The old master is then restarted
 #                and rejoins as a replica.
-#   reshard      redis-cli --cluster reshard of 1500 slots between two masters
-#                while publishing: loss and the longest gap per group.
 #   node-loss    SIGKILL of wsgate fo-2: its clients reconnect through nginx
 #                and resubscribe; time until all are back and receiving, and
 #                the token lookups / PostgreSQL work the reconnect caused.
+#   reshard      redis-cli --cluster reshard of 1500 slots between two masters
+#                while publishing: loss, the longest gap per group, and
+#                PUBSUB SHARDNUMSUB of the moved groups on their new master.
 #
 # Bounds: every wait has a timeout (30 s per recovery, 60 s for start-up and
 # `redis-cli --cluster` commands); the whole run is killed after
@@ -55,7 +58,8 @@
 #                      to WSGATE_BIN_WAIT seconds [0] if it does not exist yet
 #   WSGATE_PYENV       virtualenv [~/.cache/wsgate-pyenv]
 #   FAILOVER_DEADLINE  hard bound of the whole run in seconds [290]
-#   FAILOVER_KEEP=1    keep the logs dir (secrets are always deleted)
+#   FAILOVER_KEEP=1    keep the logs dir, with each phase's raw figures as JSON
+#                      (secrets are always deleted)
 #   FAILOVER_SOCKETS, FAILOVER_RATE   sizes [240, 150]
 # Secrets (API key, tokens) live in files in a private temp dir and are
 # never printed; logs are kept on failure (or with FAILOVER_KEEP=1) in
@@ -63,7 +67,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PHASES=master-loss,reshard,node-loss
+PHASES=master-loss,node-loss,reshard
 REPORT=
 while (($#)); do
     case $1 in
@@ -76,11 +80,11 @@ done
 
 REDIS_PORTS=(7101 7102 7103 7104 7105 7106)
 NODE_TIMEOUT_MS=1500
-WS_PORTS=(17101 17102 17103)
-API_PORTS=(18101 18102 18103)
-METRICS_PORTS=(17111 17112 17113)
-LB_WS=17100
-LB_API=18100
+WS_PORTS=(17121 17122 17123)
+API_PORTS=(18121 18122 18123)
+METRICS_PORTS=(17131 17132 17133)
+LB_WS=17120
+LB_API=18120
 PREFIX=wsgate_fo:
 PG=postgres://postgres@127.0.0.1:5432
 DEADLINE=${FAILOVER_DEADLINE:-290}
@@ -129,11 +133,26 @@ cleanup() {
     local rc=$? pid f name i
     trap - EXIT INT TERM
     if [[ -n $DRIVER_PID ]] && alive "$DRIVER_PID"; then kill -TERM "$DRIVER_PID" 2>/dev/null || true; fi
+    # nginx: SIGTERM to the master, which stops its workers (a SIGKILLed
+    # master would leave them serving); its children by parent PID are
+    # SIGKILLed only if they outlive it.
+    if pid=$(owned nginx "-p $NGX/"); then
+        local workers
+        workers=$(ps -o pid= --ppid "$pid" 2>/dev/null | tr -d ' ' | tr '\n' ' ')
+        kill -TERM "$pid" 2>/dev/null || true
+        for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
+        for f in $workers; do
+            if alive "$f" && tr '\0' ' ' <"/proc/$f/cmdline" 2>/dev/null | grep -q '^nginx'; then
+                kill -KILL "$f" 2>/dev/null || true
+            fi
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
     for f in "$RUN"/*.pid; do
         [[ -e $f ]] || continue
         name=$(basename "$f" .pid)
         case $name in
-        nginx) pid=$(owned nginx "-p $NGX/") || continue ;;
+        nginx) continue ;;
         fo-*) pid=$(owned "$name" "wsgate") || continue ;;
         redis-*) pid=$(owned "$name" ":${name#redis-}") || continue ;;
         watchdog) pid=$(owned watchdog "cluster-failover") || continue
@@ -211,6 +230,7 @@ for p in "${REDIS_PORTS[@]}"; do
         --cluster-enabled yes --cluster-config-file "$RDIR/$p/nodes.conf" \
         --cluster-node-timeout $NODE_TIMEOUT_MS </dev/null >>"$LOGS/redis-$p.log" 2>&1 &
     echo $! >"$RUN/redis-$p.pid"
+    disown $!
 done
 for p in "${REDIS_PORTS[@]}"; do
     for ((i = 0; i < 100; i++)); do
@@ -291,6 +311,7 @@ for i in 0 1 2; do
         WSGATE__DRAIN__SPREAD=1s \
         setsid "$WSGATE_BIN" serve </dev/null >>"$LOGS/$n.log" 2>&1 &
     echo $! >"$RUN/$n.pid"
+    disown $!
 done
 unset KEY
 for i in 0 1 2; do
@@ -312,6 +333,7 @@ WSGATE_LOCAL_WS_PORTS="${WS_PORTS[*]}" WSGATE_LOCAL_API_PORTS="${API_PORTS[*]}" 
 "$NGINX" -p "$NGX/" -c "$NGX/nginx.conf" -e "$NGX/error.log" -g 'daemon off;' \
     </dev/null >>"$NGX/stdout.log" 2>&1 &
 echo $! >"$RUN/nginx.pid"
+disown $!
 for ((t = 0; t < 100; t++)); do
     [[ $(http_status $LB_WS /readyz) == 200 ]] && break
     sleep 0.1
@@ -322,6 +344,8 @@ say "nginx on :$LB_WS (ws) and :$LB_API (api); set-up took $((SECONDS - START)) 
 # ------------------------------------------------------------------- driver
 nodes_arg=fo-1:${METRICS_PORTS[0]},fo-2:${METRICS_PORTS[1]},fo-3:${METRICS_PORTS[2]}
 report_file=$WORK/report.md
+DUMP=()
+[[ ${FAILOVER_KEEP:-0} != 1 ]] || DUMP=(--dump)
 set +e
 "$PYENV/bin/python" "$ROOT/scripts/cluster_failover_driver.py" \
     --lb-ws $LB_WS --lb-api $LB_API \
@@ -329,7 +353,8 @@ set +e
     --nodes "$nodes_arg" --redis-ports "$(IFS=,; echo "${REDIS_PORTS[*]}")" \
     --redis-dir "$RDIR" --run-dir "$RUN" --log-dir "$LOGS" --prefix "$PREFIX" --pg-db "$DB" \
     --node-timeout-ms $NODE_TIMEOUT_MS --phases "$PHASES" \
-    --sockets "$SOCKETS" --rate "$RATE" --report "$report_file" &
+    --sockets "$SOCKETS" --rate "$RATE" --report "$report_file" \
+    "${DUMP[@]}" &
 DRIVER_PID=$!
 wait "$DRIVER_PID"
 rc=$?
