@@ -627,13 +627,16 @@ class Run:
             return down, None
         return down, (last_bad_end - t0) if last_bad_end else 0.0
 
-    def pg_stat(self) -> tuple[int, int]:
+    def pg_stat(self) -> tuple[int, int, int]:
+        """xact_commit, tup_returned, tup_fetched of the run's database
+        (read from the postgres database, so this session is not counted)."""
         out = subprocess.run(
             ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-XtAc",
-             f"SELECT xact_commit, tup_returned FROM pg_stat_database WHERE datname = '{self.args.pg_db}'"],
+             "SELECT xact_commit, tup_returned, tup_fetched FROM pg_stat_database "
+             f"WHERE datname = '{self.args.pg_db}'"],
             capture_output=True, text=True, timeout=10)
-        a, b = out.stdout.strip().split("|")
-        return int(a), int(b)
+        a, b, c = out.stdout.strip().split("|")
+        return int(a), int(b), int(c)
 
     async def wait_ready(self, bound: float) -> list[str]:
         deadline = NOW() + bound
@@ -1104,8 +1107,9 @@ class Run:
         mine = [c for c in self.clients if c.node == victim]
         log(f"node-loss: SIGKILL {victim} ({len(mine)} clients on it)")
         await asyncio.sleep(1.0)
-        x0, r0 = self.pg_stat()
+        x0, r0, f0 = self.pg_stat()
         a0 = await self.auth_counts(survivors)
+        aall = await self.auth_counts([n for n in sorted(self.nodes) if n not in self.dead_nodes])
         skipped0 = self.pub_skipped
         t_from = NOW() - 2.0
         t0 = NOW()
@@ -1138,7 +1142,7 @@ class Run:
             await asyncio.sleep(0.5)
         if missing:
             self.fail(f"{missing} reconnected subscriptions received nothing within 10 s")
-        await self.settle(2.0)
+        await self.settle(3.0)
         t_to = NOW() - 2.0
         w = await self.finish_watch(watch, t0, self.args.bound)
         res = self.analyse(t0, t_from, t_to, set(), self.phase)
@@ -1154,7 +1158,7 @@ class Run:
         wait = 11.5 - (NOW() - max([c.back_at for c in mine if c.back_at] or [t0]))
         if wait > 0:
             await asyncio.sleep(wait)
-        x1, r1 = self.pg_stat()
+        x1, r1, f1 = self.pg_stat()
         bad_pids = self.node_of_pid_ok()
         for n in bad_pids:
             self.fail(f"{n}: surviving wsgate process restarted or died during the node loss")
@@ -1199,8 +1203,12 @@ class Run:
         o(f"| authentications on the surviving nodes (`wsgate_auth_cache_requests_total` deltas) | "
           f"{total:.0f}: " + ", ".join(f"{k} {v:.0f}" for k, v in da.items() if v) +
           f"; **{misses:.0f} token-store (PostgreSQL) lookups** |")
-        o(f"| PostgreSQL `pg_stat_database` deltas of the run's database (kill to +{max(11.5, NOW() - t0):.0f} s) | "
-          f"xact_commit {x1 - x0}, tup_returned {r1 - r0} |")
+        o(f"| PostgreSQL `pg_stat_database` deltas of the run's database (kill to +{NOW() - t0:.0f} s) | "
+          f"xact_commit {x1 - x0}, tup_returned {r1 - r0}, tup_fetched {f1 - f0} |")
+        xs, rs, fs = self.pg_start
+        o(f"| for comparison, from before the first connection of the {len(self.clients)} clients "
+          f"(cold cache) to the kill | {aall.get('result=miss', 0):.0f} store lookups; xact_commit "
+          f"{x0 - xs}, tup_returned {r0 - rs}, tup_fetched {f0 - fs} |")
         o(f"| plain-group messages missed by the reconnecting clients (at most once) | "
           f"{res['lost_plain']} messages, {res['lost_plain_deliveries']} deliveries |")
         o(f"| deliveries lost on the surviving nodes | {survivors_lost} |")
@@ -1226,6 +1234,7 @@ class Run:
             f"over masters {sorted(set(self.group_master.values()))}")
         self.api = RawHttp(self.args.lb_api, self.api_key, self.args.connections,
                            self.args.publish_timeout)
+        self.pg_start = self.pg_stat()
         t_setup = NOW()
         await self.connect_clients()
         t_conn = NOW() - t_setup
