@@ -1105,8 +1105,10 @@ class Run:
         victim = sorted(self.nodes)[1]
         survivors = [n for n in sorted(self.nodes) if n != victim and n not in self.dead_nodes]
         mine = [c for c in self.clients if c.node == victim]
+        # pg_stat_database lags up to 10 s behind idle backends: let the
+        # first connections' lookups land before the baseline.
+        await asyncio.sleep(max(1.0, 11.5 - (NOW() - self.t_connected)))
         log(f"node-loss: SIGKILL {victim} ({len(mine)} clients on it)")
-        await asyncio.sleep(1.0)
         x0, r0, f0 = self.pg_stat()
         a0 = await self.auth_counts(survivors)
         aall = await self.auth_counts([n for n in sorted(self.nodes) if n not in self.dead_nodes])
@@ -1237,6 +1239,7 @@ class Run:
         self.pg_start = self.pg_stat()
         t_setup = NOW()
         await self.connect_clients()
+        self.t_connected = NOW()
         t_conn = NOW() - t_setup
         tasks = [asyncio.create_task(self.publisher()), asyncio.create_task(self.ready_poller()),
                  asyncio.create_task(self.lag_monitor())]
