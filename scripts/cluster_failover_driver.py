@@ -676,10 +676,12 @@ class Run:
         """Loss and recovery over publishes sent in [t_from, t_to]."""
         res: dict = {"lost_plain": 0, "lost_plain_deliveries": 0, "lost_history": 0,
                      "history_conflicts": 0, "refused": 0, "acked": 0,
-                     "recovery": {}, "never": [], "lost_by_group": {}, "gap_by_group": {}}
+                     "recovery": {}, "never": [], "lost_by_group": {}, "gap_by_group": {},
+                     "refused_by_group": {}}
         for g in self.groups:
             recs = [(s, r) for s, r in enumerate(self.pub[g]) if t_from <= r.t_send <= t_to]
-            res["refused"] += sum(1 for _, r in recs if r.status != 200)
+            res["refused_by_group"][g] = sum(1 for _, r in recs if r.status != 200)
+            res["refused"] += res["refused_by_group"][g]
             acked = [(s, r) for s, r in recs if r.status == 200]
             res["acked"] += len(acked)
             subs = [(c, c.subs[g]) for c in self.clients if g in c.subs]
@@ -958,9 +960,17 @@ class Run:
               f"{fmt(statistics.median(vals) if vals else None)} ({len(vals)} of {len(affected)} groups) | "
               f"{down:.2f} s | {fmt(back)} | {'yes' if node not in bad_pids else '**no**'} |")
         o()
+        ref_aff = sum(v for g, v in res["refused_by_group"].items() if g in affected)
+        gap_other = [v for g, v in res["gap_by_group"].items() if g not in affected]
+        gap_aff = [v for g, v in res["gap_by_group"].items() if g in affected]
         o(f"- Publishes in the window ({t_to - t_from:.0f} s): {res['acked']} answered 200, "
           f"{res['refused']} refused (503 or no answer: the publisher knows they were not "
-          f"delivered), {self.pub_skipped - skipped0} not sent (too many in flight).")
+          f"delivered): {ref_aff} to the {len(affected)} groups on the lost master, "
+          f"**{res['refused'] - ref_aff} to the {len(self.groups) - len(affected)} groups on the "
+          f"healthy masters**; {self.pub_skipped - skipped0} not sent (too many in flight).")
+        o(f"- Longest gap between two messages on one subscription: "
+          f"{fmt(max(gap_aff) if gap_aff else None)} for the groups on the lost master, "
+          f"{fmt(max(gap_other) if gap_other else None)} for the others.")
         o(f"- Plain groups (at most once): **{res['lost_plain']}** acknowledged messages missed by "
           f"at least one subscriber ({res['lost_plain_deliveries']} deliveries).")
         o(f"- History groups, after every history subscription resubscribed with `since` "
