@@ -5,7 +5,8 @@
 # a correctness check fails.
 #
 # Usage:
-#   scripts/cluster-failover.sh                       all phases (about 2-3 minutes)
+#   scripts/cluster-failover.sh                       all phases (75-85 s on a 2-core VM; more
+#                                                     when a recovery does not come: 30 s bound each)
 #   scripts/cluster-failover.sh --phase master-loss   one phase (or a comma list, run in
 #                                                     that order; all: master-loss,node-loss,reshard)
 #   scripts/cluster-failover.sh --report FILE         also write the report to FILE

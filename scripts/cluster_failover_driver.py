@@ -277,6 +277,7 @@ class Client:
         self.disconnects = 0
         self.close_codes: list[int | None] = []
         self.task: asyncio.Task | None = None
+        self.want: list[str] = []  # groups to subscribe to at the start
 
     async def request(self, frame: dict, timeout: float = 5.0) -> dict:
         rid = self.next_id
