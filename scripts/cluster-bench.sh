@@ -22,14 +22,18 @@
 # (utime+stime of /proc/PID/stat over the measured window) / its deliveries
 # (wsgate_messages_delivered_total of its /metrics over the same window);
 # Redis: the redis-server processes' CPU / publishes. Beside them the
-# model's prediction for the same load and 3 pods
-# (`scripts/capacity ... --pods 3 --json`) and the difference (goal: within 25 %).
+# model's prediction for the same load and 3 pods (`scripts/capacity ...
+# --pods 3`) and the difference (goal: within 25 %); and a second prediction
+# whose CPU per delivery is measured on the spot (the "calibrated model"): a
+# fourth, embedded node alone with one node's share of the load (800
+# sockets, the same groups and publishes), interleaved with the cluster runs.
 #
-# Phase "backends": one workload with more Redis traffic (1,200 publishes/s
-# over 300 groups of ~6 members each, 1,800 sockets) on one Redis, 3
-# independent shards (redis.shards, when the wsgate binary accepts it;
-# otherwise reported as skipped) and the 3-master cluster: messages through
-# Redis per second and Redis CPU per message.
+# Phase "backends": one workload with more Redis traffic (3,000 publishes/s
+# in batches of 10 over 600 groups of ~3 members each, 1,800 sockets) on one
+# Redis, 3 independent shards (redis.shards, when the wsgate binary accepts
+# it; otherwise reported as skipped) and the 3-master cluster: messages
+# through Redis per second and Redis CPU per message, also net of the
+# servers' CPU with nothing sent (measured just before each run).
 #
 # EVERYTHING SHARES THE MACHINE'S CORES (2 here): the nodes, Redis, nginx,
 # PostgreSQL and the load generator. The run checks costs per operation and
@@ -44,6 +48,11 @@
 #   --inputs-out F put the measured Redis figures into the capacity inputs file F
 #                  (docs/capacity-inputs.json; `scripts/capacity cluster-inputs`)
 #   --keep         keep the temp dir (logs; tokens and the API key are in it)
+#   --direct       sockets and publishes straight to the nodes, round robin, not
+#                  through nginx (to see what the proxy costs the nodes)
+#
+# Workloads: CLUSTER_BENCH_MODEL and CLUSTER_BENCH_BACKENDS, each
+# "SOCKETS GROUPS GROUPS_A_SOCKET PUBLISHES_PER_S [BATCH]" (defaults above).
 #
 # Environment: WSGATE_BIN [/work/main/target/release/wsgate, else target/release/wsgate],
 # WSGATE_BENCH_BIN [same directory's wsgate-bench], NGINX [nginx from PATH].
@@ -52,7 +61,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-QUICK=0 ONLY="" RUNS=1 OUT=$ROOT/target/cluster-bench.md KEEP=0 INPUTS_OUT=""
+QUICK=0 ONLY="" RUNS=1 OUT=$ROOT/target/cluster-bench.md KEEP=0 INPUTS_OUT="" DIRECT=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -61,7 +70,8 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift ;;
         --inputs-out) INPUTS_OUT=$2; shift ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,49p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --direct) DIRECT=1 ;;
+        -h|--help) sed -n '2,59p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "cluster-bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -90,16 +100,17 @@ NGINX_BIN=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 [ -x "$NGINX_BIN" ] || die "nginx is needed (apt-get install -y nginx; only the binary is used)"
 pg_isready -h 127.0.0.1 -p 5432 -q || die "PostgreSQL at 127.0.0.1:5432 does not answer"
 
-if [ "$QUICK" = 1 ]; then D=10 MODE=quick; else D=30 MODE=full; fi
+if [ "$QUICK" = 1 ]; then D=10 MODE=quick IDLE_S=3; else D=30 MODE=full IDLE_S=5; fi
 DRAIN=5
 
 # --- ports ------------------------------------------------------------------
 WS_PORTS=(18201 18202 18203) API_PORTS=(18211 18212 18213) MET_PORTS=(18221 18222 18223)
+ONE_WS=18204 ONE_API=18214 ONE_MET=18224   # the embedded node of the calibration runs
 LB_WS=18280 LB_API=18281
 CLUSTER_PORTS=(7201 7202 7203) SINGLE_PORT=7210 SHARD_PORTS=(7211 7212 7213)
 port_free() { ! ss -Htln "sport = :$1" 2>/dev/null | grep -q .; }
 # A Redis Cluster node also listens on its bus port, port + 10000.
-for p in "${WS_PORTS[@]}" "${API_PORTS[@]}" "${MET_PORTS[@]}" $LB_WS $LB_API "${CLUSTER_PORTS[@]}" \
+for p in "${WS_PORTS[@]}" "${API_PORTS[@]}" "${MET_PORTS[@]}" $ONE_WS $ONE_API $ONE_MET $LB_WS $LB_API "${CLUSTER_PORTS[@]}" \
     $((CLUSTER_PORTS[0] + 10000)) $((CLUSTER_PORTS[1] + 10000)) $((CLUSTER_PORTS[2] + 10000)) \
     $SINGLE_PORT "${SHARD_PORTS[@]}"; do
     port_free "$p" || die "port $p is in use (another cluster-bench run?)"
@@ -111,7 +122,7 @@ chmod 700 "$WORK"
 RUN_ID="$(date +%s)$$"
 PGDB="wsgate_cbench_${RUN_ID}"
 PG_CREATED=0
-NODE_PIDS=() REDIS_PIDS=() NGINX_PID=""
+NODE_PIDS=() REDIS_PIDS=() NGINX_PID="" ONE_PID=""
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -138,6 +149,7 @@ cleanup() {
     set +e
     [ -n "${WATCHDOG:-}" ] && kill "$WATCHDOG" 2>/dev/null
     stop_nodes
+    [ -n "$ONE_PID" ] && stop_pid "$ONE_PID"
     [ -n "$NGINX_PID" ] && stop_pid "$NGINX_PID"
     stop_redis
     if [ "$PG_CREATED" = 1 ]; then psql_admin -c "DROP DATABASE IF EXISTS $PGDB WITH (FORCE)"; fi
@@ -172,7 +184,7 @@ SHARDS_OK=0
 if (cd "$WORK" && WSGATE__API__KEYS="$API_KEY" \
     WSGATE__REDIS__SHARDS="redis://127.0.0.1:${SHARD_PORTS[0]},redis://127.0.0.1:${SHARD_PORTS[1]},redis://127.0.0.1:${SHARD_PORTS[2]}" \
     "$WSGATE" config check >"$WORK/shards-check.txt" 2>&1); then
-    grep -q '^shards' "$WORK/shards-check.txt" && SHARDS_OK=1
+    grep -q "127.0.0.1:${SHARD_PORTS[1]}" "$WORK/shards-check.txt" && SHARDS_OK=1
 fi
 
 # --- Redis ------------------------------------------------------------------
@@ -262,49 +274,115 @@ start_nodes() { # VAR=VALUE...: the Redis settings of this phase
     die "nginx does not answer on :$LB_WS"
 }
 
-# redis_stats PORT...: one JSON object {port: {calls: publishes, cpu: seconds}}
+# start_one_node: a fourth node, alone in embedded mode (SQLite in $WORK,
+# the in-process broker), for the calibration runs; its own token file.
+start_one_node() {
+    mkdir -p "$WORK/one"
+    (umask 077 && WSGATE__DATABASE__SQLITE_PATH="$WORK/one/wsgate.db" WSGATE__API__KEYS=$API_KEY \
+        "$WSGATE" token issue --user 1 >"$WORK/one/tokens.txt" 2>"$WORK/one/token.log") ||
+        { cat "$WORK/one/token.log" >&2; die "token issue (embedded) failed"; }
+    (cd "$WORK/one" && exec env \
+        WSGATE__SERVER__LISTEN="127.0.0.1:$ONE_WS" WSGATE__API__LISTEN="127.0.0.1:$ONE_API" \
+        WSGATE__METRICS__LISTEN="127.0.0.1:$ONE_MET" WSGATE__SERVER__NODE_ID=cbench-one \
+        WSGATE__API__KEYS="$API_KEY" WSGATE__DATABASE__SQLITE_PATH="$WORK/one/wsgate.db" \
+        "${LIMIT_ENV[@]}" "$WSGATE" serve) >"$WORK/one.log" 2>&1 &
+    ONE_PID=$!
+    for _ in $(seq 150); do
+        curl -fsS -o /dev/null "http://127.0.0.1:$ONE_MET/readyz" 2>/dev/null && return 0
+        sleep 0.2
+    done
+    tail -20 "$WORK/one.log" >&2
+    die "the embedded node is not ready in 30 s"
+}
+
+# redis_stats PORT...: {port: {"cpu": used_cpu_sys + used_cpu_user (s), "cmd": {command: [calls, usec]}}}
+# from INFO (Redis's own getrusage and commandstats: finer than /proc's ticks).
 redis_stats() {
     local p first=1
     printf '{'
     for p in "$@"; do
         [ $first = 1 ] || printf ','
         first=0
-        printf '"%s":{"publish":%s,"cpu":%s}' "$p" \
-            "$(redis-cli -p "$p" info commandstats | tr -d '\r' |
-                awk -F'[:=,]' '/^cmdstat_(s)?publish:/{n += $3} END {print n + 0}')" \
-            "$(redis-cli -p "$p" info cpu | tr -d '\r' |
-                awk -F: '/^used_cpu_(sys|user):/{s += $2} END {printf "%.3f", s}')"
+        printf '"%s":' "$p"
+        redis-cli -p "$p" info all | tr -d '\r' | awk -F'[:=,]' '
+            /^used_cpu_(sys|user):/ { cpu += $2 }
+            /^cmdstat_/ { sub(/^cmdstat_/, "", $1); cmd = cmd sep "\"" $1 "\":[" $3 "," $5 "]"; sep = "," }
+            END { printf "{\"cpu\":%.6f,\"cmd\":{%s}}", cpu, cmd }'
     done
     printf '}'
 }
 
-# run_groups LABEL BACKEND SOCKETS GROUPS PER_SOCKET RATE REDIS_PORTS...
+# cpu_ticks PID...: utime+stime of each process, in clock ticks, one a line.
+cpu_ticks() { local p; for p in "$@"; do awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat"; done; }
+# idle_cores SECONDS PID...: the CPU each process uses while nothing is sent
+# (the nodes' heartbeats), as a JSON list.
+idle_cores() {
+    local secs=$1; shift
+    local a b hz
+    hz=$(getconf CLK_TCK)
+    a=$(cpu_ticks "$@"); sleep "$secs"; b=$(cpu_ticks "$@")
+    paste <(echo "$a") <(echo "$b") | awk -v s="$secs" -v hz="$hz" \
+        'BEGIN { printf "[" } { printf "%s%.4f", (NR > 1 ? "," : ""), ($2 - $1) / hz / s } END { printf "]" }'
+}
+
+# run_groups LABEL BACKEND SOCKETS GROUPS PER_SOCKET RATE BATCH REDIS_PORTS...
+# (REDIS_PORTS empty: the embedded node of the calibration run)
 run_groups() {
-    local label=$1 backend=$2 sockets=$3 groups=$4 per=$5 rate=$6
-    shift 6
-    local ports=("$@") aux=() p
-    for p in "${ports[@]}"; do aux+=(--aux-pid "$(redis-cli -p "$p" info server | tr -d '\r' | awk -F: '/^process_id:/{print $2}')"); done
-    local nodes=() i
-    for i in 0 1 2; do nodes+=(--server-pid "${NODE_PIDS[$i]}" --metrics-url "http://127.0.0.1:${MET_PORTS[$i]}/metrics"); done
-    log "$label: $sockets sockets, $groups groups, $per a socket, $rate publishes/s, ${D} s, over $backend"
-    local before after
+    local label=$1 backend=$2 sockets=$3 groups=$4 per=$5 rate=$6 batch=$7
+    shift 7
+    local ports=("$@") aux=() rpids=() p
+    for p in "${ports[@]}"; do rpids+=("$(redis-cli -p "$p" info server | tr -d '\r' | awk -F: '/^process_id:/{print $2}')"); done
+    for p in "${rpids[@]}"; do aux+=(--aux-pid "$p"); done
+    local nodes=() pids=("${NODE_PIDS[@]}") i
+    for i in "${!NODE_PIDS[@]}"; do nodes+=(--server-pid "${NODE_PIDS[$i]}" --metrics-url "http://127.0.0.1:${MET_PORTS[$i]}/metrics"); done
+    if [ "$backend" = one-node ]; then
+        pids=("$ONE_PID")
+        nodes=(--server-pid "$ONE_PID" --metrics-url "http://127.0.0.1:$ONE_MET/metrics")
+    fi
+    log "$label: $sockets sockets, $groups groups, $per a socket, $rate publishes/s (batches of $batch), ${D} s, over $backend"
+    local before after idle_redis="[]" idle_nodes
+    if [ "${#ports[@]}" -gt 0 ]; then
+        before=$(redis_stats "${ports[@]}"); sleep "$IDLE_S"; after=$(redis_stats "${ports[@]}")
+        idle_redis=$(python3 -c 'import json, sys; b, a, s = json.loads(sys.argv[1]), json.loads(sys.argv[2]), float(sys.argv[3])
+print(json.dumps([round((a[p]["cpu"] - b[p]["cpu"]) / s, 5) for p in a]))' "$before" "$after" "$IDLE_S")
+    fi
+    idle_nodes=$(idle_cores 1 "${pids[@]}")
     before=$(redis_stats "${ports[@]}")
-    "$BENCH" groups --label "$label" --json-out "$WORK/run.json" \
-        --ws "ws://127.0.0.1:$LB_WS/ws" --api "http://127.0.0.1:$LB_API" \
-        --tokens-file "$WORK/tokens.txt" --api-key-file "$API_KEY_FILE" "${nodes[@]}" "${aux[@]}" \
+    local entry=(--ws "ws://127.0.0.1:$LB_WS/ws" --api "http://127.0.0.1:$LB_API") TOKENS=$WORK/tokens.txt
+    if [ "$backend" = one-node ]; then
+        TOKENS=$WORK/one/tokens.txt
+        entry=(--ws "ws://127.0.0.1:$ONE_WS/ws" --api "http://127.0.0.1:$ONE_API")
+    elif [ "$DIRECT" = 1 ]; then
+        entry=()
+        for i in 0 1 2; do entry+=(--ws "ws://127.0.0.1:${WS_PORTS[$i]}/ws" --api "http://127.0.0.1:${API_PORTS[$i]}"); done
+    fi
+    "$BENCH" groups --label "$label" --json-out "$WORK/run.json" "${entry[@]}" \
+        --tokens-file "$TOKENS" --api-key-file "$API_KEY_FILE" "${nodes[@]}" "${aux[@]}" \
         --sockets "$sockets" --groups "$groups" --per-socket "$per" \
-        --rate "$rate" --inflight 32 --duration "$D" --drain "$DRAIN" >/dev/null 2>"$WORK/$label.err" ||
+        --rate "$rate" --batch "$batch" --inflight 32 --duration "$D" --drain "$DRAIN" >/dev/null 2>"$WORK/$label.err" ||
         { tail -20 "$WORK/$label.err" >&2; die "run $label failed"; }
     after=$(redis_stats "${ports[@]}")
     # The bench's line, with the backend, the Redis counters and the model's plan.
-    python3 - "$WORK/run.json" "$backend" "$before" "$after" >>"$RESULTS" <<'PY'
+    python3 - "$WORK/run.json" "$backend" "$before" "$after" "$idle_redis" "$idle_nodes" "$IDLE_S" >>"$RESULTS" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 r = rows[-1]
 r["backend"] = sys.argv[2]
+r["idle"] = {"redis_cores_each": json.loads(sys.argv[5]), "node_cores_each": json.loads(sys.argv[6]),
+             "redis_seconds": float(sys.argv[7]), "node_seconds": 1.0,
+             "what": "CPU of each process over a window before the run with nothing sent"}
 b, a = json.loads(sys.argv[3]), json.loads(sys.argv[4])
-r["redis"] = {p: {"publishes": a[p]["publish"] - b[p]["publish"],
-                  "used_cpu_s": round(a[p]["cpu"] - b[p]["cpu"], 3)} for p in a}
+def cmds(p):
+    out = {}
+    for c, (calls, usec) in a[p]["cmd"].items():
+        d = (calls - b[p]["cmd"].get(c, [0, 0])[0], usec - b[p]["cmd"].get(c, [0, 0])[1])
+        if d[0] > 0:
+            out[c] = d
+    return out
+# Over the whole wsgate-bench run (sockets set up, the window, closes); the
+# publishes happen only in the window.
+r["redis"] = {p: {"publishes": sum(n for c, (n, _) in cmds(p).items() if c in ("publish", "spublish")),
+                  "used_cpu_s": round(a[p]["cpu"] - b[p]["cpu"], 3), "commands": cmds(p)} for p in a}
 print(json.dumps(r))
 PY
     rm -f "$WORK/run.json"
@@ -312,20 +390,31 @@ PY
 }
 
 # --- phase 1: the model against 3 nodes over a Redis Cluster --------------------
-M_SOCKETS=2400 M_GROUPS=240 M_PER=10 M_RATE=240
-B_SOCKETS=1800 B_GROUPS=300 B_PER=1 B_RATE=1200
+# Workloads: "sockets groups groups-a-socket publishes/s" (overridable).
+read -r M_SOCKETS M_GROUPS M_PER M_RATE <<<"${CLUSTER_BENCH_MODEL:-2400 240 10 240}"
+read -r B_SOCKETS B_GROUPS B_PER B_RATE B_BATCH <<<"${CLUSTER_BENCH_BACKENDS:-1800 600 1 3000 10}"
+B_BATCH=${B_BATCH:-1}
 CLUSTER_URL="redis-cluster://127.0.0.1:${CLUSTER_PORTS[0]}"
 
 if want model; then
-    log "Redis Cluster (${CLUSTER_PORTS[*]}), 3 nodes behind nginx"
+    log "Redis Cluster (${CLUSTER_PORTS[*]}), 3 nodes behind nginx; a fourth, embedded node for calibration"
     start_cluster
     start_nodes WSGATE__REDIS__URL="$CLUSTER_URL"
+    start_one_node
+    # Calibration: the fourth node alone (embedded, no Redis) with one node's
+    # share of the same load (a third of the sockets, the same groups and
+    # publishes: the deliveries a second of each cluster node), for the
+    # model's CPU per delivery at this operating point. Interleaved with the
+    # cluster runs, so both see the same machine.
     for n in $(seq "$RUNS"); do
-        run_groups "model-$n" cluster "$M_SOCKETS" "$M_GROUPS" "$M_PER" "$M_RATE" "${CLUSTER_PORTS[@]}"
+        run_groups "model-$n" cluster "$M_SOCKETS" "$M_GROUPS" "$M_PER" "$M_RATE" 1 "${CLUSTER_PORTS[@]}"
+        run_groups "calib-$n" one-node "$((M_SOCKETS / 3))" "$M_GROUPS" "$M_PER" "$M_RATE" 1
     done
+    stop_pid "$ONE_PID"
+    ONE_PID=""
     if want backends; then
         for n in $(seq "$RUNS"); do
-            run_groups "backends-cluster-$n" cluster "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "${CLUSTER_PORTS[@]}"
+            run_groups "backends-cluster-$n" cluster "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "$B_BATCH" "${CLUSTER_PORTS[@]}"
         done
     fi
     stop_nodes
@@ -335,7 +424,7 @@ elif want backends; then
     start_cluster
     start_nodes WSGATE__REDIS__URL="$CLUSTER_URL"
     for n in $(seq "$RUNS"); do
-        run_groups "backends-cluster-$n" cluster "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "${CLUSTER_PORTS[@]}"
+        run_groups "backends-cluster-$n" cluster "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "$B_BATCH" "${CLUSTER_PORTS[@]}"
     done
     stop_nodes
     stop_redis
@@ -348,7 +437,7 @@ if want backends; then
     start_redis "$SINGLE_PORT"
     start_nodes WSGATE__REDIS__URL="redis://127.0.0.1:$SINGLE_PORT"
     for n in $(seq "$RUNS"); do
-        run_groups "backends-single-$n" single "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "$SINGLE_PORT"
+        run_groups "backends-single-$n" single "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "$B_BATCH" "$SINGLE_PORT"
     done
     stop_nodes
     stop_redis
@@ -357,7 +446,7 @@ if want backends; then
         for p in "${SHARD_PORTS[@]}"; do start_redis "$p"; done
         start_nodes WSGATE__REDIS__SHARDS="redis://127.0.0.1:${SHARD_PORTS[0]},redis://127.0.0.1:${SHARD_PORTS[1]},redis://127.0.0.1:${SHARD_PORTS[2]}"
         for n in $(seq "$RUNS"); do
-            run_groups "backends-shards-$n" shards "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "${SHARD_PORTS[@]}"
+            run_groups "backends-shards-$n" shards "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "$B_BATCH" "${SHARD_PORTS[@]}"
         done
         stop_nodes
         stop_redis
