@@ -20,6 +20,7 @@
 # docs/capacity-inputs.json (--inputs-out FILE), with the kernel's slab per
 # idle socket measured on 2,000 loopback connections (scripts/capacity
 # measure-kernel; needs /proc/slabinfo, i.e. root, else that figure stays assumed).
+# The Redis figures of scripts/cluster-bench.sh already in that file are kept.
 #
 # A full run takes about 10 minutes; --quick about 2 to 3 (shorter runs, same
 # socket counts; the first peer setup adds a pip install). All load stays on
@@ -414,15 +415,18 @@ mv "$OUT.tmp" "$OUT"
 # per idle socket is measured here (2,000 loopback connections, a few seconds).
 if [ -n "$ONLY" ]; then log "done: $OUT (--only $ONLY: $INPUTS_OUT left as it was)"; exit 0; fi
 log "writing $INPUTS_OUT"
-KERNEL_ARGS=()
+INPUTS_ARGS=()
+# The Redis figures scripts/cluster-bench.sh wrote into the file stay (these
+# runs do not measure them).
+[ -f "$INPUTS_OUT" ] && INPUTS_ARGS+=(--carry "$INPUTS_OUT")
 if python3 scripts/capacity measure-kernel --connections 2000 --out "$WORK/kernel.json" 2>"$WORK/kernel.err"; then
-    KERNEL_ARGS=(--kernel "$WORK/kernel.json")
+    INPUTS_ARGS+=(--kernel "$WORK/kernel.json")
 else
     echo "bench.sh: kernel socket memory not measured ($(cat "$WORK/kernel.err")); it stays an assumption" >&2
 fi
 if ! python3 scripts/capacity inputs --results "$RESULTS" --date "$STARTED_AT" --mode "$MODE" \
     --commit "$COMMIT$DIRTY" --machine "$(nproc) cores ($CPU_MODEL), $MEM memory, Linux $(uname -r), open-file limit $(ulimit -n)" \
-    "${KERNEL_ARGS[@]}" --out "$INPUTS_OUT"; then
+    "${INPUTS_ARGS[@]}" --out "$INPUTS_OUT"; then
     echo "bench.sh: $INPUTS_OUT not written (a run it needs failed?); the previous one is kept" >&2
 fi
 log "done: $OUT"

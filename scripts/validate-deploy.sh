@@ -288,6 +288,18 @@ def cmd_invariants(rendered, label):
         expect(hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"], "HPA targets the Deployment")
         kinds = {m["type"] for m in hpa["spec"]["metrics"]}
         expect("Resource" in kinds, "HPA scales on CPU")
+        # Scale-in against the drain (docs/scaling.md, "Autoscaling"): a
+        # removed pod is gone within terminationGracePeriodSeconds, so a Pods
+        # policy of one pod per period >= that drains one pod at a time; and
+        # scale-up waits out a drain's reconnects (preStop + grace + spread).
+        beh = hpa["spec"].get("behavior", {})
+        for pol in beh.get("scaleDown", {}).get("policies", []):
+            if pol["type"] == "Pods":
+                expect(pol["value"] == 1 and pol["periodSeconds"] >= tgps,
+                       "HPA scale-down of 1 pod per periodSeconds >= terminationGracePeriodSeconds %s (got %s per %s s)"
+                       % (tgps, pol["value"], pol["periodSeconds"]))
+        up = beh.get("scaleUp", {}).get("stabilizationWindowSeconds", 0)
+        expect(up >= need, "HPA scale-up stabilization %s s >= preStop + drain.grace + drain.spread = %s s" % (up, need))
     for pdb in by_kind(docs, "PodDisruptionBudget"):
         expect(pdb["spec"]["selector"]["matchLabels"] == sel, "PDB selects the pods")
     if errors:
@@ -790,6 +802,32 @@ def cmd_runbooks(alerts, runbooks):
         sys.exit(1)
     print("  %d alerts, each with a section (what it means, how to confirm, what to do) and a runbook_url to it" % len(rules))
 
+# pod-target VALUES CAPACITY: autoscaling.connections.averageValue is what
+# the capacity model gives for the chart's default pod (scripts/capacity
+# pod-target, from the resources and limits.max_connections of values.yaml),
+# and the calculator's own defaults are that pod.
+def cmd_pod_target(values_path, capacity):
+    v = yaml.safe_load(open(values_path))
+    res = v["resources"]
+    have = v["autoscaling"]["connections"]["averageValue"]
+    def target(args):
+        out = subprocess.run([sys.executable, capacity, "pod-target", "--json"] + args,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            fail("scripts/capacity pod-target %s: %s" % (" ".join(args), out.stderr.strip()))
+        return json.loads(out.stdout)
+    chart = target(["--memory-request", str(res["requests"]["memory"]), "--memory-limit", str(res["limits"]["memory"]),
+                    "--max-connections", str(v["config"]["limits"]["max_connections"])])
+    default = target([])
+    if chart["average_value"] != have:
+        fail("autoscaling.connections.averageValue is %r, the model gives %r for the default pod (%s); "
+             "set it to the model's figure" % (have, chart["average_value"], chart["pod"]))
+    if default["pod"] != chart["pod"]:
+        fail("scripts/capacity pod-target's defaults %s are not the chart's pod %s (CHART_POD there)" % (default["pod"], chart["pod"]))
+    print("  averageValue %s = scripts/capacity pod-target for %s MiB request, %s MiB limit, max_connections %s "
+          "(%.0f sockets, %s binds)" % (have, chart["pod"]["memory_request_mib"], chart["pod"]["memory_limit_mib"],
+                                       chart["pod"]["max_connections"], chart["sockets_per_pod"], chart["binding_limit"]))
+
 # every-value VALUES TEST_VALUES: the test values file sets every value.
 def cmd_every_value(values_path, test_path):
     stop = {"resources", "migrateJob.resources", "podSecurityContext", "securityContext", "autoscaling.behavior", "autoscaling.connections.selector"}
@@ -1216,6 +1254,7 @@ check "Grafana provisioning files" grafana_provisioning
 # 6. Chart coverage of wsgate's configuration, and of the README.
 check "every key in src/config.rs is settable through the chart" checks config-keys src/config.rs "$CHART/values.schema.json"
 check "every value in values.yaml is documented in helm/wsgate/README.md" checks docs "$CHART/values.yaml" "$CHART/README.md"
+check "autoscaling.connections.averageValue = the capacity model's connections per default pod" checks pod-target "$CHART/values.yaml" scripts/capacity
 check "docs/runbooks.md: a section per alert, every runbook_url resolves" checks runbooks deploy/prometheus/alerts.yml docs/runbooks.md
 
 # 7. wsgate itself reads every configuration we ship.

@@ -373,7 +373,9 @@ fn committed_inputs_carry_their_sources() {
         let measured = entry["measured"].as_bool().expect("measured flag");
         if measured {
             assert!(
-                source.contains("BENCHMARKS.md row") || source.contains("measure-kernel"),
+                source.contains("BENCHMARKS.md row")
+                    || source.contains("measure-kernel")
+                    || source.contains("scripts/cluster-bench.sh"),
                 "{name}: a measured figure names its run: {source}"
             );
         }

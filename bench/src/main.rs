@@ -9,6 +9,7 @@
 //! operation. Load goes only to loopback addresses.
 
 mod net;
+mod nodes;
 mod output;
 mod report;
 mod scenario;
@@ -62,6 +63,11 @@ pub struct Common {
     /// PID of a helper process (e.g. Redis) whose CPU is reported apart (repeatable).
     #[arg(long = "aux-pid")]
     pub aux_pid: Vec<u32>,
+    /// Prometheus `/metrics` URL of a node (loopback, repeatable), in the
+    /// order of `--server-pid`: the fan-out scenarios then report each
+    /// node's deliveries, publishes and CPU per delivery (`nodes`).
+    #[arg(long = "metrics-url")]
+    pub metrics_url: Vec<String>,
     /// Spread sockets over this many source addresses 127.0.0.2, 127.0.0.3, ...
     /// (0: let the kernel pick 127.0.0.1).
     #[arg(long, default_value_t = 4)]

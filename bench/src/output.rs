@@ -56,6 +56,7 @@ pub fn usage(
             "pids": server_pids,
             "cpu_s": round(u.server_cpu_s, 3),
             "cores": round(u.server_cpu_s / wall, 3),
+            "cpu_s_each": u.server_cpu_each_s.iter().map(|c| round(*c, 3)).collect::<Vec<_>>(),
             format!("cpu_us_per_{op}"): per_op(u.server_cpu_s),
             "rss_before_kib": u.server_rss_before_kib,
             "rss_after_kib": u.server_rss_after_kib,
@@ -82,6 +83,7 @@ pub fn usage(
             "pids": aux_pids,
             "cpu_s": round(u.aux_cpu_s, 3),
             "cores": round(u.aux_cpu_s / wall, 3),
+            "cpu_s_each": u.aux_cpu_each_s.iter().map(|c| round(*c, 3)).collect::<Vec<_>>(),
             format!("cpu_us_per_{op}"): per_op(u.aux_cpu_s),
         });
     }

@@ -224,6 +224,7 @@ pub async fn deliveries(c: &Common, run: DeliveryRun) -> Result<Value, String> {
         Endpoint::parse(u)?;
     }
     let publisher = Arc::new(Publisher::new(&c.api, &key, run.payload)?);
+    let scraper = crate::nodes::Scraper::new(&c.metrics_url)?;
     sys::wait_quiet(&c.server_pid, QUIET).await;
     let progress = Arc::new(AtomicU64::new(0));
     let spec = WorkerSpec {
@@ -261,6 +262,7 @@ pub async fn deliveries(c: &Common, run: DeliveryRun) -> Result<Value, String> {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let loadavg = sys::loadavg();
+    let metrics_before = scraper.read().await;
     let before = snapshot(c);
     let t0_us = net::unix_micros();
     let pubres = publish_loop(
@@ -293,6 +295,7 @@ pub async fn deliveries(c: &Common, run: DeliveryRun) -> Result<Value, String> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let after = snapshot(c);
+    let metrics_after = scraper.read().await;
     let (rep, hist) = worker::finish(
         &mut handles,
         Command::Finish {
@@ -355,6 +358,14 @@ pub async fn deliveries(c: &Common, run: DeliveryRun) -> Result<Value, String> {
             loadavg,
         ),
     );
+    if !scraper.is_empty() {
+        r["nodes"] = scraper.report(
+            &metrics_before,
+            &metrics_after,
+            &c.server_pid,
+            &usage.server_cpu_each_s,
+        );
+    }
     Ok(r)
 }
 

@@ -92,14 +92,23 @@ pub fn ncpu() -> usize {
 pub struct Snapshot {
     pub at: Instant,
     pub server_cpu: f64,
+    /// CPU seconds of each `--server-pid`, in order (0 for a process that is gone).
+    pub server_cpu_each: Vec<f64>,
     pub server_rss_kib: u64,
     pub aux_cpu: f64,
+    /// CPU seconds of each `--aux-pid`, in order.
+    pub aux_cpu_each: Vec<f64>,
     pub self_cpu: f64,
     pub machine: Option<(u64, u64)>,
 }
 
 impl Snapshot {
     pub fn take(server: &[u32], aux: &[u32]) -> Snapshot {
+        let each = |pids: &[u32]| -> Vec<f64> {
+            pids.iter()
+                .map(|p| process_cpu_seconds(&p.to_string()).unwrap_or(0.0))
+                .collect()
+        };
         let cpu = |pids: &[u32]| -> f64 {
             pids.iter()
                 .filter_map(|p| process_cpu_seconds(&p.to_string()))
@@ -108,6 +117,8 @@ impl Snapshot {
         Snapshot {
             at: Instant::now(),
             server_cpu: cpu(server),
+            server_cpu_each: each(server),
+            aux_cpu_each: each(aux),
             server_rss_kib: server
                 .iter()
                 .filter_map(|p| process_rss_kib(&p.to_string()))
@@ -127,8 +138,12 @@ pub struct Usage {
     pub server_cpu_s: f64,
     pub server_rss_before_kib: u64,
     pub server_rss_after_kib: u64,
+    /// Server CPU seconds of each `--server-pid`, in order.
+    pub server_cpu_each_s: Vec<f64>,
     /// CPU seconds of the `--aux-pid` processes (e.g. Redis).
     pub aux_cpu_s: f64,
+    /// CPU seconds of each `--aux-pid`, in order.
+    pub aux_cpu_each_s: Vec<f64>,
     /// This process's CPU seconds (children add theirs separately).
     pub generator_cpu_s: f64,
     /// Whole-machine CPU busy, in cores (2.0 = both cores of a 2-core machine).
@@ -149,11 +164,17 @@ impl Usage {
             server_cpu_s: (b.server_cpu - a.server_cpu).max(0.0),
             server_rss_before_kib: a.server_rss_kib,
             server_rss_after_kib: b.server_rss_kib,
+            server_cpu_each_s: deltas(&a.server_cpu_each, &b.server_cpu_each),
             aux_cpu_s: (b.aux_cpu - a.aux_cpu).max(0.0),
+            aux_cpu_each_s: deltas(&a.aux_cpu_each, &b.aux_cpu_each),
             generator_cpu_s: (b.self_cpu - a.self_cpu).max(0.0),
             machine_busy_cores: busy_cores,
         }
     }
+}
+
+fn deltas(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| (y - x).max(0.0)).collect()
 }
 
 /// Waits (at most `within`) until the server processes use less than 5 % of
