@@ -33,6 +33,8 @@
 //!   the Redis clients (broker, token cache, channels_redis bridge).
 //! - `outbox`: publishes the rows a backend commits to `wsgate_outbox`
 //!   (PostgreSQL), claimed per partition, at least once.
+//! - `pg_listen`: a PostgreSQL `LISTEN` connection made again however long
+//!   it takes (revocation and the outbox's wake-up each hold one).
 //! - `occupancy`: feed demand: counts the `occupied` / `vacated` events the
 //!   broker decides and POSTs them to the signed webhook.
 //! - `revocation`: forgetting a token everywhere and closing its sockets
@@ -68,6 +70,7 @@ pub mod metrics;
 mod occupancy;
 mod ops;
 mod outbox;
+mod pg_listen;
 mod policy;
 pub mod protocol;
 mod queue;

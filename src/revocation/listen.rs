@@ -9,12 +9,9 @@
 //!
 //! The listener keeps one dedicated connection. When it is lost (Postgres
 //! restarted, crashed, or the connection was terminated), the task drops it
-//! and connects again with backoff ([`RETRY_MIN`] doubling to [`RETRY_MAX`],
-//! each attempt bounded by [`CONNECT_TIMEOUT`]) until it can `LISTEN` again,
-//! then keeps serving: the node never restarts and never drops a client for
-//! it. We do the reconnecting ourselves rather than rely on `PgListener`'s,
-//! which retries only on some I/O errors and forwards others (say a reset
-//! connection) for ever.
+//! and connects again ([`crate::pg_listen`]: backoff with jitter, each
+//! attempt bounded) until it can `LISTEN` again, then keeps serving: the
+//! node never restarts and never drops a client for it.
 //!
 //! Notifications sent while no connection listened are lost. So once it
 //! listens again, the task asks the [`Revalidator`] for a catch-up sweep:
@@ -25,23 +22,15 @@
 //! revocation falls between the two.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgNotification};
 
 use super::Forget;
 use super::revalidate::Revalidator;
 use crate::auth::TokenDigest;
+use crate::pg_listen;
 
 pub const CHANNEL: &str = "wsgate_revoke";
-
-/// First wait between reconnect attempts.
-pub const RETRY_MIN: Duration = Duration::from_millis(100);
-/// Longest wait between reconnect attempts.
-pub const RETRY_MAX: Duration = Duration::from_secs(2);
-/// Longest one reconnect attempt may take (a database that accepts TCP but
-/// does not answer).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Listens until the task is aborted. Returns an error only when the first
 /// connection cannot be made. After a reconnect, `revalidator` (when given)
@@ -51,7 +40,7 @@ pub async fn listen(
     forget: Forget,
     revalidator: Option<Arc<Revalidator>>,
 ) -> Result<tokio::task::JoinHandle<()>, sqlx::Error> {
-    let listener = connect(database_url).await?;
+    let listener = pg_listen::connect(database_url, CHANNEL).await?;
     let url = database_url.to_string();
     Ok(tokio::spawn(async move {
         let mut first = Some(listener);
@@ -59,7 +48,7 @@ pub async fn listen(
             let mut current = match first.take() {
                 Some(listener) => listener,
                 None => {
-                    let listener = reconnect(&url).await;
+                    let listener = pg_listen::reconnect(&url, CHANNEL, "revocation listener").await;
                     // Notices may have been lost while nobody listened.
                     if let Some(revalidator) = &revalidator {
                         revalidator.catch_up();
@@ -72,34 +61,6 @@ pub async fn listen(
             drop(current);
         }
     }))
-}
-
-async fn connect(url: &str) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect(url).await?;
-    // A lost connection is reported (`Ok(None)`) and left to us.
-    listener.eager_reconnect(false);
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
-}
-
-/// Connects again, however long it takes.
-async fn reconnect(url: &str) -> PgListener {
-    let mut wait = RETRY_MIN;
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let error = match tokio::time::timeout(CONNECT_TIMEOUT, connect(url)).await {
-            Ok(Ok(listener)) => {
-                tracing::info!(attempts, "revocation listener reconnected to Postgres");
-                return listener;
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "connect timed out".to_string(),
-        };
-        tracing::debug!(attempts, error = %error, "revocation listener: reconnect failed");
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(RETRY_MAX);
-    }
 }
 
 /// Handles notices until the connection fails; returns why it did.

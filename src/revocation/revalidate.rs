@@ -79,6 +79,17 @@ const MIN_BATCH_DEADLINE: Duration = Duration::from_secs(30);
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// Waits between failed catch-up sweeps: exponential, with jitter.
+fn retry_delays() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(RETRY_MIN)
+        .with_max_delay(RETRY_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Sweep {
@@ -129,7 +140,7 @@ impl Revalidator {
     async fn run(&self) {
         let periodic = !self.interval.is_zero();
         let mut next = Instant::now() + self.interval;
-        let mut retry = RETRY_MIN;
+        let mut retry = retry_delays();
         loop {
             let catch_up = tokio::select! {
                 _ = sleep_until(next), if periodic => false,
@@ -148,7 +159,7 @@ impl Revalidator {
             let kind = if catch_up { "catch-up" } else { "periodic" };
             match self.sweep(spread).await {
                 Ok(sweep) => {
-                    retry = RETRY_MIN;
+                    retry = retry_delays();
                     if sweep.closed > 0 {
                         tracing::info!(
                             kind,
@@ -178,8 +189,7 @@ impl Revalidator {
                     if catch_up {
                         // Lost notices are only found by a sweep that
                         // completes: try again, backing off.
-                        sleep(retry).await;
-                        retry = (retry * 2).min(RETRY_MAX);
+                        sleep(retry.next().unwrap_or(RETRY_MAX)).await;
                         self.catch_up.notify_one();
                     }
                 }
