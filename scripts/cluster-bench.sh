@@ -18,11 +18,11 @@
 #     the nodes; publishes through the API, also through nginx).
 #
 # Phase "curve": the model's CPU per delivery by load. The embedded node
-# alone at rising delivery rates (CLUSTER_BENCH_CURVE, deliveries/s: 4,000 to
-# 64,000), market shape: rate/10 sockets in 10 groups each, rate/100 groups of
-# 100 members, one publish/s a group through the API (10 messages/s a
-# socket, whatever the rate: the sockets scale, the shape stays), 20 s a
-# point (quick: 10). The climb stops at the first point the node cannot keep
+# alone at rising delivery rates (CLUSTER_BENCH_CURVE, deliveries/s: 4,000
+# to 128,000, doubling), market shape: rate/10 sockets in 10 groups each,
+# rate/100 groups of 100 members, one publish/s a group through the API (10
+# messages/s a socket whatever the rate: the sockets scale, the shape
+# stays), 20 s a point (quick: 10). The climb stops at the first point the node cannot keep
 # up with (under 95 % of the offered deliveries or asked publishes).
 # Written into the inputs file as delivery_us_by_rate (--inputs-out), and
 # used by this run's model phase (the "model" column).
@@ -404,7 +404,7 @@ PY
 
 # --- phase 0: the curve, the embedded node alone at rising rates -------------------
 if want curve; then
-    CURVE_RATES=${CLUSTER_BENCH_CURVE:-4000 8000 16000 32000 64000}
+    CURVE_RATES=${CLUSTER_BENCH_CURVE:-4000 8000 16000 32000 64000 128000}
     log "curve: the embedded node alone at $CURVE_RATES deliveries/s"
     start_one_node
     for rate in $CURVE_RATES; do
