@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/cluster-bench.sh [--quick] [--only model|backends] [--runs N] [--out FILE] [--inputs-out FILE] [--keep]
+# scripts/cluster-bench.sh [--quick] [--only PHASE[,PHASE]] [--runs N] [--out FILE] [--inputs-out FILE] [--keep]
 #
 # The capacity model (docs/scaling.md, scripts/capacity) checked against a
 # real multi-node run, and the Redis back ends side by side (issue 16). It
@@ -16,6 +16,16 @@
 #     ws 18280, api 18281);
 #   - wsgate-bench `groups` through nginx (sockets spread round robin over
 #     the nodes; publishes through the API, also through nginx).
+#
+# Phase "curve": the model's CPU per delivery by load. The embedded node
+# alone at rising delivery rates (CLUSTER_BENCH_CURVE, deliveries/s: 4,000
+# to 128,000, doubling), market shape: rate/10 sockets in 10 groups each,
+# rate/100 groups of 100 members, one publish/s a group through the API (10
+# messages/s a socket whatever the rate: the sockets scale, the shape
+# stays), 20 s a point (quick: 10). The climb stops at the first point the node cannot keep
+# up with (under 95 % of the offered deliveries or asked publishes).
+# Written into the inputs file as delivery_us_by_rate (--inputs-out), and
+# used by this run's model phase (the "model" column).
 #
 # Phase "model": the market shape scaled down (2,400 sockets, 240 groups, 10
 # groups a socket, 240 publishes/s) over the Redis Cluster. Per node: CPU
@@ -42,21 +52,24 @@
 #
 # Options:
 #   --quick        shorter runs (10 s of publishing instead of 30 s)
-#   --only PHASE   model or backends (default: both)
+#   --only PHASES  curve, model or backends, or a comma list (default: all three;
+#                  "curve,model" checks the model with a curve measured just before)
 #   --runs N       repetitions of each measurement (default 1)
 #   --out FILE     the report (Markdown, with the raw JSON lines) [target/cluster-bench.md]
-#   --inputs-out F put the measured Redis figures into the capacity inputs file F
-#                  (docs/capacity-inputs.json; `scripts/capacity cluster-inputs`)
+#   --inputs-out F put the measured Redis figures and the curve into the capacity
+#                  inputs file F (docs/capacity-inputs.json; `capacity cluster-inputs`)
 #   --keep         keep the temp dir (logs; tokens and the API key are in it)
 #   --direct       sockets and publishes straight to the nodes, round robin, not
 #                  through nginx (to see what the proxy costs the nodes)
 #
-# Workloads: CLUSTER_BENCH_MODEL and CLUSTER_BENCH_BACKENDS, each
-# "SOCKETS GROUPS GROUPS_A_SOCKET PUBLISHES_PER_S [BATCH]" (defaults above).
+# Workloads: CLUSTER_BENCH_MODEL and CLUSTER_BENCH_BACKENDS, each "SOCKETS
+# GROUPS GROUPS_A_SOCKET PUBLISHES_PER_S [BATCH]", and CLUSTER_BENCH_CURVE,
+# "RATE..." (deliveries/s, multiples of 100; defaults above).
 #
 # Environment: WSGATE_BIN [/work/main/target/release/wsgate, else target/release/wsgate],
 # WSGATE_BENCH_BIN [same directory's wsgate-bench], NGINX [nginx from PATH].
-# Bounded: about 4 minutes per repetition (quick: 2); nothing is built.
+# Bounded: about 4 minutes per repetition (quick: 2) and 3 for the curve;
+# nothing is built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -71,14 +84,14 @@ while [ $# -gt 0 ]; do
         --inputs-out) INPUTS_OUT=$2; shift ;;
         --keep) KEEP=1 ;;
         --direct) DIRECT=1 ;;
-        -h|--help) sed -n '2,59p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,72p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "cluster-bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
-case "$ONLY" in ""|model|backends) ;; *) echo "cluster-bench.sh: --only model|backends" >&2; exit 2 ;; esac
+[[ $ONLY =~ ^((curve|model|backends)(,|$))*$ ]] || { echo "cluster-bench.sh: --only curve|model|backends[,...]" >&2; exit 2; }
 [[ $RUNS =~ ^[1-9]$ ]] || { echo "cluster-bench.sh: --runs 1..9" >&2; exit 2; }
-want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 log() { printf '\n== %s\n' "$*" >&2; }
 die() { echo "cluster-bench.sh: $*" >&2; exit 1; }
@@ -100,7 +113,7 @@ NGINX_BIN=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 [ -x "$NGINX_BIN" ] || die "nginx is needed (apt-get install -y nginx; only the binary is used)"
 pg_isready -h 127.0.0.1 -p 5432 -q || die "PostgreSQL at 127.0.0.1:5432 does not answer"
 
-if [ "$QUICK" = 1 ]; then D=10 MODE=quick IDLE_S=3; else D=30 MODE=full IDLE_S=5; fi
+if [ "$QUICK" = 1 ]; then D=10 CURVE_D=10 MODE=quick IDLE_S=3; else D=30 CURVE_D=20 MODE=full IDLE_S=5; fi
 DRAIN=5
 
 # --- ports ------------------------------------------------------------------
@@ -328,7 +341,7 @@ idle_cores() {
 # run_groups LABEL BACKEND SOCKETS GROUPS PER_SOCKET RATE BATCH REDIS_PORTS...
 # (REDIS_PORTS empty: the embedded node of the calibration run)
 run_groups() {
-    local label=$1 backend=$2 sockets=$3 groups=$4 per=$5 rate=$6 batch=$7
+    local label=$1 backend=$2 sockets=$3 groups=$4 per=$5 rate=$6 batch=$7 dur=${RUN_D:-$D}
     shift 7
     local ports=("$@") aux=() rpids=() p
     for p in "${ports[@]}"; do rpids+=("$(redis-cli -p "$p" info server | tr -d '\r' | awk -F: '/^process_id:/{print $2}')"); done
@@ -339,7 +352,7 @@ run_groups() {
         pids=("$ONE_PID")
         nodes=(--server-pid "$ONE_PID" --metrics-url "http://127.0.0.1:$ONE_MET/metrics")
     fi
-    log "$label: $sockets sockets, $groups groups, $per a socket, $rate publishes/s (batches of $batch), ${D} s, over $backend"
+    log "$label: $sockets sockets, $groups groups, $per a socket, $rate publishes/s (batches of $batch), $dur s, over $backend"
     local before after idle_redis="[]" idle_nodes
     if [ "${#ports[@]}" -gt 0 ]; then
         before=$(redis_stats "${ports[@]}"); sleep "$IDLE_S"; after=$(redis_stats "${ports[@]}")
@@ -359,7 +372,7 @@ print(json.dumps([round((a[p]["cpu"] - b[p]["cpu"]) / s, 5) for p in a]))' "$bef
     "$BENCH" groups --label "$label" --json-out "$WORK/run.json" "${entry[@]}" \
         --tokens-file "$TOKENS" --api-key-file "$API_KEY_FILE" "${nodes[@]}" "${aux[@]}" \
         --sockets "$sockets" --groups "$groups" --per-socket "$per" \
-        --rate "$rate" --batch "$batch" --inflight 32 --duration "$D" --drain "$DRAIN" >/dev/null 2>"$WORK/$label.err" ||
+        --rate "$rate" --batch "$batch" --inflight 32 --duration "$dur" --drain "$DRAIN" >/dev/null 2>"$WORK/$label.err" ||
         { tail -20 "$WORK/$label.err" >&2; die "run $label failed"; }
     after=$(redis_stats "${ports[@]}")
     # The bench's line, with the backend, the Redis counters and the model's plan.
@@ -388,6 +401,22 @@ PY
     rm -f "$WORK/run.json"
     sleep 2
 }
+
+# --- phase 0: the curve, the embedded node alone at rising rates -------------------
+if want curve; then
+    CURVE_RATES=${CLUSTER_BENCH_CURVE:-4000 8000 16000 32000 64000 128000}
+    log "curve: the embedded node alone at $CURVE_RATES deliveries/s"
+    start_one_node
+    for rate in $CURVE_RATES; do
+        RUN_D=$CURVE_D run_groups "curve-$rate" one-node "$((rate / 10))" "$((rate / 100))" 10 "$((rate / 100))" 1
+        rc=0
+        python3 scripts/capacity curve-check --results "$RESULTS" --label "curve-$rate" >&2 || rc=$?
+        if [ "$rc" = 3 ]; then log "curve: the node did not keep up at $rate deliveries/s; the climb stops"; break; fi
+        [ "$rc" = 0 ] || die "curve-check failed"
+    done
+    stop_pid "$ONE_PID"
+    ONE_PID=""
+fi
 
 # --- phase 1: the model against 3 nodes over a Redis Cluster --------------------
 # Workloads: "sockets groups groups-a-socket publishes/s" (overridable).
@@ -468,7 +497,7 @@ python3 scripts/capacity cluster-report --results "$RESULTS" --out "$OUT.tmp" --
     --commit "$COMMIT$DIRTY" --machine "$MACHINE" --load "$LOAD_START; $LOAD_END" \
     --binaries "$WSGATE, $BENCH" --shards-note "$SHARDS_NOTE" || die "the report could not be written"
 mv "$OUT.tmp" "$OUT"
-sed -n '/^## The model/,/^## Raw/p' "$OUT" | sed '$d' >&2
+sed -n '/^## \(CPU per delivery by load\|The model\)/,/^## Raw/p' "$OUT" | sed '$d' >&2
 if [ -n "$INPUTS_OUT" ]; then
     python3 scripts/capacity cluster-inputs --results "$RESULTS" --into "$INPUTS_OUT" --date "$STARTED_AT" \
         --mode "$MODE" --commit "$COMMIT$DIRTY" --machine "$MACHINE" >&2 || die "$INPUTS_OUT not updated"

@@ -46,73 +46,37 @@ fn f(v: &Value, path: &str) -> f64 {
         .unwrap_or_else(|| panic!("{path} is not a number in {v}"))
 }
 
-const WORKLOADS: [(&str, [&str; 8]); 5] = [
+/// The doc's worked examples (docs/scaling.md), as the calculator's options.
+const WORKLOADS_TEXT: [(&str, &str); 5] = [
     (
         "market feed, 1M",
-        [
-            "--sockets",
-            "1000000",
-            "--groups",
-            "1000",
-            "--groups-per-socket",
-            "10",
-            "--publish-rate",
-            "2000",
-        ],
+        "--sockets 1000000 --groups 1000 --groups-per-socket 10 --publish-rate 2000",
     ),
     (
         "market feed, 10M",
-        [
-            "--sockets",
-            "10000000",
-            "--groups",
-            "1000",
-            "--groups-per-socket",
-            "10",
-            "--publish-rate",
-            "2000",
-        ],
+        "--sockets 10000000 --groups 1000 --groups-per-socket 10 --publish-rate 2000",
     ),
     (
         "notifications, 1M",
-        [
-            "--sockets",
-            "1000000",
-            "--groups",
-            "1000000",
-            "--groups-per-socket",
-            "1",
-            "--publish-rate",
-            "10000",
-        ],
+        "--sockets 1000000 --groups 1000000 --groups-per-socket 1 --publish-rate 10000",
     ),
     (
         "notifications, 10M",
-        [
-            "--sockets",
-            "10000000",
-            "--groups",
-            "10000000",
-            "--groups-per-socket",
-            "1",
-            "--publish-rate",
-            "10000",
-        ],
+        "--sockets 10000000 --groups 10000000 --groups-per-socket 1 --publish-rate 10000",
     ),
     (
         "Centrifugo's run",
-        [
-            "--sockets",
-            "1000000",
-            "--groups",
-            "100000",
-            "--groups-per-socket",
-            "1",
-            "--publish-rate",
-            "50000",
-        ],
+        "--sockets 1000000 --groups 100000 --groups-per-socket 1 --publish-rate 50000",
     ),
 ];
+
+/// The worked examples with their options as the words of a command line.
+fn workloads() -> Vec<(&'static str, [&'static str; 8])> {
+    WORKLOADS_TEXT
+        .iter()
+        .map(|(name, w)| (*name, w.split(' ').collect::<Vec<_>>().try_into().unwrap()))
+        .collect()
+}
 
 const EPS: f64 = 1e-6;
 
@@ -245,7 +209,7 @@ fn check(name: &str, p: &Value) {
 
 #[test]
 fn worked_examples_are_consistent() {
-    for (name, w) in WORKLOADS {
+    for (name, w) in workloads() {
         check(name, &plan(&w, &[]));
         // The same with other pod sizes, headroom and storm settings.
         check(
@@ -285,7 +249,7 @@ fn plan_of(args: &[String]) -> Value {
 
 #[test]
 fn more_load_never_asks_for_less() {
-    for (name, w) in WORKLOADS {
+    for (name, w) in workloads() {
         let n: f64 = w[1].parse().unwrap();
         let mut last = plan(&w, &[]);
         for factor in [2.0, 4.0, 8.0] {
@@ -329,7 +293,7 @@ fn more_load_never_asks_for_less() {
 
 #[test]
 fn cache_hits_take_load_off_postgres() {
-    let w = WORKLOADS[0].1;
+    let w = workloads()[0].1;
     let cold = plan(&w, &["--cache-hit-ratio", "0"]);
     let warm = plan(&w, &["--cache-hit-ratio", "0.9"]);
     let q = |p: &Value| f(p, "postgres_full_reconnect.queries_per_s");
@@ -343,7 +307,7 @@ fn cache_hits_take_load_off_postgres() {
 
 #[test]
 fn text_output_names_the_binding_limit() {
-    let args: Vec<String> = WORKLOADS[2].1.iter().map(|s| s.to_string()).collect();
+    let args: Vec<String> = workloads()[2].1.iter().map(|s| s.to_string()).collect();
     let out = run(&args);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
@@ -367,7 +331,19 @@ fn committed_inputs_carry_their_sources() {
     let inputs = doc["inputs"].as_object().unwrap();
     assert!(inputs.len() >= 20);
     for (name, entry) in inputs {
-        assert!(entry["value"].as_f64().is_some(), "{name}: value");
+        if name == "delivery_us_by_rate" {
+            // The curve: [deliveries/s per node, us per delivery] pairs.
+            let points = entry["value"].as_array().expect("the curve is a list");
+            assert!(!points.is_empty(), "{name}: no points");
+            for p in points {
+                let pair = p.as_array().expect("a point is a pair");
+                assert!(
+                    pair.len() == 2 && pair.iter().all(|x| x.as_f64().is_some_and(|v| v > 0.0))
+                );
+            }
+        } else {
+            assert!(entry["value"].as_f64().is_some(), "{name}: value");
+        }
         let source = entry["source"].as_str().unwrap_or_default();
         assert!(!source.is_empty(), "{name}: no source");
         let measured = entry["measured"].as_bool().expect("measured flag");
@@ -383,7 +359,7 @@ fn committed_inputs_carry_their_sources() {
 }
 
 fn fails_with(inputs: &Path, needle: &str) {
-    let mut args: Vec<String> = WORKLOADS[0].1.iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> = workloads()[0].1.iter().map(|s| s.to_string()).collect();
     args.push("--inputs".into());
     args.push(inputs.display().to_string());
     args.push("--json".into());
@@ -427,4 +403,97 @@ fn bad_inputs_file_is_a_clear_error() {
     std::fs::write(&partial, broken.to_string()).unwrap();
     fails_with(&partial, "delivery_us_non_coalescing");
     fails_with(&partial, "rss_kib_per_idle_socket");
+}
+
+/// The real inputs file with a curve of CPU per delivery by load put in (test figures, not measured ones).
+fn with_curve(dir: &Path, points: Value) -> PathBuf {
+    let mut doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("docs/capacity-inputs.json")).unwrap(),
+    )
+    .unwrap();
+    doc["inputs"]["delivery_us_by_rate"] = serde_json::json!({
+        "value": points, "unit": "[deliveries/s per node, us]", "measured": true,
+        "saturated_at_last_point": true, "writer": "scripts/cluster-bench.sh", "source": "test",
+    });
+    let path = dir.join("curve.json");
+    std::fs::write(&path, doc.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn the_curve_gives_the_cost_at_the_rate_per_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = with_curve(
+        dir.path(),
+        serde_json::json!([[16000, 20.0], [4000, 30.0], [64000, 10.0]]),
+    );
+    let inputs = inputs.display().to_string();
+    let market = workloads()[0].1;
+    let source = |p: &Value| p["pods"]["cpu_us_per_delivery_source"].clone();
+    // A fixed fleet: the curve at deliveries / pods (20M / 1250 = 16,000: a point).
+    let p = plan(&market, &["--inputs", &inputs, "--pods", "1250"]);
+    assert_eq!(source(&p)["from"], "delivery_us_by_rate");
+    assert!((f(&p, "pods.cpu_us_per_delivery") - 20.0).abs() < 1e-9);
+    assert!((f(&source(&p), "rate_per_pod") - 16000.0).abs() < 1e-6);
+    // Between points: linear in log(rate); 20M / 2500 = 8,000 is half way from 4,000 to 16,000.
+    let p = plan(&market, &["--inputs", &inputs, "--pods", "2500"]);
+    assert!((f(&p, "pods.cpu_us_per_delivery") - 25.0).abs() < 1e-9);
+    assert_eq!(source(&p)["how"], "interpolated");
+    // Outside the points: clamped, and said so.
+    let p = plan(&market, &["--inputs", &inputs, "--pods", "100"]);
+    assert!((f(&p, "pods.cpu_us_per_delivery") - 10.0).abs() < 1e-9);
+    assert_eq!(source(&p)["how"], "above");
+    let p = plan(&market, &["--inputs", &inputs, "--pods", "100000"]);
+    assert!((f(&p, "pods.cpu_us_per_delivery") - 30.0).abs() < 1e-9);
+    assert_eq!(source(&p)["how"], "below");
+    // Sized by the model: the count it settles on is the smallest that fits at its own rate per pod.
+    let p = plan(&market, &["--inputs", &inputs]);
+    check("market on the curve", &p);
+    let pods = f(&p, "pods.count");
+    assert!((f(&source(&p), "rate_per_pod") - 20e6 / pods).abs() < 1e-3);
+    let fewer = plan(
+        &market,
+        &["--inputs", &inputs, "--pods", &format!("{}", pods - 1.0)],
+    );
+    assert!(
+        f(&fewer, "pods.cpu_cores_needed") > f(&fewer, "pods.cpu_capacity_at_target"),
+        "one pod fewer would fit too"
+    );
+    // --delivery-us overrides the curve.
+    let p = plan(&market, &["--inputs", &inputs, "--delivery-us", "3"]);
+    assert_eq!(source(&p)["from"], "--delivery-us");
+    assert!((f(&p, "pods.cpu_us_per_delivery") - 3.0).abs() < 1e-9);
+    // Frames that coalesce keep their own figures.
+    let p = plan(&market, &["--inputs", &inputs, "--coalescing", "yes"]);
+    assert_eq!(source(&p)["from"], "delivery_us_coalescing_redis");
+    // The text says which figure and why.
+    let mut args: Vec<String> = market.iter().map(|s| s.to_string()).collect();
+    args.extend(["--inputs".to_string(), inputs.clone()]);
+    let text = String::from_utf8(run(&args).stdout).unwrap();
+    assert!(text.contains("the measured curve at"), "{text}");
+    // More load never asks for less, on the curve too.
+    let doubled = plan_of(
+        &[
+            with(&market, "--publish-rate", 4000.0),
+            vec!["--inputs".into(), inputs.clone()],
+        ]
+        .concat(),
+    );
+    let base = plan(&market, &["--inputs", &inputs]);
+    assert!(f(&doubled, "pods.count") >= f(&base, "pods.count"));
+}
+
+#[test]
+fn a_bad_curve_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [
+        serde_json::json!([]),
+        serde_json::json!([[4000, "30 us"]]),
+        serde_json::json!([[4000, 30.0, 1.0]]),
+        serde_json::json!([[0, 30.0]]),
+        serde_json::json!([[4000, 30.0], [4000, 20.0]]),
+        serde_json::json!(12.5),
+    ] {
+        fails_with(&with_curve(dir.path(), bad), "delivery_us_by_rate");
+    }
 }

@@ -10,7 +10,8 @@ import json
 import os
 import statistics
 
-from .inputs import ASSUMED, CLUSTER_WRITER, DEFAULT_INPUTS, load_inputs, read_rows
+from . import curve
+from .inputs import ASSUMED, CLUSTER_WRITER, load_inputs, read_rows
 from .model import plan
 from .options import plan_parser
 
@@ -41,8 +42,9 @@ def cluster_redis_figures(r):
             "net_us_per_publish": per(net, pubs), "net_us_per_message": per(net, msgs)}
 
 
-def cluster_plan(r, inputs=DEFAULT_INPUTS, pods=3, delivery_us=None):
-    """The model's plan for a run's load on `pods` pods, and the command line that gives it."""
+def cluster_plan(r, inp, pods=3, delivery_us=None):
+    """The model's plan for a run's load on `pods` pods with the inputs' figures `inp` (load_inputs' values),
+    and the command line that gives it."""
     p = r["params"]
     args = ["--sockets", str(r["sockets"]["ok"]), "--groups", str(p["groups"]), "--groups-per-socket",
             str(p["per_socket"]), "--publish-rate", str(r["published"]["rate_msgs_s"]), "--pods", str(pods)]
@@ -50,7 +52,6 @@ def cluster_plan(r, inputs=DEFAULT_INPUTS, pods=3, delivery_us=None):
         args.append("--batched")
     if delivery_us is not None:
         args += ["--delivery-us", "%.3f" % delivery_us]
-    inp, _ = load_inputs(inputs)
     w = vars(plan_parser().parse_args(args))
     return plan(w, inp), "scripts/capacity " + " ".join(args)
 
@@ -71,15 +72,15 @@ def _pct(measured, predicted):
     return (measured - predicted) / predicted * 100.0 if predicted else float("nan")
 
 
-def cluster_model_check(r, inputs=DEFAULT_INPUTS, calib=None):
+def cluster_model_check(r, inp, calib=None):
     """Measured against predicted for one model run: the plan, its command line, the calibrated plan's (or None)
     and a list of (what, measured, predicted, predicted with the calibrated delivery cost or None, unit).
     `calib` is the one-node run with one node's share of the load: its CPU per delivery replaces the inputs
     file's (measured at saturation) for the second prediction."""
-    p, cmd = cluster_plan(r, inputs)
+    p, cmd = cluster_plan(r, inp)
     pc, cmdc = (None, None)
     if calib is not None:
-        pc, cmdc = cluster_plan(r, inputs, delivery_us=calib["nodes"][0]["cpu_us_per_delivery"])
+        pc, cmdc = cluster_plan(r, inp, delivery_us=calib["nodes"][0]["cpu_us_per_delivery"])
     pick = lambda q, path: None if q is None else q[path[0]][path[1]]
     pred, predc = pick(p, ("pods", "cpu_us_per_delivery_all_in")), pick(pc, ("pods", "cpu_us_per_delivery_all_in"))
     lines = []
@@ -117,13 +118,25 @@ def cluster_report(rows, a):
     w("\n**Everything shares the %s here**: the 3 wsgate nodes, the Redis servers, nginx, PostgreSQL and the\n"
       "load generator, over loopback. These runs check costs per operation and correctness (every message\n"
       "delivered once, in order), **not throughput growth** with nodes.\n\n" % cores)
+    w(curve.report(rows))
     model = [r for r in rows if r["label"].startswith("model-")]
     if model:
         w("## The model against 3 nodes over a 3-master Redis Cluster\n\n")
     calibs = {r["label"].split("-", 1)[1]: r for r in rows if r["label"].startswith("calib-")}
+    inp, _ = load_inputs(a.inputs)
+    fresh = curve.entry(rows, {"date": a.date}, "this run")
+    if fresh is not None:
+        # The model uses the curve measured in this run (--inputs-out writes it into the inputs file).
+        inp["delivery_us_by_rate"] = curve.parse(fresh, "(this run)")
+    if model:
+        c = inp.get("delivery_us_by_rate")
+        w("The model's CPU per delivery comes from %s (see the `model` lines below for the point used).\n\n" % (
+            "the inputs file's CPU per delivery (no curve)" if c is None else
+            "the curve of CPU per delivery by load measured in this run, above" if fresh is not None else
+            "the inputs file's curve of CPU per delivery by load (measured %s)" % c.get("date")))
     for r in model:
         calib = calibs.get(r["label"].split("-", 1)[1])
-        p, cmd, cmdc, lines = cluster_model_check(r, a.inputs, calib)
+        p, cmd, cmdc, lines = cluster_model_check(r, inp, calib)
         d = r["deliveries"]
         w("### %s\n\n" % r["label"])
         w("Load: %d sockets through nginx, %d groups, %d a socket, %.0f publishes/s for %.0f s through the API\n"
@@ -133,7 +146,9 @@ def cluster_report(rows, a):
              r["published"]["elapsed_s"], "{:,.0f}".format(d["per_s"]), d["unique"], d["expected"], d["missing"],
              d["duplicates"], d["reordered"], r["latency_ms"].get("p50"), r["latency_ms"].get("p99"),
              r["machine"]["busy_cores"], r["machine"]["ncpu"], r["machine"]["other_cores"]))
-        w("Model: `%s`\n\n" % cmd)
+        w("Model: `%s`%s: %.2f us per delivery, %s.\n\n" % (
+            cmd, " (with this run's curve in the inputs file)" if fresh is not None else "",
+            p["pods"]["cpu_us_per_delivery"], p["pods"]["cpu_us_per_delivery_source"]["text"]))
         if calib is not None:
             c = calib["nodes"][0]
             w("Calibrated model: `%s`, the CPU per delivery of run %s: one embedded node with one node's share "
@@ -141,8 +156,9 @@ def cluster_report(rows, a):
               "(%.3f cores), against the inputs file's %.2f (measured with the node saturated).\n\n"
               % (cmdc, calib["label"], calib["sockets"]["ok"], calib["params"]["groups"],
                  calib["published"]["rate_msgs_s"], "{:,.0f}".format(calib["deliveries"]["per_s"]),
-                 c["cpu_us_per_delivery"], c["cpu_s"] / calib["machine"]["wall_s"], p["pods"]["cpu_us_per_delivery"]))
-        w("| | measured | model | difference | calibrated model | difference |\n|---|---|---|---|---|---|\n")
+                 c["cpu_us_per_delivery"], c["cpu_s"] / calib["machine"]["wall_s"], inp["delivery_us_non_coalescing"]))
+        w("| | measured | model%s | difference | calibrated model | difference |\n|---|---|---|---|---|---|\n"
+          % (" (load-aware)" if inp.get("delivery_us_by_rate") else ""))
         for what, m, pr, prc, unit in lines:
             bold = what.startswith("**")
             b = (lambda t: "**%s**" % t) if bold else (lambda t: t)
@@ -211,7 +227,7 @@ CLUSTER_EXTRA = {
 
 def derive_cluster_inputs(rows, meta):
     """Inputs entries from cluster-bench.sh results: Redis CPU per message by back end, redis_msgs_per_shard from
-    the dearest of them, and the model check's CPU per delivery."""
+    the dearest of them, the model check's CPU per delivery, and the curve of CPU per delivery by load."""
     ref = "%s run of %s, commit %s, %s; the nodes, Redis, nginx, PostgreSQL and the load generator on the same " \
           "cores, over loopback" % (meta.get("mode", "?"), meta.get("date", "?"), meta.get("commit", "?"),
                                     meta.get("machine", "?"))
@@ -256,6 +272,9 @@ def derive_cluster_inputs(rows, meta):
             "%d a socket; mean of the runs (%s us). Not used by the plan: it checks it"
             % (", ".join(r["label"] for r in model), model[0]["sockets"]["ok"], model[0]["params"]["groups"],
                model[0]["params"]["per_socket"], ", ".join("%.3f" % v for v in vals)))
+    c = curve.entry(rows, meta, ref)
+    if c is not None:
+        out[curve.NAME] = c
     return out
 
 

@@ -255,7 +255,8 @@ def carried(path):
 
 
 def load_inputs(path):
-    """The figures of an inputs file as floats, and the whole document; InputsError says what is wrong."""
+    """The figures of an inputs file as floats (the curve delivery_us_by_rate, if there, as curve.parse gives it),
+    and the whole document; InputsError says what is wrong."""
     try:
         with open(path) as f:
             doc = json.load(f)
@@ -282,6 +283,9 @@ def load_inputs(path):
     if isinstance(fl, dict) and isinstance(fl.get("value"), (int, float)) and not isinstance(fl.get("value"), bool) \
             and fl["value"] > 0:
         values["redis_msgs_per_core_floor"] = float(fl["value"])
+    if "delivery_us_by_rate" in doc["inputs"]:
+        from . import curve  # (curve imports this module)
+        values["delivery_us_by_rate"] = curve.parse(doc["inputs"]["delivery_us_by_rate"], path)
     if missing:
         raise InputsError("inputs file %s lacks a usable (non-negative number) value for: %s"
                           % (path, ", ".join(missing)))

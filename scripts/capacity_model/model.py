@@ -7,8 +7,12 @@ a measured run) all use the same numbers; docs/scaling.md explains each step.
 
 import math
 
+from .curve import cost as curve_cost
 from .inputs import InputsError
 from .report import fmt
+
+# At most this many raises of the pod count while looking for the CPU's (each raises it by one or more).
+MAX_STEPS = 100000
 
 
 def nodes_holding(pods, subscribers):
@@ -29,14 +33,29 @@ def plan(w, inp):
     else:
         coalesce = w["coalescing"] == "yes"
 
-    def delivery_us(pods):
+    curve = inp.get("delivery_us_by_rate")
+
+    def delivery_cost(pods):
+        """CPU-us per delivery at `pods` pods, and where it comes from (a dict, printed with the plan)."""
         if w.get("delivery_us") is not None:
-            return w["delivery_us"]
+            return w["delivery_us"], {"from": "--delivery-us", "text": "given by --delivery-us"}
         if not coalesce:
-            return inp["delivery_us_non_coalescing"]
+            if curve is not None:
+                us, how = curve_cost(curve, deliveries / pods)
+                how.update({"from": "delivery_us_by_rate", "text": "the measured curve at %s deliveries/s per pod, %s"
+                            % (fmt(deliveries / pods), how["text"])})
+                return us, how
+            return inp["delivery_us_non_coalescing"], {
+                "from": "delivery_us_non_coalescing",
+                "text": "delivery_us_non_coalescing (measured on a saturated node; the inputs have no curve)"}
         if w["batched"]:
-            return inp["delivery_us_batch"] if pods == 1 else inp["delivery_us_batch_redis"]
-        return inp["delivery_us_coalescing"] if pods == 1 else inp["delivery_us_coalescing_redis"]
+            name = "delivery_us_batch" if pods == 1 else "delivery_us_batch_redis"
+        else:
+            name = "delivery_us_coalescing" if pods == 1 else "delivery_us_coalescing_redis"
+        return inp[name], {"from": name, "text": "%s (frames coalesce)" % name}
+
+    def delivery_us(pods):
+        return delivery_cost(pods)[0]
 
     def cpu_parts(pods):
         nodes = nodes_holding(pods, subs)
@@ -60,14 +79,24 @@ def plan(w, inp):
         raise InputsError("--fd-limit is below the descriptor overhead")
     by_descriptors = math.ceil(n / fd_room)
     by_connections = math.ceil(n / w["max_connections"])
-    # CPU depends on the pod count (Redis messages reach more nodes, and
-    # coalescing is measured lower across nodes): raise the count until it fits.
-    by_cpu = max(1, math.ceil(sum(cpu_parts(1).values()) / cpu_cap))
-    while True:
-        need = sum(cpu_parts(by_cpu).values())
-        if need <= by_cpu * cpu_cap + 1e-9:
-            break
-        by_cpu = max(by_cpu + 1, math.ceil(need / cpu_cap))
+    # CPU depends on the pod count (Redis messages reach more nodes, coalescing
+    # is measured lower across nodes, and on the curve a pod with fewer
+    # deliveries pays more for each): raise the count until it fits. The CPU
+    # needed never falls as pods are added, so the jump to ceil(need / cap)
+    # skips no count that fits; the bound only guards against a curve that
+    # breaks that.
+    def fits(pods):
+        return sum(cpu_parts(pods).values()) <= pods * cpu_cap + 1e-9
+
+    def raise_until_fits(pods):
+        for _ in range(MAX_STEPS):
+            if fits(pods):
+                return pods
+            pods = max(pods + 1, math.ceil(sum(cpu_parts(pods).values()) / cpu_cap))
+        raise InputsError("the pod count by CPU did not settle in %d steps (is the curve %s sane?)"
+                          % (MAX_STEPS, "delivery_us_by_rate"))
+
+    by_cpu = raise_until_fits(max(1, math.ceil(sum(cpu_parts(1).values()) / cpu_cap)))
     limits = {
         "cpu": by_cpu,
         "memory": by_memory,
@@ -75,6 +104,8 @@ def plan(w, inp):
         "max_connections": by_connections,
     }
     needed = max(limits.values())
+    if not fits(needed):  # only with a curve that is not monotonic: then CPU binds at the count that fits
+        needed = limits["cpu"] = raise_until_fits(needed)
     # --pods N evaluates a given fleet (e.g. the 3 nodes of scripts/cluster-bench.sh)
     # instead of sizing one: every figure below is then at N pods.
     pods = w["pods"] if w.get("pods") else needed
@@ -130,6 +161,8 @@ def plan(w, inp):
             "fd_limit": w["fd_limit"],
             "max_connections": w["max_connections"],
             "cpu_us_per_delivery": delivery_us(pods),
+            # Which figure that is and why (the curve's point, the per-pod rate).
+            "cpu_us_per_delivery_source": delivery_cost(pods)[1],
             # Every part of the CPU (publish API, Redis receive, churn) per
             # delivery: what a node's CPU / its deliveries measures.
             "cpu_us_per_delivery_all_in": cores * 1e6 / deliveries if deliveries > 0 else None,

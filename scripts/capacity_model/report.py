@@ -49,6 +49,7 @@ def print_text(p, source):
         fmt(po["cpu_cores_needed"]), ", ".join("%s %s" % (k, fmt(v)) for k, v in po["cpu_cores_by_part"].items()),
         fmt(po["cpu_us_per_delivery"]), "{:.0%}".format(po["cpu_utilisation_at_load"]),
         "{:.0%}".format(po["cpu_utilisation_target"])))
+    print("  CPU per delivery: %s us, %s" % (fmt(po["cpu_us_per_delivery"]), po["cpu_us_per_delivery_source"]["text"]))
     print("  memory: %s KiB per socket, %s sockets per pod, %s MiB per pod at load" % (
         fmt(po["memory_kib_per_socket"]), fmt(po["sockets_per_pod"]), fmt(po["memory_mib_per_pod_at_load"])))
     print("  descriptors: %s per pod (limit %s)" % (fmt(po["descriptors_per_pod"]), fmt(po["fd_limit"])))
