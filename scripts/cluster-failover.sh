@@ -30,7 +30,7 @@
 #
 # Phases, in this order by default (the driver's report says what each
 # measures; resharding comes last because it leaves groups silent, see
-# docs/scaling.md "Failover, measured"):
+# docs/failover.md):
 #   master-loss  SIGKILL of a Redis master (not the seed 7101): time until
 #                every group on its slots delivers again on every node,
 #                messages lost (plain groups: at most once), history groups
