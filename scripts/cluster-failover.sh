@@ -29,8 +29,8 @@
 #     (8 plain + 2 history per master), 150 publishes/s through the API.
 #
 # Phases, in this order by default (the driver's report says what each
-# measures; resharding comes last because it leaves groups silent, see
-# docs/failover.md):
+# measures; resharding comes last because it moves the slots the earlier
+# phases' groups sit on; results in docs/failover.md):
 #   master-loss  SIGKILL of a Redis master (not the seed 7101): time until
 #                every group on its slots delivers again on every node,
 #                messages lost (plain groups: at most once), history groups
