@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/bench.sh [--quick] [--no-peer] [--no-build] [--keep] [--out FILE] [--inputs-out FILE]
-#                  [--only embedded|coalescing|redis|peer]
+#                  [--only embedded|coalescing|redis|peer|floor[,SECTION...]]
 #
 # Runs every scenario of the performance issue (issue 6) with wsgate-bench
 # against wsgate nodes this script starts itself, and rewrites BENCHMARKS.md
@@ -13,7 +13,12 @@
 #   - the many-groups shape at server.write_delay 0, 5 and 20 ms (coalescing);
 #   - when ../shared/peers/django_channels exists, the Django Channels peer
 #     (copied to target/bench-peer, throwaway database) for the same fan-out
-#     and connect scenarios, with the ratios wsgate/peer.
+#     and connect scenarios, with the ratios wsgate/peer;
+#   - the floor of issue 15 (wsgate-floor, from the bench crate: tokio, one
+#     pre-encoded frame per broadcast, one write per wake-up, no database, no
+#     Redis) for the embedded node's scenario command lines, rows labelled
+#     floor-<same name>, with the ratios wsgate/floor. --only takes a comma
+#     list, so --only embedded,floor measures both sides in one run.
 #
 # It also writes the per-node figures scripts/capacity reads (CPU per delivery,
 # memory per socket, CPU per authentication, ...; each with its source row) to
@@ -40,15 +45,22 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift ;;
         --inputs-out) INPUTS_OUT=$2; shift ;;
         --only) ONLY=$2; shift ;;
-        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 
-# want SECTION: whether this run includes SECTION (all of them without --only).
-want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
-case "$ONLY" in ""|embedded|coalescing|redis|peer) ;; *) echo "bench.sh: --only $ONLY?" >&2; exit 2 ;; esac
+# want SECTION: whether this run includes SECTION (all of them without --only;
+# --only takes one section or a comma list).
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+for section in ${ONLY//,/ }; do
+    case "$section" in embedded|coalescing|redis|peer|floor) ;; *) echo "bench.sh: --only $section?" >&2; exit 2 ;; esac
+done
+# Only the redis and peer sections use Redis and PostgreSQL (the others
+# measure them where they are, for the "other load" column, if they answer).
+NEED_DB=0
+if want redis || want peer; then NEED_DB=1; fi
 if [ -n "$ONLY" ] && [ "$OUT" = BENCHMARKS.md ]; then
     echo "bench.sh: --only needs --out FILE (BENCHMARKS.md holds full runs)" >&2; exit 2
 fi
@@ -65,8 +77,12 @@ if [ "$BUILD" = 1 ]; then
 fi
 WSGATE=${WSGATE_BIN:-$ROOT/target/release/wsgate}
 BENCH=${WSGATE_BENCH_BIN:-$ROOT/target/release/wsgate-bench}
+FLOOR=${WSGATE_FLOOR_BIN:-$ROOT/target/release/wsgate-floor}
 [ -x "$WSGATE" ] && [ -x "$BENCH" ] || die "release binaries missing (run without --no-build)"
-for tool in curl psql redis-cli; do
+if want floor; then [ -x "$FLOOR" ] || die "$FLOOR missing (run without --no-build)"; fi
+TOOLS=(curl)
+[ "$NEED_DB" = 1 ] && TOOLS+=(psql redis-cli)
+for tool in "${TOOLS[@]}"; do
     command -v "$tool" >/dev/null || die "$tool is needed"
 done
 
@@ -111,8 +127,10 @@ cleanup() {
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
     if [ "$PG_CREATED" = 1 ]; then psql_admin -c "DROP DATABASE IF EXISTS $PGDB WITH (FORCE)"; fi
     if [ "$PEERDB_CREATED" = 1 ]; then psql_admin -c "DROP DATABASE IF EXISTS $PEERDB WITH (FORCE)"; fi
-    redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "${PREFIX}*" 2>/dev/null |
-        xargs -r -n 500 redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1
+    if command -v redis-cli >/dev/null; then
+        redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "${PREFIX}*" 2>/dev/null |
+            xargs -r -n 500 redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1
+    fi
     if [ "$KEEP" = 1 ]; then echo "bench.sh: kept $WORK" >&2; else rm -rf "$WORK"; fi
     exit "$rc"
 }
@@ -199,14 +217,20 @@ bench() {
     sample_foreign
 }
 
-REDIS_PID=$(redis-cli -h 127.0.0.1 -p 6379 info server 2>/dev/null | tr -d '\r' | awk -F: '/^process_id:/{print $2}')
-[ -n "$REDIS_PID" ] || die "Redis at 127.0.0.1:6379 does not answer"
-pg_isready -h 127.0.0.1 -p 5432 -q || die "PostgreSQL at 127.0.0.1:5432 does not answer"
+REDIS_PID=""
+if command -v redis-cli >/dev/null; then
+    REDIS_PID=$(redis-cli -h 127.0.0.1 -p 6379 info server 2>/dev/null | tr -d '\r' | awk -F: '/^process_id:/{print $2}')
+fi
+if [ "$NEED_DB" = 1 ]; then
+    [ -n "$REDIS_PID" ] || die "Redis at 127.0.0.1:6379 does not answer"
+    pg_isready -h 127.0.0.1 -p 5432 -q || die "PostgreSQL at 127.0.0.1:5432 does not answer"
+fi
 
 WS1=$BASE API1=$((BASE + 1)) MET1=$((BASE + 2))
 WSR1=$((BASE + 3)) APIR1=$((BASE + 4)) METR1=$((BASE + 5))
 WSR2=$((BASE + 6)) APIR2=$((BASE + 7)) METR2=$((BASE + 8))
 PEER_PORT=$((BASE + 9))
+WSF=$((BASE + 10)) APIF=$((BASE + 11))
 
 KEYS=(--api-key-file "$API_KEY_FILE")
 
@@ -343,6 +367,54 @@ if want peer && [ "$PEER" = 1 ] && [ -d "$PEER_SRC" ] && command -v python3 >/de
     fi
 fi
 
+# --- the floor (issue 15) ----------------------------------------------------------
+# wsgate-floor: the minimal broadcast server the issue's ratios are taken
+# against (bench/src/floor/main.rs). The embedded node's command lines with
+# the floor's endpoints, rows labelled floor-<same name>. It checks no token
+# and no key, so one generated token and the run's API key do.
+FLOOR_NOTE="not run"
+# start_floor NAME: sets NODE_PID.
+start_floor() {
+    local name=$1
+    mkdir -p "$WORK/$name"
+    note_cmd "# floor $name:" target/release/wsgate-floor --ws-listen "127.0.0.1:$WSF" --api-listen "127.0.0.1:$APIF"
+    "$FLOOR" --ws-listen "127.0.0.1:$WSF" --api-listen "127.0.0.1:$APIF" >"$WORK/$name.log" 2>&1 &
+    NODE_PID=$!
+    PIDS+=("$NODE_PID")
+    for _ in $(seq 150); do
+        if curl -fsS -o /dev/null "http://127.0.0.1:$WSF/readyz" 2>/dev/null; then return 0; fi
+        kill -0 "$NODE_PID" 2>/dev/null || { tail -20 "$WORK/$name.log" >&2; die "floor $name died"; }
+        sleep 0.2
+    done
+    tail -20 "$WORK/$name.log" >&2
+    die "floor $name not ready in 30 s"
+}
+if want floor; then
+    log "the floor: wsgate-floor (ports $WSF/$APIF)"
+    mkdir -p "$WORK/floor"
+    note_cmd "# floor tokens: target/release/wsgate-bench gen-tokens --count 1 --out $WORK/floor/tokens.txt (the floor accepts any)"
+    "$BENCH" gen-tokens --count 1 --out "$WORK/floor/tokens.txt" 2>/dev/null
+    start_floor floor
+    NF=(--ws "ws://127.0.0.1:$WSF/ws" --api "http://127.0.0.1:$APIF" --tokens-file "$WORK/floor/tokens.txt"
+        "${KEYS[@]}" --server-pid "$NODE_PID")
+    FLOOR_PID=$NODE_PID
+    bench floor-fanout-1k-500 fanout "${NF[@]}" --subscribers 1000 --rate 500 --inflight 64 --duration "$D" --drain "$DRAIN"
+    bench floor-fanout-1k-max fanout "${NF[@]}" --subscribers 1000 --rate 0 --window 32 --inflight 8 --duration "$D" --drain "$DRAIN"
+    bench floor-fanout-1k-batch10-max fanout "${NF[@]}" --subscribers 1000 --rate 0 --batch 10 --window 40 --inflight 8 --duration "$D" --drain "$DRAIN"
+    bench floor-fanout-10k-5 fanout "${NF[@]}" --subscribers 10000 --rate 5 --duration "$D" --drain "$DRAIN"
+    bench floor-fanout-10k-max fanout "${NF[@]}" --subscribers 10000 --rate 0 --window 8 --inflight 4 --duration "$D" --drain "$DRAIN"
+    bench floor-groups-10k groups "${NF[@]}" --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
+    bench floor-connect-hit connect "${NF[@]}" --mode hit --duration "$D" --concurrency 64
+    stop_pid "$FLOOR_PID"
+    # Idle sockets on a fresh floor, as for wsgate.
+    log "idle sockets on a fresh floor"
+    start_floor floor-idle
+    bench floor-idle-19k idle --ws "ws://127.0.0.1:$WSF/ws" --tokens-file "$WORK/floor/tokens.txt" \
+        --server-pid "$NODE_PID" --sockets 19000 --sockets-per-process 10000 --settle 2 --hold "$HOLD"
+    stop_pid "$NODE_PID"
+    FLOOR_NOTE="wsgate-floor (bench/src/floor), one process, $(nproc) runtime threads"
+fi
+
 # --- BENCHMARKS.md ----------------------------------------------------------------
 log "writing $OUT"
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -387,12 +459,14 @@ OTHER_AVG=$(jq -s "[.[] | $OWN_DB | .machine.other_cores // 0] | (add / (length 
     echo
     echo "Peer: Django Channels from \`../shared/peers/django_channels\`: $PEER_NOTE (one uvicorn node, channels_redis core layer)."
     echo
+    echo "Floor (issue 15): $FLOOR_NOTE; it checks no token or key and keeps no history (rows floor-*)."
+    echo
     "$BENCH" report --results "$RESULTS"
     echo
     echo "## Command lines"
     echo
     echo "Nodes: embedded and idle = one node on SQLite with the in-process broker; r1, r2 = two"
-    echo "nodes on PostgreSQL and Redis. Every node runs with \`${LIMIT_ENV[*]}\`: the per-IP"
+    echo "nodes on PostgreSQL and Redis; floor, floor-idle = wsgate-floor. Every wsgate node runs with \`${LIMIT_ENV[*]}\`: the per-IP"
     echo "limits are lifted because the generator plays thousands of clients from 4 addresses."
     echo "\`\$WORK\` is the run's private temp dir (tokens and the API key live in files there)."
     echo

@@ -421,6 +421,59 @@ fn peer_table(runs: &Runs) -> String {
     if any { out } else { String::new() }
 }
 
+/// Every `floor-<name>` run (scripts/bench.sh's floor section: wsgate-floor,
+/// issue 15) beside wsgate's run `<name>` of the same command line, with the
+/// ratios the issue states its targets in.
+fn floor_table(runs: &[Value], map: &Runs) -> String {
+    let mut out = String::new();
+    for r in runs {
+        let Some(label) = r["label"].as_str() else {
+            continue;
+        };
+        let Some(name) = label.strip_prefix("floor-") else {
+            continue;
+        };
+        let ours = map.get(name);
+        let cell = |r: &Value| {
+            let mut s = format!(
+                "{} {}, p99 {}, {} CPU per op",
+                fmt_int(rate(r)),
+                r["rate_unit"].as_str().unwrap_or(""),
+                ms(p99(r)),
+                us(cpu_per_op(r))
+            );
+            if r["deliveries"].is_object() && missing(r) > 0 {
+                s.push_str(&format!(", missing {}", fmt_int(missing(r) as f64)));
+            }
+            if let Some(k) = f(&r["rss_per_socket_kib"]) {
+                s.push_str(&format!(", {k:.2} KiB per socket"));
+            }
+            s
+        };
+        let (throughput, cpu) = match ours {
+            Some(a) => (
+                format!("{:.2}", rate(a) / rate(r).max(1e-9)),
+                match (cpu_per_op(a), cpu_per_op(r)) {
+                    (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+                    _ => "-".into(),
+                },
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        out.push_str(&format!(
+            "| {name} | {} | {} | {throughput} | {cpu} |\n",
+            ours.map(cell).unwrap_or("not in this run".into()),
+            cell(r),
+        ));
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!(
+        "| run | wsgate | floor | throughput wsgate/floor | server CPU per op wsgate/floor |\n|---|---|---|---|---|\n{out}"
+    )
+}
+
 fn all_runs(runs: &[Value]) -> String {
     let mut out = String::from(
         "| run | rate | latency p50 / p99 / max | missing / dup / closed | server CPU per op | server cores | generator cores | other load (cores) | sockets ok / failed |\n|---|---|---|---|---|---|---|---|---|\n",
@@ -506,6 +559,11 @@ pub fn render(runs: &[Value]) -> String {
         out.push_str("\n## wsgate and the Django Channels peer, same run\n\n");
         out.push_str(&peer);
     }
+    let floor = floor_table(runs, &map);
+    if !floor.is_empty() {
+        out.push_str("\n## wsgate and the floor (issue 15), same command lines\n\n");
+        out.push_str(&floor);
+    }
     let coalescing = coalescing_table(runs);
     if !coalescing.is_empty() {
         out.push_str("\n## Write coalescing (`server.write_delay`), many-groups shape\n\n");
@@ -563,4 +621,26 @@ fn coalescing_table(runs: &[Value]) -> String {
     out.push_str(&summary.join("; "));
     out.push_str(".\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn floor_rows_beside_wsgate_rows() {
+        let runs = vec![
+            json!({"label": "fanout-1k-max", "rate": 300000.0, "rate_unit": "deliveries/s",
+                   "server": {"cpu_us_per_delivery": 3.0}, "deliveries": {"missing": 0}}),
+            json!({"label": "floor-fanout-1k-max", "rate": 600000.0, "rate_unit": "deliveries/s",
+                   "server": {"cpu_us_per_delivery": 1.0}, "deliveries": {"missing": 0}}),
+            json!({"label": "floor-connect-hit", "rate": 9000.0, "rate_unit": "authentications/s"}),
+        ];
+        let out = render(&runs);
+        assert!(out.contains("## wsgate and the floor"));
+        assert!(out.contains("| fanout-1k-max | 300,000 deliveries/s"));
+        assert!(out.contains("| 0.50 | 3.00 |"), "{out}");
+        assert!(out.contains("| connect-hit | not in this run |"));
+    }
 }
