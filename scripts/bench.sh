@@ -28,7 +28,8 @@
 # The Redis figures of scripts/cluster-bench.sh already in that file are kept.
 #
 # A full run takes about 10 minutes; --quick about 2 to 3 (shorter runs, same
-# socket counts; the first peer setup adds a pip install). All load stays on
+# socket counts; the first peer setup adds a pip install; the floor section
+# takes about as long as the embedded one). All load stays on
 # loopback, every run is bounded and stops by itself. Tokens and the API key
 # only ever live in files under a private temp dir; nothing prints them.
 set -euo pipefail
@@ -45,7 +46,7 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift ;;
         --inputs-out) INPUTS_OUT=$2; shift ;;
         --only) ONLY=$2; shift ;;
-        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -377,7 +378,7 @@ FLOOR_NOTE="not run"
 start_floor() {
     local name=$1
     mkdir -p "$WORK/$name"
-    note_cmd "# floor $name:" target/release/wsgate-floor --ws-listen "127.0.0.1:$WSF" --api-listen "127.0.0.1:$APIF"
+    note_cmd "# $name (wsgate-floor):" target/release/wsgate-floor --ws-listen "127.0.0.1:$WSF" --api-listen "127.0.0.1:$APIF"
     "$FLOOR" --ws-listen "127.0.0.1:$WSF" --api-listen "127.0.0.1:$APIF" >"$WORK/$name.log" 2>&1 &
     NODE_PID=$!
     PIDS+=("$NODE_PID")
