@@ -131,7 +131,11 @@ pub async fn serve(mut s: TcpStream, hub: Arc<Hub>, ws_path: Arc<str>) {
             }
         };
         let raw = buf.split_to(end);
-        let Some(head) = parse_head(&raw) else {
+        let head = parse_head(&raw);
+        // The head's bytes share the read buffer's allocation: let them go
+        // (a WebSocket session frees that buffer while it idles).
+        drop(raw);
+        let Some(head) = head else {
             let _ = respond(
                 &mut s,
                 "400 Bad Request",

@@ -15,7 +15,8 @@
 //! frames and close frames all go through the queue, so they stay in order).
 //! After a close frame it shuts the socket's write side and ends.
 //!
-//! The floor sends no pings and has no idle timeout: a peer that vanishes
+//! An idle socket holds no read buffer (the reader waits for readiness,
+//! then reads). The floor sends no pings and has no idle timeout: a peer that vanishes
 //! without a FIN holds its socket until the kernel notices.
 
 use std::collections::VecDeque;
@@ -242,15 +243,29 @@ pub async fn session(s: TcpStream, mut buf: BytesMut, hub: Arc<Hub>) {
                 }
             }
         }
+        // An idle socket holds no read buffer: wait for readiness first,
+        // and let the buffer go once every byte in it is consumed.
+        if buf.is_empty() && buf.capacity() > 0 {
+            buf = BytesMut::new();
+        }
+        if r.readable().await.is_err() {
+            conn.shut();
+            break;
+        }
         if buf.capacity() - buf.len() < 256 {
             buf.reserve(1024);
         }
-        match r.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => {
+        match r.try_read_buf(&mut buf) {
+            Ok(0) => {
                 conn.shut();
                 break;
             }
             Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                conn.shut();
+                break;
+            }
         }
     }
     for g in &sess.groups {
