@@ -25,7 +25,7 @@ use crate::broker::idempotency::Idempotency;
 use crate::broker::idempotency_memory::MemoryIdempotency;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::idempotency::RedisIdempotency;
-use crate::broker::redis::{RedisBroker, RedisControl, ShardedBroker};
+use crate::broker::redis::{RedisControl, ShardedBroker};
 use crate::broker::{Broker, HistoryPolicy, SnapshotPolicy};
 use crate::compat::ChannelsBridge;
 use crate::config::Config;
@@ -300,36 +300,18 @@ async fn connect_backends(
         });
     }
     let redis_error = |e: &dyn std::fmt::Display| StartError::Redis(e.to_string());
-    let occupancy = crate::occupancy::settings(config);
-    let broker: Arc<dyn Broker> = if config.redis.shards.len() > 1 {
-        let broker = ShardedBroker::connect(
-            &config.redis,
-            config.node_id(),
-            metrics.clone(),
-            history,
-            snapshots,
-        )
-        .await
-        .map_err(|e| redis_error(&e))?;
-        if let Some(occupancy) = occupancy {
-            broker.start_occupancy(occupancy);
-        }
-        broker
-    } else {
-        let broker = RedisBroker::connect_with(
-            &config.redis,
-            config.node_id(),
-            metrics.clone(),
-            history,
-            snapshots,
-        )
-        .await
-        .map_err(|e| redis_error(&e))?;
-        if let Some(occupancy) = occupancy {
-            broker.start_occupancy(occupancy);
-        }
-        broker
-    };
+    let broker = ShardedBroker::connect(
+        &config.redis,
+        config.node_id(),
+        metrics.clone(),
+        history,
+        snapshots,
+    )
+    .await
+    .map_err(|e| redis_error(&e))?;
+    if let Some(occupancy) = crate::occupancy::settings(config) {
+        broker.start_occupancy(occupancy);
+    }
     let (cache, client) = token_cache(config, metrics.clone()).await?;
     // Shares the token cache's client: both are plain key commands.
     let idempotency = RedisIdempotency::new(

@@ -1,5 +1,7 @@
 //! Independent Redis shards (`redis.shards`): one [`RedisBroker`] per
-//! server, each group on one of them.
+//! server, each group on one of them. With one server (or a Redis Cluster,
+//! which spreads its channels itself) it is that server's broker, passed
+//! through, so the node is built the same way in every Redis mode.
 //!
 //! Why: a Redis server carries a bounded number of pub/sub messages a
 //! second, and a Redis Cluster does not add to it the way its key
@@ -72,8 +74,9 @@ pub struct ShardedBroker {
 }
 
 impl ShardedBroker {
-    /// Connects one broker per `cfg.shards` entry, in order; fails (and
-    /// closes what it opened) if any cannot be reached.
+    /// Connects one broker per `cfg.shards` entry, in order, or one for
+    /// `cfg.url` (a server or a Redis Cluster) when fewer than two are
+    /// listed; fails (and closes what it opened) if any cannot be reached.
     pub async fn connect(
         cfg: &RedisConfig,
         node_id: String,
@@ -81,17 +84,22 @@ impl ShardedBroker {
         history: HistoryPolicy,
         snapshots: SnapshotPolicy,
     ) -> Result<Arc<ShardedBroker>, BrokerError> {
-        let links_down = Arc::new(AtomicUsize::new(cfg.shards.len()));
-        let mut shards: Vec<Arc<RedisBroker>> = Vec::with_capacity(cfg.shards.len());
-        for url in &cfg.shards {
-            let shard_cfg = RedisConfig {
+        let servers: Vec<RedisConfig> = if cfg.shards.len() < 2 {
+            vec![cfg.clone()]
+        } else {
+            let server = |url: &String| RedisConfig {
                 url: Some(url.clone()),
                 cluster: false,
                 shards: Vec::new(),
                 ..cfg.clone()
             };
+            cfg.shards.iter().map(server).collect()
+        };
+        let links_down = Arc::new(AtomicUsize::new(servers.len()));
+        let mut shards: Vec<Arc<RedisBroker>> = Vec::with_capacity(servers.len());
+        for shard_cfg in &servers {
             let connected = RedisBroker::connect_shard(
-                &shard_cfg,
+                shard_cfg,
                 node_id.clone(),
                 metrics.clone(),
                 history.clone(),
@@ -120,7 +128,10 @@ impl ShardedBroker {
     }
 
     fn of(&self, group: &str) -> &RedisBroker {
-        &self.shards[shard_of(group, self.shards.len())]
+        match self.shards.len() {
+            1 => &self.shards[0],
+            n => &self.shards[shard_of(group, n)],
+        }
     }
 
     fn first(&self) -> &RedisBroker {
@@ -190,6 +201,9 @@ impl Broker for ShardedBroker {
         publications: Vec<Publication>,
     ) -> Result<Vec<Option<Position>>, BrokerError> {
         let n = self.shards.len();
+        if n == 1 {
+            return self.shards[0].publish(publications).await;
+        }
         let mut parts: Vec<(Vec<usize>, Vec<Publication>)> = vec![(Vec::new(), Vec::new()); n];
         let total = publications.len();
         for (i, p) in publications.into_iter().enumerate() {
