@@ -676,6 +676,15 @@ impl Config {
         self.database.url.is_none() && self.redis.url.is_none()
     }
 
+    /// Whether `database.url` names a PostgreSQL server (what the outbox
+    /// and SimpleJWT's blacklist need).
+    pub fn database_is_postgres(&self) -> bool {
+        self.database
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    }
+
     pub fn node_id(&self) -> String {
         self.server.node_id.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")

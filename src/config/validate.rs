@@ -234,13 +234,7 @@ impl Config {
                 ));
             }
         }
-        if a.jwt_blacklist
-            && !self
-                .database
-                .url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
-        {
+        if a.jwt_blacklist && !self.database_is_postgres() {
             return Err(ConfigError::invalid(
                 "auth.jwt_blacklist",
                 "needs a PostgreSQL database.url (SimpleJWT's blacklist tables)",

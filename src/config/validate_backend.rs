@@ -29,13 +29,7 @@ impl Config {
     /// LOCKED` and is woken by `LISTEN/NOTIFY`), and bounded.
     pub(super) fn validate_outbox(&self) -> Result<(), ConfigError> {
         let o = &self.outbox;
-        if o.enabled
-            && !self
-                .database
-                .url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
-        {
+        if o.enabled && !self.database_is_postgres() {
             return Err(ConfigError::invalid(
                 "outbox.enabled",
                 "needs a PostgreSQL database.url (the outbox claims rows with FOR UPDATE \
