@@ -52,22 +52,6 @@ impl Cluster {
     }
 }
 
-/// Polls `f` until it is true or `wait` passes; returns the time it took.
-async fn eventually<F, Fut>(wait: Duration, what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if f().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < wait, "{what}: not within {wait:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn envelope(group: &str, data: Value) -> String {
     json!({"v": 1, "group": group, "data": data}).to_string()
 }

@@ -42,22 +42,6 @@ fn redis_node(
     c
 }
 
-/// Polls `f` until it is true or `wait` passes; returns the time it took.
-async fn eventually<F, Fut>(wait: Duration, what: &str, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if f().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < wait, "{what}: not within {wait:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The delivered webhook events of `group`, as (event) in order.
 fn events_of(hook: &WebhookReceiver, group: &str) -> Vec<String> {
     hook.delivered()

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::redis_servers::*;
 use common::*;
@@ -64,18 +64,6 @@ fn move_slot(rc: &RedisCluster, slot: u16, to: u16) {
     }
     for port in rc.ports() {
         redis_cli(port, &["cluster", "setslot", &s, "node", &to_id]);
-    }
-}
-
-async fn eventually<F, Fut>(wait: Duration, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < wait, "{what}: not within {wait:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

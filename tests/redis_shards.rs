@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::redis_servers::*;
 use common::*;
@@ -66,15 +66,32 @@ fn node_config(
     c
 }
 
-async fn eventually<F, Fut>(wait: Duration, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < wait, "{what}: not within {wait:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Two nodes over three fresh shards, on their own key prefix and database.
+struct TwoNodes {
+    shards: Shards,
+    prefix: RedisPrefix,
+    a: TestNode,
+    b: TestNode,
+    _pg: PgDb,
+    _dir: tempfile::TempDir,
+}
+
+impl TwoNodes {
+    async fn start() -> TwoNodes {
+        let shards = Shards::start();
+        let pg = PgDb::create().await;
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = RedisPrefix::random();
+        let a = spawn(node_config(dir.path(), "node-a", &shards, &prefix, &pg)).await;
+        let b = spawn(node_config(dir.path(), "node-b", &shards, &prefix, &pg)).await;
+        TwoNodes {
+            shards,
+            prefix,
+            a,
+            b,
+            _pg: pg,
+            _dir: dir,
+        }
     }
 }
 
@@ -97,12 +114,14 @@ fn groups_per_shard(base: &str, per_shard: usize) -> Vec<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_live_on_their_shard_and_deliver_across_nodes() {
-    let shards = Shards::start();
-    let pg = PgDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = RedisPrefix::random();
-    let a = spawn(node_config(dir.path(), "node-a", &shards, &prefix, &pg)).await;
-    let b = spawn(node_config(dir.path(), "node-b", &shards, &prefix, &pg)).await;
+    let TwoNodes {
+        shards,
+        prefix,
+        a,
+        b,
+        _pg,
+        _dir,
+    } = TwoNodes::start().await;
     let token = a.issue_token("7").await;
     let by_shard = groups_per_shard("room", 4);
     let groups: Vec<String> = by_shard.iter().flatten().cloned().collect();
@@ -192,12 +211,14 @@ async fn groups_live_on_their_shard_and_deliver_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_stays_on_its_shard_and_recovers() {
-    let shards = Shards::start();
-    let pg = PgDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = RedisPrefix::random();
-    let a = spawn(node_config(dir.path(), "node-a", &shards, &prefix, &pg)).await;
-    let b = spawn(node_config(dir.path(), "node-b", &shards, &prefix, &pg)).await;
+    let TwoNodes {
+        shards,
+        prefix,
+        a,
+        b,
+        _pg,
+        _dir,
+    } = TwoNodes::start().await;
     let token = a.issue_token("8").await;
     let groups: Vec<String> = groups_per_shard("h", 1).into_iter().flatten().collect();
     let (mut client, _) = Client::authed(&b.ws_url(), &token).await;
@@ -245,12 +266,14 @@ async fn history_stays_on_its_shard_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_shard_stops_only_its_groups() {
-    let mut shards = Shards::start();
-    let pg = PgDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = RedisPrefix::random();
-    let a = spawn(node_config(dir.path(), "node-a", &shards, &prefix, &pg)).await;
-    let b = spawn(node_config(dir.path(), "node-b", &shards, &prefix, &pg)).await;
+    let TwoNodes {
+        mut shards,
+        prefix: _prefix,
+        a,
+        b,
+        _pg,
+        _dir,
+    } = TwoNodes::start().await;
     let token = a.issue_token("9").await;
     let by_shard = groups_per_shard("room", 1);
     let (mut client, _) = Client::authed(&b.ws_url(), &token).await;

@@ -44,3 +44,19 @@ pub const API_KEY: &str = "test-api-key-0123456789";
 
 /// How long a test waits for any one expected frame.
 pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Polls `f` until it is true or `wait` passes; returns the time it took.
+pub async fn eventually<F, Fut>(wait: Duration, what: &str, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if f().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < wait, "{what}: not within {wait:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
