@@ -149,20 +149,11 @@ for _ in $(seq 20); do
 done
 [ "$ok" = 1 ] || die "no free port block found"
 
-# A random API key, kept in a private file.
-API_KEY_FILE=$WORK/api-key
-(umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$API_KEY_FILE")
-API_KEY=$(cat "$API_KEY_FILE")
-
-# The benchmark plays thousands of clients from a few loopback addresses:
-# lift the per-IP limits where this build has them (unknown keys are errors).
-CHECK=$(cd "$WORK" && WSGATE__API__KEYS="$API_KEY" "$WSGATE" config check 2>/dev/null || true)
-has_key() { grep -qE "^$1 = " <<<"$CHECK"; }
-LIMIT_ENV=(WSGATE__LOG__LEVEL=warn WSGATE__DRAIN__GRACE=0s WSGATE__DRAIN__SPREAD=1s)
-has_key max_connections_per_ip && LIMIT_ENV+=(WSGATE__LIMITS__MAX_CONNECTIONS_PER_IP=0)
-has_key max_pending && LIMIT_ENV+=(WSGATE__LIMITS__MAX_PENDING=100000)
-has_key max_pending_per_ip && LIMIT_ENV+=(WSGATE__LIMITS__MAX_PENDING_PER_IP=100000)
-has_key auth_failures_per_minute && LIMIT_ENV+=(WSGATE__LIMITS__AUTH_FAILURES_PER_MINUTE=0)
+# A random API key, kept in a private file; the lifted per-IP limits.
+# shellcheck source=SCRIPTDIR/lib/bench-env.sh
+. "$ROOT/scripts/lib/bench-env.sh"
+make_api_key
+lift_limits
 
 # note_cmd WORDS...: records a command line (paths shortened, no secrets).
 note_cmd() {
@@ -184,13 +175,7 @@ start_node() {
         >"$WORK/$name.log" 2>&1 &
     NODE_PID=$!
     PIDS+=("$NODE_PID")
-    for _ in $(seq 150); do
-        if curl -fsS -o /dev/null "http://127.0.0.1:$ws/readyz" 2>/dev/null; then return 0; fi
-        kill -0 "$NODE_PID" 2>/dev/null || { tail -20 "$WORK/$name.log" >&2; die "node $name died"; }
-        sleep 0.2
-    done
-    tail -20 "$WORK/$name.log" >&2
-    die "node $name not ready in 30 s"
+    wait_ready "node $name" "$ws" "$NODE_PID" "$WORK/$name.log"
 }
 
 # Counts compiler and cargo processes that are not ours (other builds).
@@ -382,13 +367,7 @@ start_floor() {
     "$FLOOR" --ws-listen "127.0.0.1:$WSF" --api-listen "127.0.0.1:$APIF" >"$WORK/$name.log" 2>&1 &
     NODE_PID=$!
     PIDS+=("$NODE_PID")
-    for _ in $(seq 150); do
-        if curl -fsS -o /dev/null "http://127.0.0.1:$WSF/readyz" 2>/dev/null; then return 0; fi
-        kill -0 "$NODE_PID" 2>/dev/null || { tail -20 "$WORK/$name.log" >&2; die "floor $name died"; }
-        sleep 0.2
-    done
-    tail -20 "$WORK/$name.log" >&2
-    die "floor $name not ready in 30 s"
+    wait_ready "floor $name" "$WSF" "$NODE_PID" "$WORK/$name.log"
 }
 if want floor; then
     log "the floor: wsgate-floor (ports $WSF/$APIF)"

@@ -177,28 +177,11 @@ trap 'exit 130' INT TERM
   wait $s && { echo "cluster-bench.sh: time limit reached" >&2; kill -TERM $$ 2>/dev/null; } ) &
 WATCHDOG=$!
 
-# --- secrets: only in files under $WORK ---------------------------------------
-API_KEY_FILE=$WORK/api-key
-(umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$API_KEY_FILE")
-API_KEY=$(cat "$API_KEY_FILE")
-
-# The generator plays thousands of clients from a few loopback addresses,
-# and nginx is every node's only peer: lift the per-IP limits this build has.
-# shellcheck disable=SC2015 # config check may fail: then no key is known
-CHECK=$(cd "$WORK" && WSGATE__API__KEYS="$API_KEY" "$WSGATE" config check 2>/dev/null || true)
-has_key() { grep -qE "^$1 = " <<<"$CHECK"; }
-LIMIT_ENV=(WSGATE__LOG__LEVEL=warn WSGATE__DRAIN__GRACE=0s WSGATE__DRAIN__SPREAD=1s)
-has_key max_connections_per_ip && LIMIT_ENV+=(WSGATE__LIMITS__MAX_CONNECTIONS_PER_IP=0)
-has_key max_pending && LIMIT_ENV+=(WSGATE__LIMITS__MAX_PENDING=100000)
-has_key max_pending_per_ip && LIMIT_ENV+=(WSGATE__LIMITS__MAX_PENDING_PER_IP=100000)
-has_key auth_failures_per_minute && LIMIT_ENV+=(WSGATE__LIMITS__AUTH_FAILURES_PER_MINUTE=0)
-# Whether this wsgate build knows redis.shards (independent Redis shards).
-SHARDS_OK=0
-if (cd "$WORK" && WSGATE__API__KEYS="$API_KEY" \
-    WSGATE__REDIS__SHARDS="redis://127.0.0.1:${SHARD_PORTS[0]},redis://127.0.0.1:${SHARD_PORTS[1]},redis://127.0.0.1:${SHARD_PORTS[2]}" \
-    "$WSGATE" config check >"$WORK/shards-check.txt" 2>&1); then
-    grep -q "127.0.0.1:${SHARD_PORTS[1]}" "$WORK/shards-check.txt" && SHARDS_OK=1
-fi
+# --- secrets (only in files under $WORK) and the lifted per-IP limits ----------
+# shellcheck source=SCRIPTDIR/lib/bench-env.sh
+. "$ROOT/scripts/lib/bench-env.sh"
+make_api_key
+lift_limits
 
 # --- Redis ------------------------------------------------------------------
 start_redis() { # PORT [extra args...]: appends to REDIS_PIDS
@@ -273,12 +256,7 @@ start_nodes() { # VAR=VALUE...: the Redis settings of this phase
         NODE_PIDS+=("$!")
     done
     for i in 0 1 2; do
-        for _ in $(seq 150); do
-            curl -fsS -o /dev/null "http://127.0.0.1:${MET_PORTS[$i]}/readyz" 2>/dev/null && break
-            kill -0 "${NODE_PIDS[$i]}" 2>/dev/null || { tail -20 "$WORK/node-$((i + 1)).log" >&2; die "node $((i + 1)) died"; }
-            sleep 0.2
-        done
-        curl -fsS -o /dev/null "http://127.0.0.1:${MET_PORTS[$i]}/readyz" || die "node $((i + 1)) not ready in 30 s"
+        wait_ready "node $((i + 1))" "${MET_PORTS[$i]}" "${NODE_PIDS[$i]}" "$WORK/node-$((i + 1)).log"
     done
     for _ in $(seq 50); do
         curl -fsS -o /dev/null "http://127.0.0.1:$LB_WS/readyz" 2>/dev/null && return 0
@@ -300,12 +278,7 @@ start_one_node() {
         WSGATE__API__KEYS="$API_KEY" WSGATE__DATABASE__SQLITE_PATH="$WORK/one/wsgate.db" \
         "${LIMIT_ENV[@]}" "$WSGATE" serve) >"$WORK/one.log" 2>&1 &
     ONE_PID=$!
-    for _ in $(seq 150); do
-        curl -fsS -o /dev/null "http://127.0.0.1:$ONE_MET/readyz" 2>/dev/null && return 0
-        sleep 0.2
-    done
-    tail -20 "$WORK/one.log" >&2
-    die "the embedded node is not ready in 30 s"
+    wait_ready "the embedded node" "$ONE_MET" "$ONE_PID" "$WORK/one.log"
 }
 
 # redis_stats PORT...: {port: {"cpu": used_cpu_sys + used_cpu_user (s), "cmd": {command: [calls, usec]}}}
@@ -460,7 +433,6 @@ elif want backends; then
 fi
 
 # --- phase 2: one Redis, independent shards --------------------------------------
-SHARDS_NOTE=""
 if want backends; then
     log "one Redis ($SINGLE_PORT)"
     start_redis "$SINGLE_PORT"
@@ -470,19 +442,14 @@ if want backends; then
     done
     stop_nodes
     stop_redis
-    if [ "$SHARDS_OK" = 1 ]; then
-        log "3 independent shards (${SHARD_PORTS[*]})"
-        for p in "${SHARD_PORTS[@]}"; do start_redis "$p"; done
-        start_nodes WSGATE__REDIS__SHARDS="redis://127.0.0.1:${SHARD_PORTS[0]},redis://127.0.0.1:${SHARD_PORTS[1]},redis://127.0.0.1:${SHARD_PORTS[2]}"
-        for n in $(seq "$RUNS"); do
-            run_groups "backends-shards-$n" shards "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "$B_BATCH" "${SHARD_PORTS[@]}"
-        done
-        stop_nodes
-        stop_redis
-    else
-        SHARDS_NOTE="not run: this wsgate binary does not accept redis.shards ($(head -c 200 "$WORK/shards-check.txt" | tr '\n' ' '))"
-        log "3 independent shards: $SHARDS_NOTE"
-    fi
+    log "3 independent shards (${SHARD_PORTS[*]})"
+    for p in "${SHARD_PORTS[@]}"; do start_redis "$p"; done
+    start_nodes WSGATE__REDIS__SHARDS="redis://127.0.0.1:${SHARD_PORTS[0]},redis://127.0.0.1:${SHARD_PORTS[1]},redis://127.0.0.1:${SHARD_PORTS[2]}"
+    for n in $(seq "$RUNS"); do
+        run_groups "backends-shards-$n" shards "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "$B_BATCH" "${SHARD_PORTS[@]}"
+    done
+    stop_nodes
+    stop_redis
 fi
 
 # --- the report ---------------------------------------------------------------------
@@ -495,7 +462,7 @@ if [ -n "$(git status --porcelain 2>/dev/null)" ]; then DIRTY=" (with uncommitte
 MACHINE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), Linux $(uname -r)"
 python3 scripts/capacity cluster-report --results "$RESULTS" --out "$OUT.tmp" --date "$STARTED_AT" --mode "$MODE" \
     --commit "$COMMIT$DIRTY" --machine "$MACHINE" --load "$LOAD_START; $LOAD_END" \
-    --binaries "$WSGATE, $BENCH" --shards-note "$SHARDS_NOTE" || die "the report could not be written"
+    --binaries "$WSGATE, $BENCH" || die "the report could not be written"
 mv "$OUT.tmp" "$OUT"
 sed -n '/^## \(CPU per delivery by load\|The model\)/,/^## Raw/p' "$OUT" | sed '$d' >&2
 if [ -n "$INPUTS_OUT" ]; then

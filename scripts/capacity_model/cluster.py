@@ -174,9 +174,8 @@ def cluster_report(rows, a):
         w("Redis commands over the whole bench run (sockets set up, the window, closes; calls, and CPU inside "
           "the commands): %s.\n\n" % cluster_commands(r))
     back = [r for r in rows if r["label"].startswith("backends-")]
-    if back or a.shards_note:
-        w("## Redis back ends side by side\n\n")
     if back:
+        w("## Redis back ends side by side\n\n")
         r0 = back[0]
         w("Same load on each: %d sockets through nginx, %d groups, %d a socket, %.0f publishes/s for %.0f s; 3 nodes.\n"
           "Messages through Redis = publishes x (1 + nodes holding a member of the group, from each node's\n"
@@ -204,8 +203,6 @@ def cluster_report(rows, a):
         w("\nRedis commands over each bench run (calls, CPU inside the commands):\n\n")
         for r in back:
             w("- %s: %s\n" % (r["label"], cluster_commands(r)))
-    if a.shards_note:
-        w("\n3 independent shards: %s\n" % a.shards_note)
     w("\n## Raw results\n\nOne JSON object per run (wsgate-bench's line, plus `backend` and the Redis "
       "counters):\n\n```json\n")
     for r in rows:
