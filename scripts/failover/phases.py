@@ -18,6 +18,30 @@ if TYPE_CHECKING:
     from .run import Run
 
 
+async def recover_history(run: Run, res: dict, t0: float, t_from: float, t_to: float):
+    """Resubscribes every history subscription with `since`, then adds to
+    `res` what history still lost; returns (subscriptions, replayed)."""
+    n_hist, replayed = await run.recover_history()
+    again = run.analyse(t0, t_from, t_to, set(), run.phase)
+    res["lost_history"], res["history_conflicts"] = again["lost_history"], again["history_conflicts"]
+    return n_hist, replayed
+
+
+def check_pids(run: Run, what: str, during: str) -> list:
+    """Fails the run for every node whose process restarted or died."""
+    bad_pids = run.node_of_pid_ok()
+    for n in bad_pids:
+        run.fail(f"{n}: {what} restarted or died during {during}")
+    return bad_pids
+
+
+def check_history(run: Run, res: dict, after: str) -> None:
+    """Fails the run if a history group lost or doubled a message."""
+    if res["lost_history"] or res["history_conflicts"] or run.not_recovered:
+        run.fail(f"history: {res['lost_history']} lost, {res['history_conflicts']} conflicts, "
+                 f"{len(run.not_recovered)} not recovered after {after}")
+
+
 async def master_loss(run: Run) -> None:
     run.phase = "master-loss"
     run.not_recovered.clear()
@@ -60,21 +84,15 @@ async def master_loss(run: Run) -> None:
     res = run.analyse(t0, t_from, t_to, affected, run.phase)
     if run.args.dump:
         run.dump(run.phase, t0, t_from, t_to)
-    n_hist, replayed = await run.recover_history()
-    res2 = run.analyse(t0, t_from, t_to, set(), run.phase)
-    res["lost_history"], res["history_conflicts"] = res2["lost_history"], res2["history_conflicts"]
-    bad_pids = run.node_of_pid_ok()
-    for n in bad_pids:
-        run.fail(f"{n}: wsgate process restarted or died during the master loss")
+    n_hist, replayed = await recover_history(run, res, t0, t_from, t_to)
+    bad_pids = check_pids(run, "wsgate process", "the master loss")
     for node, g in res["never"]:
         run.fail(f"{g} never delivered again on {node} after the master loss")
     report.master_loss(
         run, t0=t0, victim=victim, replica=replica, affected=affected, n_hist=n_hist,
         replayed=replayed, t_failover=t_failover, t_to=t_to, t_from=t_from, res=res,
         skipped0=skipped0, w=w, bad_pids=bad_pids)
-    if res["lost_history"] or res["history_conflicts"] or run.not_recovered:
-        run.fail(f"history: {res['lost_history']} lost, {res['history_conflicts']} conflicts, "
-                 f"{len(run.not_recovered)} not recovered after the master loss")
+    check_history(run, res, "the master loss")
     run.results["master-loss"] = res
     # Bring the old master back: it rejoins as a replica.
     pid = start_redis(run.args, victim)
@@ -140,12 +158,8 @@ async def reshard(run: Run) -> None:
     for n in ready:
         run.fail(f"{n}: /readyz not 200 after the resharding")
     w = await run.finish_watch(watch, t0, run.args.bound)
-    n_hist, replayed = await run.recover_history()
-    res2 = run.analyse(t0, t_from, t_to, set(), run.phase)
-    res["lost_history"], res["history_conflicts"] = res2["lost_history"], res2["history_conflicts"]
-    bad_pids = run.node_of_pid_ok()
-    for n in bad_pids:
-        run.fail(f"{n}: wsgate process restarted or died during the resharding")
+    n_hist, replayed = await recover_history(run, res, t0, t_from, t_to)
+    bad_pids = check_pids(run, "wsgate process", "the resharding")
     for node, g in res["never"]:
         run.fail(f"{g} did not deliver again on {node} within {run.args.bound:.0f} s of the "
                  f"resharding")
@@ -154,9 +168,7 @@ async def reshard(run: Run) -> None:
         dst=dst, t_to=t_to, t_from=t_from, skipped0=skipped0, w=w, bad_pids=bad_pids,
         before=before, shard_old=shard_old, shard_subs=shard_subs,
         shard_subs_end=shard_subs_end)
-    if res["lost_history"] or res["history_conflicts"] or run.not_recovered:
-        run.fail(f"history: {res['lost_history']} lost, {res['history_conflicts']} conflicts, "
-                 f"{len(run.not_recovered)} not recovered after the resharding")
+    check_history(run, res, "the resharding")
     run.results["reshard"] = res
 
 
@@ -211,9 +223,7 @@ async def node_loss(run: Run) -> None:
     res = run.analyse(t0, t_from, t_to, set(), run.phase)
     if run.args.dump:
         run.dump(run.phase, t0, t_from, t_to)
-    n_hist, replayed = await run.recover_history()
-    res2 = run.analyse(t0, t_from, t_to, set(), run.phase)
-    res["lost_history"], res["history_conflicts"] = res2["lost_history"], res2["history_conflicts"]
+    n_hist, replayed = await recover_history(run, res, t0, t_from, t_to)
     a1 = await run.auth_counts(survivors)
     da = {k: a1.get(k, 0.0) - a0.get(k, 0.0) for k in sorted(set(a0) | set(a1))}
     # pg_stat_database is flushed by backends at most once a second and
@@ -222,9 +232,7 @@ async def node_loss(run: Run) -> None:
     if wait > 0:
         await asyncio.sleep(wait)
     x1, r1, f1 = run.pg_stat()
-    bad_pids = run.node_of_pid_ok()
-    for n in bad_pids:
-        run.fail(f"{n}: surviving wsgate process restarted or died during the node loss")
+    bad_pids = check_pids(run, "surviving wsgate process", "the node loss")
     survivors_lost = 0
     for c in run.clients:
         if c in mine:
@@ -242,9 +250,7 @@ async def node_loss(run: Run) -> None:
         run, mine=mine, da=da, victim=victim, survivors_lost=survivors_lost, n_hist=n_hist,
         replayed=replayed, t0=t0, x1=x1, x0=x0, r1=r1, r0=r0, f1=f1, f0=f0, res=res, t_to=t_to,
         t_from=t_from, skipped0=skipped0, w=w, back=back, recv_after=recv_after, aall=aall)
-    if res["lost_history"] or res["history_conflicts"] or run.not_recovered:
-        run.fail(f"history: {res['lost_history']} lost, {res['history_conflicts']} conflicts, "
-                 f"{len(run.not_recovered)} not recovered after the node loss")
+    check_history(run, res, "the node loss")
     run.results["node-loss"] = res
 
 
