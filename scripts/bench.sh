@@ -68,6 +68,8 @@ fi
 
 log() { printf '\n== %s\n' "$*" >&2; }
 die() { echo "bench.sh: $*" >&2; exit 1; }
+# shellcheck source=SCRIPTDIR/lib/bench-env.sh
+. "$ROOT/scripts/lib/bench-env.sh"
 
 # Every socket is a file descriptor, on both ends.
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -110,17 +112,7 @@ FOREIGN_MAX=0
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
-psql_admin() { psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
 
-stop_pid() {
-    local pid=$1
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$?
@@ -150,8 +142,6 @@ done
 [ "$ok" = 1 ] || die "no free port block found"
 
 # A random API key, kept in a private file; the lifted per-IP limits.
-# shellcheck source=SCRIPTDIR/lib/bench-env.sh
-. "$ROOT/scripts/lib/bench-env.sh"
 make_api_key
 lift_limits
 

@@ -95,6 +95,8 @@ want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 log() { printf '\n== %s\n' "$*" >&2; }
 die() { echo "cluster-bench.sh: $*" >&2; exit 1; }
+# shellcheck source=SCRIPTDIR/lib/bench-env.sh
+. "$ROOT/scripts/lib/bench-env.sh"
 
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
@@ -141,18 +143,7 @@ RESULTS=$WORK/results.jsonl
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
-psql_admin() { psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
 
-stop_pid() {
-    local pid=$1
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
 stop_nodes() { local p; for p in "${NODE_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${NODE_PIDS[@]}"; do stop_pid "$p"; done; NODE_PIDS=(); }
 stop_redis() { local p; for p in "${REDIS_PIDS[@]}"; do stop_pid "$p"; done; REDIS_PIDS=(); }
@@ -178,8 +169,6 @@ trap 'exit 130' INT TERM
 WATCHDOG=$!
 
 # --- secrets (only in files under $WORK) and the lifted per-IP limits ----------
-# shellcheck source=SCRIPTDIR/lib/bench-env.sh
-. "$ROOT/scripts/lib/bench-env.sh"
 make_api_key
 lift_limits
 

@@ -1,8 +1,9 @@
 # shellcheck shell=bash
-# Shared by scripts/bench.sh and scripts/cluster-bench.sh (sourced, not run):
-# the private API key, the limits a load generator on loopback needs lifted,
-# and waiting for a started server. The caller defines `die` and sets WORK
-# (a private temp dir) and WSGATE (the binary).
+# Shared by scripts/bench.sh and scripts/cluster-bench.sh (sourced, not run;
+# it only defines functions): the private API key, the limits a load
+# generator on loopback needs lifted, starting and stopping servers, and the
+# PostgreSQL admin connection. The caller defines `die` and sets WORK (a
+# private temp dir) and WSGATE (the binary) before calling them.
 
 # make_api_key: a random API key in $WORK/api-key (mode 600); sets
 # API_KEY_FILE and API_KEY. Nothing prints it.
@@ -18,6 +19,7 @@ make_api_key() {
 # this build has them (unknown keys are errors, so ask `config check`).
 lift_limits() {
     local check
+    # shellcheck disable=SC2015 # config check may fail: then no key is known
     check=$(cd "$WORK" && WSGATE__API__KEYS="$API_KEY" "$WSGATE" config check 2>/dev/null || true)
     has_key() { grep -qE "^$1 = " <<<"$check"; }
     LIMIT_ENV=(WSGATE__LOG__LEVEL=warn WSGATE__DRAIN__GRACE=0s WSGATE__DRAIN__SPREAD=1s)
@@ -40,3 +42,18 @@ wait_ready() {
     tail -20 "$logfile" >&2
     die "$name not ready in 30 s"
 }
+
+# stop_pid PID: SIGTERM, up to 10 s to exit, then SIGKILL; reaps it.
+stop_pid() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# psql_admin ARGS...: psql as postgres on the machine's server, quiet, stop on error.
+psql_admin() { psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
