@@ -34,7 +34,8 @@
 //! - `outbox`: publishes the rows a backend commits to `wsgate_outbox`
 //!   (PostgreSQL), claimed per partition, at least once.
 //! - `pg_listen`: a PostgreSQL `LISTEN` connection made again however long
-//!   it takes (revocation and the outbox's wake-up each hold one).
+//!   it takes (revocation and the outbox's wake-up each hold one); `retry`:
+//!   the backoff every background retry loop waits by.
 //! - `occupancy`: feed demand: counts the `occupied` / `vacated` events the
 //!   broker decides and POSTs them to the signed webhook.
 //! - `revocation`: forgetting a token everywhere and closing its sockets
@@ -75,6 +76,7 @@ mod policy;
 pub mod protocol;
 mod queue;
 pub mod redis_client;
+mod retry;
 mod revocation;
 pub mod server;
 mod session;

@@ -5,12 +5,11 @@
 //! `PgListener`'s own reconnecting, which retries only on some I/O errors
 //! and forwards others (say a reset connection) for ever. The caller
 //! decides what a gap means (notices sent meanwhile are lost), so this file
-//! only connects: with exponential backoff and jitter (`backon`), each
+//! only connects: with exponential backoff and jitter ([`crate::retry`]), each
 //! attempt bounded by [`CONNECT_TIMEOUT`], however long it takes.
 
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use sqlx::postgres::PgListener;
 
 /// First wait between reconnect attempts.
@@ -32,12 +31,7 @@ pub async fn connect(url: &str, channel: &str) -> Result<PgListener, sqlx::Error
 
 /// Connects again, however long it takes; `what` names the listener in logs.
 pub async fn reconnect(url: &str, channel: &str, what: &str) -> PgListener {
-    let mut delays = backon::ExponentialBuilder::default()
-        .with_min_delay(RETRY_MIN)
-        .with_max_delay(RETRY_MAX)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = crate::retry::delays(RETRY_MIN, RETRY_MAX);
     let mut attempts = 0u32;
     loop {
         attempts += 1;

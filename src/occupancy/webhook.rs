@@ -160,13 +160,7 @@ pub fn signature(secret: &[u8], ts: u64, body: &[u8]) -> String {
 /// `BACKOFF_MAX`, each plus a random jitter of up to itself, so nodes
 /// retrying at once spread out.
 pub fn backoff() -> impl Iterator<Item = Duration> {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(BACKOFF_BASE)
-        .with_max_delay(BACKOFF_MAX)
-        .with_jitter()
-        .without_max_times()
-        .build()
+    crate::retry::delays(BACKOFF_BASE, BACKOFF_MAX)
 }
 
 #[cfg(test)]

@@ -146,15 +146,7 @@ impl Outbox {
     /// Publishes until aborted: every partition with rows, then waits for a
     /// notice or `outbox.poll_interval`.
     async fn run(self, wake: Arc<Notify>) {
-        let backoff = || {
-            use backon::BackoffBuilder;
-            backon::ExponentialBuilder::default()
-                .with_min_delay(RETRY_MIN)
-                .with_max_delay(RETRY_MAX)
-                .with_jitter()
-                .without_max_times()
-                .build()
-        };
+        let backoff = || crate::retry::delays(RETRY_MIN, RETRY_MAX);
         let mut retry = backoff();
         loop {
             match self.drain().await {

@@ -79,15 +79,9 @@ const MIN_BATCH_DEADLINE: Duration = Duration::from_secs(30);
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Waits between failed catch-up sweeps: exponential, with jitter.
+/// Waits between failed catch-up sweeps.
 fn retry_delays() -> backon::ExponentialBackoff {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(RETRY_MIN)
-        .with_max_delay(RETRY_MAX)
-        .with_jitter()
-        .without_max_times()
-        .build()
+    crate::retry::delays(RETRY_MIN, RETRY_MAX)
 }
 
 /// What one sweep did.
