@@ -30,14 +30,7 @@ fn redis_node(
     pg: &PgDb,
     hook: &WebhookReceiver,
 ) -> Config {
-    let mut c = test_config(dir);
-    c.server.node_id = Some(node.into());
-    c.redis.url = Some(SHARED_REDIS.into());
-    c.redis.prefix = prefix.into();
-    c.redis.heartbeat = Duration::from_millis(200);
-    c.redis.node_ttl = Duration::from_secs(1);
-    c.redis.command_timeout = Duration::from_millis(500);
-    c.database.url = Some(pg.url.clone());
+    let mut c = redis_node_config(dir, node, SHARED_REDIS, prefix, &pg.url);
     with_occupancy(&mut c, hook);
     c
 }
