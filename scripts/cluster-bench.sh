@@ -380,6 +380,16 @@ if want curve; then
     ONE_PID=""
 fi
 
+# run_backend NAME PORTS...: the back-end comparison's load, $RUNS times,
+# against the Redis servers on PORTS (rows backends-NAME-N).
+run_backend() {
+    local name=$1 n
+    shift
+    for n in $(seq "$RUNS"); do
+        run_groups "backends-$name-$n" "$name" "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "$B_BATCH" "$@"
+    done
+}
+
 # --- phase 1: the model against 3 nodes over a Redis Cluster --------------------
 # Workloads: "sockets groups groups-a-socket publishes/s" (overridable).
 read -r M_SOCKETS M_GROUPS M_PER M_RATE <<<"${CLUSTER_BENCH_MODEL:-2400 240 10 240}"
@@ -404,9 +414,7 @@ if want model; then
     stop_pid "$ONE_PID"
     ONE_PID=""
     if want backends; then
-        for n in $(seq "$RUNS"); do
-            run_groups "backends-cluster-$n" cluster "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "$B_BATCH" "${CLUSTER_PORTS[@]}"
-        done
+        run_backend cluster "${CLUSTER_PORTS[@]}"
     fi
     stop_nodes
     stop_redis
@@ -414,9 +422,7 @@ elif want backends; then
     log "Redis Cluster (${CLUSTER_PORTS[*]}), 3 nodes behind nginx"
     start_cluster
     start_nodes WSGATE__REDIS__URL="$CLUSTER_URL"
-    for n in $(seq "$RUNS"); do
-        run_groups "backends-cluster-$n" cluster "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "$B_BATCH" "${CLUSTER_PORTS[@]}"
-    done
+    run_backend cluster "${CLUSTER_PORTS[@]}"
     stop_nodes
     stop_redis
 fi
@@ -426,17 +432,13 @@ if want backends; then
     log "one Redis ($SINGLE_PORT)"
     start_redis "$SINGLE_PORT"
     start_nodes WSGATE__REDIS__URL="redis://127.0.0.1:$SINGLE_PORT"
-    for n in $(seq "$RUNS"); do
-        run_groups "backends-single-$n" single "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "$B_BATCH" "$SINGLE_PORT"
-    done
+    run_backend single "$SINGLE_PORT"
     stop_nodes
     stop_redis
     log "3 independent shards (${SHARD_PORTS[*]})"
     for p in "${SHARD_PORTS[@]}"; do start_redis "$p"; done
     start_nodes WSGATE__REDIS__SHARDS="redis://127.0.0.1:${SHARD_PORTS[0]},redis://127.0.0.1:${SHARD_PORTS[1]},redis://127.0.0.1:${SHARD_PORTS[2]}"
-    for n in $(seq "$RUNS"); do
-        run_groups "backends-shards-$n" shards "$B_SOCKETS" "$B_GROUPS" "$B_PER" "$B_RATE" "$B_BATCH" "${SHARD_PORTS[@]}"
-    done
+    run_backend shards "${SHARD_PORTS[@]}"
     stop_nodes
     stop_redis
 fi
