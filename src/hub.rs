@@ -9,8 +9,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 use wildmatch::WildMatch;
 
 use crate::config::ConflateRule;
@@ -22,11 +23,13 @@ use crate::token::{Credential, TokenDigest};
 pub type ConnId = u64;
 
 /// A one-shot "please close with this code" for one connection. The first
-/// code wins; later requests are ignored.
+/// code wins; later requests are ignored. Only the connection's own task
+/// waits on it (it keeps one waker), so waiting costs a couple of atomics
+/// per wake-up rather than a notifier's lock.
 #[derive(Default)]
 pub struct CloseSignal {
     code: AtomicU16,
-    notify: Notify,
+    waiting: AtomicWaker,
 }
 
 impl CloseSignal {
@@ -36,19 +39,28 @@ impl CloseSignal {
             .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if first {
-            self.notify.notify_one();
+            self.waiting.wake();
         }
         first
     }
 
+    /// Ready with the code once a close is requested; else the task is
+    /// woken by the request.
+    pub fn poll_requested(&self, cx: &mut Context<'_>) -> Poll<CloseCode> {
+        if let Some(code) = self.code() {
+            return Poll::Ready(code);
+        }
+        self.waiting.register(cx.waker());
+        // A request between the check and the registration woke nobody.
+        match self.code() {
+            Some(code) => Poll::Ready(code),
+            None => Poll::Pending,
+        }
+    }
+
     /// Waits until a close is requested and returns its code.
     pub async fn requested(&self) -> CloseCode {
-        loop {
-            if let Some(code) = self.code() {
-                return code;
-            }
-            self.notify.notified().await;
-        }
+        std::future::poll_fn(|cx| self.poll_requested(cx)).await
     }
 
     pub fn code(&self) -> Option<CloseCode> {

@@ -2,7 +2,10 @@
 //! conflate.
 //!
 //! The hub pushes (never blocking, never awaiting); the session pops in
-//! batches and writes them with one flush. A full queue means a slow
+//! batches and writes them with one flush. There is one consumer, so the
+//! queue keeps its waker under the same lock as the frames: a push that
+//! finds the session waiting wakes it, with no separate notifier (whose
+//! registration and removal on every wake-up showed in profiles). A full queue means a slow
 //! consumer, normally closed with 4009. For groups matching
 //! `groups.conflate`, once the queue holds `groups.conflate_after` frames a
 //! new message replaces the queued one with the same group and key (say, the
@@ -12,8 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 use crate::protocol::Frame;
 
@@ -59,11 +61,12 @@ pub enum Pushed {
 struct State {
     items: VecDeque<Outbound>,
     closed: bool,
+    /// The consumer, when it found the queue empty.
+    waiting: Option<Waker>,
 }
 
 pub struct OutboundQueue {
     state: Mutex<State>,
-    ready: Notify,
     capacity: usize,
     conflate_after: usize,
 }
@@ -72,7 +75,6 @@ impl OutboundQueue {
     pub fn new(capacity: usize, conflate_after: usize) -> OutboundQueue {
         OutboundQueue {
             state: Mutex::default(),
-            ready: Notify::new(),
             capacity,
             conflate_after: conflate_after.min(capacity),
         }
@@ -103,30 +105,43 @@ impl OutboundQueue {
             return Pushed::Full;
         }
         state.items.push_back(out);
+        let waiting = state.waiting.take();
         drop(state);
-        self.ready.notify_one();
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
         Pushed::Queued
+    }
+
+    /// Moves up to `max` queued frames into `batch`, or registers the
+    /// consumer to be woken by the next push. Ready(false) once the queue is
+    /// closed and empty.
+    pub fn poll_pop(
+        &self,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Outbound>,
+        max: usize,
+    ) -> Poll<bool> {
+        let mut state = self.lock();
+        if !state.items.is_empty() {
+            let n = state.items.len().min(max);
+            batch.extend(state.items.drain(..n));
+            return Poll::Ready(true);
+        }
+        if state.closed {
+            return Poll::Ready(false);
+        }
+        match &mut state.waiting {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            waiting => *waiting = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Waits for at least one frame and moves up to `max` into `batch`.
     /// Returns false once the queue is closed and empty.
     pub async fn pop_batch(&self, batch: &mut Vec<Outbound>, max: usize) -> bool {
-        loop {
-            {
-                let mut state = self.lock();
-                if !state.items.is_empty() {
-                    let n = state.items.len().min(max);
-                    batch.extend(state.items.drain(..n));
-                    return true;
-                }
-                if state.closed {
-                    return false;
-                }
-            }
-            // `notify_one` keeps a permit when nobody waits, so a push between
-            // the check above and this await is not missed.
-            self.ready.notified().await;
-        }
+        std::future::poll_fn(|cx| self.poll_pop(cx, batch, max)).await
     }
 
     /// Moves up to `max` queued frames into `batch` without waiting.
@@ -138,8 +153,13 @@ impl OutboundQueue {
 
     /// Refuses further pushes (the connection is ending).
     pub fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify_one();
+        let mut state = self.lock();
+        state.closed = true;
+        let waiting = state.waiting.take();
+        drop(state);
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
     }
 
     pub fn len(&self) -> usize {

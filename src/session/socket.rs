@@ -2,12 +2,15 @@
 //! close handshake, each bounded in time; and reading what a socket error
 //! means for the close code.
 
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
+use tokio::time::Sleep;
 
-use super::{CLOSE_LINGER, End};
+use super::{CLOSE_LINGER, End, MAX_BATCH};
 use crate::clock::unix_micros;
 use crate::hub::{ConnHandle, Outbound};
 use crate::protocol::{CloseCode, Frame};
@@ -20,10 +23,16 @@ pub(super) async fn write_batch(
     batch: &mut Vec<Outbound>,
 ) -> Result<(), End> {
     let n = batch.len() as u64;
-    let mut published = Vec::new();
+    // Publish times, kept here rather than in a new `Vec` per write (a
+    // batch holds at most `MAX_BATCH` frames).
+    let mut published = [0u64; MAX_BATCH];
+    let mut timed = 0;
     for out in batch.drain(..) {
-        if let Some(us) = out.published_us {
-            published.push(us);
+        if let Some(us) = out.published_us
+            && timed < MAX_BATCH
+        {
+            published[timed] = us;
+            timed += 1;
         }
         if socket.feed(text_message(out.frame)).await.is_err() {
             return Err(End::ClientGone(1006));
@@ -34,12 +43,12 @@ pub(super) async fn write_batch(
     }
     let metrics = &state.metrics;
     metrics.messages_delivered.inc_by(n);
-    if !published.is_empty() {
+    if timed > 0 {
         let now = unix_micros();
-        for us in published {
+        for us in &published[..timed] {
             metrics
                 .delivery_latency
-                .observe(now.saturating_sub(us) as f64 / 1e6);
+                .observe(now.saturating_sub(*us) as f64 / 1e6);
         }
     }
     Ok(())
@@ -82,18 +91,32 @@ pub(super) async fn close(socket: &mut WebSocket, state: &AppState, code: CloseC
 /// nothing for `limit`: a socket that does not drain is a slow consumer.
 /// Cancelling a write is safe: the library keeps the unwritten bytes buffered
 /// ahead of the close frame that follows.
+///
+/// The write is tried first, and the timer made only if it has to wait:
+/// nearly every write completes at once, and then costs no timer at all.
 pub(super) async fn bounded_write(
     conn: &ConnHandle,
     limit: Duration,
     write: impl std::future::Future<Output = Result<(), End>>,
 ) -> Result<(), End> {
-    tokio::select! {
-        biased;
-        code = conn.close.requested() => Err(End::Close(code)),
-        written = tokio::time::timeout(limit, write) => {
-            written.unwrap_or(Err(End::Close(CloseCode::SlowConsumer)))
+    let mut write = pin!(write);
+    let mut timer = pin!(None::<Sleep>);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(written) = write.as_mut().poll(cx) {
+            return Poll::Ready(written);
         }
-    }
+        if let Poll::Ready(code) = conn.close.poll_requested(cx) {
+            return Poll::Ready(Err(End::Close(code)));
+        }
+        if timer.is_none() {
+            timer.set(Some(tokio::time::sleep(limit)));
+        }
+        match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(End::Close(CloseCode::SlowConsumer))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
 }
 
 pub(super) fn client_code(frame: Option<CloseFrame>) -> u16 {
