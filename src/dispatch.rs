@@ -78,6 +78,10 @@ impl BrokerHandler for Dispatcher {
         span.record("recipients", n);
     }
 
+    fn in_burst(&self, deliver: &mut dyn FnMut()) {
+        crate::hub::deferring_wakes(deliver)
+    }
+
     fn on_control(&self, control: Control) {
         let closed = match &control {
             Control::DisconnectUser { user_id } => {

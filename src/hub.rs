@@ -17,7 +17,7 @@ use wildmatch::WildMatch;
 use crate::config::ConflateRule;
 use crate::metrics::{DropReason, Metrics};
 use crate::protocol::{CloseCode, Position, Publication, message_frame};
-pub use crate::queue::{ConflationKey, Outbound, OutboundQueue, Pushed};
+pub use crate::queue::{ConflationKey, Outbound, OutboundQueue, Pushed, deferring_wakes};
 use crate::token::{Credential, TokenDigest};
 
 pub type ConnId = u64;

@@ -13,11 +13,56 @@
 //! gets the latest price of every symbol rather than a disconnect. Only when
 //! nothing can be replaced does the queue fill up.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use crate::protocol::Frame;
+
+thread_local! {
+    /// The consumers to wake when the current [`deferring_wakes`] ends.
+    static DEFERRED: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (synchronous: the scope is this thread's) with the wake-ups of
+/// the queues it pushes into held back until it returns. A burst (a batch
+/// publish, or what arrived from Redis together) then reaches each
+/// connection as one batch, written with one `sendto`, instead of waking
+/// it for the first frame while the rest are still being pushed. Each
+/// consumer is woken once, whatever it got; nested calls join the outer one.
+pub fn deferring_wakes<R>(f: impl FnOnce() -> R) -> R {
+    if DEFERRED.with(|d| d.borrow().is_some()) {
+        return f();
+    }
+    DEFERRED.with(|d| *d.borrow_mut() = Some(Vec::new()));
+    // Wakes them even if `f` panics: no consumer is left waiting.
+    struct WakeAll;
+    impl Drop for WakeAll {
+        fn drop(&mut self) {
+            let wakers = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+            for waker in wakers {
+                waker.wake();
+            }
+        }
+    }
+    let _wake_all = WakeAll;
+    f()
+}
+
+/// Wakes a consumer now, or at the end of the current [`deferring_wakes`].
+fn wake(waker: Waker) {
+    let now = DEFERRED.with(|d| match d.borrow_mut().as_mut() {
+        Some(deferred) => {
+            deferred.push(waker);
+            None
+        }
+        None => Some(waker),
+    });
+    if let Some(waker) = now {
+        waker.wake();
+    }
+}
 
 /// What makes two messages interchangeable: same group, same key value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -108,7 +153,7 @@ impl OutboundQueue {
         let waiting = state.waiting.take();
         drop(state);
         if let Some(waker) = waiting {
-            waker.wake();
+            wake(waker);
         }
         Pushed::Queued
     }
@@ -221,6 +266,39 @@ mod tests {
         }
         assert_eq!(q.push(out("a", Some(&a))), Pushed::Conflated);
         assert_eq!(q.len(), 4);
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn deferred_wakes_come_once_at_the_end() {
+        let q = OutboundQueue::new(8, 8);
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let woken = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+        let mut batch = Vec::new();
+        assert!(q.poll_pop(&mut cx, &mut batch, 8).is_pending());
+        deferring_wakes(|| {
+            q.push(out("a", None));
+            deferring_wakes(|| q.push(out("b", None)));
+            q.push(out("c", None));
+            assert_eq!(woken(), 0, "nobody is woken inside the scope");
+        });
+        assert_eq!(woken(), 1, "one wake-up for the burst");
+        assert_eq!(q.poll_pop(&mut cx, &mut batch, 8), Poll::Ready(true));
+        assert_eq!(batch.len(), 3, "the whole burst in one batch");
+        // Outside a scope, a push wakes at once.
+        assert!(q.poll_pop(&mut cx, &mut batch, 8).is_pending());
+        q.push(out("d", None));
+        assert_eq!(woken(), 2);
     }
 
     #[tokio::test]

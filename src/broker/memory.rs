@@ -210,32 +210,37 @@ impl Broker for MemoryBroker {
     ) -> Result<Vec<Option<Position>>, BrokerError> {
         let handler = self.handler()?;
         let mut positions = Vec::with_capacity(publications.len());
-        for mut p in publications {
-            if !self.policy.applies(&p.group) {
-                if self.snapshots.applies(&p.group) {
-                    self.publish_snapshot(handler, p);
-                } else {
-                    handler.on_publication(p);
+        let mut publications = Some(publications);
+        // One burst: each recipient is woken once, for all of them.
+        handler.in_burst(&mut || {
+            let publications = publications.take().unwrap_or_default();
+            for mut p in publications {
+                if !self.policy.applies(&p.group) {
+                    if self.snapshots.applies(&p.group) {
+                        self.publish_snapshot(handler, p);
+                    } else {
+                        handler.on_publication(p);
+                    }
+                    positions.push(None);
+                    continue;
                 }
-                positions.push(None);
-                continue;
+                let mut histories = self.histories();
+                self.sweep(&mut histories);
+                let size = self.policy.size;
+                let h = self.group(&mut histories, &p.group);
+                h.offset += 1;
+                h.last_publish = Instant::now();
+                let position = h.position();
+                p.position = Some(position.clone());
+                h.entries.push_back(p.clone());
+                while h.entries.len() > size {
+                    h.entries.pop_front();
+                }
+                // Still under the lock: the next offset is delivered after this one.
+                handler.on_publication(p);
+                positions.push(Some(position));
             }
-            let mut histories = self.histories();
-            self.sweep(&mut histories);
-            let size = self.policy.size;
-            let h = self.group(&mut histories, &p.group);
-            h.offset += 1;
-            h.last_publish = Instant::now();
-            let position = h.position();
-            p.position = Some(position.clone());
-            h.entries.push_back(p.clone());
-            while h.entries.len() > size {
-                h.entries.pop_front();
-            }
-            // Still under the lock: the next offset is delivered after this one.
-            handler.on_publication(p);
-            positions.push(Some(position));
-        }
+        });
         Ok(positions)
     }
 

@@ -154,6 +154,13 @@ impl Recovery {
 /// What the broker calls when something arrives for this node.
 pub trait BrokerHandler: Send + Sync + 'static {
     fn on_publication(&self, publication: Publication);
+    /// Runs `deliver`, which hands this handler several publications that
+    /// arrived together (a batch publish, or what Redis sent at once), as
+    /// one burst: the handler may hold back waking the recipients until the
+    /// end, so each gets the burst as one write. Synchronous, on purpose.
+    fn in_burst(&self, deliver: &mut dyn FnMut()) {
+        deliver()
+    }
     fn on_control(&self, control: Control);
     /// This node's members of a group (for presence).
     fn local_presence(&self, group: &str) -> Vec<Member>;

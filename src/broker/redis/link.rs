@@ -258,6 +258,19 @@ impl Inner {
         }
     }
 
+    /// Runs `deliver` as one burst of the handler (`BrokerHandler::in_burst`).
+    pub(super) fn burst(&self, deliver: &mut dyn FnMut()) {
+        match self.handler.get() {
+            Some(handler) => handler.in_burst(deliver),
+            None => deliver(),
+        }
+    }
+
+    fn lagged(&self, n: u64) {
+        self.count_lost(n);
+        tracing::warn!(lost = n, "Redis messages lost: the dispatcher fell behind");
+    }
+
     /// Messages that overflowed fred's buffer before the dispatcher read
     /// them: counted here and in `wsgate_messages_dropped_total{reason="broker_lag"}`.
     pub(super) fn count_lost(&self, n: u64) {
@@ -481,14 +494,31 @@ pub(super) async fn supervise(
     }
 }
 
+/// Most messages handed to the hub as one burst (see `in_burst`).
+const BURST: usize = 64;
+
 pub(super) async fn dispatch(inner: Arc<Inner>, mut messages: broadcast::Receiver<Message>) {
     loop {
         match messages.recv().await {
-            Ok(message) => inner.on_message(message),
-            Err(RecvError::Lagged(n)) => {
-                inner.count_lost(n);
-                tracing::warn!(lost = n, "Redis messages lost: the dispatcher fell behind");
+            // What else has arrived meanwhile joins this message's burst:
+            // under load the sockets then get several frames per wake-up
+            // and per write, as on a node that publishes itself.
+            Ok(first) => {
+                let mut first = Some(first);
+                inner.burst(&mut || {
+                    if let Some(message) = first.take() {
+                        inner.on_message(message);
+                    }
+                    for _ in 1..BURST {
+                        match messages.try_recv() {
+                            Ok(message) => inner.on_message(message),
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => inner.lagged(n),
+                            Err(_) => break,
+                        }
+                    }
+                })
             }
+            Err(RecvError::Lagged(n)) => inner.lagged(n),
             Err(RecvError::Closed) => break,
         }
     }
