@@ -19,13 +19,11 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
-use futures_util::task::AtomicWaker;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
@@ -296,8 +294,6 @@ async fn serve_loop(
     tokio::pin!(expiry);
     // Batches written since the socket was last read (see `READ_EVERY`).
     let mut writes_unread = 0;
-    let input = Arc::new(Input::default());
-    let input_waker = Waker::from(input.clone());
     loop {
         let deadline = match keepalive {
             KeepAlive::PingAt(t) | KeepAlive::PongBy(t) => t,
@@ -308,10 +304,9 @@ async fn serve_loop(
         // One hand-written wait rather than `select!`, for the order: a
         // close request first (a slow consumer is closed rather than fed
         // further), then queued frames, and the socket and the timers only
-        // when nothing is queued or every `READ_EVERY` batches, and only
-        // when they woke us (`Input`): polling the socket after every frame
-        // written cost a tenth of the CPU of a fan-out. What is not polled
-        // keeps its waker and wakes us later.
+        // when nothing is queued or every `READ_EVERY` batches. Polling the
+        // socket on every wake-up for a frame was a tenth of the CPU of a
+        // fan-out; what is not polled keeps its waker and wakes us later.
         let wake = std::future::poll_fn(|cx| {
             if let Poll::Ready(code) = conn.close.poll_requested(cx) {
                 return Poll::Ready(Wake::Close(code));
@@ -323,20 +318,14 @@ async fn serve_loop(
                 return Poll::Ready(Wake::Queued(open));
             }
             writes_unread = 0;
-            if input.take(cx) {
-                let mut cx = Context::from_waker(&input_waker);
-                if expires_at.is_some() && expiry.as_mut().poll(&mut cx).is_ready() {
-                    return Poll::Ready(Wake::Expired);
-                }
-                if let Poll::Ready(incoming) = socket.poll_next_unpin(&mut cx) {
-                    // More may be buffered already, with no wake-up to come.
-                    input.again();
-                    return Poll::Ready(Wake::Incoming(incoming));
-                }
-                if timer.as_mut().poll(&mut cx).is_ready() {
-                    input.again();
-                    return Poll::Ready(Wake::Timer);
-                }
+            if expires_at.is_some() && expiry.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Expired);
+            }
+            if let Poll::Ready(incoming) = socket.poll_next_unpin(cx) {
+                return Poll::Ready(Wake::Incoming(incoming));
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Timer);
             }
             if !queue_first
                 && let Poll::Ready(open) = conn.queue.poll_pop(cx, &mut batch, MAX_BATCH)
@@ -447,52 +436,6 @@ async fn serve_loop(
                 }
             },
         }
-    }
-}
-
-/// The waker the socket and the timers get: it records that they woke the
-/// session, so the serve loop polls them only then (and after they yielded
-/// something, since more may be buffered), not on every frame it writes.
-struct Input {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Default for Input {
-    fn default() -> Input {
-        // Poll everything once at the start, to register.
-        Input {
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        }
-    }
-}
-
-impl Input {
-    /// Whether the socket or a timer woke the task since the last call;
-    /// if so, the task's waker is passed on for their next wake-up.
-    fn take(&self, cx: &Context<'_>) -> bool {
-        if !self.woken.swap(false, Ordering::AcqRel) {
-            return false;
-        }
-        self.task.register(cx.waker());
-        true
-    }
-
-    /// Poll them again at the next turn.
-    fn again(&self) {
-        self.woken.store(true, Ordering::Release);
-    }
-}
-
-impl std::task::Wake for Input {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
     }
 }
 
