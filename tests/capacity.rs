@@ -4,7 +4,9 @@
 //! for, the binding limit is the one asking for the most pods, Redis shards
 //! carry the pub/sub traffic), more load never asks for fewer resources, and
 //! a missing or garbled inputs file is a clear error. No figure is pinned
-//! here: the inputs change with every benchmark run.
+//! here (the inputs change with every benchmark run), but the pods row of
+//! the doc's worked examples must be what the calculator gives from the
+//! committed inputs: a benchmark run that moves them moves the doc too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -245,6 +247,37 @@ fn with(w: &[&str; 8], option: &str, value: f64) -> Vec<String> {
 fn plan_of(args: &[String]) -> Value {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     plan(&refs, &[])
+}
+
+/// docs/scaling.md's worked-example table says, in its `**pods**` row, the
+/// pod counts the calculator gives for its four columns from the committed
+/// inputs (the figure in brackets is the table's previous edition).
+#[test]
+fn the_docs_pods_row_is_the_calculators() {
+    let doc = std::fs::read_to_string(root().join("docs/scaling.md")).unwrap();
+    let row = doc
+        .lines()
+        .find(|l| l.starts_with("| **pods** |"))
+        .expect("docs/scaling.md has a `| **pods** |` row");
+    let in_doc: Vec<u64> = row
+        .split('|')
+        .skip(2)
+        .filter_map(|cell| {
+            let bold = cell.trim().strip_prefix("**")?;
+            bold.split("**").next()?.replace(',', "").parse().ok()
+        })
+        .collect();
+    let computed: Vec<u64> = workloads()
+        .iter()
+        .take(4)
+        .map(|(_, w)| f(&plan(w, &[]), "pods.count") as u64)
+        .collect();
+    assert_eq!(
+        in_doc, computed,
+        "docs/scaling.md's pods row {row:?} is not what `scripts/capacity` gives from \
+         docs/capacity-inputs.json for the market and notification examples: \
+         regenerate the worked examples"
+    );
 }
 
 #[test]
