@@ -206,15 +206,13 @@ impl ControlSender for MemoryBroker {
 impl Broker for MemoryBroker {
     async fn publish(
         &self,
-        publications: Vec<Publication>,
+        mut publications: Vec<Publication>,
     ) -> Result<Vec<Option<Position>>, BrokerError> {
         let handler = self.handler()?;
         let mut positions = Vec::with_capacity(publications.len());
-        let mut publications = Some(publications);
         // One burst: each recipient is woken once, for all of them.
         handler.in_burst(&mut || {
-            let publications = publications.take().unwrap_or_default();
-            for mut p in publications {
+            for mut p in publications.drain(..) {
                 if !self.policy.applies(&p.group) {
                     if self.snapshots.applies(&p.group) {
                         self.publish_snapshot(handler, p);
