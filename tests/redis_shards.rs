@@ -93,6 +93,11 @@ impl TwoNodes {
             _dir: dir,
         }
     }
+
+    async fn shutdown(self) {
+        self.a.shutdown().await;
+        self.b.shutdown().await;
+    }
 }
 
 /// Groups of every shard: the first `per_shard` names `base.N` that land
@@ -114,14 +119,8 @@ fn groups_per_shard(base: &str, per_shard: usize) -> Vec<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_live_on_their_shard_and_deliver_across_nodes() {
-    let TwoNodes {
-        shards,
-        prefix,
-        a,
-        b,
-        _pg,
-        _dir,
-    } = TwoNodes::start().await;
+    let n = TwoNodes::start().await;
+    let (a, b, shards, prefix) = (&n.a, &n.b, &n.shards, &n.prefix);
     let token = a.issue_token("7").await;
     let by_shard = groups_per_shard("room", 4);
     let groups: Vec<String> = by_shard.iter().flatten().cloned().collect();
@@ -134,7 +133,7 @@ async fn groups_live_on_their_shard_and_deliver_across_nodes() {
     // Each group's channel is held on its shard only, by both nodes.
     for (shard, gs) in by_shard.iter().enumerate() {
         for g in gs {
-            assert_eq!(shards.subscribed_on(&prefix, g), vec![shard], "{g}");
+            assert_eq!(shards.subscribed_on(prefix, g), vec![shard], "{g}");
             let channel = format!("{prefix}group:{g}");
             let n = redis_cli(shards.servers[shard].port, &["pubsub", "numsub", &channel]);
             assert_eq!(n.get(1).map(String::as_str), Some("2"), "{g}: {n:?}");
@@ -202,23 +201,16 @@ async fn groups_live_on_their_shard_and_deliver_across_nodes() {
     eventually(Duration::from_secs(5), "subscriptions dropped", || async {
         groups
             .iter()
-            .all(|g| shards.subscribed_on(&prefix, g).is_empty())
+            .all(|g| shards.subscribed_on(prefix, g).is_empty())
     })
     .await;
-    a.shutdown().await;
-    b.shutdown().await;
+    n.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_stays_on_its_shard_and_recovers() {
-    let TwoNodes {
-        shards,
-        prefix,
-        a,
-        b,
-        _pg,
-        _dir,
-    } = TwoNodes::start().await;
+    let n = TwoNodes::start().await;
+    let (a, b, shards, prefix) = (&n.a, &n.b, &n.shards, &n.prefix);
     let token = a.issue_token("8").await;
     let groups: Vec<String> = groups_per_shard("h", 1).into_iter().flatten().collect();
     let (mut client, _) = Client::authed(&b.ws_url(), &token).await;
@@ -260,20 +252,13 @@ async fn history_stays_on_its_shard_and_recovers() {
             assert_eq!(!kept.is_empty(), s == shard, "{g} on shard {s}: {kept:?}");
         }
     }
-    a.shutdown().await;
-    b.shutdown().await;
+    n.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_shard_stops_only_its_groups() {
-    let TwoNodes {
-        mut shards,
-        prefix: _prefix,
-        a,
-        b,
-        _pg,
-        _dir,
-    } = TwoNodes::start().await;
+    let mut n = TwoNodes::start().await;
+    let (a, b, shards) = (&n.a, &n.b, &mut n.shards);
     let token = a.issue_token("9").await;
     let by_shard = groups_per_shard("room", 1);
     let (mut client, _) = Client::authed(&b.ws_url(), &token).await;
@@ -322,6 +307,5 @@ async fn a_lost_shard_stops_only_its_groups() {
         (m["group"].as_str(), &m["data"]),
         (Some(g.as_str()), &json!("back"))
     );
-    a.shutdown().await;
-    b.shutdown().await;
+    n.shutdown().await;
 }
