@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,16 +14,10 @@ use crate::limits::{Refusal, SessionSlot};
 use crate::metrics::Rejection;
 use crate::session;
 use crate::state::AppState;
+use crate::ws::WebSocketUpgrade;
 
 /// Seconds a refused client is asked to wait.
 const RETRY_AFTER_SECS: &str = "5";
-
-/// tungstenite's read buffer per socket, allocated for the socket's whole
-/// life. Client frames are small requests, so 512 bytes hold most of them
-/// in one read; a larger frame is read in several (its full length is
-/// reserved once its header is in). Measured with 10,000 idle sockets:
-/// 4 KiB → 10.95 KiB RSS per socket, 1 KiB → 7.20, 512 → 6.58.
-const READ_BUFFER: usize = 512;
 
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -83,15 +76,9 @@ fn decide(
     match check(state, peer, headers) {
         Ok(slot) => {
             let state = state.clone();
-            let limits = &state.config.limits;
-            let ws = ws
-                // Small buffers: an idle socket should cost little memory.
-                .read_buffer_size(READ_BUFFER)
-                .write_buffer_size(8 * 1024)
-                .max_write_buffer_size(4 * 1024 * 1024)
-                .max_message_size(limits.max_message_bytes)
-                .max_frame_size(limits.max_message_bytes);
-            let response = ws.on_upgrade(move |socket| session::run(socket, state, slot));
+            let max_message = state.config.limits.max_message_bytes;
+            let response =
+                ws.on_upgrade(max_message, move |socket| session::run(socket, state, slot));
             ("upgraded", response)
         }
         Err(refused) => {

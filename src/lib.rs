@@ -8,6 +8,10 @@
 //! - [`token`]: the client's secret and its SHA-256 digest.
 //! - [`clock`]: the wall clock, in the units we store and send.
 //! - `tls`: TLS to PostgreSQL and Redis: PEM files, checks, clear errors.
+//! - [`ws`]: the WebSocket protocol (RFC 6455), server side: frames
+//!   (pure), the socket (messages in, encoded frames out with vectored
+//!   writes), the opening handshake; and `prefixed`, the TCP stream type the
+//!   listener serves so that an upgrade can take the socket back.
 //! - [`protocol`]: client frames, server frames, the broker envelope, close
 //!   and error codes. No I/O.
 //! - [`config`]: layered configuration (defaults, file, environment),
@@ -73,6 +77,7 @@ mod ops;
 mod outbox;
 mod pg_listen;
 mod policy;
+mod prefixed;
 pub mod protocol;
 mod queue;
 pub mod redis_client;
@@ -85,3 +90,4 @@ pub mod subscribe_auth;
 pub mod telemetry;
 mod tls;
 pub mod token;
+pub mod ws;

@@ -6,28 +6,39 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::RequestError;
+use crate::ws;
 
-/// An encoded text frame: UTF-8 JSON, cheap to clone, shared by every
-/// recipient of a broadcast so the JSON is built once per node.
+/// An encoded text frame: the WebSocket frame (header and UTF-8 JSON) built
+/// once, cheap to clone, and shared by every recipient of a broadcast, whose
+/// sockets all write these same bytes (server frames are unmasked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame(Bytes);
 
 impl Frame {
     pub fn from_string(s: String) -> Frame {
-        Frame(Bytes::from(s))
+        Frame(ws::frame::encode(ws::frame::OP_TEXT, s.as_bytes()))
     }
-    pub fn into_bytes(self) -> Bytes {
+    /// The whole WebSocket frame, as written to a socket.
+    pub fn wire(&self) -> &Bytes {
+        &self.0
+    }
+    pub fn into_wire(self) -> Bytes {
         self.0
     }
+    /// The JSON.
     pub fn as_str(&self) -> &str {
         // Built only from `String`, so always UTF-8.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(self.payload()).unwrap_or_default()
     }
+    fn payload(&self) -> &[u8] {
+        &self.0[ws::frame::head_len(&self.0)..]
+    }
+    /// Length of the JSON, in bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.payload().len()
     }
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.payload().is_empty()
     }
 }
 

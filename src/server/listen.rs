@@ -14,10 +14,11 @@ use tokio::sync::watch;
 
 use axum::routing::get;
 
-use super::proxy_protocol::{self, HeaderError, Prefixed};
+use super::proxy_protocol::{self, HeaderError};
 use super::{Addrs, StartError};
 use crate::api::{self, ApiState};
 use crate::metrics::{Metrics, Rejection};
+use crate::prefixed::Prefixed;
 use crate::state::AppState;
 use crate::{handshake, ops};
 

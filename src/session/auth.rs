@@ -1,13 +1,13 @@
 //! The token checks of a session: the first frame (phase 1) and the in-band
 //! `refresh`, which share one check (caches, store, `auth.timeout`).
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use crate::ws::{Message, WebSocket};
 use tracing::Instrument;
 
 use std::net::IpAddr;
 
 use super::End;
-use super::socket::{bad_frames, client_code, is_too_big};
+use super::socket::{client_code, violation};
 use crate::auth::{Identity, Token};
 use crate::hub::ConnHandle;
 use crate::metrics::{AuthFailure, RateLimit};
@@ -119,7 +119,7 @@ pub(super) async fn check_token(state: &AppState, token: &Token, span: &tracing:
 }
 
 pub(super) enum FirstFrame {
-    Text(Utf8Bytes),
+    Text(String),
     Malformed,
     Gone(u16),
 }
@@ -129,12 +129,12 @@ pub(super) async fn first_frame(socket: &mut WebSocket) -> FirstFrame {
         match socket.recv().await {
             Some(Ok(Message::Text(text))) => return FirstFrame::Text(text),
             Some(Ok(Message::Binary(_))) => return FirstFrame::Malformed,
-            // Control frames are answered by the library; keep waiting.
+            // Control frames are answered by the socket; keep waiting.
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Close(frame))) => return FirstFrame::Gone(client_code(frame)),
             // A first frame too big, not UTF-8 or not a valid frame at
             // all is a malformed first frame (4001).
-            Some(Err(e)) if is_too_big(&e) || bad_frames(&e).is_some() => {
+            Some(Err(e)) if violation(&e).is_some() => {
                 return FirstFrame::Malformed;
             }
             Some(Err(_)) | None => return FirstFrame::Gone(1006),

@@ -18,17 +18,16 @@
 //! client that adopts the reply's offset and drops messages at or below it
 //! (ours does) still shows it.
 
-use axum::extract::ws::WebSocket;
-use futures_util::SinkExt;
 use serde_json::value::RawValue;
 
 use super::End;
 use super::requests::{join_held, refuse_join};
-use super::socket::{send, text_message};
+use super::socket::{feed, send};
 use crate::broker::Recovery;
 use crate::hub::ConnHandle;
 use crate::protocol::{CloseCode, Position, Publication, Reply, snapshot_frame};
 use crate::state::AppState;
+use crate::ws::WebSocket;
 
 /// Subscribes to a `groups.snapshot` group (not a history one) and sends
 /// its latest message first. `recovering`: the request had a `since`,
@@ -142,9 +141,7 @@ pub(super) async fn write_snapshots(
         } else {
             crate::protocol::message_frame(&p.group, &p.data, p.position.as_ref())
         };
-        if socket.feed(text_message(frame)).await.is_err() {
-            return Err(End::ClientGone(1006));
-        }
+        feed(socket, frame).await?;
     }
     state
         .metrics

@@ -22,8 +22,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
-use futures_util::StreamExt;
+use crate::ws::{self, Message, WebSocket};
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
@@ -43,7 +42,7 @@ mod socket;
 
 use auth::authenticate;
 use requests::{handle_request, refuse};
-use socket::{bad_frames, bounded_write, client_code, close, is_too_big, send, write_batch};
+use socket::{bounded_write, client_code, close, send, violation, write_batch};
 
 /// Most queued frames written per flush.
 const MAX_BATCH: usize = 64;
@@ -184,7 +183,11 @@ async fn serve(
     state.metrics.connections_authenticated.dec();
     match end {
         End::Close(code) => Box::pin(close(&mut socket, state, code)).await,
-        End::ClientGone(code) => state.metrics.closed(code),
+        End::ClientGone(code) => {
+            state.metrics.closed(code);
+            // The answer to its close frame, if it sent one.
+            Box::pin(socket.finish(CLOSE_LINGER)).await;
+        }
     }
 }
 
@@ -321,7 +324,7 @@ async fn serve_loop(
             if expires_at.is_some() && expiry.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Expired);
             }
-            if let Poll::Ready(incoming) = socket.poll_next_unpin(cx) {
+            if let Poll::Ready(incoming) = socket.poll_recv(cx) {
                 return Poll::Ready(Wake::Incoming(incoming));
             }
             if timer.as_mut().poll(cx).is_ready() {
@@ -392,8 +395,7 @@ async fn serve_loop(
                     Some(Ok(Message::Binary(_))) => return End::Close(CloseCode::Unsupported),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Ok(Message::Close(frame))) => return End::ClientGone(client_code(frame)),
-                    Some(Err(e)) if is_too_big(&e) => return End::Close(CloseCode::TooBig),
-                    Some(Err(e)) if let Some(code) = bad_frames(&e) => return End::Close(code),
+                    Some(Err(e)) if let Some(code) = violation(&e) => return End::Close(code),
                     Some(Err(_)) | None => return End::ClientGone(1006),
                 }
             }
@@ -420,7 +422,7 @@ async fn serve_loop(
                 KeepAlive::PingAt(_) => {
                     let ping = async {
                         socket
-                            .send(Message::Ping(Default::default()))
+                            .send(ws::frame::encode(ws::frame::OP_PING, &[]))
                             .await
                             .map_err(|_| End::ClientGone(1006))
                     };
@@ -443,7 +445,7 @@ async fn serve_loop(
 enum Wake {
     Close(CloseCode),
     Expired,
-    Incoming(Option<Result<Message, axum::Error>>),
+    Incoming(Option<Result<Message, ws::Error>>),
     /// Frames were taken from the queue (false: it is closed).
     Queued(bool),
     Timer,
@@ -474,13 +476,12 @@ mod sizes {
     use std::mem::size_of;
     use std::sync::Arc;
 
-    use axum::extract::ws::WebSocket;
-
     use super::run;
     use crate::hub::{CloseSignal, ConnHandle, ConnId, OutboundQueue};
     use crate::limits::SessionSlot;
     use crate::state::AppState;
     use crate::token::Credential;
+    use crate::ws::WebSocket;
 
     /// The size of the future a function of three owned arguments returns,
     /// without making one.
@@ -493,10 +494,6 @@ mod sizes {
         let rows = [
             ("session future (run), the task's state", future_size(run)),
             ("  + the socket, boxed by run", size_of::<WebSocket>()),
-            (
-                "tungstenite WebSocketContext",
-                size_of::<tungstenite::protocol::WebSocketContext>(),
-            ),
             ("ConnHandle (one Arc allocation)", size_of::<ConnHandle>()),
             ("  OutboundQueue", size_of::<OutboundQueue>()),
             ("  Credential (token + digest)", size_of::<Credential>()),

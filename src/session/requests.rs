@@ -1,8 +1,6 @@
 //! Requests after `welcome`: subscribe (with history recovery),
 //! unsubscribe, publish, ping and refresh, each answered by one frame.
 
-use axum::extract::ws::WebSocket;
-use futures_util::SinkExt;
 use serde_json::value::RawValue;
 
 use std::net::IpAddr;
@@ -10,7 +8,7 @@ use std::net::IpAddr;
 use super::auth::refresh;
 use super::authorize::authorize;
 use super::latest::{history_latest, subscribe_with_latest, write_snapshots};
-use super::socket::{send, text_message};
+use super::socket::{feed, send};
 use super::{End, JoinFailure, join, unsubscribe_broker};
 use crate::broker::Recovery;
 use crate::clock::unix_micros;
@@ -20,6 +18,7 @@ use crate::protocol::{
     RequestError, message_frame,
 };
 use crate::state::AppState;
+use crate::ws::WebSocket;
 
 /// Serves one request. Refusals are `error` replies; only socket and broker
 /// failures end the connection. A `refresh` sets `expires_at` to its token's.
@@ -186,9 +185,7 @@ pub(super) async fn subscribe_with_history(
     } else if !publications.is_empty() {
         for p in &publications {
             let frame = message_frame(&p.group, &p.data, p.position.as_ref());
-            if socket.feed(text_message(frame)).await.is_err() {
-                return Err(End::ClientGone(1006));
-            }
+            feed(socket, frame).await?;
         }
         state
             .metrics

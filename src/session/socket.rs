@@ -6,8 +6,6 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
 use tokio::time::Sleep;
 
 use super::{CLOSE_LINGER, End, MAX_BATCH};
@@ -15,6 +13,8 @@ use crate::clock::unix_micros;
 use crate::hub::{ConnHandle, Outbound};
 use crate::protocol::{CloseCode, Frame};
 use crate::state::AppState;
+use crate::ws::frame::Violation;
+use crate::ws::{self, WebSocket};
 
 /// Writes queued frames with one flush, then counts them.
 pub(super) async fn write_batch(
@@ -34,9 +34,7 @@ pub(super) async fn write_batch(
             published[timed] = us;
             timed += 1;
         }
-        if socket.feed(text_message(out.frame)).await.is_err() {
-            return Err(End::ClientGone(1006));
-        }
+        socket.queue(out.frame.into_wire());
     }
     if socket.flush().await.is_err() {
         return Err(End::ClientGone(1006));
@@ -54,14 +52,18 @@ pub(super) async fn write_batch(
     Ok(())
 }
 
-pub(super) fn text_message(frame: Frame) -> Message {
-    // Frames are built from `String`, so the UTF-8 check cannot fail.
-    Message::Text(Utf8Bytes::try_from(frame.into_bytes()).unwrap_or_default())
-}
-
 pub(super) async fn send(socket: &mut WebSocket, frame: Frame) -> Result<(), End> {
     socket
-        .send(text_message(frame))
+        .send(frame.into_wire())
+        .await
+        .map_err(|_| End::ClientGone(1006))
+}
+
+/// Queues a frame of a run (snapshots, a history replay), writing as the
+/// queue fills.
+pub(super) async fn feed(socket: &mut WebSocket, frame: Frame) -> Result<(), End> {
+    socket
+        .feed(frame.into_wire())
         .await
         .map_err(|_| End::ClientGone(1006))
 }
@@ -70,14 +72,10 @@ pub(super) async fn send(socket: &mut WebSocket, frame: Frame) -> Result<(), End
 pub(super) async fn close(socket: &mut WebSocket, state: &AppState, code: CloseCode) {
     tracing::debug!(code = code.code(), "closing");
     state.metrics.closed(code.code());
-    let frame = CloseFrame {
-        code: code.code(),
-        reason: Utf8Bytes::from_static(code.reason()),
-    };
     // A stalled peer (a slow consumer) takes the frame only when it reads
     // again: give it until the pong timeout, then drop the socket.
     let limit = state.config.server.pong_timeout;
-    let sent = tokio::time::timeout(limit, socket.send(Message::Close(Some(frame)))).await;
+    let sent = tokio::time::timeout(limit, socket.send_close(code.code(), code.reason())).await;
     if let Ok(Ok(())) = sent {
         let _ = tokio::time::timeout(CLOSE_LINGER, async {
             while let Some(Ok(_)) = socket.recv().await {}
@@ -89,7 +87,7 @@ pub(super) async fn close(socket: &mut WebSocket, state: &AppState, code: CloseC
 /// Runs a write to the socket, giving up when a close is requested meanwhile
 /// (say the queue overflowed while the peer stalled) or when the peer takes
 /// nothing for `limit`: a socket that does not drain is a slow consumer.
-/// Cancelling a write is safe: the library keeps the unwritten bytes buffered
+/// Cancelling a write is safe: the socket keeps the unwritten frames queued
 /// ahead of the close frame that follows.
 ///
 /// The write is tried first, and the timer made only if it has to wait:
@@ -119,34 +117,17 @@ pub(super) async fn bounded_write(
     .await
 }
 
-pub(super) fn client_code(frame: Option<CloseFrame>) -> u16 {
-    frame.map(|f| f.code).unwrap_or(1005)
+pub(super) fn client_code(status: Option<(u16, String)>) -> u16 {
+    status.map(|(code, _)| code).unwrap_or(1005)
 }
 
-/// The socket library reports frames over `limits.max_message_bytes` as a
-/// capacity error.
-pub(super) fn is_too_big(e: &axum::Error) -> bool {
-    matches!(socket_error(e), Some(tungstenite::Error::Capacity(_)))
-}
-
-/// What a socket error says about the client's frames, when it says
-/// anything: invalid UTF-8 in a text frame (1007), or a frame that breaks
-/// RFC 6455 (1002). Either is answered with a close frame, not a silent drop.
-pub(super) fn bad_frames(e: &axum::Error) -> Option<CloseCode> {
-    match socket_error(e)? {
-        tungstenite::Error::Utf8(_) => Some(CloseCode::InvalidData),
-        tungstenite::Error::Protocol(_) => Some(CloseCode::ProtocolError),
-        _ => None,
+/// What a read error says about the client's frames: the close code that
+/// answers a broken rule (1002, 1007, 1009), or `None` for a dropped link.
+pub(super) fn violation(e: &ws::Error) -> Option<CloseCode> {
+    match e {
+        ws::Error::Violation(Violation::Protocol(_)) => Some(CloseCode::ProtocolError),
+        ws::Error::Violation(Violation::Utf8) => Some(CloseCode::InvalidData),
+        ws::Error::Violation(Violation::TooBig) => Some(CloseCode::TooBig),
+        ws::Error::Io(_) => None,
     }
-}
-
-pub(super) fn socket_error(e: &axum::Error) -> Option<&tungstenite::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(ws) = err.downcast_ref::<tungstenite::Error>() {
-            return Some(ws);
-        }
-        source = err.source();
-    }
-    None
 }

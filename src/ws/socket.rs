@@ -1,0 +1,308 @@
+//! A server-side WebSocket on a TCP stream: client messages in, encoded
+//! frames out.
+//!
+//! Why not a general WebSocket library: a broadcast's frame is encoded once
+//! (`frame::encode`) and every recipient's socket writes those same bytes
+//! with one `writev` per batch, with no copy into a per-socket buffer; and an
+//! idle socket holds no buffer at all: reads wait for readiness first, and
+//! unwritten frames are kept only while a write waits.
+//!
+//! The read side answers pings (the newest unanswered one, section 5.5.2) and
+//! a client's close (echoing its code, section 5.5.1) by itself; the writes
+//! that carry those answers go out with the next write or read.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use super::frame::{self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+use super::frame::{Frame, Violation};
+
+/// Bytes reserved for a read when the buffer has less room than
+/// `READ_MIN_ROOM`: client frames are small requests.
+const READ_CHUNK: usize = 1024;
+const READ_MIN_ROOM: usize = 256;
+/// Most frames handed to one `writev` (Linux takes up to 1024).
+const MAX_IOV: usize = 64;
+
+/// A client's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A text message, checked to be UTF-8.
+    Text(String),
+    Binary(Bytes),
+    /// Already answered with a pong.
+    Ping(Bytes),
+    Pong(Bytes),
+    /// The client's close (code and reason; `None` without a status). It is
+    /// answered with a close frame echoing the code.
+    Close(Option<(u16, String)>),
+}
+
+/// Why reading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client broke the protocol; answer with the violation's code.
+    #[error(transparent)]
+    Violation(#[from] Violation),
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A message arriving in fragments.
+struct Partial {
+    text: bool,
+    data: BytesMut,
+}
+
+pub struct WebSocket {
+    io: TcpStream,
+    /// Bytes read and not yet decoded. Empty (no allocation) between frames.
+    input: BytesMut,
+    /// A fragmented message being assembled; none between messages.
+    partial: Option<Box<Partial>>,
+    /// Largest message (and data frame), in bytes.
+    max_message: usize,
+    /// Encoded frames not yet wholly written, oldest first. The first may be
+    /// partly written (`front_started`); nothing goes before it then.
+    out: VecDeque<Bytes>,
+    front_started: bool,
+    /// The pong owed for the newest ping, written at the next frame boundary.
+    pong: Option<Bytes>,
+    /// A close frame was queued: nothing is written after it.
+    close_sent: bool,
+    /// The client's half is closed (end of stream, or its close frame).
+    read_done: bool,
+}
+
+impl WebSocket {
+    /// A socket on `io` after the upgrade; `read` holds bytes the client
+    /// sent past the upgrade request.
+    pub fn new(io: TcpStream, read: Bytes, max_message: usize) -> WebSocket {
+        WebSocket {
+            io,
+            input: BytesMut::from(&read[..]),
+            partial: None,
+            max_message,
+            out: VecDeque::new(),
+            front_started: false,
+            pong: None,
+            close_sent: false,
+            read_done: false,
+        }
+    }
+
+    /// The next message, or `None` once the client's side is closed. Pending
+    /// frames (a pong, a close answer) are written along the way.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, Error>>> {
+        // A write that waits wakes us through the same waker; its error
+        // shows up on the next read anyway.
+        let _ = self.poll_flush(cx);
+        loop {
+            if self.read_done {
+                return Poll::Ready(None);
+            }
+            match frame::decode(&mut self.input, self.max_message) {
+                Ok(Some(f)) => match self.on_frame(f) {
+                    Ok(Some(message)) => {
+                        let _ = self.poll_flush(cx);
+                        return Poll::Ready(Some(Ok(message)));
+                    }
+                    Ok(None) => continue,
+                    Err(v) => return Poll::Ready(Some(Err(v.into()))),
+                },
+                Ok(None) => {}
+                Err(v) => return Poll::Ready(Some(Err(v.into()))),
+            }
+            if self.input.is_empty() {
+                // An idle socket holds no read buffer.
+                self.input = BytesMut::new();
+            }
+            if let Err(e) = ready!(self.io.poll_read_ready(cx)) {
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            if self.input.capacity() - self.input.len() < READ_MIN_ROOM {
+                self.input.reserve(READ_CHUNK);
+            }
+            match self.io.try_read_buf(&mut self.input) {
+                Ok(0) => {
+                    self.read_done = true;
+                    return Poll::Ready(None);
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Option<Result<Message, Error>> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Section 5.4 (fragments), 5.5 (control frames), 5.6 (UTF-8).
+    fn on_frame(&mut self, f: Frame) -> Result<Option<Message>, Violation> {
+        match f.opcode {
+            OP_PING => {
+                if !self.close_sent {
+                    self.pong = Some(frame::encode(OP_PONG, &f.payload));
+                }
+                Ok(Some(Message::Ping(f.payload)))
+            }
+            OP_PONG => Ok(Some(Message::Pong(f.payload))),
+            OP_CLOSE => {
+                let status = frame::parse_close(&f.payload)?;
+                self.read_done = true;
+                if !self.close_sent {
+                    let answer = match status {
+                        Some((code, _)) => frame::close(code, ""),
+                        None => frame::encode(OP_CLOSE, &[]),
+                    };
+                    self.queue_close(answer);
+                }
+                Ok(Some(Message::Close(
+                    status.map(|(code, reason)| (code, reason.to_owned())),
+                )))
+            }
+            OP_TEXT | OP_BINARY => {
+                if self.partial.is_some() {
+                    return Err(Violation::Protocol("new message inside a fragmented one"));
+                }
+                let text = f.opcode == OP_TEXT;
+                if f.fin {
+                    return message(text, f.payload).map(Some);
+                }
+                self.partial = Some(Box::new(Partial {
+                    text,
+                    data: BytesMut::from(&f.payload[..]),
+                }));
+                Ok(None)
+            }
+            OP_CONTINUATION => {
+                let Some(partial) = self.partial.as_mut() else {
+                    return Err(Violation::Protocol("continuation with nothing to continue"));
+                };
+                if partial.data.len() + f.payload.len() > self.max_message {
+                    return Err(Violation::TooBig);
+                }
+                partial.data.extend_from_slice(&f.payload);
+                if !f.fin {
+                    return Ok(None);
+                }
+                let Partial { text, data } = *self.partial.take().unwrap_or_else(|| unreachable!());
+                message(text, data.freeze()).map(Some)
+            }
+            // `decode` lets no other opcode through.
+            _ => Err(Violation::Protocol("reserved opcode")),
+        }
+    }
+
+    /// Queues an encoded frame (a text frame from `protocol::Frame::wire`, a
+    /// ping); `flush` writes it. Nothing is queued after a close frame.
+    pub fn queue(&mut self, frame: Bytes) {
+        if !self.close_sent {
+            self.out.push_back(frame);
+        }
+    }
+
+    /// Queues a frame, and writes once a full `writev` is queued: a long
+    /// run of frames (a history replay) is not held all at once.
+    pub async fn feed(&mut self, frame: Bytes) -> io::Result<()> {
+        self.queue(frame);
+        if self.out.len() >= MAX_IOV {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn queue_close(&mut self, frame: Bytes) {
+        self.out.push_back(frame);
+        self.close_sent = true;
+    }
+
+    /// Writes what is queued. Cancel-safe: what is not written stays queued,
+    /// in order, ahead of anything queued later.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    pub async fn send(&mut self, frame: Bytes) -> io::Result<()> {
+        self.queue(frame);
+        self.flush().await
+    }
+
+    /// Queues a close frame with `code` and `reason` and writes it (with
+    /// everything queued before it).
+    pub async fn send_close(&mut self, code: u16, reason: &str) -> io::Result<()> {
+        if !self.close_sent {
+            self.queue_close(frame::close(code, reason));
+        }
+        self.flush().await
+    }
+
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !self.front_started
+                && let Some(pong) = self.pong.take()
+            {
+                self.out.push_front(pong);
+            }
+            if self.out.is_empty() {
+                // An idle socket holds no queue.
+                self.out = VecDeque::new();
+                return Poll::Ready(Ok(()));
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let n = self.out.len().min(MAX_IOV);
+            for (slice, frame) in slices.iter_mut().zip(&self.out) {
+                *slice = IoSlice::new(frame);
+            }
+            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.consume(written);
+        }
+    }
+
+    /// Drops `n` written bytes from the front of the queue.
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                self.front_started = true;
+                return;
+            }
+            n -= front.len();
+            self.out.pop_front();
+            self.front_started = false;
+        }
+    }
+
+    /// Writes what is queued (a close answer, say), bounded by `limit`, then
+    /// shuts the write side; the socket closes when dropped.
+    pub async fn finish(&mut self, limit: std::time::Duration) {
+        if let Ok(Ok(())) = tokio::time::timeout(limit, self.flush()).await {
+            let _ =
+                tokio::time::timeout(limit, tokio::io::AsyncWriteExt::shutdown(&mut self.io)).await;
+        }
+    }
+}
+
+fn message(text: bool, data: Bytes) -> Result<Message, Violation> {
+    if !text {
+        return Ok(Message::Binary(data));
+    }
+    match String::from_utf8(Vec::from(data)) {
+        Ok(s) => Ok(Message::Text(s)),
+        Err(_) => Err(Violation::Utf8),
+    }
+}
