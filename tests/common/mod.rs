@@ -15,6 +15,7 @@
 //! - [`redis_servers`]: the shared Redis ([`RedisPrefix`], deleted on drop),
 //!   throwaway `redis-server` processes and a Redis Cluster.
 //! - [`pg_server`]: a throwaway PostgreSQL cluster to stop, restart, freeze.
+//! - [`raw_ws`]: a raw WebSocket client over TCP, frames encoded by hand.
 //! - [`webhook`]: a webhook receiver that records requests and fails the first few.
 #![allow(dead_code, unused_imports)]
 
@@ -27,6 +28,7 @@ pub mod node;
 pub mod outbox;
 pub mod pg_server;
 pub mod ports;
+pub mod raw_ws;
 pub mod redis_servers;
 pub mod tls_servers;
 pub mod webhook;
