@@ -115,6 +115,8 @@ async fn run_connection(
         Err(End::ClientGone(code)) => {
             tracing::debug!(code, "client left before authenticating");
             metrics.closed(code);
+            // The answer to its close frame, if it sent one.
+            Box::pin(socket.finish(CLOSE_LINGER)).await;
             None
         }
     };
@@ -287,20 +289,20 @@ async fn serve_loop(
     let mut limiter: Option<Box<MessageLimiter>> = None;
     let mut batch: Vec<Outbound> = Vec::new();
     let write_delay = state.config.server.write_delay;
-    // One timer for the connection, moved rather than re-registered on
-    // every wake-up.
+    // When the token expires, on the runtime's clock.
+    let mut expiry = expires_at.map(expiry_instant);
+    // One timer for the connection, for the keep-alive and the token's
+    // expiry, whichever is first (a timer is a tenth of an idle socket's
+    // state); moved rather than re-registered on every wake-up.
     let timer = sleep_until(Instant::now() + ping_interval);
     tokio::pin!(timer);
-    // Far in the future when the token does not expire (the branch is off then).
-    let no_expiry = Instant::now() + Duration::from_secs(10 * 365 * 86_400);
-    let expiry = sleep_until(expires_at.map_or(no_expiry, expiry_instant));
-    tokio::pin!(expiry);
     // Batches written since the socket was last read (see `READ_EVERY`).
     let mut writes_unread = 0;
     loop {
-        let deadline = match keepalive {
+        let keepalive_at = match keepalive {
             KeepAlive::PingAt(t) | KeepAlive::PongBy(t) => t,
         };
+        let deadline = expiry.map_or(keepalive_at, |e| e.min(keepalive_at));
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
@@ -321,9 +323,6 @@ async fn serve_loop(
                 return Poll::Ready(Wake::Queued(open));
             }
             writes_unread = 0;
-            if expires_at.is_some() && expiry.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wake::Expired);
-            }
             if let Poll::Ready(incoming) = socket.poll_recv(cx) {
                 return Poll::Ready(Wake::Incoming(incoming));
             }
@@ -341,10 +340,6 @@ async fn serve_loop(
         .await;
         match wake {
             Wake::Close(code) => return End::Close(code),
-            Wake::Expired => {
-                tracing::debug!("token expired");
-                return End::Close(CloseCode::AuthFailed);
-            }
             Wake::Incoming(incoming) => {
                 // Any frame shows the peer is alive.
                 keepalive = KeepAlive::PingAt(Instant::now() + ping_interval);
@@ -387,9 +382,7 @@ async fn serve_loop(
                         }
                         if expires_at != before {
                             // A refresh: the new token's expiry applies.
-                            expiry
-                                .as_mut()
-                                .reset(expires_at.map_or(no_expiry, expiry_instant));
+                            expiry = expires_at.map(expiry_instant);
                         }
                     }
                     Some(Ok(Message::Binary(_))) => return End::Close(CloseCode::Unsupported),
@@ -418,6 +411,12 @@ async fn serve_loop(
                     return end;
                 }
             }
+            Wake::Timer if expiry.is_some_and(|e| e <= Instant::now()) => {
+                tracing::debug!("token expired");
+                return End::Close(CloseCode::AuthFailed);
+            }
+            // The expiry's deadline moved later (a refresh): nothing is due.
+            Wake::Timer if Instant::now() < keepalive_at => {}
             Wake::Timer => match keepalive {
                 KeepAlive::PingAt(_) => {
                     let ping = async {
@@ -444,7 +443,6 @@ async fn serve_loop(
 /// What woke the serve loop.
 enum Wake {
     Close(CloseCode),
-    Expired,
     Incoming(Option<Result<Message, ws::Error>>),
     /// Frames were taken from the queue (false: it is closed).
     Queued(bool),
