@@ -4,8 +4,8 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
-# SECONDS is the time per target (default 20); without TARGETs all three
-# run: frame_parser, envelope_decoder, config_loader.
+# SECONDS is the time per target (default 20); without TARGETs all four
+# run: frame_parser, envelope_decoder, config_loader, ws_decoder.
 #
 # Works on a stable toolchain: RUSTC_BOOTSTRAP=1 enables the nightly flags
 # cargo-fuzz passes to rustc. cargo-fuzz itself is installed from crates.io
@@ -45,7 +45,7 @@ shift || true
 if [ $# -gt 0 ]; then
     TARGETS=("$@")
 else
-    TARGETS=(frame_parser envelope_decoder config_loader)
+    TARGETS=(frame_parser envelope_decoder config_loader ws_decoder)
 fi
 case $SECS in '' | *[!0-9]*)
     echo "usage: scripts/fuzz.sh [SECONDS] [TARGET...]" >&2

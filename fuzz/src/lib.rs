@@ -7,8 +7,9 @@
 //! checks the invariants that must hold whatever the input; a violated
 //! invariant panics, which libFuzzer reports as a crash.
 //!
-//! Only `wsgate`, `serde_json`, `toml` and `std` are used here: the file must
-//! build both in the fuzz crate and as a module of an integration test.
+//! Only `wsgate`, `bytes`, `serde_json`, `toml` and `std` are used here: the
+//! file must build both in the fuzz crate and as a module of an integration
+//! test.
 
 use std::path::PathBuf;
 
@@ -243,8 +244,67 @@ pub type Target = fn(&[u8]);
 
 /// The entry point of each target, by its name (the folder names under
 /// `fuzz/regressions/` and `fuzz/seeds/`).
-pub const TARGETS: [(&str, Target); 3] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("frame_parser", frame_parser),
     ("envelope_decoder", envelope_decoder),
     ("config_loader", config_loader),
+    ("ws_decoder", ws_decoder),
 ];
+
+/// `ws_decoder`: the bytes as what a client sent on a WebSocket, after the
+/// first byte (which sets how the bytes arrive: the read size, 1 to 256).
+/// Decoded all at once and read by read, the same frames or the same
+/// violation must come out, whatever the split; and every frame keeps the
+/// RFC's bounds (a control frame whole and at most 125 bytes, a data frame
+/// at most the limit).
+pub fn ws_decoder(data: &[u8]) {
+    use bytes::BytesMut;
+    use wsgate::ws::frame::{MAX_CONTROL, decode};
+    const MAX: usize = 1024;
+    let Some((&chunk, data)) = data.split_first() else {
+        return;
+    };
+    let chunk = chunk as usize + 1;
+    let mut whole = BytesMut::from(data);
+    let mut at_once = Vec::new();
+    let at_once_end = loop {
+        match decode(&mut whole, MAX) {
+            Ok(Some(frame)) => at_once.push(frame),
+            Ok(None) => break Ok(whole.len()),
+            Err(v) => break Err(v),
+        }
+    };
+    let mut buf = BytesMut::new();
+    let mut in_reads = Vec::new();
+    let mut rest = data;
+    let in_reads_end = 'reads: loop {
+        loop {
+            match decode(&mut buf, MAX) {
+                Ok(Some(frame)) => in_reads.push(frame),
+                Ok(None) => break,
+                Err(v) => break 'reads Err(v),
+            }
+        }
+        if rest.is_empty() {
+            break Ok(buf.len());
+        }
+        let (read, later) = rest.split_at(chunk.min(rest.len()));
+        buf.extend_from_slice(read);
+        rest = later;
+    };
+    assert_eq!(at_once, in_reads, "frames depend on how the bytes arrived");
+    assert_eq!(
+        at_once_end, in_reads_end,
+        "the end depends on how the bytes arrived"
+    );
+    for f in &at_once {
+        if f.is_control() {
+            assert!(
+                f.fin && f.payload.len() <= MAX_CONTROL,
+                "control frame out of bounds"
+            );
+        } else {
+            assert!(f.payload.len() <= MAX, "data frame over the limit");
+        }
+    }
+}
