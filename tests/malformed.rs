@@ -31,65 +31,12 @@ use tokio::time::Instant;
 /// `limits.max_message_bytes` of the node under test.
 const MAX_MESSAGE: usize = 16 * 1024;
 
-const CONTINUATION: u8 = 0x0;
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
-
-// ---------------------------------------------------------------------------
-// Frames, encoded by hand (RFC 6455 section 5.2).
-
-const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-
-/// A frame with the given first byte (FIN, RSV bits, opcode).
-fn encode(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut out = vec![first];
-    let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(mask_bit | n as u8),
-        n if n <= 0xffff => {
-            out.push(mask_bit | 126);
-            out.extend((n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(mask_bit | 127);
-            out.extend((n as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        out.extend(MASK);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    } else {
-        out.extend(payload);
-    }
-    out
-}
-
-/// A masked client frame.
-fn frame(fin: bool, opcode: u8, payload: impl AsRef<[u8]>) -> Vec<u8> {
-    encode(if fin { 0x80 } else { 0 } | opcode, payload.as_ref(), true)
-}
-
-fn text(payload: impl AsRef<[u8]>) -> Vec<u8> {
-    frame(true, TEXT, payload)
-}
-
-fn close_frame(code: u16, reason: &[u8]) -> Vec<u8> {
-    frame(true, CLOSE, [&code.to_be_bytes()[..], reason].concat())
-}
-
-fn upgrade_request(addr: SocketAddr) -> String {
-    format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-}
-
-fn auth_text(token: &str) -> String {
-    json!({"type": "auth", "token": token}).to_string()
-}
+// Frames, encoded by hand (RFC 6455 section 5.2), come from
+// tests/common/raw_ws.rs, shared with tests/ws_conformance.rs.
+use common::raw_ws::{
+    BINARY, CLOSE, CONTINUATION, MASK, PING, PONG, TEXT, auth_text, close_frame, encode, frame,
+    text, upgrade_request,
+};
 
 // ---------------------------------------------------------------------------
 // A raw connection.
