@@ -76,29 +76,51 @@ pub fn run(
     run_connection(Box::new(socket), state, slot, conn_id).instrument(span)
 }
 
-async fn run_connection(
+/// An `async` block rather than an `async fn`, as `serve`: an `async fn`
+/// keeps a second copy of each argument it takes by value in its future, and
+/// this future is the socket's task for its whole life.
+fn run_connection(
     mut socket: Box<WebSocket>,
     state: AppState,
     mut slot: SessionSlot,
     conn_id: u64,
-) {
-    let ip = slot.ip();
-    let metrics = state.metrics.clone();
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let ip = slot.ip();
+        // Revocations from here on must reach this connection (checked
+        // again once it is in the hub).
+        let auth_started = std::time::Instant::now();
+        // Boxed, like the other big one-off steps below: the task of an idle
+        // socket then keeps only the serve loop's state, not the largest
+        // future it ever awaited (measured: most of an idle socket's memory).
+        let Some((identity, token)) = Box::pin(pending(&mut socket, &state, ip)).await else {
+            return;
+        };
+        slot.authenticated();
+        let metrics = &state.metrics;
+        metrics.auth_success.inc();
+        metrics.connections_authenticated.inc();
+        serve(socket, &state, conn_id, identity, token, ip, auth_started).await;
+    }
+}
+
+/// Phase 1: the first frame and its token. Answers the identity, or `None`
+/// once the connection is closed.
+async fn pending(
+    socket: &mut WebSocket,
+    state: &AppState,
+    ip: IpAddr,
+) -> Option<(Identity, Token)> {
+    let metrics = &state.metrics;
     metrics.connections_opened.inc();
     metrics.connections_pending.inc();
-    // Revocations from here on must reach this connection (checked again
-    // once it is in the hub).
-    let auth_started = std::time::Instant::now();
     let outcome = if state.auth_failures.is_blocked(ip) {
         // Too many failures from this address: refuse before the cache or
         // the database sees anything.
         metrics.rate_limited(RateLimit::Auth);
         Err(End::Close(CloseCode::RateLimited))
     } else {
-        // Boxed, like the other big one-off steps below: the task of an idle
-        // socket then keeps only the serve loop's state, not the largest
-        // future it ever awaited (measured: most of an idle socket's memory).
-        Box::pin(authenticate(&mut socket, &state)).await
+        Box::pin(authenticate(socket, state)).await
     };
     metrics.connections_pending.dec();
     if let Err(End::Close(CloseCode::AuthFailed | CloseCode::AuthRequired)) = &outcome
@@ -106,10 +128,10 @@ async fn run_connection(
     {
         tracing::info!(%ip, "authentication failures over the limit; address blocked for a while");
     }
-    let identity = match outcome {
+    match outcome {
         Ok((identity, token)) => Some((identity, token)),
         Err(End::Close(code)) => {
-            Box::pin(close(&mut socket, &state, code)).await;
+            Box::pin(close(socket, state, code)).await;
             None
         }
         Err(End::ClientGone(code)) => {
@@ -119,12 +141,6 @@ async fn run_connection(
             Box::pin(socket.finish(CLOSE_LINGER)).await;
             None
         }
-    };
-    if let Some((identity, token)) = identity {
-        slot.authenticated();
-        metrics.auth_success.inc();
-        metrics.connections_authenticated.inc();
-        serve(socket, &state, conn_id, identity, token, ip, auth_started).await;
     }
 }
 
@@ -136,7 +152,7 @@ enum End {
 }
 
 /// Phase 2: an authenticated connection.
-async fn serve(
+fn serve(
     mut socket: Box<WebSocket>,
     state: &AppState,
     conn_id: u64,
@@ -144,51 +160,53 @@ async fn serve(
     token: Token,
     ip: IpAddr,
     auth_started: std::time::Instant,
-) {
-    let limits = &state.config.limits;
-    let expires_at = identity.expires_at;
-    // The token stays with the connection (redacted): re-validation asks the
-    // `query` and `django` stores about the token itself.
-    let conn = Arc::new(ConnHandle {
-        id: conn_id,
-        user_id: identity.user_id,
-        session: new_session_id(),
-        credential: Credential::new(token),
-        queue: OutboundQueue::new(limits.outbound_queue, limits.conflate_after),
-        close: CloseSignal::default(),
-    });
-    let span = tracing::Span::current();
-    span.record("session", conn.session.as_str());
-    span.record("user_id", conn.user_id.as_str());
-    state.hub.register(conn.clone());
-    // A revocation that landed after the token check but before the line
-    // above found nothing to close: it recorded the digest, so look now.
-    let revoked = state
-        .auth
-        .forgotten_since(&conn.credential.digest(), auth_started);
-    let end = if revoked {
-        End::Close(CloseCode::AuthFailed)
-    } else {
-        match Box::pin(welcome(&mut socket, state, &conn)).await {
-            Ok(()) => {
-                tracing::debug!("authenticated");
-                serve_loop(&mut socket, state, &conn, ip, expires_at).await
+) -> impl Future<Output = ()> + Send + '_ {
+    async move {
+        let limits = &state.config.limits;
+        let expires_at = identity.expires_at;
+        // The token stays with the connection (redacted): re-validation asks the
+        // `query` and `django` stores about the token itself.
+        let conn = Arc::new(ConnHandle {
+            id: conn_id,
+            user_id: identity.user_id,
+            session: new_session_id(),
+            credential: Credential::new(token),
+            queue: OutboundQueue::new(limits.outbound_queue, limits.conflate_after),
+            close: CloseSignal::default(),
+        });
+        let span = tracing::Span::current();
+        span.record("session", conn.session.as_str());
+        span.record("user_id", conn.user_id.as_str());
+        state.hub.register(conn.clone());
+        // A revocation that landed after the token check but before the line
+        // above found nothing to close: it recorded the digest, so look now.
+        let revoked = state
+            .auth
+            .forgotten_since(&conn.credential.digest(), auth_started);
+        let end = if revoked {
+            End::Close(CloseCode::AuthFailed)
+        } else {
+            match Box::pin(welcome(&mut socket, state, &conn)).await {
+                Ok(()) => {
+                    tracing::debug!("authenticated");
+                    serve_loop(&mut socket, state, &conn, ip, expires_at).await
+                }
+                Err(end) => end,
             }
-            Err(end) => end,
+        };
+        conn.queue.close();
+        for group in state.hub.unregister(conn.id) {
+            unsubscribe_broker(state, &group, &conn.session).await;
         }
-    };
-    conn.queue.close();
-    for group in state.hub.unregister(conn.id) {
-        unsubscribe_broker(state, &group, &conn.session).await;
-    }
-    // It no longer serves, even while its close frame waits for a stalled peer.
-    state.metrics.connections_authenticated.dec();
-    match end {
-        End::Close(code) => Box::pin(close(&mut socket, state, code)).await,
-        End::ClientGone(code) => {
-            state.metrics.closed(code);
-            // The answer to its close frame, if it sent one.
-            Box::pin(socket.finish(CLOSE_LINGER)).await;
+        // It no longer serves, even while its close frame waits for a stalled peer.
+        state.metrics.connections_authenticated.dec();
+        match end {
+            End::Close(code) => Box::pin(close(&mut socket, state, code)).await,
+            End::ClientGone(code) => {
+                state.metrics.closed(code);
+                // The answer to its close frame, if it sent one.
+                Box::pin(socket.finish(CLOSE_LINGER)).await;
+            }
         }
     }
 }
