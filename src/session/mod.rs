@@ -79,6 +79,7 @@ pub fn run(
 /// An `async` block rather than an `async fn`, as `serve`: an `async fn`
 /// keeps a second copy of each argument it takes by value in its future, and
 /// this future is the socket's task for its whole life.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
 fn run_connection(
     mut socket: Box<WebSocket>,
     state: AppState,
@@ -152,6 +153,7 @@ enum End {
 }
 
 /// Phase 2: an authenticated connection.
+#[allow(clippy::manual_async_fn)] // an `async` block on purpose: see `run_connection`
 fn serve(
     mut socket: Box<WebSocket>,
     state: &AppState,
