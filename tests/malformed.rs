@@ -24,8 +24,6 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// `limits.max_message_bytes` of the node under test.
@@ -33,139 +31,11 @@ const MAX_MESSAGE: usize = 16 * 1024;
 
 // Frames, encoded by hand (RFC 6455 section 5.2), come from
 // tests/common/raw_ws.rs, shared with tests/ws_conformance.rs.
+// A raw connection and its reads (`Raw`, `In`) too.
 use common::raw_ws::{
-    BINARY, CLOSE, CONTINUATION, MASK, PING, PONG, TEXT, auth_text, close_frame, encode, frame,
-    text, upgrade_request,
+    BINARY, CLOSE, CONTINUATION, In, MASK, PING, PONG, Raw, TEXT, auth_text, close_frame, describe,
+    encode, frame, text, upgrade_request,
 };
-
-// ---------------------------------------------------------------------------
-// A raw connection.
-
-struct Raw {
-    tcp: TcpStream,
-    buf: Vec<u8>,
-}
-
-/// What the server sent next.
-#[derive(Debug)]
-enum In {
-    Frame(u8, Vec<u8>),
-    /// The socket ended (EOF or reset) without a close frame.
-    Ended(&'static str),
-    Timeout,
-}
-
-impl Raw {
-    async fn tcp(addr: SocketAddr) -> Raw {
-        Raw {
-            tcp: TcpStream::connect(addr).await.expect("tcp connect"),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        // The server may already have closed: what it answered is checked next.
-        let _ = self.tcp.write_all(bytes).await;
-    }
-
-    /// Reads more bytes; `Err` on EOF, reset or the deadline.
-    async fn fill(&mut self, deadline: Instant) -> Result<(), In> {
-        match tokio::time::timeout_at(deadline, self.tcp.read_buf(&mut self.buf)).await {
-            Err(_) => Err(In::Timeout),
-            Ok(Ok(0)) => Err(In::Ended("EOF")),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(In::Ended("reset")),
-        }
-    }
-
-    /// The HTTP response head, or how the socket ended instead.
-    async fn http_head(&mut self) -> Result<String, In> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                self.buf.drain(..end + 4);
-                return Ok(head);
-            }
-            self.fill(deadline).await?;
-        }
-    }
-
-    /// The next frame from the server.
-    async fn next(&mut self) -> In {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some((len, opcode, payload)) = parse_frame(&self.buf) {
-                self.buf.drain(..len);
-                return In::Frame(opcode, payload);
-            }
-            if let Err(end) = self.fill(deadline).await {
-                return end;
-            }
-        }
-    }
-
-    /// The next frame that is not a ping or pong.
-    async fn next_data(&mut self) -> In {
-        loop {
-            match self.next().await {
-                In::Frame(PING | PONG, _) => continue,
-                other => return other,
-            }
-        }
-    }
-}
-
-/// One server frame (unmasked) from the start of `buf`: (bytes used, opcode, payload).
-fn parse_frame(buf: &[u8]) -> Option<(usize, u8, Vec<u8>)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let opcode = buf[0] & 0x0f;
-    let (len, mut at) = match buf[1] & 0x7f {
-        126 => (
-            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
-            4,
-        ),
-        127 => (
-            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
-            10,
-        ),
-        n => (n as usize, 2),
-    };
-    let mask: Option<[u8; 4]> = if buf[1] & 0x80 != 0 {
-        let m = buf.get(at..at + 4)?.try_into().ok()?;
-        at += 4;
-        Some(m)
-    } else {
-        None
-    };
-    let payload = buf.get(at..at + len)?;
-    let payload = match mask {
-        Some(m) => payload
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ m[i % 4])
-            .collect(),
-        None => payload.to_vec(),
-    };
-    Some((at + len, opcode, payload))
-}
-
-fn describe(incoming: &In) -> String {
-    match incoming {
-        In::Frame(CLOSE, p) if p.len() >= 2 => format!(
-            "close {} {:?}",
-            u16::from_be_bytes([p[0], p[1]]),
-            String::from_utf8_lossy(&p[2..])
-        ),
-        In::Frame(CLOSE, _) => "close without a code".into(),
-        In::Frame(TEXT, p) => format!("text {}", String::from_utf8_lossy(p)),
-        In::Frame(op, p) => format!("opcode {op:#x} with {} bytes", p.len()),
-        In::Ended(how) => format!("socket ended ({how}) without a close frame"),
-        In::Timeout => format!("nothing within {WAIT:?}"),
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The table.
@@ -918,7 +788,8 @@ async fn check(raw: &mut Raw, e: &Expect) -> Result<String, String> {
     };
     let seen = describe(&got);
     match (e, got) {
-        (Expect::Close(codes), In::Frame(CLOSE, p)) if p.len() >= 2 => {
+        (Expect::Close(codes), In::Frame(f)) if f.opcode() == CLOSE && f.payload.len() >= 2 => {
+            let p = f.payload;
             let code = u16::from_be_bytes([p[0], p[1]]);
             // Answer the close so the server need not linger.
             raw.write(&close_frame(code.clamp(1000, 4999), b"")).await;
@@ -928,14 +799,21 @@ async fn check(raw: &mut Raw, e: &Expect) -> Result<String, String> {
                 Err(format!("expected close {codes:?}, got {seen}"))
             }
         }
-        (Expect::Ends, In::Frame(CLOSE, _)) | (Expect::Ends, In::Ended(_)) => Ok(seen),
-        (Expect::Json(want), In::Frame(TEXT, p)) => match serde_json::from_slice::<Value>(&p) {
-            Ok(v) if v == *want => Ok(String::new()),
-            _ => Err(format!("expected {want}, got {seen}")),
-        },
-        (Expect::Text(want), In::Frame(TEXT, p)) if p == want.as_bytes() => Ok(String::new()),
-        (Expect::Error(code, id), In::Frame(TEXT, p)) => {
-            let v: Value = serde_json::from_slice(&p).unwrap_or_default();
+        (Expect::Ends, In::Frame(f)) if f.opcode() == CLOSE => Ok(seen),
+        (Expect::Ends, In::Ended(_)) => Ok(seen),
+        (Expect::Json(want), In::Frame(f)) if f.opcode() == TEXT => {
+            match serde_json::from_slice::<Value>(&f.payload) {
+                Ok(v) if v == *want => Ok(String::new()),
+                _ => Err(format!("expected {want}, got {seen}")),
+            }
+        }
+        (Expect::Text(want), In::Frame(f))
+            if f.opcode() == TEXT && f.payload == want.as_bytes() =>
+        {
+            Ok(String::new())
+        }
+        (Expect::Error(code, id), In::Frame(f)) if f.opcode() == TEXT => {
+            let v: Value = serde_json::from_slice(&f.payload).unwrap_or_default();
             let mut want = json!({"type": "error", "code": code});
             if !id.is_null() {
                 want["id"] = id.clone();
@@ -953,15 +831,17 @@ async fn check(raw: &mut Raw, e: &Expect) -> Result<String, String> {
                 Err(format!("expected error {code} with id {id}, got {seen}"))
             }
         }
-        (Expect::Welcome, In::Frame(TEXT, p)) => {
-            let v: Value = serde_json::from_slice(&p).unwrap_or_default();
+        (Expect::Welcome, In::Frame(f)) if f.opcode() == TEXT => {
+            let v: Value = serde_json::from_slice(&f.payload).unwrap_or_default();
             if v["type"] == "welcome" && v["user_id"] == "bad" {
                 Ok(String::new())
             } else {
                 Err(format!("expected welcome, got {seen}"))
             }
         }
-        (Expect::Pong(want), In::Frame(PONG, p)) if p == *want => Ok(String::new()),
+        (Expect::Pong(want), In::Frame(f)) if f.opcode() == PONG && f.payload == *want => {
+            Ok(String::new())
+        }
         (e, _) => Err(format!("expected {e:?}, got {seen}")),
     }
 }
