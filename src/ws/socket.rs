@@ -194,7 +194,8 @@ impl WebSocket {
                 if !f.fin {
                     return Ok(None);
                 }
-                let Partial { text, data } = *self.partial.take().unwrap_or_else(|| unreachable!());
+                let (text, data) = (partial.text, std::mem::take(&mut partial.data));
+                self.partial = None;
                 message(text, data.freeze()).map(Some)
             }
             // `decode` lets no other opcode through.
