@@ -21,7 +21,8 @@
 //!
 //! The node's parts:
 //! - [`auth`]: the `TokenStore` trait, its SQL stores, the JWT store (with
-//!   its JWKS cache) and the token caches.
+//!   its JWKS cache), the token caches, and the gatherer that sends
+//!   concurrent store lookups as one query.
 //! - `policy`: which groups a user may join or publish to.
 //! - [`subscribe_auth`]: `groups.authorize`, the backend's say on who joins
 //!   which group: the subscribe hook, its answer cache, subscription grants.

@@ -476,9 +476,5 @@ impl TokenCache {
 
 /// moka shares one lookup's error among the callers that waited for it.
 fn unshare(e: Arc<StoreError>) -> StoreError {
-    Arc::try_unwrap(e).unwrap_or_else(|shared| match &*shared {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Query(m) => StoreError::Query(m.clone()),
-        StoreError::Unsupported(s) => StoreError::Unsupported(s),
-    })
+    Arc::try_unwrap(e).unwrap_or_else(|shared| (*shared).clone())
 }

@@ -2,11 +2,13 @@
 //!
 //! A [`TokenStore`] answers "who owns this token?" from a database. The
 //! [`Authenticator`] is what sessions call; caches slot in front of the store
-//! there without the session or the stores knowing.
+//! there without the session or the stores knowing. Below the caches,
+//! [`batch::Batched`] gathers concurrent lookups into one store query.
 //!
 //! Tokens themselves ([`Token`], [`TokenDigest`], [`Credential`]) live in
 //! [`crate::token`]; they are re-exported here.
 
+pub mod batch;
 pub mod cache;
 pub mod django;
 mod jwks;
@@ -52,7 +54,8 @@ impl Identity {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Clone: one failed query answers every caller that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend did not answer (connection refused, timeout, pool closed).
     #[error("token store unavailable: {0}")]
@@ -78,6 +81,12 @@ pub trait TokenStore: Send + Sync + 'static {
             answers.push(self.verify(token).await?);
         }
         Ok(answers)
+    }
+    /// Whether [`TokenStore::verify_many`] asks one query per batch, so
+    /// that gathering concurrent lookups into it saves round trips
+    /// ([`batch::Batched`]).
+    fn batches(&self) -> bool {
+        false
     }
     /// Refuses the token from now on. Stores that read someone else's table
     /// record the digest in `wsgate_revocations`.

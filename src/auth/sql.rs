@@ -461,6 +461,10 @@ impl TokenStore for NativeStore {
         Ok(())
     }
 
+    fn batches(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "native"
     }
@@ -600,6 +604,12 @@ impl TokenStore for QueryStore {
 
     async fn revoke(&self, digest: &TokenDigest) -> Result<(), StoreError> {
         self.db.record_revocation(digest).await
+    }
+
+    /// The `django` preset is one query a batch; an arbitrary `auth.query`
+    /// is one query a token.
+    fn batches(&self) -> bool {
+        self.batch_prefix.is_some()
     }
 
     fn name(&self) -> &'static str {

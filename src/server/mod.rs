@@ -18,6 +18,7 @@ mod proxy_protocol;
 
 use crate::api::{ApiKeys, ApiShared, ApiState};
 use crate::auth::StoreError;
+use crate::auth::batch::{self, Batched};
 use crate::auth::cache::RedisTokenCache;
 use crate::auth::sql::{Backend, Db, store_for};
 use crate::auth::{Authenticator, TokenStore};
@@ -252,7 +253,10 @@ async fn open_store(config: &Config) -> Result<(Arc<dyn TokenStore>, bool), Star
         db.migrate().await?;
     }
     let on_postgres = db.backend == Backend::Postgres;
-    Ok((Arc::from(store_for(config, db)?), on_postgres))
+    let store: Arc<dyn TokenStore> = Arc::from(store_for(config, db)?);
+    // Concurrent lookups of uncached tokens share one query.
+    let store = Batched::wrap(store, batch::IN_FLIGHT, config.auth.timeout);
+    Ok((store, on_postgres))
 }
 
 /// The broker and the token caches, chosen by `redis.url`.
