@@ -367,9 +367,15 @@ impl Broker for RedisBroker {
                 }
             }
             slot.add(member);
-            inner.presence_add(group, &slot, member, count == 0).await;
             if count == 0 {
-                inner.occupancy_joined(group).await;
+                // Both on the command client, queued in this order: one
+                // write to Redis, not two round trips one after the other.
+                tokio::join!(
+                    inner.presence_add(group, &slot, member, true),
+                    inner.occupancy_joined(group)
+                );
+            } else {
+                inner.presence_add(group, &slot, member, false).await;
             }
             unsettled.settled();
             return Ok(());
@@ -397,8 +403,11 @@ impl Broker for RedisBroker {
                 unsettled.settled();
                 return Ok(());
             }
-            inner.presence_remove(group, &slot, None).await;
-            inner.occupancy_left(group).await;
+            // Queued together on the command client: one write.
+            tokio::join!(
+                inner.presence_remove(group, &slot, None),
+                inner.occupancy_left(group)
+            );
             if state.sub != Sub::None {
                 state.sub = Sub::Unknown;
                 let result = if inner.subscriber.is_connected() {
