@@ -7,9 +7,11 @@
 # with the machine, date, commit, exact command lines and results.
 #
 #   - one node, embedded mode (SQLite file in a temp dir, in-process broker);
-#   - two nodes over the machine's Redis (127.0.0.1:6379, a unique key
-#     prefix) with a throwaway PostgreSQL database (127.0.0.1:5432, user
-#     postgres) that is created here and dropped at the end;
+#   - one node, then two nodes, over the machine's Redis (127.0.0.1:6379, a
+#     unique key prefix) with a throwaway PostgreSQL database (127.0.0.1:5432,
+#     user postgres) that is created here and dropped at the end; the one
+#     node's rows are labelled redis1-<embedded name>, with the ratios
+#     Redis/embedded;
 #   - the many-groups shape at server.write_delay 0, 5 and 20 ms (coalescing);
 #   - when ../shared/peers/django_channels exists, the Django Channels peer
 #     (copied to target/bench-peer, throwaway database) for the same fan-out
@@ -286,6 +288,13 @@ FROM bench_tokens;
 SQL
 start_node r1 "$WSR1" "$APIR1" "$METR1" "${DB_ENV[@]}"
 R1_PID=$NODE_PID
+# One node with redis.url (issue 15, target 4: "the same node" on Redis),
+# the embedded section's command lines, rows redis1-<same name>.
+RN1=(--ws "ws://127.0.0.1:$WSR1/ws" --api "http://127.0.0.1:$APIR1" --tokens-file "$WORK/redis/tokens.txt"
+    "${KEYS[@]}" --server-pid "$R1_PID" --aux-pid "$REDIS_PID")
+bench redis1-fanout-1k-500 fanout "${RN1[@]}" --subscribers 1000 --rate 500 --inflight 64 --duration "$D" --drain "$DRAIN"
+bench redis1-fanout-10k-5 fanout "${RN1[@]}" --subscribers 10000 --rate 5 --duration "$D" --drain "$DRAIN"
+bench redis1-groups-10k groups "${RN1[@]}" --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
 start_node r2 "$WSR2" "$APIR2" "$METR2" "${DB_ENV[@]}"
 R2_PID=$NODE_PID
 R2=(--ws "ws://127.0.0.1:$WSR1/ws" --ws "ws://127.0.0.1:$WSR2/ws" --api "http://127.0.0.1:$APIR1"
@@ -435,8 +444,8 @@ OTHER_AVG=$(jq -s "[.[] | $OWN_DB | .machine.other_cores // 0] | (add / (length 
     echo
     echo "## Command lines"
     echo
-    echo "Nodes: embedded and idle = one node on SQLite with the in-process broker; r1, r2 = two"
-    echo "nodes on PostgreSQL and Redis; floor, floor-idle = wsgate-floor. Every wsgate node runs with \`${LIMIT_ENV[*]}\`: the per-IP"
+    echo "Nodes: embedded and idle = one node on SQLite with the in-process broker; r1 = one node on"
+    echo "PostgreSQL and Redis (rows redis1-*), then r1 and r2 = two such nodes; floor, floor-idle = wsgate-floor. Every wsgate node runs with \`${LIMIT_ENV[*]}\`: the per-IP"
     echo "limits are lifted because the generator plays thousands of clients from 4 addresses."
     echo "\`\$WORK\` is the run's private temp dir (tokens and the API key live in files there)."
     echo

@@ -421,19 +421,22 @@ fn peer_table(runs: &Runs) -> String {
     if any { out } else { String::new() }
 }
 
-/// Every `floor-<name>` run (scripts/bench.sh's floor section: wsgate-floor,
-/// issue 15) beside wsgate's run `<name>` of the same command line, with the
-/// ratios the issue states its targets in.
-fn floor_table(runs: &[Value], map: &Runs) -> String {
+/// Every `<prefix><name>` run beside the run `<name>` of the same command
+/// line, with the ratios `<prefix>` run / that run:
+/// - `floor-` (scripts/bench.sh's floor section: wsgate-floor, issue 15),
+///   the ratios the issue states its targets in are wsgate/floor, so the
+///   floor is the denominator: `ours_first` = true;
+/// - `redis1-` (one node with `redis.url`, issue 15 target 4): Redis over
+///   embedded, `ours_first` = false.
+fn beside_table(runs: &[Value], map: &Runs, prefix: &str, ours_first: bool) -> String {
     let mut out = String::new();
     for r in runs {
         let Some(label) = r["label"].as_str() else {
             continue;
         };
-        let Some(name) = label.strip_prefix("floor-") else {
+        let Some(name) = label.strip_prefix(prefix) else {
             continue;
         };
-        let ours = map.get(name);
         let cell = |r: &Value| {
             let mut s = format!(
                 "{} {}, p99 {}, {} CPU per op",
@@ -442,6 +445,9 @@ fn floor_table(runs: &[Value], map: &Runs) -> String {
                 ms(p99(r)),
                 us(cpu_per_op(r))
             );
+            if let Some(reached) = f(&r["published"]["rate_msgs_s"]) {
+                s.push_str(&format!(" ({} publishes/s reached)", fmt_int(reached)));
+            }
             if r["deliveries"].is_object() && missing(r) > 0 {
                 s.push_str(&format!(", missing {}", fmt_int(missing(r) as f64)));
             }
@@ -450,27 +456,39 @@ fn floor_table(runs: &[Value], map: &Runs) -> String {
             }
             s
         };
-        let (throughput, cpu) = match ours {
-            Some(a) => (
-                format!("{:.2}", rate(a) / rate(r).max(1e-9)),
-                match (cpu_per_op(a), cpu_per_op(r)) {
+        let (left, right) = match (map.get(name), ours_first) {
+            (Some(other), true) => (Some(other), Some(r)),
+            (Some(other), false) => (Some(r), Some(other)),
+            (None, true) => (None, Some(r)),
+            (None, false) => (Some(r), None),
+        };
+        let (throughput, cpu) = match (left, right) {
+            (Some(a), Some(b)) => (
+                format!("{:.2}", rate(a) / rate(b).max(1e-9)),
+                match (cpu_per_op(a), cpu_per_op(b)) {
                     (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
                     _ => "-".into(),
                 },
             ),
-            None => ("-".into(), "-".into()),
+            _ => ("-".into(), "-".into()),
         };
+        let show = |side: Option<&Value>| side.map(cell).unwrap_or("not in this run".into());
         out.push_str(&format!(
             "| {name} | {} | {} | {throughput} | {cpu} |\n",
-            ours.map(cell).unwrap_or("not in this run".into()),
-            cell(r),
+            show(left),
+            show(right),
         ));
     }
     if out.is_empty() {
         return out;
     }
+    let (a, b) = if ours_first {
+        ("wsgate", "floor")
+    } else {
+        ("Redis", "embedded")
+    };
     format!(
-        "| run | wsgate | floor | throughput wsgate/floor | server CPU per op wsgate/floor |\n|---|---|---|---|---|\n{out}"
+        "| run | {a} | {b} | throughput {a}/{b} | server CPU per op {a}/{b} |\n|---|---|---|---|---|\n{out}"
     )
 }
 
@@ -559,10 +577,17 @@ pub fn render(runs: &[Value]) -> String {
         out.push_str("\n## wsgate and the Django Channels peer, same run\n\n");
         out.push_str(&peer);
     }
-    let floor = floor_table(runs, &map);
+    let floor = beside_table(runs, &map, "floor-", true);
     if !floor.is_empty() {
         out.push_str("\n## wsgate and the floor (issue 15), same command lines\n\n");
         out.push_str(&floor);
+    }
+    let redis1 = beside_table(runs, &map, "redis1-", false);
+    if !redis1.is_empty() {
+        out.push_str(
+            "\n## One node on Redis and embedded (issue 15, target 4), same command lines\n\n",
+        );
+        out.push_str(&redis1);
     }
     let coalescing = coalescing_table(runs);
     if !coalescing.is_empty() {
@@ -642,5 +667,25 @@ mod tests {
         assert!(out.contains("| fanout-1k-max | 300,000 deliveries/s"));
         assert!(out.contains("| 0.50 | 3.00 |"), "{out}");
         assert!(out.contains("| connect-hit | not in this run |"));
+    }
+
+    #[test]
+    fn one_node_on_redis_beside_embedded() {
+        let runs = vec![
+            json!({"label": "groups-10k", "rate": 100000.0, "rate_unit": "deliveries/s",
+                   "server": {"cpu_us_per_delivery": 10.0}, "deliveries": {"missing": 0},
+                   "published": {"rate_msgs_s": 1000.0}}),
+            json!({"label": "redis1-groups-10k", "rate": 110000.0, "rate_unit": "deliveries/s",
+                   "server": {"cpu_us_per_delivery": 11.5}, "deliveries": {"missing": 0},
+                   "published": {"rate_msgs_s": 1100.0}}),
+        ];
+        let out = render(&runs);
+        assert!(out.contains("## One node on Redis and embedded"), "{out}");
+        assert!(out.contains("| throughput Redis/embedded | server CPU per op Redis/embedded |"));
+        assert!(
+            out.contains("| groups-10k | 110,000 deliveries/s, p99 -, 11.50 us CPU per op (1,100 publishes/s reached)"),
+            "{out}"
+        );
+        assert!(out.contains("| 1.10 | 1.15 |"), "{out}");
     }
 }
