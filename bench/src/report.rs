@@ -456,11 +456,11 @@ fn beside_table(runs: &[Value], map: &Runs, prefix: &str, ours_first: bool) -> S
             }
             s
         };
-        let (left, right) = match (map.get(name), ours_first) {
-            (Some(other), true) => (Some(other), Some(r)),
-            (Some(other), false) => (Some(r), Some(other)),
-            (None, true) => (None, Some(r)),
-            (None, false) => (Some(r), None),
+        let other = map.get(name);
+        let (left, right) = if ours_first {
+            (other, Some(r))
+        } else {
+            (Some(r), other)
         };
         let (throughput, cpu) = match (left, right) {
             (Some(a), Some(b)) => (
