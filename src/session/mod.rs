@@ -507,10 +507,22 @@ mod sizes {
         size_of::<F>()
     }
 
+    /// The same for two borrowed arguments (taken as `'static` here).
+    fn future_size2<A, B, F: Future>(_: fn(A, B) -> F) -> usize {
+        size_of::<F>()
+    }
+
     #[test]
     fn print_sizes() {
+        use crate::auth::{Authenticator, Token};
         let rows = [
             ("session future (run), the task's state", future_size(run)),
+            (
+                "token check (Authenticator::authenticate)",
+                future_size2::<&'static Authenticator, &'static Token, _>(
+                    Authenticator::authenticate,
+                ),
+            ),
             ("  + the socket, boxed by run", size_of::<WebSocket>()),
             ("ConnHandle (one Arc allocation)", size_of::<ConnHandle>()),
             ("  OutboundQueue", size_of::<OutboundQueue>()),
