@@ -365,10 +365,9 @@ impl TokenCache {
     ) -> Result<AuthAnswer, StoreError> {
         let started = Instant::now();
         let digest = token.digest();
-        // A hit is answered without building the lookup below. That future
-        // holds the Redis and store calls inline (kilobytes); built on every
-        // hit, it was copied several times over and dropped unpolled: the
-        // largest cost of a cached connect in an instruction profile.
+        // A hit is answered without building the lookup below: that future
+        // holds the Redis and store calls inline (kilobytes), and every
+        // caller wrapping this one would copy it (see `session::sizes`).
         let (fresh, mut looked) = match self.local.get(&digest).await {
             Some(looked) => (false, looked),
             None => {
