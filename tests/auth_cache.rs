@@ -278,6 +278,85 @@ async fn concurrent_authentications_share_one_lookup() {
     assert_eq!(requests(&metrics, "negative_hit"), (N - 1) as f64);
 }
 
+/// A caller that gives up mid-lookup (its session's `auth.timeout` on a
+/// starved node, its client gone) neither cancels the lookup for a caller
+/// still waiting on it nor leaves its own retry to query again: one store
+/// query in all. Before the lookup had its own task, dropping the first
+/// caller dropped the lookup and the next caller ran a second one (seen as
+/// more queries than tokens in `faults::reconnect_storm_after_drain_5000_clients`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_giving_up_does_not_cancel_the_lookup() {
+    let pg = Pg::create().await;
+    let client = redis_client(SHARED_REDIS).await;
+    let prefix = RedisPrefix::random();
+    let metrics = Arc::new(Metrics::new());
+    let store = pg.store(Duration::from_millis(500));
+    let auth = Arc::new(Authenticator::with_cache(
+        store.clone(),
+        redis_cache(&client, &prefix, &metrics),
+    ));
+
+    // Another caller joins while the first is waiting, then the first gives up.
+    let token = pg.issue("7").await;
+    let second = {
+        let (auth, token) = (auth.clone(), token.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            auth.authenticate(&token).await
+        })
+    };
+    let first = tokio::time::timeout(Duration::from_millis(150), auth.authenticate(&token)).await;
+    assert!(first.is_err(), "the first caller gave up mid-lookup");
+    let second = second.await.expect("task").expect("an answer");
+    assert_eq!(second.identity.map(|i| i.user_id).as_deref(), Some("7"));
+    assert_eq!(
+        user_of(&auth, &token).await,
+        (Some("7".into()), AuthSource::Local)
+    );
+    assert_eq!(
+        store.lookups(),
+        1,
+        "the waiting caller and the retry share one query"
+    );
+
+    // A caller alone gives up; its lookup still ends and answers the retry.
+    let token = pg.issue("8").await;
+    let alone = tokio::time::timeout(Duration::from_millis(150), auth.authenticate(&token)).await;
+    assert!(alone.is_err(), "the caller gave up mid-lookup");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        user_of(&auth, &token).await,
+        (Some("8".into()), AuthSource::Local)
+    );
+    assert_eq!(store.lookups(), 2, "one query per token");
+}
+
+/// A lookup that outlives its callers still ends: after the lookup timeout
+/// (`auth.timeout` in the server) every caller waiting on it is answered
+/// "unavailable", and that answer is not kept (the next caller asks again).
+#[tokio::test]
+async fn a_hung_lookup_ends_at_the_lookup_timeout() {
+    let pg = Pg::create().await;
+    let client = redis_client(SHARED_REDIS).await;
+    let prefix = RedisPrefix::random();
+    let metrics = Arc::new(Metrics::new());
+    let store = pg.store(Duration::from_secs(3600));
+    let auth = Authenticator::with_cache(store.clone(), redis_cache(&client, &prefix, &metrics))
+        .with_lookup_timeout(Duration::from_millis(300));
+    let token = pg.issue("9").await;
+    for lookups in 1..=2 {
+        // The outer timeout only keeps a broken build from hanging the suite.
+        let answer = tokio::time::timeout(Duration::from_secs(30), auth.authenticate(&token))
+            .await
+            .expect("the lookup timeout ends the lookup");
+        match answer {
+            Err(StoreError::Unavailable(reason)) => assert!(reason.contains("300ms"), "{reason}"),
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+        assert_eq!(store.lookups(), lookups, "an error is not cached");
+    }
+}
+
 #[tokio::test]
 async fn warm_redis_answers_while_postgres_is_down() {
     let pg = Pg::create().await;

@@ -7,10 +7,15 @@
 //! 1. **The local layer**, an in-process [moka] cache keyed by the token's
 //!    [`TokenDigest`]. It answers bursts (a reconnect storm after a deploy, a
 //!    client hammering one bad token) without a network round trip, and it is
-//!    where single-flight happens: moka's `or_try_insert_with` coalesces
-//!    concurrent calls for the same missing key into one evaluation of the
-//!    lookup, so N simultaneous authentications of one uncached token make one
-//!    Redis read and at most one store query, not N.
+//!    where single-flight happens: concurrent calls for the same missing
+//!    digest share one lookup, so N simultaneous authentications of one
+//!    uncached token make one Redis read and at most one store query, not N.
+//!    The lookup runs in its own task, bounded by the lookup timeout
+//!    (`auth.timeout`), and fills the local layer when it ends: a caller that
+//!    gives up (its client went away, or its own `auth.timeout` struck first
+//!    on a starved node) neither cancels it for the callers still waiting
+//!    nor makes the next caller start a second query, and the client's retry
+//!    finds the answer in-process.
 //! 2. **Redis** (`{prefix}auth:{sha256 hex}`), shared by every node: the value
 //!    is `u:<user id>` for a valid token (`e:<expiry ms>:<user id>` for one
 //!    that expires), kept `auth.cache_ttl`, or `-` for an
@@ -69,6 +74,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::types::config::Options;
@@ -86,9 +94,16 @@ pub const LOCAL_NEGATIVE_TTL: Duration = Duration::from_secs(2);
 /// Most digests the local layer holds (about 100 bytes each).
 const LOCAL_CAPACITY: u64 = 100_000;
 /// How long a forgotten digest is remembered beyond the local positive TTL:
-/// longer than any lookup can run (sessions give up after `auth.timeout`,
-/// and dropping the caller drops its lookup).
+/// longer than any lookup can run (each is given up after the lookup
+/// timeout, `auth.timeout`, at most a minute).
 const FORGET_SLACK: Duration = Duration::from_secs(60);
+/// The lookup timeout until [`TokenCache::set_lookup_timeout`] (the default
+/// `auth.timeout`).
+const DEFAULT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most lookups of different digests in flight on a node: past it an
+/// authentication is answered "unavailable" (1013) instead of adding a task.
+/// Sessions are bounded by `limits.max_pending` long before this in practice.
+pub const MAX_LOOKUPS_IN_FLIGHT: usize = 16_384;
 
 /// The Redis value of an invalid (unknown or revoked) token.
 const NEGATIVE: &str = "-";
@@ -313,12 +328,19 @@ impl Expiry<TokenDigest, Looked> for LocalExpiry {
 /// [`Authenticator`]: super::Authenticator
 pub(crate) struct TokenCache {
     local: Cache<TokenDigest, Looked>,
-    redis: Option<RedisTokenCache>,
+    redis: Option<Arc<RedisTokenCache>>,
+    /// Lookups in flight, by digest: what a caller for a missing digest
+    /// waits on. Each removes itself when it ends.
+    in_flight: Arc<Mutex<HashMap<TokenDigest, Pending>>>,
+    lookup_timeout: Duration,
     /// Digests forgotten on this node, and when.
     forgotten: Mutex<HashMap<TokenDigest, Instant>>,
     forget_retention: Duration,
     metrics: Arc<Metrics>,
 }
+
+/// One lookup in flight, shared by every caller that waits for it.
+type Pending = Shared<BoxFuture<'static, Result<Looked, StoreError>>>;
 
 impl TokenCache {
     /// The local layer alone (embedded mode).
@@ -351,36 +373,37 @@ impl TokenCache {
             .build();
         TokenCache {
             local,
-            redis,
+            redis: redis.map(Arc::new),
+            in_flight: Arc::default(),
+            lookup_timeout: DEFAULT_LOOKUP_TIMEOUT,
             forgotten: Mutex::new(HashMap::new()),
             forget_retention: positive + FORGET_SLACK,
             metrics,
         }
     }
 
+    /// Bounds each lookup below the local layer (Redis, then the store);
+    /// the composition root sets `auth.timeout`.
+    pub(crate) fn set_lookup_timeout(&mut self, timeout: Duration) {
+        self.lookup_timeout = timeout;
+    }
+
     pub(crate) async fn authenticate(
         &self,
-        store: &dyn TokenStore,
+        store: &Arc<dyn TokenStore>,
         token: &Token,
     ) -> Result<AuthAnswer, StoreError> {
         let started = Instant::now();
         let digest = token.digest();
-        // A hit is answered without building the lookup below: that future
-        // holds the Redis and store calls inline (kilobytes), and every
-        // caller wrapping this one would copy it (see `session::sizes`).
-        let (fresh, mut looked) = match self.local.get(&digest).await {
-            Some(looked) => (false, looked),
-            None => {
-                // Single-flight: concurrent callers for a missing digest wait
-                // for the one lookup in flight; `is_fresh` tells the caller
-                // that ran it. Boxed: it stays put while it waits.
-                let entry = self
-                    .local
-                    .entry(digest)
-                    .or_try_insert_with(Box::pin(self.lookup(store, token, &digest)))
-                    .await
-                    .map_err(unshare)?;
-                (entry.is_fresh(), entry.into_value())
+        let (fresh, mut looked) = loop {
+            // A hit is answered without touching the lookup machinery below.
+            if let Some(looked) = self.local.get(&digest).await {
+                break (false, looked);
+            }
+            match self.join_or_start(store, token, digest)? {
+                Some((fresh, pending)) => break (fresh, pending.await?),
+                // Answered between the `get` and the lock: read it.
+                None => continue,
             }
         };
         let mut source = if fresh {
@@ -390,8 +413,19 @@ impl TokenCache {
         };
         if looked.identity.is_some() && self.forgotten_since(&digest, looked.fetched) {
             // A lookup that was in flight when this node forgot the digest:
-            // ask again rather than trust it.
-            looked = Box::pin(self.lookup(store, token, &digest)).await?;
+            // ask again rather than trust it. Boxed: the lookup holds the
+            // Redis and store calls inline, and this future stays small.
+            looked = tokio::time::timeout(
+                self.lookup_timeout,
+                Box::pin(lookup(
+                    self.redis.as_deref(),
+                    store.as_ref(),
+                    token,
+                    &digest,
+                )),
+            )
+            .await
+            .unwrap_or_else(|_| Err(lookup_timed_out(self.lookup_timeout)))?;
             source = looked.source;
             self.local.insert(digest, looked.clone()).await;
         }
@@ -408,52 +442,52 @@ impl TokenCache {
         })
     }
 
-    /// Below the local layer: Redis, then the store (written back to Redis).
-    async fn lookup(
+    /// The lookup in flight for `digest`, or a new one (`fresh`); `None`
+    /// when the local layer has the answer after all.
+    fn join_or_start(
         &self,
-        store: &dyn TokenStore,
+        store: &Arc<dyn TokenStore>,
         token: &Token,
-        digest: &TokenDigest,
-    ) -> Result<Looked, StoreError> {
-        let fetched = Instant::now();
-        let answer = |identity, source| Looked {
-            identity,
-            source,
-            fetched,
-        };
-        let mut write_back = self.redis.is_some();
-        let mut overwrite = false;
-        if let Some(redis) = &self.redis {
-            match redis.get(digest).await {
-                Ok(Some(Cached::Valid(identity))) => {
-                    return Ok(answer(Some(identity), AuthSource::Redis));
-                }
-                Ok(Some(Cached::Invalid)) => return Ok(answer(None, AuthSource::Redis)),
-                Ok(None) => {}
-                Err(CacheError::Corrupt) => {
-                    tracing::warn!(digest = ?digest, "unreadable auth cache entry replaced");
-                    overwrite = true;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "auth cache read failed; asking the store");
-                    // Redis is failing: do not wait on it a second time.
-                    write_back = false;
-                }
-            }
+        digest: TokenDigest,
+    ) -> Result<Option<(bool, Pending)>, StoreError> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pending) = in_flight.get(&digest) {
+            return Ok(Some((false, pending.clone())));
         }
-        let identity = store.verify(token).await?;
-        if let (true, Some(redis)) = (write_back, &self.redis)
-            && let Err(e) = redis.put(digest, identity.as_ref(), overwrite).await
-        {
-            tracing::warn!(error = %e, "auth cache write failed");
+        // A lookup puts its answer in the local layer before it leaves
+        // `in_flight`, so under the lock this sees one that ended since the
+        // caller's `get`.
+        if self.local.contains_key(&digest) {
+            return Ok(None);
         }
-        Ok(answer(identity, AuthSource::Database))
+        if in_flight.len() >= MAX_LOOKUPS_IN_FLIGHT {
+            return Err(StoreError::Unavailable(format!(
+                "{MAX_LOOKUPS_IN_FLIGHT} token lookups already in flight"
+            )));
+        }
+        let task = tokio::spawn(run_lookup(
+            self.redis.clone(),
+            store.clone(),
+            token.clone(),
+            digest,
+            self.local.clone(),
+            self.in_flight.clone(),
+            self.lookup_timeout,
+        ));
+        let pending = async move {
+            task.await
+                .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("token lookup: {e}"))))
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(digest, pending.clone());
+        Ok(Some((true, pending)))
     }
 
     /// Forgets `digest` in Redis (tombstone) and on this node. The local
     /// layer forgets it even when Redis fails.
     pub(crate) async fn forget(&self, digest: &TokenDigest) -> Result<(), CacheError> {
-        let shared = match &self.redis {
+        let shared = match self.redis.as_deref() {
             Some(redis) => redis.forget(digest).await,
             None => Ok(()),
         };
@@ -482,7 +516,76 @@ impl TokenCache {
     }
 }
 
-/// moka shares one lookup's error among the callers that waited for it.
-fn unshare(e: Arc<StoreError>) -> StoreError {
-    Arc::try_unwrap(e).unwrap_or_else(|shared| (*shared).clone())
+/// One lookup in its own task: it outlives the caller that started it, ends
+/// within `timeout`, puts a valid or invalid answer in the local layer (an
+/// error is not kept), then leaves `in_flight`.
+async fn run_lookup(
+    redis: Option<Arc<RedisTokenCache>>,
+    store: Arc<dyn TokenStore>,
+    token: Token,
+    digest: TokenDigest,
+    local: Cache<TokenDigest, Looked>,
+    in_flight: Arc<Mutex<HashMap<TokenDigest, Pending>>>,
+    timeout: Duration,
+) -> Result<Looked, StoreError> {
+    let looked = tokio::time::timeout(
+        timeout,
+        lookup(redis.as_deref(), store.as_ref(), &token, &digest),
+    )
+    .await
+    .unwrap_or_else(|_| Err(lookup_timed_out(timeout)));
+    if let Ok(looked) = &looked {
+        local.insert(digest, looked.clone()).await;
+    }
+    in_flight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&digest);
+    looked
+}
+
+fn lookup_timed_out(timeout: Duration) -> StoreError {
+    StoreError::Unavailable(format!("token lookup gave no answer within {timeout:?}"))
+}
+
+/// Below the local layer: Redis, then the store (written back to Redis).
+async fn lookup(
+    redis: Option<&RedisTokenCache>,
+    store: &dyn TokenStore,
+    token: &Token,
+    digest: &TokenDigest,
+) -> Result<Looked, StoreError> {
+    let fetched = Instant::now();
+    let answer = |identity, source| Looked {
+        identity,
+        source,
+        fetched,
+    };
+    let mut write_back = redis.is_some();
+    let mut overwrite = false;
+    if let Some(redis) = redis {
+        match redis.get(digest).await {
+            Ok(Some(Cached::Valid(identity))) => {
+                return Ok(answer(Some(identity), AuthSource::Redis));
+            }
+            Ok(Some(Cached::Invalid)) => return Ok(answer(None, AuthSource::Redis)),
+            Ok(None) => {}
+            Err(CacheError::Corrupt) => {
+                tracing::warn!(digest = ?digest, "unreadable auth cache entry replaced");
+                overwrite = true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "auth cache read failed; asking the store");
+                // Redis is failing: do not wait on it a second time.
+                write_back = false;
+            }
+        }
+    }
+    let identity = store.verify(token).await?;
+    if let (true, Some(redis)) = (write_back, redis)
+        && let Err(e) = redis.put(digest, identity.as_ref(), overwrite).await
+    {
+        tracing::warn!(error = %e, "auth cache write failed");
+    }
+    Ok(answer(identity, AuthSource::Database))
 }

@@ -149,10 +149,22 @@ impl Authenticator {
         }
     }
 
+    /// Bounds each cache-miss lookup (Redis, then the store) to `timeout`
+    /// (`auth.timeout`). Such a lookup runs in its own task, so that a
+    /// caller giving up does not cancel it for others waiting on the same
+    /// token; this is what ends it. Without a cache there is no such task,
+    /// and the caller's own deadline bounds the query.
+    pub fn with_lookup_timeout(mut self, timeout: Duration) -> Authenticator {
+        if let Some(cache) = &mut self.cache {
+            cache.set_lookup_timeout(timeout);
+        }
+        self
+    }
+
     /// Who owns `token`. `Err` only when no layer could answer.
     pub async fn authenticate(&self, token: &Token) -> Result<AuthAnswer, StoreError> {
         if let Some(cache) = &self.cache {
-            return cache.authenticate(self.store.as_ref(), token).await;
+            return cache.authenticate(&self.store, token).await;
         }
         let started = Instant::now();
         let identity = self.store.verify(token).await?;

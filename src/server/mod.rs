@@ -286,7 +286,8 @@ async fn connect_backends(
             config.auth.cache_ttl,
             config.auth.negative_ttl,
             metrics.clone(),
-        );
+        )
+        .with_lookup_timeout(config.auth.timeout);
         return Ok(Backends {
             broker: Arc::new({
                 let broker = MemoryBroker::with_history(history).with_snapshots(snapshots);
@@ -325,7 +326,9 @@ async fn connect_backends(
     );
     Ok(Backends {
         broker,
-        auth: Arc::new(Authenticator::with_cache(store, cache)),
+        auth: Arc::new(
+            Authenticator::with_cache(store, cache).with_lookup_timeout(config.auth.timeout),
+        ),
         cache_client: Some(client),
         idempotency: Arc::new(idempotency),
     })
@@ -407,7 +410,8 @@ pub async fn revoker(config: &Config) -> Result<(Authenticator, Option<RedisCont
         .await
         .map_err(|e| redis_error(&e))?;
     let (cache, _client) = token_cache(config, Arc::new(Metrics::new())).await?;
-    Ok((Authenticator::with_cache(store, cache), Some(control)))
+    let auth = Authenticator::with_cache(store, cache).with_lookup_timeout(config.auth.timeout);
+    Ok((auth, Some(control)))
 }
 
 /// The Redis token cache, and its client (to close at the end of a drain).
