@@ -426,8 +426,7 @@ async fn serve_loop(
                     let room = MAX_BATCH - batch.len();
                     conn.queue.take_ready(&mut batch, room);
                 }
-                let written = write_batch(socket, state, &mut batch);
-                if let Err(end) = Box::pin(bounded_write(conn, pong_timeout, written)).await {
+                if let Err(end) = write_batch(socket, state, conn, pong_timeout, &mut batch).await {
                     return end;
                 }
             }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Sleep;
 
-use super::{CLOSE_LINGER, End, MAX_BATCH};
+use super::{CLOSE_LINGER, End};
 use crate::clock::unix_micros;
 use crate::hub::{ConnHandle, Outbound};
 use crate::protocol::{CloseCode, Frame};
@@ -16,37 +16,33 @@ use crate::state::AppState;
 use crate::ws::frame::Violation;
 use crate::ws::{self, WebSocket};
 
-/// Writes queued frames with one flush, then counts them.
+/// Writes a batch taken from the outbound queue, then counts it. The write
+/// is tried at once and nearly always done then; only what the socket did
+/// not take waits, under `bounded_write` (boxed, so that the waiting state
+/// is allocated only while a write waits).
 pub(super) async fn write_batch(
     socket: &mut WebSocket,
     state: &AppState,
+    conn: &ConnHandle,
+    limit: Duration,
     batch: &mut Vec<Outbound>,
 ) -> Result<(), End> {
-    let n = batch.len() as u64;
-    // Publish times, kept here rather than in a new `Vec` per write (a
-    // batch holds at most `MAX_BATCH` frames).
-    let mut published = [0u64; MAX_BATCH];
-    let mut timed = 0;
-    for out in batch.drain(..) {
-        if let Some(us) = out.published_us
-            && timed < MAX_BATCH
-        {
-            published[timed] = us;
-            timed += 1;
-        }
-        socket.queue(out.frame.into_wire());
-    }
-    if socket.flush().await.is_err() {
-        return Err(End::ClientGone(1006));
+    let all = socket
+        .write_or_queue(batch, |out| out.frame.wire())
+        .map_err(|_| End::ClientGone(1006))?;
+    if !all {
+        let flushed = async { socket.flush().await.map_err(|_| End::ClientGone(1006)) };
+        Box::pin(bounded_write(conn, limit, flushed)).await?;
     }
     let metrics = &state.metrics;
-    metrics.messages_delivered.inc_by(n);
-    if timed > 0 {
-        let now = unix_micros();
-        for us in &published[..timed] {
+    metrics.messages_delivered.inc_by(batch.len() as u64);
+    let mut now = None;
+    for out in batch.drain(..) {
+        if let Some(us) = out.published_us {
+            let now = *now.get_or_insert_with(unix_micros);
             metrics
                 .delivery_latency
-                .observe(now.saturating_sub(*us) as f64 / 1e6);
+                .observe(now.saturating_sub(us) as f64 / 1e6);
         }
     }
     Ok(())
