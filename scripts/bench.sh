@@ -19,8 +19,9 @@
 #   - the floor of issue 15 (wsgate-floor, from the bench crate: tokio, one
 #     pre-encoded frame per broadcast, one write per wake-up, no database, no
 #     Redis) for the embedded node's scenario command lines, rows labelled
-#     floor-<same name>, with the ratios wsgate/floor. --only takes a comma
-#     list, so --only embedded,floor measures both sides in one run.
+#     floor-<same name>, with the ratios wsgate/floor, and the coalescing
+#     section's write_delay-0 rates (floor-groups-wd0ms-r*). --only takes a
+#     comma list, so --only embedded,coalescing,floor measures both sides.
 #
 # It also writes the per-node figures scripts/capacity reads (CPU per delivery,
 # memory per socket, CPU per authentication, ...; each with its source row) to
@@ -383,6 +384,13 @@ if want floor; then
     bench floor-fanout-10k-5 fanout "${NF[@]}" --subscribers 10000 --rate 5 --duration "$D" --drain "$DRAIN"
     bench floor-fanout-10k-max fanout "${NF[@]}" --subscribers 10000 --rate 0 --window 8 --inflight 4 --duration "$D" --drain "$DRAIN"
     bench floor-groups-10k groups "${NF[@]}" --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
+    # The market-data shape at the coalescing section's offered rates (its
+    # write_delay 0 rows), for target 6: past the knee, wsgate's reached
+    # rate against the floor's. 5,000 offered is floor-groups-10k above.
+    for rate in 1000 2000 3000; do
+        bench "floor-groups-wd0ms-r$rate" groups "${NF[@]}" --sockets 10000 --groups 1000 --per-socket 10 \
+            --rate "$rate" --inflight 128 --duration "$D" --drain "$DRAIN"
+    done
     bench floor-connect-hit connect "${NF[@]}" --mode hit --duration "$D" --concurrency 64
     stop_pid "$FLOOR_PID"
     # Idle sockets on a fresh floor, as for wsgate.
