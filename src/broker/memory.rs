@@ -1,19 +1,6 @@
-//! The in-process broker: single-node mode, no Redis.
-//!
-//! A publication of a plain group (no history, no snapshot) is queued for
-//! one delivery task, which hands everything queued since it last ran to
-//! this node's handler as one burst, after yielding once to the scheduler.
-//! Why: delivering inline woke a group's sockets for each publish, each
-//! wrote its one frame, and under load that made 0.52 `writev`s per
-//! delivery where the Redis broker's reader, which delivers what one socket
-//! read brought, made 0.29 (several frames per write). Waiting one
-//! scheduler round lets a busy node's publishes gather the same way; an
-//! idle node loses microseconds. Per group the order is the publish order
-//! (one queue, one task); `publish` returns before delivery, as on Redis.
-//! Past [`MAX_PENDING`] queued, the publisher delivers the queue itself.
-//!
-//! History and snapshot groups are numbered and delivered inline, under the
-//! lock that numbers them, so offsets reach sockets in order.
+//! The in-process broker: single-node mode, no Redis. A publish is handed
+//! straight to this node's handler, so it is delivered before `publish`
+//! returns (in order, per publisher).
 //!
 //! History for single-node mode is kept here too: per group, the last
 //! `history.size` publications with their offsets, dropped `history.ttl`
@@ -57,82 +44,6 @@ pub struct MemoryBroker {
     /// Held while a snapshot publication is numbered, kept and handed to
     /// the handler, so sequences are delivered in order whoever publishes.
     latest_order: Mutex<()>,
-    /// Plain publications for the delivery task; set once it runs (not
-    /// outside a runtime: then they are delivered inline).
-    pending: OnceLock<Arc<Pending>>,
-}
-
-/// Most plain publications queued for the delivery task.
-pub const MAX_PENDING: usize = 65_536;
-
-/// What the delivery task takes from.
-#[derive(Default)]
-struct Pending {
-    queue: Mutex<Vec<Publication>>,
-    ready: tokio::sync::Notify,
-    /// Held while a burst is handed to the handler: a publisher that finds
-    /// the queue full delivers it under this too, so bursts never overlap.
-    delivering: Mutex<()>,
-    /// The broker is gone: the task ends.
-    closed: std::sync::atomic::AtomicBool,
-}
-
-impl Pending {
-    /// Queues `p`; when the queue is full, delivers it and `p` at once.
-    fn push(&self, handler: &Arc<dyn BrokerHandler>, p: Publication) {
-        let mut queue = lock(&self.queue);
-        if queue.len() < MAX_PENDING {
-            queue.push(p);
-            if queue.len() == 1 {
-                self.ready.notify_one();
-            }
-            return;
-        }
-        queue.push(p);
-        drop(queue);
-        self.deliver(handler, &mut Vec::new());
-    }
-
-    /// Hands everything queued to `handler` as one burst (`burst` is the
-    /// reused storage).
-    fn deliver(&self, handler: &Arc<dyn BrokerHandler>, burst: &mut Vec<Publication>) {
-        let _one_at_a_time = lock(&self.delivering);
-        std::mem::swap(burst, &mut *lock(&self.queue));
-        if burst.is_empty() {
-            return;
-        }
-        handler.in_burst(&mut || {
-            for p in burst.drain(..) {
-                handler.on_publication(p);
-            }
-        });
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The delivery task (see the module doc).
-async fn deliver_pending(pending: Arc<Pending>, handler: Arc<dyn BrokerHandler>) {
-    let mut burst = Vec::new();
-    while !pending.closed.load(std::sync::atomic::Ordering::Acquire) {
-        pending.ready.notified().await;
-        // One scheduler round: what other tasks publish meanwhile joins.
-        tokio::task::yield_now().await;
-        pending.deliver(&handler, &mut burst);
-    }
-}
-
-impl Drop for MemoryBroker {
-    fn drop(&mut self) {
-        if let Some(pending) = self.pending.get() {
-            pending
-                .closed
-                .store(true, std::sync::atomic::Ordering::Release);
-            pending.ready.notify_one();
-        }
-    }
 }
 
 fn latest_cache(policy: &SnapshotPolicy) -> moka::sync::Cache<String, Publication> {
@@ -201,7 +112,6 @@ impl MemoryBroker {
             latest: latest_cache(&SnapshotPolicy::off()),
             snapshots: SnapshotPolicy::off(),
             latest_order: Mutex::new(()),
-            pending: OnceLock::new(),
         }
     }
 
@@ -306,8 +216,6 @@ impl Broker for MemoryBroker {
                 if !self.policy.applies(&p.group) {
                     if self.snapshots.applies(&p.group) {
                         self.publish_snapshot(handler, p);
-                    } else if let Some(pending) = self.pending.get() {
-                        pending.push(handler, p);
                     } else {
                         handler.on_publication(p);
                     }
@@ -355,24 +263,11 @@ impl Broker for MemoryBroker {
     }
 
     fn attach(&self, handler: Arc<dyn BrokerHandler>) {
-        if self.handler.set(handler.clone()).is_ok()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let pending = Arc::new(Pending::default());
-            runtime.spawn(deliver_pending(pending.clone(), handler));
-            let _ = self.pending.set(pending);
-        }
+        let _ = self.handler.set(handler);
     }
 
     async fn shutdown(&self) {
-        // Nothing to leave: this process is the whole cluster. What is
-        // queued is delivered, and the delivery task ends.
-        if let Some(pending) = self.pending.get() {
-            pending
-                .closed
-                .store(true, std::sync::atomic::Ordering::Release);
-            pending.ready.notify_one();
-        }
+        // Nothing to leave or close: this process is the whole cluster.
     }
 }
 
@@ -462,103 +357,5 @@ impl Occupancy for MemoryBroker {
 
     fn occupancy_events(&self) -> Option<tokio::sync::broadcast::Receiver<OccupancyEvent>> {
         self.occupancy.as_ref().map(|o| o.emitter().subscribe())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::value::RawValue;
-
-    /// Records what it is handed, and how many bursts.
-    #[derive(Default)]
-    struct Recorder {
-        got: Mutex<Vec<(String, u64)>>,
-        bursts: std::sync::atomic::AtomicUsize,
-    }
-
-    impl BrokerHandler for Recorder {
-        fn on_publication(&self, p: Publication) {
-            let n = p.data.get().parse().unwrap();
-            lock(&self.got).push((p.group, n));
-        }
-        fn in_burst(&self, deliver: &mut dyn FnMut()) {
-            self.bursts
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            deliver()
-        }
-        fn on_control(&self, _: Control) {}
-        fn local_presence(&self, _: &str) -> Vec<Member> {
-            Vec::new()
-        }
-        fn local_node(&self) -> NodeInfo {
-            NodeInfo {
-                node: "n".into(),
-                connections: 0,
-                last_seen_ms: 0,
-            }
-        }
-    }
-
-    fn publication(group: &str, n: u64) -> Publication {
-        Publication {
-            group: group.into(),
-            data: RawValue::from_string(n.to_string()).unwrap(),
-            position: None,
-            ts: None,
-            trace: None,
-            seq: None,
-        }
-    }
-
-    /// Publishes `count` single publications round-robin over three
-    /// groups without yielding, then lets the delivery task run.
-    async fn publish_all(count: u64) -> (Arc<Recorder>, usize) {
-        let broker = MemoryBroker::new();
-        let recorder = Arc::new(Recorder::default());
-        broker.attach(recorder.clone());
-        for n in 0..count {
-            let group = ["a", "b", "c"][(n % 3) as usize];
-            broker.publish(vec![publication(group, n)]).await.unwrap();
-        }
-        let publish_bursts = count as usize; // one `in_burst` per publish call
-        while lock(&recorder.got).len() < count as usize {
-            tokio::task::yield_now().await;
-        }
-        (recorder, publish_bursts)
-    }
-
-    fn in_publish_order(recorder: &Recorder) {
-        let got = lock(&recorder.got);
-        for group in ["a", "b", "c"] {
-            let ns: Vec<u64> = got
-                .iter()
-                .filter(|(g, _)| g == group)
-                .map(|(_, n)| *n)
-                .collect();
-            assert!(ns.windows(2).all(|w| w[0] < w[1]), "group {group} in order");
-        }
-    }
-
-    /// What is published while the delivery task waits reaches the handler
-    /// as one burst, each group in publish order.
-    #[tokio::test(flavor = "current_thread")]
-    async fn publications_gather_into_one_burst_in_order() {
-        let (recorder, publish_bursts) = publish_all(1_000).await;
-        in_publish_order(&recorder);
-        let bursts = recorder.bursts.load(std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(bursts - publish_bursts, 1, "one delivery burst for all");
-    }
-
-    /// Past `MAX_PENDING` queued the publisher delivers the queue itself,
-    /// and nothing is reordered or lost on the way.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_full_queue_is_delivered_by_the_publisher_in_order() {
-        let count = MAX_PENDING as u64 + 10;
-        let (recorder, publish_bursts) = publish_all(count).await;
-        assert_eq!(lock(&recorder.got).len(), count as usize);
-        in_publish_order(&recorder);
-        let bursts = recorder.bursts.load(std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(bursts - publish_bursts, 2, "the publisher's and the task's");
     }
 }
