@@ -134,6 +134,33 @@ fn redis_cache(client: &Client, prefix: &str, metrics: &Arc<Metrics>) -> RedisTo
     )
 }
 
+/// A counted store slowed by `delay`, behind the local layer and the shared
+/// Redis under a fresh prefix, each lookup given up after `lookup_timeout`.
+struct Layered {
+    pg: Pg,
+    store: Arc<Counting>,
+    metrics: Arc<Metrics>,
+    auth: Arc<Authenticator>,
+    _prefix: RedisPrefix,
+}
+
+async fn layered(delay: Duration, lookup_timeout: Duration) -> Layered {
+    let pg = Pg::create().await;
+    let client = redis_client(SHARED_REDIS).await;
+    let prefix = RedisPrefix::random();
+    let metrics = Arc::new(Metrics::new());
+    let store = pg.store(delay);
+    let auth = Authenticator::with_cache(store.clone(), redis_cache(&client, &prefix, &metrics))
+        .with_lookup_timeout(lookup_timeout);
+    Layered {
+        pg,
+        store,
+        metrics,
+        auth: Arc::new(auth),
+        _prefix: prefix,
+    }
+}
+
 fn metric(metrics: &Metrics, series: &str) -> f64 {
     common::metric_value(&metrics.render(), series)
 }
@@ -240,16 +267,14 @@ async fn miss_hit_and_negative_paths_are_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_authentications_share_one_lookup() {
     const N: usize = 200;
-    let pg = Pg::create().await;
-    let client = redis_client(SHARED_REDIS).await;
-    let prefix = RedisPrefix::random();
-    let metrics = Arc::new(Metrics::new());
     // A slow store, so every caller arrives while the lookup is in flight.
-    let store = pg.store(Duration::from_millis(200));
-    let auth = Arc::new(Authenticator::with_cache(
-        store.clone(),
-        redis_cache(&client, &prefix, &metrics),
-    ));
+    let Layered {
+        pg,
+        store,
+        metrics,
+        auth,
+        _prefix,
+    } = layered(Duration::from_millis(200), Duration::from_secs(5)).await;
 
     for (token, expected) in [
         (pg.issue("7").await, Some("7".to_string())),
@@ -286,15 +311,13 @@ async fn concurrent_authentications_share_one_lookup() {
 /// more queries than tokens in `faults::reconnect_storm_after_drain_5000_clients`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_giving_up_does_not_cancel_the_lookup() {
-    let pg = Pg::create().await;
-    let client = redis_client(SHARED_REDIS).await;
-    let prefix = RedisPrefix::random();
-    let metrics = Arc::new(Metrics::new());
-    let store = pg.store(Duration::from_millis(500));
-    let auth = Arc::new(Authenticator::with_cache(
-        store.clone(),
-        redis_cache(&client, &prefix, &metrics),
-    ));
+    let Layered {
+        pg,
+        store,
+        auth,
+        _prefix,
+        ..
+    } = layered(Duration::from_millis(500), Duration::from_secs(5)).await;
 
     // Another caller joins while the first is waiting, then the first gives up.
     let token = pg.issue("7").await;
@@ -336,13 +359,13 @@ async fn a_caller_giving_up_does_not_cancel_the_lookup() {
 /// "unavailable", and that answer is not kept (the next caller asks again).
 #[tokio::test]
 async fn a_hung_lookup_ends_at_the_lookup_timeout() {
-    let pg = Pg::create().await;
-    let client = redis_client(SHARED_REDIS).await;
-    let prefix = RedisPrefix::random();
-    let metrics = Arc::new(Metrics::new());
-    let store = pg.store(Duration::from_secs(3600));
-    let auth = Authenticator::with_cache(store.clone(), redis_cache(&client, &prefix, &metrics))
-        .with_lookup_timeout(Duration::from_millis(300));
+    let Layered {
+        pg,
+        store,
+        auth,
+        _prefix,
+        ..
+    } = layered(Duration::from_secs(3600), Duration::from_millis(300)).await;
     let token = pg.issue("9").await;
     for lookups in 1..=2 {
         // The outer timeout only keeps a broken build from hanging the suite.

@@ -415,17 +415,14 @@ impl TokenCache {
             // A lookup that was in flight when this node forgot the digest:
             // ask again rather than trust it. Boxed: the lookup holds the
             // Redis and store calls inline, and this future stays small.
-            looked = tokio::time::timeout(
+            looked = Box::pin(bounded_lookup(
+                self.redis.as_deref(),
+                store.as_ref(),
+                token,
+                &digest,
                 self.lookup_timeout,
-                Box::pin(lookup(
-                    self.redis.as_deref(),
-                    store.as_ref(),
-                    token,
-                    &digest,
-                )),
-            )
-            .await
-            .unwrap_or_else(|_| Err(lookup_timed_out(self.lookup_timeout)))?;
+            ))
+            .await?;
             source = looked.source;
             self.local.insert(digest, looked.clone()).await;
         }
@@ -528,12 +525,7 @@ async fn run_lookup(
     in_flight: Arc<Mutex<HashMap<TokenDigest, Pending>>>,
     timeout: Duration,
 ) -> Result<Looked, StoreError> {
-    let looked = tokio::time::timeout(
-        timeout,
-        lookup(redis.as_deref(), store.as_ref(), &token, &digest),
-    )
-    .await
-    .unwrap_or_else(|_| Err(lookup_timed_out(timeout)));
+    let looked = bounded_lookup(redis.as_deref(), store.as_ref(), &token, &digest, timeout).await;
     if let Ok(looked) = &looked {
         local.insert(digest, looked.clone()).await;
     }
@@ -544,8 +536,21 @@ async fn run_lookup(
     looked
 }
 
-fn lookup_timed_out(timeout: Duration) -> StoreError {
-    StoreError::Unavailable(format!("token lookup gave no answer within {timeout:?}"))
+/// [`lookup`], given up after `timeout`.
+async fn bounded_lookup(
+    redis: Option<&RedisTokenCache>,
+    store: &dyn TokenStore,
+    token: &Token,
+    digest: &TokenDigest,
+    timeout: Duration,
+) -> Result<Looked, StoreError> {
+    tokio::time::timeout(timeout, lookup(redis, store, token, digest))
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "token lookup gave no answer within {timeout:?}"
+            )))
+        })
 }
 
 /// Below the local layer: Redis, then the store (written back to Redis).

@@ -350,20 +350,23 @@ fn with_slices<'a, R>(
     frames: impl ExactSizeIterator<Item = &'a Bytes>,
     write: impl FnOnce(&[IoSlice<'_>]) -> R,
 ) -> R {
+    fn call<'a, R, const N: usize>(
+        frames: impl Iterator<Item = &'a Bytes>,
+        n: usize,
+        write: impl FnOnce(&[IoSlice<'_>]) -> R,
+    ) -> R {
+        let mut slices = [IoSlice::new(&[]); N];
+        for (slice, frame) in slices.iter_mut().zip(frames) {
+            *slice = IoSlice::new(frame);
+        }
+        write(&slices[..n])
+    }
     const FEW: usize = 4;
     let n = frames.len().min(MAX_IOV);
     if n <= FEW {
-        let mut slices = [IoSlice::new(&[]); FEW];
-        for (slice, frame) in slices.iter_mut().zip(frames) {
-            *slice = IoSlice::new(frame);
-        }
-        write(&slices[..n])
+        call::<R, FEW>(frames, n, write)
     } else {
-        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        for (slice, frame) in slices.iter_mut().zip(frames) {
-            *slice = IoSlice::new(frame);
-        }
-        write(&slices[..n])
+        call::<R, MAX_IOV>(frames, n, write)
     }
 }
 
