@@ -1,6 +1,11 @@
-//! The in-process broker: single-node mode, no Redis. A publish is handed
-//! straight to this node's handler, so it is delivered before `publish`
-//! returns (in order, per publisher).
+//! The in-process broker: single-node mode, no Redis. A publish is numbered
+//! (history, snapshot) and queued for this node's handler, which gets what
+//! was queued during one scheduler round as one burst
+//! ([`super::memory_queue`] says why). So, as on Redis, `publish` returns
+//! before delivery; the order is the publish order, across groups too. A
+//! control command is acted on before `control` returns, after every
+//! publication queued before it. Outside a Tokio runtime there is no queue
+//! and both are handed over inline.
 //!
 //! History for single-node mode is kept here too: per group, the last
 //! `history.size` publications with their offsets, dropped `history.ttl`
@@ -18,6 +23,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
+use super::memory_queue::{Item, Pending};
 use super::occupancy::{LocalOccupancy, OccupancySettings};
 use super::{
     Broker, BrokerError, BrokerHandler, ControlSender, History, HistoryPolicy,
@@ -44,6 +50,8 @@ pub struct MemoryBroker {
     /// Held while a snapshot publication is numbered, kept and handed to
     /// the handler, so sequences are delivered in order whoever publishes.
     latest_order: Mutex<()>,
+    /// The delivery queue, once attached inside a runtime.
+    pending: OnceLock<Arc<Pending>>,
 }
 
 fn latest_cache(policy: &SnapshotPolicy) -> moka::sync::Cache<String, Publication> {
@@ -112,6 +120,7 @@ impl MemoryBroker {
             latest: latest_cache(&SnapshotPolicy::off()),
             snapshots: SnapshotPolicy::off(),
             latest_order: Mutex::new(()),
+            pending: OnceLock::new(),
         }
     }
 
@@ -122,9 +131,9 @@ impl MemoryBroker {
         self
     }
 
-    /// Numbers `p` after its group's kept latest, keeps it and delivers it,
-    /// all under one lock (see `latest_order`).
-    fn publish_snapshot(&self, handler: &Arc<dyn BrokerHandler>, mut p: Publication) {
+    /// Numbers `p` after its group's kept latest, keeps it and hands it to
+    /// `deliver`, all under one lock (see `latest_order`).
+    fn publish_snapshot(&self, deliver: &mut dyn FnMut(Publication), mut p: Publication) {
         let _order = self.latest_order.lock().unwrap_or_else(|e| e.into_inner());
         let seq = match self.latest.get(&p.group).and_then(|prev| prev.seq) {
             Some(prev) => Position {
@@ -138,7 +147,7 @@ impl MemoryBroker {
         };
         p.seq = Some(seq);
         self.latest.insert(p.group.clone(), p.clone());
-        handler.on_publication(p);
+        deliver(p);
     }
 
     /// Tracks occupancy (events and the groups listing).
@@ -192,12 +201,63 @@ impl MemoryBroker {
             .groups
             .retain(|_, h| h.last_publish.elapsed() <= meta_ttl);
     }
+
+    /// Numbers what keeps history or a snapshot and hands every publication
+    /// to `deliver` in order; a numbered one under the lock that numbered
+    /// it, so the next number is handed over after it. Returns the history
+    /// positions.
+    fn number(
+        &self,
+        publications: Vec<Publication>,
+        deliver: &mut dyn FnMut(Publication),
+    ) -> Vec<Option<Position>> {
+        let mut positions = Vec::with_capacity(publications.len());
+        for mut p in publications {
+            if !self.policy.applies(&p.group) {
+                if self.snapshots.applies(&p.group) {
+                    self.publish_snapshot(deliver, p);
+                } else {
+                    deliver(p);
+                }
+                positions.push(None);
+                continue;
+            }
+            let mut histories = self.histories();
+            self.sweep(&mut histories);
+            let size = self.policy.size;
+            let h = self.group(&mut histories, &p.group);
+            h.offset += 1;
+            h.last_publish = Instant::now();
+            let position = h.position();
+            p.position = Some(position.clone());
+            h.entries.push_back(p.clone());
+            while h.entries.len() > size {
+                h.entries.pop_front();
+            }
+            deliver(p);
+            drop(histories);
+            positions.push(Some(position));
+        }
+        positions
+    }
+}
+
+impl Drop for MemoryBroker {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.get() {
+            pending.close();
+        }
+    }
 }
 
 #[async_trait]
 impl ControlSender for MemoryBroker {
     async fn control(&self, control: Control) -> Result<(), BrokerError> {
-        self.handler()?.on_control(control);
+        let handler = self.handler()?;
+        match self.pending.get() {
+            Some(pending) => pending.control(handler, control),
+            None => handler.on_control(control),
+        }
         Ok(())
     }
 }
@@ -206,39 +266,25 @@ impl ControlSender for MemoryBroker {
 impl Broker for MemoryBroker {
     async fn publish(
         &self,
-        mut publications: Vec<Publication>,
+        publications: Vec<Publication>,
     ) -> Result<Vec<Option<Position>>, BrokerError> {
         let handler = self.handler()?;
-        let mut positions = Vec::with_capacity(publications.len());
-        // One burst: each recipient is woken once, for all of them.
-        handler.in_burst(&mut || {
-            for mut p in publications.drain(..) {
-                if !self.policy.applies(&p.group) {
-                    if self.snapshots.applies(&p.group) {
-                        self.publish_snapshot(handler, p);
-                    } else {
-                        handler.on_publication(p);
+        let positions = match self.pending.get() {
+            Some(pending) => self.number(publications, &mut |p| {
+                pending.push(handler, Item::Publication(p))
+            }),
+            None => {
+                // No queue: one burst, so each recipient is woken once.
+                let mut positions = Vec::new();
+                let mut publications = Some(publications);
+                handler.in_burst(&mut || {
+                    if let Some(publications) = publications.take() {
+                        positions = self.number(publications, &mut |p| handler.on_publication(p));
                     }
-                    positions.push(None);
-                    continue;
-                }
-                let mut histories = self.histories();
-                self.sweep(&mut histories);
-                let size = self.policy.size;
-                let h = self.group(&mut histories, &p.group);
-                h.offset += 1;
-                h.last_publish = Instant::now();
-                let position = h.position();
-                p.position = Some(position.clone());
-                h.entries.push_back(p.clone());
-                while h.entries.len() > size {
-                    h.entries.pop_front();
-                }
-                // Still under the lock: the next offset is delivered after this one.
-                handler.on_publication(p);
-                positions.push(Some(position));
+                });
+                positions
             }
-        });
+        };
         Ok(positions)
     }
 
@@ -263,11 +309,20 @@ impl Broker for MemoryBroker {
     }
 
     fn attach(&self, handler: Arc<dyn BrokerHandler>) {
-        let _ = self.handler.set(handler);
+        if self.handler.set(handler.clone()).is_ok()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let _ = self.pending.set(Pending::start(&runtime, handler));
+        }
     }
 
     async fn shutdown(&self) {
-        // Nothing to leave or close: this process is the whole cluster.
+        // Nothing to leave: this process is the whole cluster. What is
+        // queued is delivered, and the delivery task ends.
+        if let (Some(pending), Ok(handler)) = (self.pending.get(), self.handler()) {
+            pending.deliver(handler, &mut Vec::new());
+            pending.close();
+        }
     }
 }
 
@@ -357,5 +412,82 @@ impl Occupancy for MemoryBroker {
 
     fn occupancy_events(&self) -> Option<tokio::sync::broadcast::Receiver<OccupancyEvent>> {
         self.occupancy.as_ref().map(|o| o.emitter().subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::memory_queue::tests::{Recorder, publication};
+    use super::*;
+    use crate::config::{GroupsConfig, HistoryConfig};
+
+    /// A broker where `hist.*` keeps history and `snap.*` a snapshot,
+    /// attached to a recorder inside the runtime (so with the queue).
+    fn broker() -> (MemoryBroker, Arc<Recorder>) {
+        let broker = MemoryBroker::with_history(HistoryPolicy::new(&HistoryConfig {
+            groups: vec!["hist.*".into()],
+            ..HistoryConfig::default()
+        }))
+        .with_snapshots(SnapshotPolicy::new(&GroupsConfig {
+            snapshot: vec!["snap.*".into()],
+            ..GroupsConfig::default()
+        }));
+        let recorder = Arc::new(Recorder::default());
+        broker.attach(recorder.clone());
+        assert!(broker.pending.get().is_some(), "queued inside a runtime");
+        (broker, recorder)
+    }
+
+    async fn handed_over(recorder: &Recorder, count: usize) -> Vec<(String, u64)> {
+        while recorder.got().len() < count {
+            tokio::task::yield_now().await;
+        }
+        recorder.got()
+    }
+
+    /// A batch mixing plain, history and snapshot groups reaches the
+    /// handler in publish order (queuing only plain groups broke this).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_mixed_batch_is_handed_over_in_publish_order() {
+        let (broker, recorder) = broker();
+        let batch = [("a", 1), ("hist.x", 2), ("a", 3), ("snap.y", 4), ("a", 5)];
+        let positions = broker
+            .publish(batch.iter().map(|(g, n)| publication(g, *n)).collect())
+            .await
+            .unwrap();
+        let offsets: Vec<_> = positions
+            .iter()
+            .map(|p| p.as_ref().map(|p| p.offset))
+            .collect();
+        assert_eq!(offsets, [None, Some(1), None, None, None]);
+        let got = handed_over(&recorder, batch.len()).await;
+        let want: Vec<_> = batch.iter().map(|(g, n)| (g.to_string(), *n)).collect();
+        assert_eq!(got, want);
+    }
+
+    /// Publishers racing on a history group: offsets reach the handler in
+    /// order, each once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_publishers_hand_over_offsets_in_order() {
+        let (broker, recorder) = broker();
+        let broker = Arc::new(broker);
+        let publishers: Vec<_> = (0..4)
+            .map(|_| {
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    for n in 0..500 {
+                        broker
+                            .publish(vec![publication("hist.x", n)])
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.await.unwrap();
+        }
+        handed_over(&recorder, 2_000).await;
+        assert_eq!(recorder.offsets(), (1..=2_000).collect::<Vec<u64>>());
     }
 }

@@ -18,6 +18,7 @@
 pub mod idempotency;
 pub mod idempotency_memory;
 pub mod memory;
+mod memory_queue;
 pub mod occupancy;
 pub mod redis;
 mod snapshot;
