@@ -9,7 +9,7 @@
 //! Why our own: every recipient of a broadcast writes the same encoded frame
 //! (server frames are unmasked), so the frame is built once per message and
 //! written without a copy per socket; and an idle socket holds no read or
-//! write buffer. tests/malformed.rs and tests/ws_conformance.rs hold the
+//! write buffer. tests/malformed/ and tests/ws_conformance/ hold the
 //! conformance cases (fragmentation, control frames, the close handshake,
 //! masking, UTF-8, size limits) against a running node.
 

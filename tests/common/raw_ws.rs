@@ -3,7 +3,7 @@
 //! bits, oversized control frames, bad close codes) and look at the server's
 //! frames bit by bit.
 //!
-//! The frame helpers are those of `tests/malformed.rs` (which keeps its own
+//! The frame helpers are those of `tests/malformed/` (which keeps its own
 //! copies); [`Raw::next`] also checks every server frame against RFC 6455
 //! (see [`server_frame_faults`]) and keeps what it found in
 //! [`Raw::faults`].
