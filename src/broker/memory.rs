@@ -1,11 +1,10 @@
 //! The in-process broker: single-node mode, no Redis. A publish is numbered
-//! (history, snapshot) and queued for this node's handler, which gets what
-//! was queued during one scheduler round as one burst
-//! ([`super::memory_queue`] says why). So, as on Redis, `publish` returns
-//! before delivery; the order is the publish order, across groups too. A
-//! control command is acted on before `control` returns, after every
-//! publication queued before it. Outside a Tokio runtime there is no queue
-//! and both are handed over inline.
+//! (history, snapshot) and queued, and after one scheduler round everything
+//! queued reaches this node's handler as one burst ([`super::memory_queue`]
+//! says why); `publish` returns once its publications are handed over. The
+//! order is the publish order, across groups too. A control command is
+//! acted on before `control` returns, after every publication queued before
+//! it.
 //!
 //! History for single-node mode is kept here too: per group, the last
 //! `history.size` publications with their offsets, dropped `history.ttl`
@@ -50,8 +49,8 @@ pub struct MemoryBroker {
     /// Held while a snapshot publication is numbered, kept and handed to
     /// the handler, so sequences are delivered in order whoever publishes.
     latest_order: Mutex<()>,
-    /// The delivery queue, once attached inside a runtime.
-    pending: OnceLock<Arc<Pending>>,
+    /// What is published, until it is handed to the handler.
+    pending: Pending,
 }
 
 fn latest_cache(policy: &SnapshotPolicy) -> moka::sync::Cache<String, Publication> {
@@ -120,7 +119,7 @@ impl MemoryBroker {
             latest: latest_cache(&SnapshotPolicy::off()),
             snapshots: SnapshotPolicy::off(),
             latest_order: Mutex::new(()),
-            pending: OnceLock::new(),
+            pending: Pending::default(),
         }
     }
 
@@ -242,22 +241,10 @@ impl MemoryBroker {
     }
 }
 
-impl Drop for MemoryBroker {
-    fn drop(&mut self) {
-        if let Some(pending) = self.pending.get() {
-            pending.close();
-        }
-    }
-}
-
 #[async_trait]
 impl ControlSender for MemoryBroker {
     async fn control(&self, control: Control) -> Result<(), BrokerError> {
-        let handler = self.handler()?;
-        match self.pending.get() {
-            Some(pending) => pending.control(handler, control),
-            None => handler.on_control(control),
-        }
+        self.pending.control(self.handler()?, control);
         Ok(())
     }
 }
@@ -269,22 +256,15 @@ impl Broker for MemoryBroker {
         publications: Vec<Publication>,
     ) -> Result<Vec<Option<Position>>, BrokerError> {
         let handler = self.handler()?;
-        let positions = match self.pending.get() {
-            Some(pending) => self.number(publications, &mut |p| {
-                pending.push(handler, Item::Publication(p))
-            }),
-            None => {
-                // No queue: one burst, so each recipient is woken once.
-                let mut positions = Vec::new();
-                let mut publications = Some(publications);
-                handler.in_burst(&mut || {
-                    if let Some(publications) = publications.take() {
-                        positions = self.number(publications, &mut |p| handler.on_publication(p));
-                    }
-                });
-                positions
-            }
-        };
+        let mut full = false;
+        let positions = self.number(publications, &mut |p| {
+            full |= self.pending.push(Item::Publication(p));
+        });
+        if full {
+            self.pending.deliver(handler);
+        } else {
+            self.pending.deliver_after_a_round(handler).await;
+        }
         Ok(positions)
     }
 
@@ -309,20 +289,12 @@ impl Broker for MemoryBroker {
     }
 
     fn attach(&self, handler: Arc<dyn BrokerHandler>) {
-        if self.handler.set(handler.clone()).is_ok()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let _ = self.pending.set(Pending::start(&runtime, handler));
-        }
+        let _ = self.handler.set(handler);
     }
 
     async fn shutdown(&self) {
-        // Nothing to leave: this process is the whole cluster. What is
-        // queued is delivered, and the delivery task ends.
-        if let (Some(pending), Ok(handler)) = (self.pending.get(), self.handler()) {
-            pending.deliver(handler, &mut Vec::new());
-            pending.close();
-        }
+        // Nothing to leave or close: this process is the whole cluster, and
+        // every publish delivered what it queued before it returned.
     }
 }
 
@@ -434,19 +406,12 @@ mod tests {
         }));
         let recorder = Arc::new(Recorder::default());
         broker.attach(recorder.clone());
-        assert!(broker.pending.get().is_some(), "queued inside a runtime");
         (broker, recorder)
     }
 
-    async fn handed_over(recorder: &Recorder, count: usize) -> Vec<(String, u64)> {
-        while recorder.got().len() < count {
-            tokio::task::yield_now().await;
-        }
-        recorder.got()
-    }
-
     /// A batch mixing plain, history and snapshot groups reaches the
-    /// handler in publish order (queuing only plain groups broke this).
+    /// handler in publish order (queuing only plain groups broke this), and
+    /// before `publish` returns.
     #[tokio::test(flavor = "current_thread")]
     async fn a_mixed_batch_is_handed_over_in_publish_order() {
         let (broker, recorder) = broker();
@@ -460,9 +425,30 @@ mod tests {
             .map(|p| p.as_ref().map(|p| p.offset))
             .collect();
         assert_eq!(offsets, [None, Some(1), None, None, None]);
-        let got = handed_over(&recorder, batch.len()).await;
         let want: Vec<_> = batch.iter().map(|(g, n)| (g.to_string(), *n)).collect();
-        assert_eq!(got, want);
+        assert_eq!(recorder.got(), want);
+    }
+
+    /// What many publishers publish during one scheduler round reaches the
+    /// handler as one burst, each publish returning once it is handed over.
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_round_of_publishers_is_one_burst() {
+        let (broker, recorder) = broker();
+        let broker = Arc::new(broker);
+        let publishers: Vec<_> = (0..100)
+            .map(|n| {
+                let (broker, recorder) = (broker.clone(), recorder.clone());
+                tokio::spawn(async move {
+                    broker.publish(vec![publication("a", n)]).await.unwrap();
+                    assert!(recorder.got().contains(&("a".into(), n)), "handed over");
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.await.unwrap();
+        }
+        assert_eq!(recorder.got().len(), 100);
+        assert_eq!(recorder.bursts(), 1, "one burst for the round");
     }
 
     /// Publishers racing on a history group: offsets reach the handler in
@@ -487,7 +473,6 @@ mod tests {
         for p in publishers {
             p.await.unwrap();
         }
-        handed_over(&recorder, 2_000).await;
         assert_eq!(recorder.offsets(), (1..=2_000).collect::<Vec<u64>>());
     }
 }
