@@ -3,7 +3,8 @@
 //! Sessions and the API talk to a `dyn Broker`; what arrives from it goes to
 //! a [`BrokerHandler`] (the node's dispatcher, which feeds the hub). The
 //! in-process [`memory::MemoryBroker`] serves single-node mode: publishing
-//! calls the handler directly. The Redis broker (cluster mode) implements
+//! queues for the handler, and after one scheduler round hands it what the
+//! round queued as one burst (`memory_queue`). The Redis broker (cluster mode) implements
 //! the same traits, so nothing above this module changes between the two.
 //!
 //! [`Broker`] is the message path; [`History`], [`Snapshots`], [`Presence`]
