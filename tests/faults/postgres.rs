@@ -3,8 +3,6 @@
 
 use super::*;
 
-// 2. Postgres stopped, restarted, frozen.
-
 /// Connects, sends `token`, and returns how the server answered (welcome
 /// or close code) and how long it took.
 async fn try_auth(url: &str, token: &str) -> (Result<Value, u16>, Duration) {

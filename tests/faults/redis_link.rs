@@ -175,7 +175,7 @@ impl Drop for FaultProxy {
 }
 
 // ---------------------------------------------------------------------------
-// 1. The Redis link cut and delayed.
+// The tests.
 
 /// A `wsgate` process whose Redis is behind the proxy.
 fn proxied_node(

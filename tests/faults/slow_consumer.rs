@@ -2,8 +2,6 @@
 
 use super::*;
 
-// 4. Slow consumer.
-
 const READERS: usize = 50;
 const MESSAGES: u64 = 3_000;
 const BATCH: u64 = 10;

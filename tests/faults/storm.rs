@@ -3,8 +3,6 @@
 
 use super::*;
 
-// 3. Reconnect storm.
-
 const STORM_CLIENTS: usize = 5_000;
 const STORM_TOKENS: usize = 500;
 

@@ -43,7 +43,7 @@ use common::raw_ws::{
 };
 
 // ---------------------------------------------------------------------------
-// The table.
+// What a row is (the rows are in table.rs).
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Phase {

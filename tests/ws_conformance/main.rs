@@ -49,7 +49,7 @@ const OTHER_KEY: &str = "x3JJHMbDL1EzLkh9GBhXDw==";
 const OTHER_ACCEPT: &str = "HSmrc0sMlYUkAGmm5OPpG2HaGWk=";
 
 // ---------------------------------------------------------------------------
-// The table.
+// What a row is (the rows are in table.rs).
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Phase {
