@@ -213,12 +213,7 @@ fn assert_alive_without_panic(node: &mut BinNode, name: &str) {
         node.child.try_wait().expect("try_wait").is_none(),
         "{name} exited"
     );
-    let panics: Vec<&String> = node
-        .drain_log()
-        .iter()
-        .filter(|l| l.contains("panicked"))
-        .collect();
-    assert!(panics.is_empty(), "{name} panicked: {panics:?}");
+    assert_alive_or_exited_cleanly(node, name);
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
