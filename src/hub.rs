@@ -25,7 +25,14 @@ pub type ConnId = u64;
 /// A one-shot "please close with this code" for one connection. The first
 /// code wins; later requests are ignored. Only the connection's own task
 /// waits on it (it keeps one waker), so waiting costs a couple of atomics
-/// per wake-up rather than a notifier's lock.
+/// rather than a notifier's lock.
+///
+/// A request goes through [`ConnHandle::request_close`], which also wakes
+/// the consumer of the connection's queue: the serve loop, which always
+/// waits on its queue, then only reads the code on each wake-up instead of
+/// registering here (2.4 % of a 10,000-subscriber fan-out's samples). The
+/// waker here serves the waits that do not watch the queue: a write in
+/// flight, a coalescing window.
 #[derive(Default)]
 pub struct CloseSignal {
     code: AtomicU16,
@@ -33,7 +40,7 @@ pub struct CloseSignal {
 }
 
 impl CloseSignal {
-    pub fn request(&self, code: CloseCode) -> bool {
+    fn request(&self, code: CloseCode) -> bool {
         let first = self
             .code
             .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire)
@@ -78,6 +85,21 @@ pub struct ConnHandle {
     pub credential: Credential,
     pub queue: OutboundQueue,
     pub close: CloseSignal,
+}
+
+impl ConnHandle {
+    /// Asks the connection to close with `code`; false if a close was
+    /// requested already (the first code wins).
+    pub fn request_close(&self, code: CloseCode) -> bool {
+        let first = self.close.request(code);
+        if first {
+            // After the code is stored: a loop that registered on its queue
+            // before this wake-up reads the code when woken, and one that
+            // registers after it reads the code before it waits.
+            self.queue.wake_consumer();
+        }
+        first
+    }
 }
 
 /// A member of a group, as presence reports it.
@@ -349,7 +371,7 @@ impl Hub {
                 }
                 // Under the lock: no message of the group is queued after it.
                 if handle.queue.push(Outbound::frame(frame.clone())) == Pushed::Full {
-                    handle.close.request(CloseCode::SlowConsumer);
+                    handle.request_close(CloseCode::SlowConsumer);
                 }
             }
             self.metrics.groups.set(state.groups.len() as i64);
@@ -414,7 +436,7 @@ impl Hub {
                     }
                     Hold::Holding(_) => {
                         self.metrics.dropped(DropReason::SlowConsumer, 1);
-                        handle.close.request(CloseCode::SlowConsumer);
+                        handle.request_close(CloseCode::SlowConsumer);
                         continue;
                     }
                     Hold::Skipping(upto) if covered(position, upto) => continue,
@@ -433,7 +455,7 @@ impl Hub {
                 }
                 Pushed::Full => {
                     self.metrics.dropped(DropReason::SlowConsumer, 1);
-                    handle.close.request(CloseCode::SlowConsumer);
+                    handle.request_close(CloseCode::SlowConsumer);
                 }
                 Pushed::Closed => {
                     self.metrics.dropped(DropReason::Closed, 1);
@@ -498,7 +520,7 @@ impl Hub {
                 Pushed::Queued | Pushed::Conflated => queued += 1,
                 Pushed::Full => {
                     self.metrics.dropped(DropReason::SlowConsumer, 1);
-                    handle.close.request(CloseCode::SlowConsumer);
+                    handle.request_close(CloseCode::SlowConsumer);
                 }
                 Pushed::Closed => self.metrics.dropped(DropReason::Closed, 1),
             }
@@ -542,7 +564,7 @@ impl Hub {
         let mut n = 0;
         for entry in state.conns.values() {
             if pred(&entry.handle) {
-                entry.handle.close.request(code);
+                entry.handle.request_close(code);
                 n += 1;
             }
         }
@@ -698,6 +720,36 @@ mod tests {
         left.sort();
         assert_eq!(left, vec!["g", "h"]);
         assert!(hub.groups().is_empty());
+    }
+
+    /// The serve loop registers on its queue only, not on the close signal.
+    #[tokio::test]
+    async fn a_close_request_wakes_a_task_waiting_on_its_queue() {
+        let a = handle(1, "u1", 8);
+        let waiter = tokio::spawn({
+            let a = a.clone();
+            async move {
+                let mut batch = Vec::new();
+                std::future::poll_fn(|cx| match a.queue.poll_pop(cx, &mut batch, 8) {
+                    Poll::Ready(_) => Poll::Ready(None),
+                    Poll::Pending => a
+                        .close
+                        .code()
+                        .map_or(Poll::Pending, |c| Poll::Ready(Some(c))),
+                })
+                .await
+            }
+        });
+        // Lets the waiter register (one runtime thread).
+        tokio::task::yield_now().await;
+        assert!(a.request_close(CloseCode::Draining));
+        assert!(
+            !a.request_close(CloseCode::AuthFailed),
+            "the first code wins"
+        );
+        // A bound on a hang, not a timing: without the wake-up it never ends.
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), waiter).await;
+        assert_eq!(woken.expect("woken").unwrap(), Some(CloseCode::Draining));
     }
 
     #[tokio::test]

@@ -196,6 +196,15 @@ impl OutboundQueue {
         batch.extend(state.items.drain(..n));
     }
 
+    /// Wakes the consumer if it waits for a frame, with nothing queued:
+    /// it has something else to look at (a close request).
+    pub fn wake_consumer(&self) {
+        let waiting = self.lock().waiting.take();
+        if let Some(waker) = waiting {
+            wake(waker);
+        }
+    }
+
     /// Refuses further pushes (the connection is ending).
     pub fn close(&self) {
         let mut state = self.lock();

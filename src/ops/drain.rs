@@ -40,7 +40,7 @@ pub async fn drain(state: &AppState) {
         // Evenly spaced, each jittered within its own slot.
         let jitter = step.mul_f64(rand::random::<f64>());
         sleep_until(start + step * i as u32 + jitter).await;
-        conn.close.request(CloseCode::Draining);
+        conn.request_close(CloseCode::Draining);
     }
     let deadline = Instant::now() + FINISH_WAIT;
     while state.open_sessions() > 0 && Instant::now() < deadline {

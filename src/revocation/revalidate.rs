@@ -247,7 +247,7 @@ impl Revalidator {
                             // snapshot: only the token that was checked is judged.
                             if identity.user_id != conn.user_id
                                 && conn.credential.digest() == *digest
-                                && conn.close.request(CloseCode::AuthFailed)
+                                && conn.request_close(CloseCode::AuthFailed)
                             {
                                 sweep.closed += 1;
                             }

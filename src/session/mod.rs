@@ -332,8 +332,13 @@ async fn serve_loop(
         // when nothing is queued or every `READ_EVERY` batches. Polling the
         // socket on every wake-up for a frame was a tenth of the CPU of a
         // fan-out; what is not polled keeps its waker and wakes us later.
+        //
+        // A close request wakes the queue's consumer (`request_close`), and
+        // every `Pending` below has registered on the queue, so the code is
+        // only read here: first, and again after registering, for a request
+        // that came in between.
         let wake = std::future::poll_fn(|cx| {
-            if let Poll::Ready(code) = conn.close.poll_requested(cx) {
+            if let Some(code) = conn.close.code() {
                 return Poll::Ready(Wake::Close(code));
             }
             let queue_first = writes_unread < READ_EVERY;
@@ -355,7 +360,10 @@ async fn serve_loop(
                 writes_unread = 1;
                 return Poll::Ready(Wake::Queued(open));
             }
-            Poll::Pending
+            match conn.close.code() {
+                Some(code) => Poll::Ready(Wake::Close(code)),
+                None => Poll::Pending,
+            }
         })
         .await;
         match wake {
