@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
+use indexmap::IndexMap;
 use wildmatch::WildMatch;
 
 use crate::config::ConflateRule;
@@ -130,8 +131,14 @@ pub struct Joined {
 #[derive(Default)]
 struct State {
     conns: HashMap<ConnId, Entry>,
-    groups: HashMap<String, HashMap<ConnId, Arc<ConnHandle>>>,
+    groups: HashMap<String, Members>,
 }
+
+/// A group's local members in the order they joined: a broadcast wakes them
+/// in that order, which is roughly the order their sockets, tasks and queues
+/// were allocated in, so the walk through their memory (and the kernel's)
+/// is close to sequential rather than hash-random.
+type Members = IndexMap<ConnId, Arc<ConnHandle>>;
 
 struct Entry {
     handle: Arc<ConnHandle>,
@@ -262,7 +269,7 @@ impl Hub {
         let mut left = Vec::with_capacity(entry.groups.len());
         for group in entry.groups {
             if let Some(members) = state.groups.get_mut(&group) {
-                members.remove(&id);
+                members.swap_remove(&id);
                 if members.is_empty() {
                     state.groups.remove(&group);
                 }
@@ -326,7 +333,7 @@ impl Hub {
         }
         let mut emptied = false;
         if let Some(members) = state.groups.get_mut(group) {
-            members.remove(&id);
+            members.swap_remove(&id);
             if members.is_empty() {
                 state.groups.remove(group);
                 emptied = true;
@@ -357,7 +364,7 @@ impl Hub {
                 .cloned()
                 .collect();
             for handle in &leaving {
-                members.remove(&handle.id);
+                members.swap_remove(&handle.id);
             }
             if members.is_empty() {
                 state.groups.remove(group);
