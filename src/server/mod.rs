@@ -319,11 +319,9 @@ async fn connect_backends(
     }
     let (cache, client) = token_cache(config, metrics.clone()).await?;
     // Shares the token cache's client: both are plain key commands.
-    let idempotency = RedisIdempotency::new(
-        client.clone(),
-        &config.redis.prefix,
-        config.redis.command_timeout,
-    );
+    // (built by `redis_client`, so each command is bounded by
+    // `redis.command_timeout`).
+    let idempotency = RedisIdempotency::new(client.clone(), &config.redis.prefix);
     Ok(Backends {
         broker,
         auth: Arc::new(

@@ -19,8 +19,8 @@
 //! `recovered: false` rather than being served offsets that started again.
 //!
 //! Publishing lives here too (`Inner::publish`), because the script is what
-//! publishes a history group's messages: one pipeline carries plain
-//! publishes and script calls in the caller's order.
+//! publishes a history group's messages: plain publishes and script calls
+//! are sent in the caller's order.
 //!
 //! A backend's raw `PUBLISH` to a history group bypasses the script: it is
 //! delivered live, without an offset, and is not kept.
@@ -28,11 +28,11 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use fred::prelude::{ClientLike, PubsubInterface, Value};
+use fred::prelude::{PubsubInterface, Value};
 use fred::types::scripts::Script;
-use fred::types::{ClusterHash, CustomCommand};
+use futures_util::future::BoxFuture;
 
-use super::{Inner, RedisBroker, snapshot, unavailable};
+use super::{Inner, RedisBroker, requests, snapshot, unavailable};
 use crate::broker::{BrokerError, History, HistoryPolicy, Recovery, UNPUBLISHED_EPOCH, new_epoch};
 use crate::protocol::{self, Position, Publication};
 
@@ -167,7 +167,8 @@ pub(super) fn parse_read(
 }
 
 impl Inner {
-    /// Publishes in one pipeline, in order; history groups go through
+    /// Publishes in order, one request per publication (see
+    /// `super::requests` for why not a pipeline); history groups go through
     /// [`PUBLISH`], which assigns their offsets (see the module docs).
     pub(super) async fn publish(
         &self,
@@ -178,67 +179,41 @@ impl Inner {
         }
         let inner = self;
         inner.check_link()?;
-        // One pipeline, in order: plain publishes, and the history script
-        // for history groups (it publishes too).
-        let pipeline = inner.client.pipeline();
-        let mut scripted = Vec::with_capacity(publications.len());
+        // In order: plain publishes, and the history script for history
+        // groups (it publishes too).
+        let client = &inner.client;
+        let mut offsets = Vec::with_capacity(publications.len());
+        let mut commands: Vec<BoxFuture<'_, Result<Value, fred::error::Error>>> =
+            Vec::with_capacity(publications.len());
         for p in &publications {
             let channel = inner.group_channel(&p.group);
             // History groups through this file's script, snapshot groups
             // through `snapshot`'s (which keeps the latest), others plain.
-            let script = if inner.history.applies(&p.group) {
+            // A script Redis lost (restart, SCRIPT FLUSH) is loaded again.
+            let history = inner.history.applies(&p.group);
+            offsets.push(history);
+            commands.push(if history {
                 let args = publish_args(&inner.history, &channel, p, inner.sharded);
-                Some((&*PUBLISH, keys(&channel), args))
+                Box::pin(PUBLISH.evalsha_with_reload(client, keys(&channel), args))
             } else if inner.snapshots.applies(&p.group) {
                 let args = snapshot::publish_args(&inner.snapshots, &channel, p, inner.sharded);
-                Some((&*snapshot::PUBLISH, snapshot::keys(&channel), args))
-            } else {
-                None
-            };
-            let queued: Result<(), _> = if let Some((script, keys, args)) = &script {
-                // Pipelines have no EVALSHA method in fred 10; routed by the
-                // first key (argument 2), which shares the channel's slot.
-                let mut call: Vec<String> = vec![script.sha1().to_string(), keys.len().to_string()];
-                call.extend(keys.iter().cloned());
-                call.extend(args.iter().cloned());
-                pipeline
-                    .custom::<(), _>(
-                        CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false),
-                        call,
-                    )
-                    .await
+                let keys = snapshot::keys(&channel);
+                Box::pin(snapshot::PUBLISH.evalsha_with_reload(client, keys, args))
             } else {
                 let envelope = protocol::encode_envelope(p);
                 if inner.sharded {
-                    pipeline.spublish(channel, envelope).await
+                    Box::pin(client.spublish(channel, envelope))
                 } else {
-                    pipeline.publish(channel, envelope).await
+                    Box::pin(client.publish(channel, envelope))
                 }
-            };
-            scripted.push(script);
-            queued.map_err(unavailable)?;
+            });
         }
-        let results = pipeline.try_all::<Value>().await;
+        let results = requests::in_order(commands).await;
         let mut positions = Vec::with_capacity(publications.len());
-        for (result, script) in results.into_iter().zip(scripted) {
-            let Some((script, keys, args)) = script else {
-                result.map_err(unavailable)?;
-                positions.push(None);
-                continue;
-            };
-            let reply = match result {
-                Err(e) if e.details().starts_with("NOSCRIPT") => {
-                    // Redis lost its scripts (restart, SCRIPT FLUSH) after
-                    // this node loaded them: load and run it once more.
-                    script
-                        .evalsha_with_reload::<Value, _, _>(&inner.client, keys, args)
-                        .await
-                }
-                other => other,
-            }
-            .map_err(unavailable)?;
-            if !std::ptr::eq(script, &*PUBLISH) {
-                // A snapshot group: no offset to answer.
+        for (result, offset) in results.into_iter().zip(offsets) {
+            let reply = result.map_err(unavailable)?;
+            if !offset {
+                // A plain or snapshot group: no offset to answer.
                 positions.push(None);
                 continue;
             }

@@ -1,31 +1,35 @@
 //! Idempotency keys on Redis, seen by every node: `<prefix>idem:<key>`,
 //! taken with `SET NX PX` (atomic, so of two nodes claiming one key at once
 //! exactly one gets it), kept with `SET PX`, looked at with `EXISTS`,
-//! released with `DEL`. A call on several keys is one pipeline (one round
-//! trip); on Redis Cluster fred routes each command to its key's shard.
-//! Every call is bounded by `redis.command_timeout`.
+//! released with `DEL`. A call on several keys sends one command per key
+//! at once (one round trip; `super::requests` says why not a pipeline); on
+//! Redis Cluster fred routes each command to its key's shard. Every command
+//! is bounded by `redis.command_timeout`, fred's own timeout, so one that
+//! timed out is never written later (a late claim would turn the caller's
+//! retry into a "duplicate" that was never published).
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::prelude::{Client, KeysInterface, Value};
 use fred::types::{Expiration, SetOptions};
+use futures_util::future::BoxFuture;
 
+use super::requests;
 use crate::broker::BrokerError;
 use crate::broker::idempotency::Idempotency;
 
 pub struct RedisIdempotency {
     client: Client,
     prefix: String,
-    command_timeout: Duration,
 }
 
 impl RedisIdempotency {
-    pub fn new(client: Client, prefix: &str, command_timeout: Duration) -> RedisIdempotency {
+    pub fn new(client: Client, prefix: &str) -> RedisIdempotency {
         RedisIdempotency {
             client,
             prefix: format!("{prefix}idem:"),
-            command_timeout,
         }
     }
 
@@ -33,36 +37,21 @@ impl RedisIdempotency {
         format!("{}{key}", self.prefix)
     }
 
-    /// Queues one command per key on a pipeline and runs it, bounded.
-    async fn each<F, Fut>(&self, keys: &[String], queue: F) -> Result<Vec<Value>, BrokerError>
+    /// Sends one command per key, in order, and waits for every reply.
+    async fn each<F, Fut>(&self, keys: &[String], command: F) -> Result<Vec<Value>, BrokerError>
     where
-        F: Fn(fred::clients::Pipeline<Client>, String) -> Fut,
-        Fut: Future<Output = Result<(), fred::error::Error>>,
+        F: Fn(Client, String) -> Fut,
+        Fut: Future<Output = Result<Value, fred::error::Error>> + Send + 'static,
     {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let run = async {
-            let pipeline = self.client.pipeline();
-            for key in keys {
-                queue(pipeline.clone(), self.key(key)).await?;
-            }
-            // One result per command, whatever their number.
-            pipeline
-                .try_all::<Value>()
-                .await
-                .into_iter()
-                .collect::<Result<Vec<Value>, _>>()
-        };
-        match tokio::time::timeout(self.command_timeout, run).await {
-            Ok(Ok(values)) if values.len() == keys.len() => Ok(values),
-            Ok(Ok(_)) => Err(BrokerError::Unavailable("unexpected Redis reply".into())),
-            Ok(Err(e)) => Err(BrokerError::Unavailable(e.to_string())),
-            Err(_) => Err(BrokerError::Unavailable(format!(
-                "idempotency keys: no Redis answer within {:?}",
-                self.command_timeout
-            ))),
-        }
+        let commands = keys
+            .iter()
+            .map(|key| Box::pin(command(self.client.clone(), self.key(key))) as BoxFuture<'_, _>)
+            .collect();
+        requests::in_order(commands)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<Value>, _>>()
+            .map_err(|e| BrokerError::Unavailable(format!("idempotency keys: {e}")))
     }
 }
 
@@ -74,8 +63,8 @@ fn px(ttl: Duration) -> Expiration {
 impl Idempotency for RedisIdempotency {
     async fn claim(&self, keys: &[String], ttl: Duration) -> Result<Vec<bool>, BrokerError> {
         let values = self
-            .each(keys, |p, k| async move {
-                p.set::<(), _, _>(k, "1", Some(px(ttl)), Some(SetOptions::NX), false)
+            .each(keys, |c, k| async move {
+                c.set::<Value, _, _>(k, "1", Some(px(ttl)), Some(SetOptions::NX), false)
                     .await
             })
             .await?;
@@ -84,8 +73,9 @@ impl Idempotency for RedisIdempotency {
     }
 
     async fn keep(&self, keys: &[String], ttl: Duration) -> Result<(), BrokerError> {
-        self.each(keys, |p, k| async move {
-            p.set::<(), _, _>(k, "1", Some(px(ttl)), None, false).await
+        self.each(keys, |c, k| async move {
+            c.set::<Value, _, _>(k, "1", Some(px(ttl)), None, false)
+                .await
         })
         .await
         .map(drop)
@@ -93,7 +83,7 @@ impl Idempotency for RedisIdempotency {
 
     async fn held(&self, keys: &[String]) -> Result<Vec<bool>, BrokerError> {
         let values = self
-            .each(keys, |p, k| async move { p.exists::<(), _>(k).await })
+            .each(keys, |c, k| async move { c.exists::<Value, _>(k).await })
             .await?;
         Ok(values
             .iter()
@@ -102,7 +92,7 @@ impl Idempotency for RedisIdempotency {
     }
 
     async fn release(&self, keys: &[String]) -> Result<(), BrokerError> {
-        self.each(keys, |p, k| async move { p.del::<(), _>(k).await })
+        self.each(keys, |c, k| async move { c.del::<Value, _>(k).await })
             .await
             .map(drop)
     }

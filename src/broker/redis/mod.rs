@@ -20,12 +20,14 @@
 //!   publish time, which is why publishing lives there too, with the
 //!   [`History`](super::History) implementation;
 //! - `snapshot`: the latest publication of `groups.snapshot` groups, kept
-//!   by a script in the same publish pipeline, and the
+//!   by a script in the same publish batch, and the
 //!   [`Snapshots`](super::Snapshots) implementation.
 //! - `occupancy`: which nodes hold each group, the `occupied` / `vacated`
 //!   events and their stream (Lua scripts on first join and last leave).
 //! - `shards`: [`ShardedBroker`], one broker per independent server of
 //!   `redis.shards`, each group placed on one of them.
+//! - `requests`: several commands in order, one request each: why
+//!   publishes and idempotency keys are not fred pipelines.
 
 mod control;
 mod history;
@@ -33,6 +35,7 @@ pub mod idempotency;
 mod link;
 mod occupancy;
 mod presence;
+mod requests;
 mod shards;
 mod snapshot;
 

@@ -13,7 +13,7 @@
 //! the order of the channel on every node (see `super::history` for the
 //! same argument about offsets). The cost over a plain publish is the
 //! script's four hash commands on the group's shard, one round trip as
-//! before (the script rides in the same pipeline).
+//! before (the script rides in the same batch of requests).
 //!
 //! A backend's raw `PUBLISH` to a snapshot group bypasses the script: it is
 //! delivered live but not kept.
