@@ -666,7 +666,8 @@ async fn a_failed_publish_is_not_sent_once_redis_is_back() {
 
     redis.restart();
     wait_until("link up again", || a.is_up() && b.broker.is_up()).await;
-    let fresh: Vec<String> = (2..40).map(|i| i.to_string()).collect();
+    // 250: more than one `PUBLISH_MANY` (at most 100 each).
+    let fresh: Vec<String> = (2..252).map(|i| i.to_string()).collect();
     let batch = fresh.iter().map(|d| publication("g", d)).collect();
     a.publish(batch).await.unwrap();
     // The history script, lost with the restart, is loaded again: the

@@ -28,7 +28,7 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use fred::prelude::{PubsubInterface, Value};
+use fred::prelude::{Client, PubsubInterface, Value};
 use fred::types::scripts::Script;
 use futures_util::future::BoxFuture;
 
@@ -78,6 +78,23 @@ pub(super) static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::from_lua(
 /// Reads the position (offset 0 of [`UNPUBLISHED_EPOCH`] when the group has
 /// none: nothing is written) and what follows `since`.
 pub(super) static READ: LazyLock<Script> = LazyLock::new(|| Script::from_lua(READ_LUA));
+
+/// Plain publications to several channels (ARGV: channel, envelope, ...) in
+/// one command: one request that fred drops once its caller gave up, and
+/// one reply instead of one per message.
+const PUBLISH_MANY_LUA: &str = r#"
+for i = 1, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return 0
+"#;
+
+static PUBLISH_MANY: LazyLock<Script> = LazyLock::new(|| Script::from_lua(PUBLISH_MANY_LUA));
+
+/// Most publications in one [`PUBLISH_MANY`]: Redis runs a script without
+/// serving anyone else, so a large API batch is cut into several (each
+/// about 100 us of Redis time).
+const MAX_RUN: usize = 100;
 
 /// A key in the same cluster slot as `channel`: its hash tag if it has
 /// one, else the whole channel name as the tag.
@@ -167,9 +184,13 @@ pub(super) fn parse_read(
 }
 
 impl Inner {
-    /// Publishes in order, one request per publication (see
-    /// `super::requests` for why not a pipeline); history groups go through
-    /// [`PUBLISH`], which assigns their offsets (see the module docs).
+    /// Publishes in order (see `super::requests` for why not a fred
+    /// pipeline): history groups through [`PUBLISH`], which assigns their
+    /// offsets (see the module docs), snapshot groups through `snapshot`'s
+    /// script (which keeps the latest), and each run of other publications
+    /// in one command on a standalone Redis ([`PUBLISH_MANY`]) or one
+    /// `SPUBLISH` each on Redis Cluster (their channels live on different
+    /// shards). A script Redis lost (restart, SCRIPT FLUSH) is loaded again.
     pub(super) async fn publish(
         &self,
         publications: Vec<Publication>,
@@ -179,52 +200,129 @@ impl Inner {
         }
         let inner = self;
         inner.check_link()?;
-        // In order: plain publishes, and the history script for history
-        // groups (it publishes too).
-        let client = &inner.client;
-        let mut offsets = Vec::with_capacity(publications.len());
-        let mut commands: Vec<BoxFuture<'_, Result<Value, fred::error::Error>>> =
-            Vec::with_capacity(publications.len());
+        let mut batch = Batch::new(&inner.client, publications.len());
         for p in &publications {
             let channel = inner.group_channel(&p.group);
-            // History groups through this file's script, snapshot groups
-            // through `snapshot`'s (which keeps the latest), others plain.
-            // A script Redis lost (restart, SCRIPT FLUSH) is loaded again.
-            let history = inner.history.applies(&p.group);
-            offsets.push(history);
-            commands.push(if history {
+            if inner.history.applies(&p.group) {
                 let args = publish_args(&inner.history, &channel, p, inner.sharded);
-                Box::pin(PUBLISH.evalsha_with_reload(client, keys(&channel), args))
+                batch.script(&PUBLISH, keys(&channel), args, Reply::Offset);
             } else if inner.snapshots.applies(&p.group) {
                 let args = snapshot::publish_args(&inner.snapshots, &channel, p, inner.sharded);
-                let keys = snapshot::keys(&channel);
-                Box::pin(snapshot::PUBLISH.evalsha_with_reload(client, keys, args))
-            } else {
+                batch.script(
+                    &snapshot::PUBLISH,
+                    snapshot::keys(&channel),
+                    args,
+                    Reply::None,
+                );
+            } else if inner.sharded {
                 let envelope = protocol::encode_envelope(p);
-                if inner.sharded {
-                    Box::pin(client.spublish(channel, envelope))
-                } else {
-                    Box::pin(client.publish(channel, envelope))
-                }
-            });
+                batch.push(
+                    Box::pin(batch.client.spublish(channel, envelope)),
+                    Reply::Plain(1),
+                );
+            } else {
+                batch.plain(channel, protocol::encode_envelope(p));
+            }
         }
+        let (commands, replies) = batch.finish();
         let results = requests::in_order(commands).await;
         let mut positions = Vec::with_capacity(publications.len());
-        for (result, offset) in results.into_iter().zip(offsets) {
-            let reply = result.map_err(unavailable)?;
-            if !offset {
-                // A plain or snapshot group: no offset to answer.
-                positions.push(None);
-                continue;
+        for (result, reply) in results.into_iter().zip(replies) {
+            let value = result.map_err(unavailable)?;
+            match reply {
+                Reply::Plain(n) => positions.extend((0..n).map(|_| None)),
+                // A snapshot group: no offset to answer.
+                Reply::None => positions.push(None),
+                Reply::Offset => {
+                    let position = value
+                        .convert::<Vec<String>>()
+                        .ok()
+                        .and_then(parse_position)
+                        .ok_or_else(|| {
+                            BrokerError::Unavailable("unexpected history reply".into())
+                        })?;
+                    positions.push(Some(position));
+                }
             }
-            let position = reply
-                .convert::<Vec<String>>()
-                .ok()
-                .and_then(parse_position)
-                .ok_or_else(|| BrokerError::Unavailable("unexpected history reply".into()))?;
-            positions.push(Some(position));
         }
         Ok(positions)
+    }
+}
+
+/// What a publish command answers for: `n` plain publications, one with an
+/// offset, one without.
+enum Reply {
+    Plain(usize),
+    Offset,
+    None,
+}
+
+type Command<'a> = BoxFuture<'a, Result<Value, fred::error::Error>>;
+
+/// The commands of one publish call, in order, gathering runs of plain
+/// publications (channel, envelope pairs) into one [`PUBLISH_MANY`].
+struct Batch<'a> {
+    client: &'a Client,
+    commands: Vec<Command<'a>>,
+    replies: Vec<Reply>,
+    run: Vec<String>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(client: &'a Client, capacity: usize) -> Batch<'a> {
+        Batch {
+            client,
+            commands: Vec::with_capacity(capacity),
+            replies: Vec::with_capacity(capacity),
+            run: Vec::new(),
+        }
+    }
+
+    fn plain(&mut self, channel: String, envelope: String) {
+        if self.run.len() == 2 * MAX_RUN {
+            self.end_run();
+        }
+        self.run.push(channel);
+        self.run.push(envelope);
+    }
+
+    fn script(
+        &mut self,
+        script: &'static Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+        reply: Reply,
+    ) {
+        self.push(
+            Box::pin(script.evalsha_with_reload(self.client, keys, args)),
+            reply,
+        );
+    }
+
+    fn push(&mut self, command: Command<'a>, reply: Reply) {
+        self.end_run();
+        self.commands.push(command);
+        self.replies.push(reply);
+    }
+
+    /// The run so far as one command: a lone publication as `PUBLISH`.
+    fn end_run(&mut self) {
+        let run = std::mem::take(&mut self.run);
+        let n = run.len() / 2;
+        let command: Command<'a> = match <[String; 2]>::try_from(run) {
+            Ok([channel, envelope]) => Box::pin(self.client.publish(channel, envelope)),
+            Err(run) if run.is_empty() => return,
+            Err(run) => {
+                Box::pin(PUBLISH_MANY.evalsha_with_reload(self.client, Vec::<String>::new(), run))
+            }
+        };
+        self.commands.push(command);
+        self.replies.push(Reply::Plain(n));
+    }
+
+    fn finish(mut self) -> (Vec<Command<'a>>, Vec<Reply>) {
+        self.end_run();
+        (self.commands, self.replies)
     }
 }
 
