@@ -28,7 +28,7 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use fred::prelude::{Client, PubsubInterface, Value};
+use fred::prelude::{Client, LuaInterface, PubsubInterface, Value};
 use fred::types::scripts::Script;
 use futures_util::future::BoxFuture;
 
@@ -82,14 +82,18 @@ pub(super) static READ: LazyLock<Script> = LazyLock::new(|| Script::from_lua(REA
 /// Plain publications to several channels (ARGV: channel, envelope, ...) in
 /// one command: one request that fred drops once its caller gave up, and
 /// one reply instead of one per message.
-const PUBLISH_MANY_LUA: &str = r#"
+///
+/// Sent with `EVAL`, not `EVALSHA`: Redis never answers `NOSCRIPT` to it.
+/// A lost script (Redis restarted) would otherwise be loaded and run again
+/// after the call's later commands had run, and a lone publication to the
+/// same group (a plain `PUBLISH`) would overtake the run. Redis keeps the
+/// compiled script by its digest, so `EVAL` costs a SHA-1 of these bytes.
+const PUBLISH_MANY: &str = r#"
 for i = 1, #ARGV, 2 do
   redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
 end
 return 0
 "#;
-
-static PUBLISH_MANY: LazyLock<Script> = LazyLock::new(|| Script::from_lua(PUBLISH_MANY_LUA));
 
 /// Most publications in one [`PUBLISH_MANY`]: Redis runs a script without
 /// serving anyone else, so a large API batch is cut into several (each
@@ -312,9 +316,7 @@ impl<'a> Batch<'a> {
         let command: Command<'a> = match <[String; 2]>::try_from(run) {
             Ok([channel, envelope]) => Box::pin(self.client.publish(channel, envelope)),
             Err(run) if run.is_empty() => return,
-            Err(run) => {
-                Box::pin(PUBLISH_MANY.evalsha_with_reload(self.client, Vec::<String>::new(), run))
-            }
+            Err(run) => Box::pin(self.client.eval(PUBLISH_MANY, Vec::<String>::new(), run)),
         };
         self.commands.push(command);
         self.replies.push(Reply::Plain(n));
