@@ -182,6 +182,13 @@ impl Inner {
         }
     }
 
+    /// Whether the control channel is in place: its connection connected
+    /// and subscribed (always, before the control link is started).
+    fn control_ready(&self) -> bool {
+        self.control.get().is_none_or(|c| c.is_connected())
+            && self.control_up.load(Ordering::Acquire)
+    }
+
     fn connected(&self) -> bool {
         self.subscriber.is_connected()
             && self.client.is_connected()
@@ -487,6 +494,15 @@ pub(super) async fn supervise(
                     }
                 }
             }
+        }
+        // Not up again before the control channel is back too. Its
+        // connection can reconnect up to a backoff later than the group
+        // link's, and `control_up` drops only once fred reports that
+        // reconnection: a node said it was up after a Redis restart with no
+        // control subscription (seen in `resubscribes_after_redis_restart`,
+        // a control command never received). Only the way up waits for it.
+        if !inner.up.load(Ordering::Acquire) && !inner.control_ready() {
+            continue;
         }
         if inner.set_up(true) {
             tracing::info!("Redis link up; subscriptions in place");

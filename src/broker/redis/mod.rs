@@ -104,6 +104,8 @@ struct Inner {
     /// ([`ControlLink`]); the node is up only with both in place, so a
     /// revocation sent meanwhile is not missed by a node that says it is up.
     control_up: AtomicBool,
+    /// The control channel's own subscriber connection (set once started).
+    control: OnceLock<fred::clients::SubscriberClient>,
     /// A heartbeat timed out on a connection that still looks open.
     stale: AtomicBool,
     /// Some group may hold a subscription it should not (a failed UNSUBSCRIBE).
@@ -120,8 +122,6 @@ struct Inner {
 /// the node's registry entry to expire).
 pub struct RedisBroker {
     inner: Arc<Inner>,
-    /// The control channel's own subscriber connection.
-    control: OnceLock<fred::clients::SubscriberClient>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     connections: Mutex<Vec<fred::types::ConnectHandle>>,
     closed: AtomicBool,
@@ -206,6 +206,7 @@ impl RedisBroker {
             up: AtomicBool::new(false),
             links_down,
             control_up: AtomicBool::new(true),
+            control: OnceLock::new(),
             stale: AtomicBool::new(false),
             cleanup: AtomicBool::new(false),
             heartbeat_now: Notify::new(),
@@ -215,7 +216,6 @@ impl RedisBroker {
         });
         let broker = Arc::new(RedisBroker {
             inner: inner.clone(),
-            control: OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
             connections: Mutex::new(vec![client_conn, subscriber_conn]),
             closed: AtomicBool::new(false),
@@ -226,7 +226,7 @@ impl RedisBroker {
         }
         match ControlLink::start(cfg, inner.clone(), within).await {
             Ok((link, connection)) => {
-                let _ = broker.control.set(link.subscriber);
+                let _ = inner.control.set(link.subscriber);
                 broker.lock_tasks().extend(link.tasks);
                 broker
                     .connections
@@ -301,7 +301,7 @@ impl Drop for RedisBroker {
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             let inner = self.inner.clone();
-            let control = self.control.get().cloned();
+            let control = self.inner.control.get().cloned();
             runtime.spawn(async move {
                 if let Some(control) = control {
                     let _ = control.quit().await;
@@ -486,7 +486,7 @@ impl Broker for RedisBroker {
         }
         let bound = Duration::from_secs(2);
         let _ = tokio::time::timeout(bound, inner.subscriber.quit()).await;
-        if let Some(control) = self.control.get() {
+        if let Some(control) = self.inner.control.get() {
             let _ = tokio::time::timeout(bound, control.quit()).await;
         }
         let _ = tokio::time::timeout(bound, inner.client.quit()).await;
