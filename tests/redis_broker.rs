@@ -701,6 +701,13 @@ async fn a_failed_publish_is_not_sent_once_redis_is_back() {
         .unwrap_or("0");
     // The history script's own PUBLISHes count too.
     assert_eq!(calls, (fresh.len() + 2).to_string(), "{stats}");
+    // `g`'s runs: 2 and 247 publications, the latter cut at 100 (100, 100
+    // and 47): four scripts, and the lone publication a plain PUBLISH.
+    let evals = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_eval:calls="))
+        .and_then(|rest| rest.split(',').next());
+    assert_eq!(evals, Some("4"), "{stats}");
     a.shutdown().await;
     b.broker.shutdown().await;
 }
