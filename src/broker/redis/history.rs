@@ -234,7 +234,7 @@ impl Inner {
         for (result, reply) in results.into_iter().zip(replies) {
             let value = result.map_err(unavailable)?;
             match reply {
-                Reply::Plain(n) => positions.extend((0..n).map(|_| None)),
+                Reply::Plain(n) => positions.extend(std::iter::repeat_n(None, n)),
                 // A snapshot group: no offset to answer.
                 Reply::None => positions.push(None),
                 Reply::Offset => {

@@ -23,7 +23,7 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::Poll;
 
-use futures_util::future::{BoxFuture, MaybeDone, maybe_done};
+use futures_util::future::{BoxFuture, maybe_done};
 
 /// Sends `commands` in the order given and waits for every reply; one
 /// result per command, in the same order.
@@ -45,14 +45,13 @@ pub(super) async fn in_order<'a, T>(
     let mut results = Vec::with_capacity(commands.len());
     for mut command in commands {
         (&mut command).await;
-        results.push(match command {
-            MaybeDone::Done(result) => result,
-            // Unreachable once awaited; an error rather than a panic.
-            MaybeDone::Future(_) | MaybeDone::Gone => Err(fred::error::Error::new(
+        // Always there once awaited; an error rather than a panic.
+        results.push(Pin::new(&mut command).take_output().unwrap_or_else(|| {
+            Err(fred::error::Error::new(
                 fred::error::ErrorKind::Unknown,
                 "a Redis reply went missing",
-            )),
-        });
+            ))
+        }));
     }
     results
 }
