@@ -238,6 +238,10 @@ bench fanout-1k-batch10-max fanout "${N1[@]}" --subscribers 1000 --rate 0 --batc
 bench fanout-10k-5 fanout "${N1[@]}" --subscribers 10000 --rate 5 --duration "$D" --drain "$DRAIN"
 bench fanout-10k-max fanout "${N1[@]}" --subscribers 10000 --rate 0 --window 8 --inflight 4 --duration "$D" --drain "$DRAIN"
 bench groups-10k groups "${N1[@]}" --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
+# Issue 15's "1,000 groups of 10" (its targets 2 and 4): each socket in one
+# group, so 5,000 single publishes/s are 50,000 deliveries/s, where
+# groups-10k above (groups of 100) is the market-data shape of target 6.
+bench groups-of-10 groups "${N1[@]}" --sockets 10000 --groups 1000 --per-socket 1 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
 bench connect-hit connect "${N1[@]}" --mode hit --duration "$D" --concurrency 64
 stop_pid "$EMBEDDED_PID"
 
@@ -296,6 +300,7 @@ RN1=(--ws "ws://127.0.0.1:$WSR1/ws" --api "http://127.0.0.1:$APIR1" --tokens-fil
 bench redis1-fanout-1k-500 fanout "${RN1[@]}" --subscribers 1000 --rate 500 --inflight 64 --duration "$D" --drain "$DRAIN"
 bench redis1-fanout-10k-5 fanout "${RN1[@]}" --subscribers 10000 --rate 5 --duration "$D" --drain "$DRAIN"
 bench redis1-groups-10k groups "${RN1[@]}" --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
+bench redis1-groups-of-10 groups "${RN1[@]}" --sockets 10000 --groups 1000 --per-socket 1 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
 start_node r2 "$WSR2" "$APIR2" "$METR2" "${DB_ENV[@]}"
 R2_PID=$NODE_PID
 R2=(--ws "ws://127.0.0.1:$WSR1/ws" --ws "ws://127.0.0.1:$WSR2/ws" --api "http://127.0.0.1:$APIR1"
@@ -384,6 +389,7 @@ if want floor; then
     bench floor-fanout-10k-5 fanout "${NF[@]}" --subscribers 10000 --rate 5 --duration "$D" --drain "$DRAIN"
     bench floor-fanout-10k-max fanout "${NF[@]}" --subscribers 10000 --rate 0 --window 8 --inflight 4 --duration "$D" --drain "$DRAIN"
     bench floor-groups-10k groups "${NF[@]}" --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
+    bench floor-groups-of-10 groups "${NF[@]}" --sockets 10000 --groups 1000 --per-socket 1 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
     # The market-data shape at the coalescing section's offered rates (its
     # write_delay 0 rows), for target 6: past the knee, wsgate's reached
     # rate against the floor's. 5,000 offered is floor-groups-10k above.
