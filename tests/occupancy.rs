@@ -335,11 +335,7 @@ async fn cost_per_operation() {
 
 /// EVALSHA calls so far (INFO commandstats).
 fn evalsha_calls() -> u64 {
-    redis_cli(6379, &["info", "commandstats"])
-        .iter()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|v| v.split(',').next()?.parse().ok())
-        .unwrap_or(0)
+    command_calls(&redis_cli(6379, &["info", "commandstats"]), "evalsha")
 }
 
 /// Redis' total commands processed (INFO stats).

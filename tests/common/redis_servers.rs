@@ -215,6 +215,17 @@ pub fn redis_cli(port: u16, args: &[&str]) -> Vec<String> {
     try_redis_cli(port, args).unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
 }
 
+/// How many times the server ran `command` (lower case), from the lines
+/// of `INFO commandstats`; 0 when it never ran.
+pub fn command_calls(commandstats: &[String], command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    commandstats
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn try_redis_cli(port: u16, args: &[&str]) -> Option<Vec<String>> {
     let out = Command::new("timeout")
         .arg("10")
