@@ -47,6 +47,60 @@ async fn api_key_required() {
     );
 }
 
+/// Every answer, refusals included, carries the caller's `X-Request-Id` when
+/// it is a short plain token, and a fresh one otherwise.
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let (_d, node) = node().await;
+    let http = reqwest::Client::new();
+    let id_of = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let fresh = |id: &str| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    let publish = || {
+        http.post(node.api_url("/api/v1/publish"))
+            .body(r#"{"group":"g","data":1}"#)
+    };
+    // Accepted, refused for the key, and an unknown path: the given id back.
+    for (req, status) in [
+        (publish().bearer_auth(API_KEY), 200),
+        (publish(), 401),
+        (http.get(node.api_url("/api/v1/nothing")), 404),
+        (
+            http.get(node.api_url("/api/v1/publish"))
+                .bearer_auth(API_KEY),
+            405,
+        ),
+    ] {
+        let resp = req.header("X-Request-Id", "job-42_a").send().await.unwrap();
+        assert_eq!(resp.status(), status);
+        assert_eq!(id_of(&resp).as_deref(), Some("job-42_a"), "{status}");
+    }
+    // Without one, or with one that is not a plain token: a fresh id each time.
+    let mut seen = Vec::new();
+    for given in [
+        None,
+        Some("two words"),
+        Some("x".repeat(65).as_str()),
+        Some(""),
+    ]
+    .map(|g| g.map(str::to_string))
+    {
+        let mut req = publish().bearer_auth(API_KEY);
+        if let Some(given) = &given {
+            req = req.header("X-Request-Id", given);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let id = id_of(&resp).expect("an id");
+        assert!(fresh(&id), "{given:?} answered {id:?}");
+        assert!(!seen.contains(&id));
+        seen.push(id);
+    }
+}
+
 #[tokio::test]
 async fn publish_single_and_batch_in_order() {
     let (_d, node) = node().await;

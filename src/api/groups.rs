@@ -11,10 +11,11 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, ApiState, bad};
+use super::{ApiError, ApiState, Call, bad};
 use crate::broker::occupancy::is_valid_pattern;
 
 /// Groups listed when the call names no `limit` ...
@@ -31,6 +32,14 @@ pub(super) struct GroupsQuery {
 
 pub(super) async fn list(
     State(state): State<ApiState>,
+    query: Result<Query<GroupsQuery>, QueryRejection>,
+    call: Call,
+) -> Response {
+    call.answer(&state, occupied(&state, query)).await
+}
+
+async fn occupied(
+    state: &ApiState,
     query: Result<Query<GroupsQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(query) = query.map_err(|e| bad(e.body_text()))?;

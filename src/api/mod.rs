@@ -6,10 +6,9 @@
 //! extractor, so any content type works (`curl -d` sends a form type) and
 //! every refusal gets the same JSON error shape.
 
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,8 +22,11 @@ use tracing::Instrument;
 
 use std::sync::Arc;
 
+mod call;
 mod groups;
 mod idempotent;
+
+use call::Call;
 
 use crate::auth::Authenticator;
 use crate::auth::Token;
@@ -159,114 +161,35 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/unsubscribe", post(unsubscribe::unsubscribe))
         .route("/api/v1/groups/{group}/presence", get(presence))
         .route("/api/v1/cluster", get(cluster))
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .route_layer(middleware::from_fn_with_state(state.clone(), read_body))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), request_span))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
-/// Every API call runs in a span with a request id (the caller's
-/// `X-Request-Id` when it is a short plain token, else a new one), echoed in
-/// the response so backend logs and ours can be joined.
-async fn request_span(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-        .map(str::to_string);
-    let request_id = given.unwrap_or_else(|| hex::encode(rand::random::<[u8; 8]>()));
-    let span = tracing::info_span!(
-        "api_request",
-        request_id = %request_id,
-        method = %request.method(),
-        path = %request.uri().path(),
-    );
-    let mut response = next.run(request).instrument(span.clone()).await;
-    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "api call"));
-    if let Some(code) = ApiErrorCode::from_status(response.status().as_u16()) {
-        state.metrics.api_error(code);
-    }
-    if let Ok(value) = header::HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
-    response
+/// An unknown path: the same answer with or without a key.
+async fn not_found(State(state): State<ApiState>, request: Request) -> Response {
+    let call = Call::unchecked(request);
+    call.answer(&state, async { ApiError::NotFound }).await
 }
 
-async fn require_key(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    if authorized(&state, request.headers()) {
-        next.run(request).await
-    } else {
-        ApiError::Unauthorized.into_response()
-    }
+/// A known path with another method: after the key check, as every route.
+async fn method_not_allowed(State(state): State<ApiState>, call: Call) -> Response {
+    call.answer(&state, async { ApiError::MethodNotAllowed })
+        .await
 }
 
-fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    state.keys.accepts(given.trim())
+/// `{"ok":true}`, the answer of most calls, made once.
+fn ok() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::from_static(br#"{"ok":true}"#),
+    )
+        .into_response()
 }
 
-/// Reads the whole body, once the key is checked, within `api.body_timeout`:
-/// a caller that declares 100 bytes and sends 9 does not hold a connection
-/// and a task open for as long as it likes (hyper bounds only the headers).
-async fn read_body(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let (parts, body) = request.into_parts();
-    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
-    match tokio::time::timeout(state.body_timeout, read).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-                .await
-        }
-        Ok(Err(e)) if is_length_limit(&e) => ApiError::TooLarge.into_response(),
-        Ok(Err(_)) => bad("could not read the request body").into_response(),
-        Err(_elapsed) => {
-            let mut response = ApiError::BodyTimeout.into_response();
-            response.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-            response
-        }
-    }
-}
-
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// Reads a JSON body, mapping size and syntax errors to 413 and 400.
-fn parse_body<T: for<'de> Deserialize<'de>>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge
-        } else {
-            bad(e.body_text())
-        }
-    })?;
-    serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))
+/// Parses a JSON body (read whole by [`Call`]).
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -299,23 +222,18 @@ fn check_group(group: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn publish(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn publish(State(state): State<ApiState>, call: Call) -> Response {
     let span = tracing::info_span!("publish", messages = tracing::field::Empty);
-    crate::telemetry::set_parent_from_headers(&span, &headers);
-    publish_in_span(state, body, span.clone())
-        .instrument(span)
-        .await
+    crate::telemetry::set_parent_from_headers(&span, &call.headers);
+    let work = publish_in_span(&state, &call.body, span.clone()).instrument(span);
+    call.answer(&state, work).await
 }
 
 async fn publish_in_span(
-    state: ApiState,
-    body: Result<Bytes, BytesRejection>,
+    state: &ApiState,
+    body: &[u8],
     span: tracing::Span,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let body: PublishBody = parse_body(body)?;
     let idempotency_key = body.idempotency_key;
     let items = match (body.group, body.data, body.messages) {
@@ -331,9 +249,9 @@ async fn publish_in_span(
         check_group(&item.group)?;
     }
     let claim = match &idempotency_key {
-        Some(key) => match idempotent::claim(&state, key).await? {
+        Some(key) => match idempotent::claim(state, key).await? {
             Some(claim) => Some(claim),
-            None => return Ok(Json(json!({"ok": true, "duplicate": true}))),
+            None => return Ok(Json(json!({"ok": true, "duplicate": true})).into_response()),
         },
         None => None,
     };
@@ -355,21 +273,21 @@ async fn publish_in_span(
     let published = state.broker.publish(publications).await;
     if let Some(claim) = claim {
         match &published {
-            Ok(_) => claim.done(&state).await,
-            Err(_) => claim.failed(&state).await,
+            Ok(_) => claim.done(state).await,
+            Err(_) => claim.failed(state).await,
         }
     }
     let positions = published.map_err(|e| ApiError::Unavailable(e.to_string()))?;
     state.metrics.messages_published.inc_by(n);
     if !state.history.is_on() {
-        return Ok(Json(json!({"ok": true})));
+        return Ok(ok());
     }
     // One offset per message, in request order (null: no history there).
     let offsets: Vec<Option<u64>> = positions
         .iter()
         .map(|p| p.as_ref().map(|p| p.offset))
         .collect();
-    Ok(Json(json!({"ok": true, "offsets": offsets})))
+    Ok(Json(json!({"ok": true, "offsets": offsets})).into_response())
 }
 
 /// A user id may be sent as a string or a number; it is a string on the wire.
@@ -397,10 +315,12 @@ struct DisconnectBody {
     user_id: UserId,
 }
 
-async fn disconnect(
-    State(state): State<ApiState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn disconnect(State(state): State<ApiState>, call: Call) -> Response {
+    call.answer(&state, disconnect_user(&state, &call.body))
+        .await
+}
+
+async fn disconnect_user(state: &ApiState, body: &[u8]) -> Result<Response, ApiError> {
     let body: DisconnectBody = parse_body(body)?;
     let user_id = body
         .user_id
@@ -411,7 +331,7 @@ async fn disconnect(
         .control(Control::DisconnectUser { user_id })
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(Json(json!({"ok": true})))
+    Ok(ok())
 }
 
 #[derive(Deserialize)]
@@ -420,10 +340,11 @@ struct RevokeBody {
     token: String,
 }
 
-async fn revoke(
-    State(state): State<ApiState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn revoke(State(state): State<ApiState>, call: Call) -> Response {
+    call.answer(&state, revoke_token(&state, &call.body)).await
+}
+
+async fn revoke_token(state: &ApiState, body: &[u8]) -> Result<Response, ApiError> {
     let body: RevokeBody = parse_body(body)?;
     if body.token.is_empty() {
         return Err(bad("token must not be empty"));
@@ -438,13 +359,22 @@ async fn revoke(
             }
             RevokeError::Broker(e) => ApiError::Unavailable(e),
         })?;
-    Ok(Json(json!({"ok": true})))
+    Ok(ok())
 }
 
 async fn presence(
     State(state): State<ApiState>,
-    Path(group): Path<String>,
+    group: Result<Path<String>, PathRejection>,
+    call: Call,
+) -> Response {
+    call.answer(&state, members(&state, group)).await
+}
+
+async fn members(
+    state: &ApiState,
+    group: Result<Path<String>, PathRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(group) = group.map_err(|e| bad(e.body_text()))?;
     check_group(&group)?;
     let members = state
         .broker
@@ -456,7 +386,11 @@ async fn presence(
     ))
 }
 
-async fn cluster(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn cluster(State(state): State<ApiState>, call: Call) -> Response {
+    call.answer(&state, nodes(&state)).await
+}
+
+async fn nodes(state: &ApiState) -> Result<Json<serde_json::Value>, ApiError> {
     let nodes = state
         .broker
         .nodes()

@@ -6,14 +6,11 @@
 //! it issued until then (for `authorize.grant_max_lifetime`), and sends each
 //! of the user's connections in the group an unsolicited `unsubscribed`.
 
-use axum::Json;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use bytes::Bytes;
+use axum::response::Response;
 use serde::Deserialize;
-use serde_json::json;
 
-use super::{ApiError, ApiState, UserId, bad, check_group, parse_body};
+use super::{ApiError, ApiState, Call, UserId, bad, check_group, ok, parse_body};
 use crate::protocol::Control;
 
 #[derive(Deserialize)]
@@ -23,10 +20,12 @@ struct UnsubscribeBody {
     group: String,
 }
 
-pub(super) async fn unsubscribe(
-    State(state): State<ApiState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+pub(super) async fn unsubscribe(State(state): State<ApiState>, call: Call) -> Response {
+    call.answer(&state, unsubscribe_user(&state, &call.body))
+        .await
+}
+
+async fn unsubscribe_user(state: &ApiState, body: &[u8]) -> Result<Response, ApiError> {
     let body: UnsubscribeBody = parse_body(body)?;
     let user_id = body
         .user_id
@@ -41,5 +40,5 @@ pub(super) async fn unsubscribe(
         })
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(Json(json!({"ok": true})))
+    Ok(ok())
 }
