@@ -260,7 +260,11 @@ pub async fn deliveries(c: &Common, run: DeliveryRun) -> Result<Value, String> {
             .map(|g| ready.members.get(g).copied().unwrap_or(0))
             .collect::<Vec<u64>>(),
     );
+    // What the setup left the server doing (a Redis-backed node's presence
+    // and occupancy writes) is not the publishes' cost: wait until it is
+    // quiet, as `connect` does.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    sys::wait_quiet(&c.server_pid, QUIET).await;
     let loadavg = sys::loadavg();
     let metrics_before = scraper.read().await;
     let before = snapshot(c);
