@@ -58,6 +58,7 @@ pub fn usage(
             "cores": round(u.server_cpu_s / wall, 3),
             "cpu_s_each": u.server_cpu_each_s.iter().map(|c| round(*c, 3)).collect::<Vec<_>>(),
             format!("cpu_us_per_{op}"): per_op(u.server_cpu_s),
+            format!("user_us_per_{op}"): per_op(u.server_user_s),
             "rss_before_kib": u.server_rss_before_kib,
             "rss_after_kib": u.server_rss_after_kib,
         },
