@@ -68,10 +68,11 @@ impl Call {
     /// A call whose key is not checked and whose body is not read: the
     /// unknown paths' answer, which is the same with or without a key.
     pub fn unchecked(request: Request) -> Call {
-        Call::begin(request.into_parts().0, Bytes::new())
+        Call::begin(request.into_parts().0)
     }
 
-    fn begin(parts: Parts, body: Bytes) -> Call {
+    /// The id and the span; the body is read by `from_request`.
+    fn begin(parts: Parts) -> Call {
         let id = RequestId::of(&parts.headers);
         let span = tracing::info_span!(
             "api_request",
@@ -83,7 +84,7 @@ impl Call {
             id,
             span,
             headers: parts.headers,
-            body,
+            body: Bytes::new(),
         }
     }
 
@@ -114,7 +115,7 @@ impl FromRequest<ApiState> for Call {
 
     async fn from_request(request: Request, state: &ApiState) -> Result<Call, Response> {
         let (parts, body) = request.into_parts();
-        let mut call = Call::begin(parts, Bytes::new());
+        let mut call = Call::begin(parts);
         if !authorized(state, &call.headers) {
             return Err(call.finish(state, ApiError::Unauthorized.into_response()));
         }
