@@ -113,31 +113,30 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn take(server: &[u32], aux: &[u32]) -> Snapshot {
-        let each = |pids: &[u32]| -> Vec<f64> {
+        // One reading per process (user, system; zeros for one that is
+        // gone); the sums and the user part are derived from it, so they
+        // agree with each other.
+        let read = |pids: &[u32]| -> Vec<(f64, f64)> {
             pids.iter()
-                .map(|p| process_cpu_seconds(&p.to_string()).unwrap_or(0.0))
+                .map(|p| process_cpu_split(&p.to_string()).unwrap_or((0.0, 0.0)))
                 .collect()
         };
-        let cpu = |pids: &[u32]| -> f64 {
-            pids.iter()
-                .filter_map(|p| process_cpu_seconds(&p.to_string()))
-                .sum()
+        let (server_split, aux_split) = (read(server), read(aux));
+        let totals = |split: &[(f64, f64)]| -> Vec<f64> {
+            split.iter().map(|(user, system)| user + system).collect()
         };
+        let (server_cpu_each, aux_cpu_each) = (totals(&server_split), totals(&aux_split));
         Snapshot {
             at: Instant::now(),
-            server_cpu: cpu(server),
-            server_user: server
-                .iter()
-                .filter_map(|p| process_cpu_split(&p.to_string()))
-                .map(|(user, _)| user)
-                .sum(),
-            server_cpu_each: each(server),
-            aux_cpu_each: each(aux),
+            server_cpu: server_cpu_each.iter().sum(),
+            server_user: server_split.iter().map(|(user, _)| user).sum(),
+            server_cpu_each,
+            aux_cpu: aux_cpu_each.iter().sum(),
+            aux_cpu_each,
             server_rss_kib: server
                 .iter()
                 .filter_map(|p| process_rss_kib(&p.to_string()))
                 .sum(),
-            aux_cpu: cpu(aux),
             self_cpu: process_cpu_seconds("self").unwrap_or(0.0),
             machine: machine_jiffies(),
         }

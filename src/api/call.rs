@@ -42,7 +42,8 @@ impl RequestId {
             Some(id) => RequestId(id.clone()),
             None => {
                 let id = hex::encode(rand::random::<[u8; 8]>());
-                RequestId(HeaderValue::from_str(&id).expect("hex is a valid header value"))
+                // From the `String` itself: no second copy.
+                RequestId(HeaderValue::try_from(id).expect("hex is a valid header value"))
             }
         }
     }
