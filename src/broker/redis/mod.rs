@@ -26,8 +26,8 @@
 //!   events and their stream (Lua scripts on first join and last leave).
 //! - `shards`: [`ShardedBroker`], one broker per independent server of
 //!   `redis.shards`, each group placed on one of them.
-//! - `requests`: several commands in order, one request each: why
-//!   publishes and idempotency keys are not fred pipelines.
+//! - `requests`: several commands in order, one request each: why the
+//!   broker sends no fred pipeline (late writes, one `writev` a command).
 
 mod control;
 mod history;
@@ -41,6 +41,7 @@ mod snapshot;
 
 use control::ControlLink;
 pub use control::RedisControl;
+use requests::Request;
 pub use shards::{ShardedBroker, shard_of};
 
 use std::collections::HashMap;
@@ -466,21 +467,17 @@ impl Broker for RedisBroker {
         inner.set_up(false);
         if inner.client.is_connected() {
             inner.occupancy_shutdown().await;
-            let pipeline = inner.client.pipeline();
-            let queued: Result<(), fred::error::Error> = async {
-                let _: () = pipeline.del(inner.node_key()).await?;
-                let _: () = pipeline
-                    .zrem(inner.nodes_key(), inner.node_id.as_str())
-                    .await?;
-                for (group, _) in inner.slots() {
-                    let _: () = pipeline
-                        .del(inner.presence_key(&group, &inner.node_id))
-                        .await?;
-                }
-                Ok(())
+            let client = &inner.client;
+            let mut commands: Vec<Request<'_, Value>> = vec![
+                Box::pin(client.del(inner.node_key())),
+                Box::pin(client.zrem(inner.nodes_key(), inner.node_id.as_str())),
+            ];
+            for (group, _) in inner.slots() {
+                commands.push(Box::pin(
+                    client.del(inner.presence_key(&group, &inner.node_id)),
+                ));
             }
-            .await;
-            if let Err(e) = queued.and(pipeline.all::<Value>().await.map(|_| ())) {
+            if let Err(e) = requests::all_in_order(commands).await {
                 tracing::warn!(error = %e, "could not remove this node from Redis; it expires instead");
             }
         }

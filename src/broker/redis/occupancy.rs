@@ -47,6 +47,7 @@ use fred::types::sorted_sets::ZRange;
 use tokio::time::MissedTickBehavior;
 use wildmatch::WildMatch;
 
+use super::requests::{self, Request};
 use super::{Inner, RedisBroker, unavailable};
 use crate::broker::occupancy::{
     Emitter, GroupOccupancy, OccupancySettings, OccupiedGroups, literal_prefix, new_event_id,
@@ -453,37 +454,31 @@ impl Occupancy for RedisBroker {
             .map_err(unavailable)?
             .into_iter()
             .collect();
-        let pipeline = inner.client.pipeline();
-        for name in &names {
-            let _: () = pipeline
-                .hkeys(inner.occ_key(&format!("g:{name}")))
-                .await
-                .map_err(unavailable)?;
-        }
-        let holders: Vec<Vec<String>> = pipeline
-            .try_all::<Vec<String>>()
+        let client = &inner.client;
+        let commands: Vec<Request<'_, Vec<String>>> = names
+            .iter()
+            .map(|name| {
+                Box::pin(client.hkeys(inner.occ_key(&format!("g:{name}")))) as Request<'_, _>
+            })
+            .collect();
+        let holders: Vec<Vec<String>> = requests::in_order(commands)
             .await
             .into_iter()
             .map(|r| r.unwrap_or_default())
             .collect();
-        let pipeline = inner.client.pipeline();
+        let mut commands: Vec<Request<'_, u64>> = Vec::new();
         let mut asked = Vec::new();
         for (i, name) in names.iter().enumerate() {
             for node in holders.get(i).into_iter().flatten() {
                 if live.contains(node) {
-                    let _: () = pipeline
-                        .hlen(inner.presence_key(name, node))
-                        .await
-                        .map_err(unavailable)?;
+                    commands.push(Box::pin(client.hlen(inner.presence_key(name, node))));
                     asked.push(i);
                 }
             }
         }
         let mut members = vec![0u64; names.len()];
-        if !asked.is_empty() {
-            for (i, n) in asked.into_iter().zip(pipeline.try_all::<u64>().await) {
-                members[i] += n.unwrap_or(0);
-            }
+        for (i, n) in asked.into_iter().zip(requests::in_order(commands).await) {
+            members[i] += n.unwrap_or(0);
         }
         let groups = names
             .into_iter()

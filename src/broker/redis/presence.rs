@@ -24,12 +24,11 @@ use fred::prelude::{
 use tokio::time::MissedTickBehavior;
 
 use super::link::{Slot, force_reconnect, is_timeout};
+use super::requests::{self, Request};
 use super::{Inner, RedisBroker, json, unavailable};
 use crate::broker::{BrokerError, NodeInfo, NodeRegistry, Presence};
 use crate::hub::Member;
 
-/// Commands per pipeline in the heartbeat.
-const PIPELINE_CHUNK: usize = 512;
 /// Most nodes the listing and presence consider.
 const MAX_NODES: i64 = 10_000;
 
@@ -63,15 +62,16 @@ impl Inner {
             return;
         }
         let key = self.presence_key(group, &self.node_id);
-        let pipeline = self.client.pipeline();
+        let client = &self.client;
+        let mut commands: Vec<Request<'_, Value>> = Vec::with_capacity(3);
         if first {
-            let _: Result<(), _> = pipeline.del(&key).await;
+            commands.push(Box::pin(client.del(&key)));
         }
-        let _: Result<(), _> = pipeline
-            .hset(&key, (member.session.as_str(), json(member)))
-            .await;
-        let _: Result<(), _> = pipeline.pexpire(&key, self.ttl_ms(), None).await;
-        if let Err(e) = pipeline.all::<Value>().await {
+        commands.push(Box::pin(
+            client.hset(&key, (member.session.as_str(), json(member))),
+        ));
+        commands.push(Box::pin(client.pexpire(&key, self.ttl_ms(), None)));
+        if let Err(e) = requests::all_in_order(commands).await {
             tracing::debug!(group, error = %e, "presence write failed; the heartbeat will repair it");
             slot.presence_dirty.store(true, Ordering::Release);
         }
@@ -97,17 +97,17 @@ impl Inner {
     async fn presence_rewrite(&self, group: &str, slot: &Slot) -> Result<(), fred::error::Error> {
         let key = self.presence_key(group, &self.node_id);
         let members = slot.snapshot();
-        let pipeline = self.client.pipeline();
-        let _: () = pipeline.del(&key).await?;
+        let client = &self.client;
+        let mut commands: Vec<Request<'_, Value>> = vec![Box::pin(client.del(&key))];
         if !members.is_empty() {
             let fields: Vec<(String, String)> = members
                 .iter()
                 .map(|m| (m.session.clone(), json(m)))
                 .collect();
-            let _: () = pipeline.hset(&key, fields).await?;
-            let _: () = pipeline.pexpire(&key, self.ttl_ms(), None).await?;
+            commands.push(Box::pin(client.hset(&key, fields)));
+            commands.push(Box::pin(client.pexpire(&key, self.ttl_ms(), None)));
         }
-        pipeline.all::<Value>().await?;
+        requests::all_in_order(commands).await?;
         Ok(())
     }
 
@@ -129,38 +129,27 @@ impl Inner {
             last_seen_ms: now,
         };
         let oldest = now.saturating_sub(self.node_ttl.as_millis() as u64);
-        let pipeline = self.client.pipeline();
-        let queued: Result<(), fred::error::Error> = async {
-            let _: () = pipeline
-                .set(
-                    self.node_key(),
-                    json(&info),
-                    Some(Expiration::PX(self.ttl_ms())),
-                    None,
-                    false,
-                )
-                .await?;
-            let _: () = pipeline
-                .zadd(
-                    self.nodes_key(),
-                    None,
-                    None,
-                    false,
-                    false,
-                    (now as f64, self.node_id.as_str()),
-                )
-                .await?;
-            let _: () = pipeline
-                .zremrangebyscore(self.nodes_key(), f64::NEG_INFINITY, (oldest as f64) - 1.0)
-                .await?;
+        let client = &self.client;
+        let expiry = Some(Expiration::PX(self.ttl_ms()));
+        let commands: Vec<Request<'_, Value>> = vec![
+            Box::pin(client.set(self.node_key(), json(&info), expiry, None, false)),
+            Box::pin(client.zadd(
+                self.nodes_key(),
+                None,
+                None,
+                false,
+                false,
+                (now as f64, self.node_id.as_str()),
+            )),
+            Box::pin(client.zremrangebyscore(
+                self.nodes_key(),
+                f64::NEG_INFINITY,
+                (oldest as f64) - 1.0,
+            )),
             // The set outlives its last live node by node_ttl, no longer.
-            let _: () = pipeline
-                .pexpire(self.nodes_key(), self.ttl_ms(), None)
-                .await?;
-            Ok(())
-        }
-        .await;
-        let registered = queued.and(pipeline.all::<Value>().await.map(|_| ()));
+            Box::pin(client.pexpire(self.nodes_key(), self.ttl_ms(), None)),
+        ];
+        let registered = requests::all_in_order(commands).await.map(|_| ());
         if let Err(e) = &registered {
             tracing::debug!(error = %e, "node registration failed");
         }
@@ -210,15 +199,17 @@ impl Inner {
                 live.push((group, slot));
             }
         }
-        for chunk in live.chunks(PIPELINE_CHUNK) {
-            let pipeline = self.client.pipeline();
-            for (group, _) in chunk {
-                let key = self.presence_key(group, &self.node_id);
-                let _: Result<(), _> = pipeline.pexpire(key, self.ttl_ms(), None).await;
-            }
-            let results = pipeline.try_all::<i64>().await;
-            if results.len() != chunk.len() {
-                // The whole pipeline failed; try again on the next beat.
+        for chunk in live.chunks(requests::CHUNK) {
+            let commands: Vec<Request<'_, i64>> = chunk
+                .iter()
+                .map(|(group, _)| {
+                    let key = self.presence_key(group, &self.node_id);
+                    Box::pin(self.client.pexpire(key, self.ttl_ms(), None)) as Request<'_, i64>
+                })
+                .collect();
+            let results = requests::in_order(commands).await;
+            if results.iter().all(Result::is_err) {
+                // Redis is not answering; try again on the next beat.
                 return;
             }
             for ((group, slot), result) in chunk.iter().zip(results) {
@@ -283,16 +274,19 @@ impl Presence for RedisBroker {
             return Ok(Vec::new());
         }
         let inner = &self.inner;
-        let pipeline = inner.client.pipeline();
-        for node in &nodes {
-            let _: () = pipeline
-                .hgetall(inner.presence_key(group, node))
-                .await
-                .map_err(unavailable)?;
-        }
+        let commands: Vec<Request<'_, HashMap<String, String>>> = nodes
+            .iter()
+            .map(|node| {
+                Box::pin(inner.client.hgetall(inner.presence_key(group, node)))
+                    as Request<'_, HashMap<String, String>>
+            })
+            .collect();
         let mut members = Vec::new();
-        for result in pipeline.try_all::<HashMap<String, String>>().await {
-            for raw in result.map_err(unavailable)?.into_values() {
+        for hash in requests::all_in_order(commands)
+            .await
+            .map_err(unavailable)?
+        {
+            for raw in hash.into_values() {
                 match serde_json::from_str::<Member>(&raw) {
                     Ok(member) => members.push(member),
                     Err(_) => tracing::debug!(group, "skipped a malformed presence entry"),
@@ -312,17 +306,20 @@ impl NodeRegistry for RedisBroker {
             return Ok(Vec::new());
         }
         let inner = &self.inner;
-        let pipeline = inner.client.pipeline();
-        for id in &ids {
-            let _: () = pipeline
-                .get(format!("{}node:{id}", inner.prefix))
-                .await
-                .map_err(unavailable)?;
-        }
+        let commands: Vec<Request<'_, Option<String>>> = ids
+            .iter()
+            .map(|id| {
+                Box::pin(inner.client.get(format!("{}node:{id}", inner.prefix)))
+                    as Request<'_, Option<String>>
+            })
+            .collect();
         let mut nodes = Vec::new();
-        for result in pipeline.try_all::<Option<String>>().await {
+        for entry in requests::all_in_order(commands)
+            .await
+            .map_err(unavailable)?
+        {
             // A missing key is a node that stopped (or was removed) since.
-            if let Some(raw) = result.map_err(unavailable)? {
+            if let Some(raw) = entry {
                 match serde_json::from_str::<NodeInfo>(&raw) {
                     Ok(info) => nodes.push(info),
                     Err(_) => tracing::debug!("skipped a malformed node entry"),

@@ -1,19 +1,28 @@
 //! Several commands sent in order, one request each, instead of a fred
-//! pipeline.
+//! pipeline. Every group of commands the broker sends together goes
+//! through [`in_order`]; `client.pipeline()` is not used.
 //!
-//! Why: fred marks a command whose caller stopped waiting (its timeout) so
-//! that it is never written afterwards, but it does not mark a pipeline's
-//! commands. After a lost connection fred still reports "connected" through
-//! its first reconnection delay; a pipeline sent then waits in fred's queue,
-//! outlives its caller's timeout and is written once Redis is back. A
-//! publish answered "unavailable" (so the caller retries) was delivered that
-//! way, after the messages published since; an idempotency claim would be
-//! taken late and turn the caller's retry into a "duplicate" never
-//! published.
+//! Why, first: fred marks a command whose caller stopped waiting (its
+//! timeout) so that it is never written afterwards, but it does not mark a
+//! pipeline's commands. After a lost connection fred still reports
+//! "connected" through its first reconnection delay; a pipeline sent then
+//! waits in fred's queue, outlives its caller's timeout and is written once
+//! Redis is back. A publish answered "unavailable" (so the caller retries)
+//! was delivered that way, after the messages published since; an
+//! idempotency claim would be taken late and turn the caller's retry into a
+//! "duplicate" never published; a presence entry written after the leave
+//! that followed it would show a session that is gone.
 //!
-//! Separate requests still share the wire: fred writes commands that arrive
-//! together back to back and flushes once (auto-pipelining), and one
-//! connection keeps them in the order they were sent.
+//! Why, second: fred 10.1 writes a pipeline's commands one `writev` each.
+//! It flushes after a command whenever its router queue is empty, and a
+//! whole pipeline is one entry in that queue, so it is empty while the
+//! pipeline's own commands are written (5 `SET`s in a pipeline: 5 `writev`,
+//! under strace). Separate requests queued together are written back to
+//! back with one flush: the queue still holds the next one while each is
+//! written. A heartbeat refreshing 10,000 presence hashes was 10,000
+//! writes every 2 s; see docs/performance.md, round thirteen.
+//!
+//! One connection keeps the commands in the order they were sent.
 //!
 //! Only a command's own timeout (`redis.command_timeout`, set on every
 //! client) marks it: a caller must not wrap these futures in a shorter
@@ -23,14 +32,41 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::Poll;
 
-use futures_util::future::{BoxFuture, maybe_done};
+use futures_util::future::{BoxFuture, MaybeDone, maybe_done};
+
+/// Commands in flight at once: each takes a place in fred's queue
+/// (`MAX_QUEUED_COMMANDS`, where a pipeline took one), so a long list (a
+/// heartbeat over every local group) goes out a chunk at a time.
+pub(super) const CHUNK: usize = 512;
+
+/// One command's future, as [`in_order`] takes it.
+pub(super) type Request<'a, T> = BoxFuture<'a, Result<T, fred::error::Error>>;
 
 /// Sends `commands` in the order given and waits for every reply; one
 /// result per command, in the same order.
 pub(super) async fn in_order<'a, T>(
-    commands: Vec<BoxFuture<'a, Result<T, fred::error::Error>>>,
+    commands: Vec<Request<'a, T>>,
 ) -> Vec<Result<T, fred::error::Error>> {
-    let mut commands: Vec<_> = commands.into_iter().map(maybe_done).collect();
+    let mut results = Vec::with_capacity(commands.len());
+    let mut commands = commands.into_iter().peekable();
+    while commands.peek().is_some() {
+        let chunk: Vec<_> = commands.by_ref().take(CHUNK).map(maybe_done).collect();
+        send_and_wait(chunk, &mut results).await;
+    }
+    results
+}
+
+/// [`in_order`], failing with the first error.
+pub(super) async fn all_in_order<'a, T>(
+    commands: Vec<Request<'a, T>>,
+) -> Result<Vec<T>, fred::error::Error> {
+    in_order(commands).await.into_iter().collect()
+}
+
+async fn send_and_wait<'a, T>(
+    mut commands: Vec<MaybeDone<Request<'a, T>>>,
+    results: &mut Vec<Result<T, fred::error::Error>>,
+) {
     // fred sends a command when its future is first polled: once each, in
     // order, before waiting on any of them.
     poll_fn(|cx| {
@@ -42,7 +78,6 @@ pub(super) async fn in_order<'a, T>(
     .await;
     // Then in turn: one connection answers in order, so waiting for each
     // costs nothing over waiting for all (and allocates nothing).
-    let mut results = Vec::with_capacity(commands.len());
     for mut command in commands {
         (&mut command).await;
         // Always there once awaited; an error rather than a panic.
@@ -53,5 +88,4 @@ pub(super) async fn in_order<'a, T>(
             ))
         }));
     }
-    results
 }

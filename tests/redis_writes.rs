@@ -1,0 +1,87 @@
+//! How many reads Redis makes for what the broker sends together.
+//!
+//! fred 10.1 writes a pipeline's commands one `writev` each (it flushes
+//! whenever its own queue is empty, and a pipeline is one entry in it), so
+//! Redis woke up for nearly every command of a heartbeat that refreshes one
+//! presence hash per local group: 10,000 idle users were 10,000 writes and
+//! ~20,000 Redis reads every 10 s. The broker now queues such commands as
+//! separate requests, which fred writes back to back with one flush.
+//!
+//! Counts, not timings: the server's `total_reads_processed` (one per read
+//! event) against the `PEXPIRE`s it ran, on a throwaway `redis-server` that
+//! only this test talks to.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis_servers::{RedisProc, command_calls, redis_cli};
+use wsgate::broker::Broker;
+use wsgate::broker::redis::RedisBroker;
+use wsgate::config::RedisConfig;
+use wsgate::hub::Member;
+use wsgate::metrics::Metrics;
+
+const GROUPS: usize = 1_000;
+const BEATS: u64 = 3;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn reads_processed(port: u16) -> u64 {
+    redis_cli(port, &["info", "stats"])
+        .iter()
+        .find_map(|l| l.strip_prefix("total_reads_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_reads_processed in INFO stats")
+}
+
+#[tokio::test]
+async fn a_heartbeat_refreshes_many_groups_in_few_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path());
+    let cfg = RedisConfig {
+        url: Some(redis.url()),
+        prefix: "wsgate_t_writes:".into(),
+        heartbeat: Duration::from_millis(100),
+        node_ttl: Duration::from_secs(5),
+        command_timeout: Duration::from_secs(2),
+        ..RedisConfig::default()
+    };
+    let broker = RedisBroker::connect(&cfg, "a".into(), Arc::new(Metrics::new()))
+        .await
+        .expect("connect to the throwaway Redis");
+    for i in 0..GROUPS {
+        let member = Member {
+            user_id: format!("u{i}"),
+            session: format!("s{i}"),
+            node: "a".into(),
+        };
+        broker.subscribe(&format!("g{i}"), &member).await.unwrap();
+    }
+
+    redis_cli(redis.port, &["config", "resetstat"]);
+    let started = Instant::now();
+    let pexpires = loop {
+        let calls = command_calls(&redis_cli(redis.port, &["info", "commandstats"]), "pexpire");
+        if calls >= BEATS * GROUPS as u64 {
+            break calls;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "only {calls} PEXPIREs within {WAIT:?}: the heartbeat did not refresh {GROUPS} groups {BEATS} times"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let reads = reads_processed(redis.port);
+    eprintln!("{pexpires} PEXPIREs in {reads} reads by Redis");
+    // About one read per four commands before (778 for 3,003 here, Redis
+    // catching a few writes at once); a few per heartbeat now (fred may
+    // split a chunk of 512 where its writer catches up with the queue, plus
+    // the registration and a subscriber PING: 53 for 3,003 here). The bound
+    // sits about 4x from both.
+    assert!(
+        reads * 15 < pexpires,
+        "{reads} Redis reads for {pexpires} PEXPIREs: the heartbeat's commands went out one write each"
+    );
+    broker.shutdown().await;
+}
