@@ -280,17 +280,26 @@ note_cmd "# tokens: ${DB_ENV[*]} target/release/wsgate token issue --user 1 > $W
 note_cmd "# miss tokens: target/release/wsgate-bench gen-tokens --count $MISS_TOKENS --out $WORK/redis/miss-tokens.txt," \
     "then psql inserts encode(sha256(token), 'hex') of each into wsgate_tokens"
 (umask 077 && env "${DB_ENV[@]}" WSGATE__API__KEYS="$API_KEY" "$WSGATE" token issue --user 1 >"$WORK/redis/tokens.txt")
-# Cache-miss tokens: random native tokens; PostgreSQL stores their SHA-256
-# digests exactly as `wsgate token issue` does (hex of the token's bytes).
-"$BENCH" gen-tokens --count "$MISS_TOKENS" --out "$WORK/redis/miss-tokens.txt"
-psql -h 127.0.0.1 -U postgres -d "$PGDB" -v ON_ERROR_STOP=1 -q <<SQL
+# gen_users FILE COUNT USER_PREFIX: COUNT random native tokens, one user each
+# (USER_PREFIX1, USER_PREFIX2, ...); PostgreSQL stores their SHA-256 digests
+# exactly as `wsgate token issue` does (hex of the token's bytes).
+gen_users() {
+    "$BENCH" gen-tokens --count "$2" --out "$1"
+    psql -h 127.0.0.1 -U postgres -d "$PGDB" -v ON_ERROR_STOP=1 -q <<SQL
 CREATE TEMP TABLE bench_tokens (token text);
-\copy bench_tokens FROM '$WORK/redis/miss-tokens.txt'
+\copy bench_tokens FROM '$1'
 INSERT INTO wsgate_tokens (digest, user_id, created_at, expires_at, revoked_at)
-SELECT encode(sha256(convert_to(token, 'UTF8')), 'hex'), 'miss-' || row_number() OVER (),
+SELECT encode(sha256(convert_to(token, 'UTF8')), 'hex'), '$3' || row_number() OVER (),
        (extract(epoch FROM now()) * 1000)::bigint, NULL, NULL
 FROM bench_tokens;
 SQL
+}
+# Cache-miss tokens for connect-miss.
+gen_users "$WORK/redis/miss-tokens.txt" "$MISS_TOKENS" miss-
+# Idle sockets of distinct users (redis1-idle-10k-users): each user's own
+# group is a presence hash that the heartbeat refreshes.
+note_cmd "# idle users: the same for 10000 tokens in $WORK/redis/idle-tokens.txt, user ids idle-1, idle-2, ..."
+gen_users "$WORK/redis/idle-tokens.txt" 10000 idle-
 start_node r1 "$WSR1" "$APIR1" "$METR1" "${DB_ENV[@]}"
 R1_PID=$NODE_PID
 # One node with redis.url (issue 15, target 4: "the same node" on Redis),
@@ -301,6 +310,8 @@ bench redis1-fanout-1k-500 fanout "${RN1[@]}" --subscribers 1000 --rate 500 --in
 bench redis1-fanout-10k-5 fanout "${RN1[@]}" --subscribers 10000 --rate 5 --duration "$D" --drain "$DRAIN"
 bench redis1-groups-10k groups "${RN1[@]}" --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
 bench redis1-groups-of-10 groups "${RN1[@]}" --sockets 10000 --groups 1000 --per-socket 1 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
+bench redis1-idle-10k-users idle --ws "ws://127.0.0.1:$WSR1/ws" --tokens-file "$WORK/redis/idle-tokens.txt" \
+    --server-pid "$R1_PID" --aux-pid "$REDIS_PID" --sockets 10000 --settle 2 --hold "$HOLD"
 start_node r2 "$WSR2" "$APIR2" "$METR2" "${DB_ENV[@]}"
 R2_PID=$NODE_PID
 R2=(--ws "ws://127.0.0.1:$WSR1/ws" --ws "ws://127.0.0.1:$WSR2/ws" --api "http://127.0.0.1:$APIR1"
