@@ -306,12 +306,16 @@ R1_PID=$NODE_PID
 # the embedded section's command lines, rows redis1-<same name>.
 RN1=(--ws "ws://127.0.0.1:$WSR1/ws" --api "http://127.0.0.1:$APIR1" --tokens-file "$WORK/redis/tokens.txt"
     "${KEYS[@]}" --server-pid "$R1_PID" --aux-pid "$REDIS_PID")
+# First, on the fresh node (so its RSS per socket means something): idle
+# sockets of 10,000 distinct users, each user's own group a presence hash
+# that the heartbeat refreshes (server CPU while held). Not named redis1-:
+# the embedded idle row has one user, so there is no like-for-like pair.
+bench redis-idle-10k-users idle --ws "ws://127.0.0.1:$WSR1/ws" --tokens-file "$WORK/redis/idle-tokens.txt" \
+    --server-pid "$R1_PID" --aux-pid "$REDIS_PID" --sockets 10000 --settle 2 --hold "$HOLD"
 bench redis1-fanout-1k-500 fanout "${RN1[@]}" --subscribers 1000 --rate 500 --inflight 64 --duration "$D" --drain "$DRAIN"
 bench redis1-fanout-10k-5 fanout "${RN1[@]}" --subscribers 10000 --rate 5 --duration "$D" --drain "$DRAIN"
 bench redis1-groups-10k groups "${RN1[@]}" --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
 bench redis1-groups-of-10 groups "${RN1[@]}" --sockets 10000 --groups 1000 --per-socket 1 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
-bench redis1-idle-10k-users idle --ws "ws://127.0.0.1:$WSR1/ws" --tokens-file "$WORK/redis/idle-tokens.txt" \
-    --server-pid "$R1_PID" --aux-pid "$REDIS_PID" --sockets 10000 --settle 2 --hold "$HOLD"
 start_node r2 "$WSR2" "$APIR2" "$METR2" "${DB_ENV[@]}"
 R2_PID=$NODE_PID
 R2=(--ws "ws://127.0.0.1:$WSR1/ws" --ws "ws://127.0.0.1:$WSR2/ws" --api "http://127.0.0.1:$APIR1"
