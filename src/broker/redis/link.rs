@@ -214,21 +214,24 @@ impl Inner {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
+    // fred's command futures are 6-8 KB; these and the other calls on a
+    // join's or a leave's path are boxed so that the broker's `subscribe`
+    // and `unsubscribe` futures (boxed and moved whole, per join) stay small.
     pub(super) async fn sub_channel(&self, group: &str) -> Result<(), fred::error::Error> {
         let channel = self.group_channel(group);
         if self.sharded {
-            self.subscriber.ssubscribe(channel).await
+            Box::pin(self.subscriber.ssubscribe(channel)).await
         } else {
-            self.subscriber.subscribe(channel).await
+            Box::pin(self.subscriber.subscribe(channel)).await
         }
     }
 
     pub(super) async fn unsub_channel(&self, group: &str) -> Result<(), fred::error::Error> {
         let channel = self.group_channel(group);
         if self.sharded {
-            self.subscriber.sunsubscribe(channel).await
+            Box::pin(self.subscriber.sunsubscribe(channel)).await
         } else {
-            self.subscriber.unsubscribe(channel).await
+            Box::pin(self.subscriber.unsubscribe(channel)).await
         }
     }
 

@@ -501,3 +501,59 @@ impl Broker for RedisBroker {
         tracing::info!(node = %inner.node_id, "left the Redis cluster");
     }
 }
+
+#[cfg(test)]
+mod sizes {
+    //! The broker's `subscribe` and `unsubscribe` are boxed (async-trait)
+    //! and moved whole on every join and leave; the Redis calls they await
+    //! are boxed so that a fred command's future (6-8 KB) is not part of
+    //! theirs. Sizes, not timings.
+
+    use std::future::Future;
+    use std::mem::size_of;
+
+    use super::Inner;
+    use super::link::Slot;
+    use crate::hub::Member;
+
+    fn two<A, B, R: Future>(_: fn(A, B) -> R) -> usize {
+        size_of::<R>()
+    }
+    fn four<A, B, C, D, R: Future>(_: fn(A, B, C, D) -> R) -> usize {
+        size_of::<R>()
+    }
+    fn five<A, B, C, D, E, R: Future>(_: fn(A, B, C, D, E) -> R) -> usize {
+        size_of::<R>()
+    }
+
+    #[test]
+    fn a_join_and_a_leave_hold_no_redis_command_inline() {
+        let client = fred::clients::Client::default();
+        let command = size_of_val(&fred::interfaces::KeysInterface::del::<i64, _>(
+            &client, "k",
+        ));
+        type I = &'static Inner;
+        type S = &'static str;
+        let steps = [
+            ("sub_channel", two::<I, S, _>(Inner::sub_channel)),
+            ("unsub_channel", two::<I, S, _>(Inner::unsub_channel)),
+            ("occupancy_joined", two::<I, S, _>(Inner::occupancy_joined)),
+            ("occupancy_left", two::<I, S, _>(Inner::occupancy_left)),
+            (
+                "presence_add",
+                five::<I, S, &'static Slot, &'static Member, bool, _>(Inner::presence_add),
+            ),
+            (
+                "presence_remove",
+                four::<I, S, &'static Slot, Option<&'static str>, _>(Inner::presence_remove),
+            ),
+        ];
+        for (step, bytes) in steps {
+            println!("{step:<17} {bytes:>6} B (one fred DEL {command} B)");
+            assert!(
+                bytes < command / 4,
+                "{step}'s future is {bytes} B, a fred command's {command} B: a Redis call is held inline"
+            );
+        }
+    }
+}

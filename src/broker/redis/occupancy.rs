@@ -207,7 +207,8 @@ impl Inner {
             occ.settings.stream_maxlen.to_string(),
             on.to_string(),
         ];
-        let emitted: i64 = JOIN.evalsha_with_reload(&self.client, keys, args).await?;
+        // Boxed: see `sub_channel`.
+        let emitted: i64 = Box::pin(JOIN.evalsha_with_reload(&self.client, keys, args)).await?;
         if emitted == 1 {
             occ.emitter.emit(event);
         }
@@ -224,7 +225,7 @@ impl Inner {
             self.occ_key("holders"),
         ];
         let args = vec![self.node_id.clone(), group.to_string(), due.to_string()];
-        let _: i64 = LEAVE.evalsha_with_reload(&self.client, keys, args).await?;
+        let _: i64 = Box::pin(LEAVE.evalsha_with_reload(&self.client, keys, args)).await?;
         Ok(())
     }
 

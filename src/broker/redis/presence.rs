@@ -83,9 +83,10 @@ impl Inner {
             return;
         }
         let key = self.presence_key(group, &self.node_id);
+        // Boxed: see `sub_channel`.
         let result: Result<i64, _> = match session {
-            Some(session) => self.client.hdel(&key, session).await,
-            None => self.client.del(&key).await,
+            Some(session) => Box::pin(self.client.hdel(&key, session)).await,
+            None => Box::pin(self.client.del(&key)).await,
         };
         if let Err(e) = result {
             tracing::debug!(group, error = %e, "presence delete failed; the heartbeat will repair it");
