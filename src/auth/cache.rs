@@ -245,13 +245,10 @@ impl RedisTokenCache {
     /// command's future is several KB, and held inline (an async fn keeps
     /// its arguments in its state) it made every token lookup's task,
     /// which is spawned and so copied in and out, 14 KB.
-    fn bounded<'a, T: 'a>(
+    fn bounded<'a, T: Send + 'a>(
         &'a self,
         call: impl Future<Output = Result<T, fred::error::Error>> + Send + 'a,
-    ) -> impl Future<Output = Result<T, CacheError>> + Send + 'a
-    where
-        T: Send,
-    {
+    ) -> impl Future<Output = Result<T, CacheError>> + Send + 'a {
         let call = Box::pin(call);
         async move {
             let result = match tokio::time::timeout(self.command_timeout, call).await {

@@ -315,16 +315,14 @@ impl NodeRegistry for RedisBroker {
             })
             .collect();
         let mut nodes = Vec::new();
-        for entry in requests::all_in_order(commands)
+        let entries = requests::all_in_order(commands)
             .await
-            .map_err(unavailable)?
-        {
-            // A missing key is a node that stopped (or was removed) since.
-            if let Some(raw) = entry {
-                match serde_json::from_str::<NodeInfo>(&raw) {
-                    Ok(info) => nodes.push(info),
-                    Err(_) => tracing::debug!("skipped a malformed node entry"),
-                }
+            .map_err(unavailable)?;
+        // A missing key (None) is a node that stopped (or was removed) since.
+        for raw in entries.into_iter().flatten() {
+            match serde_json::from_str::<NodeInfo>(&raw) {
+                Ok(info) => nodes.push(info),
+                Err(_) => tracing::debug!("skipped a malformed node entry"),
             }
         }
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
