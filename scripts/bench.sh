@@ -296,8 +296,7 @@ SQL
 }
 # Cache-miss tokens for connect-miss.
 gen_users "$WORK/redis/miss-tokens.txt" "$MISS_TOKENS" miss-
-# Idle sockets of distinct users (redis1-idle-10k-users): each user's own
-# group is a presence hash that the heartbeat refreshes.
+# Tokens of distinct users for redis-idle-10k-users (below).
 note_cmd "# idle users: the same for 10000 tokens in $WORK/redis/idle-tokens.txt, user ids idle-1, idle-2, ..."
 gen_users "$WORK/redis/idle-tokens.txt" 10000 idle-
 start_node r1 "$WSR1" "$APIR1" "$METR1" "${DB_ENV[@]}"

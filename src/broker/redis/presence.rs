@@ -62,16 +62,8 @@ impl Inner {
             return;
         }
         let key = self.presence_key(group, &self.node_id);
-        let client = &self.client;
-        let mut commands: Vec<Request<'_, Value>> = Vec::with_capacity(3);
-        if first {
-            commands.push(Box::pin(client.del(&key)));
-        }
-        commands.push(Box::pin(
-            client.hset(&key, (member.session.as_str(), json(member))),
-        ));
-        commands.push(Box::pin(client.pexpire(&key, self.ttl_ms(), None)));
-        if let Err(e) = requests::all_in_order(commands).await {
+        let entry = vec![(member.session.clone(), json(member))];
+        if let Err(e) = self.presence_write(&key, first, entry).await {
             tracing::debug!(group, error = %e, "presence write failed; the heartbeat will repair it");
             slot.presence_dirty.store(true, Ordering::Release);
         }
@@ -97,19 +89,33 @@ impl Inner {
     /// Rewrites a group's presence hash from local state (under its `op`).
     async fn presence_rewrite(&self, group: &str, slot: &Slot) -> Result<(), fred::error::Error> {
         let key = self.presence_key(group, &self.node_id);
-        let members = slot.snapshot();
+        let entries = slot
+            .snapshot()
+            .iter()
+            .map(|m| (m.session.clone(), json(m)))
+            .collect();
+        self.presence_write(&key, true, entries).await
+    }
+
+    /// Writes `entries` (session, JSON member) to the presence hash `key`
+    /// and renews its expiry, after a `DEL` when `clear`; with no entries,
+    /// only the `DEL`. Queued together: one write to Redis.
+    async fn presence_write(
+        &self,
+        key: &str,
+        clear: bool,
+        entries: Vec<(String, String)>,
+    ) -> Result<(), fred::error::Error> {
         let client = &self.client;
-        let mut commands: Vec<Request<'_, Value>> = vec![Box::pin(client.del(&key))];
-        if !members.is_empty() {
-            let fields: Vec<(String, String)> = members
-                .iter()
-                .map(|m| (m.session.clone(), json(m)))
-                .collect();
-            commands.push(Box::pin(client.hset(&key, fields)));
-            commands.push(Box::pin(client.pexpire(&key, self.ttl_ms(), None)));
+        let mut commands: Vec<Request<'_, Value>> = Vec::with_capacity(3);
+        if clear {
+            commands.push(Box::pin(client.del(key)));
         }
-        requests::all_in_order(commands).await?;
-        Ok(())
+        if !entries.is_empty() {
+            commands.push(Box::pin(client.hset(key, entries)));
+            commands.push(Box::pin(client.pexpire(key, self.ttl_ms(), None)));
+        }
+        requests::all_in_order(commands).await.map(|_| ())
     }
 
     // -- heartbeat ----------------------------------------------------------
