@@ -16,10 +16,11 @@ use common::redis_servers::{RedisCluster, RedisProc, command_calls, random_prefi
 use common::{RedisPrefix, SHARED_REDIS, free_port};
 use fred::prelude::{Client, ClientLike, PubsubInterface};
 use serde_json::value::RawValue;
+use wsgate::broker::occupancy::OccupancySettings;
 use wsgate::broker::redis::RedisBroker;
 use wsgate::broker::{
     Broker, BrokerError, BrokerHandler, ControlSender, HistoryPolicy, NodeInfo, NodeRegistry,
-    Presence, SnapshotPolicy,
+    Occupancy, Presence, SnapshotPolicy,
 };
 use wsgate::config::{HistoryConfig, RedisConfig};
 use wsgate::hub::Member;
@@ -719,15 +720,44 @@ async fn redis_cluster_with_sharded_pubsub() {
     let rc = RedisCluster::start(3);
     let ports = rc.ports();
     let prefix = random_prefix();
-    let cfg = config(&rc.url(), &prefix);
+    // A heartbeat too slow to repair presence within the test: what the
+    // joins wrote is what it reads.
+    let cfg = RedisConfig {
+        heartbeat: Duration::from_secs(10),
+        node_ttl: Duration::from_secs(30),
+        ..config(&rc.url(), &prefix)
+    };
     let a = node(&cfg, "a").await;
     let b = node(&cfg, "b").await;
+    for n in [&a, &b] {
+        n.broker.start_occupancy(OccupancySettings {
+            linger: Duration::from_secs(60),
+            stream: None,
+            stream_maxlen: 100,
+            queue: 64,
+        });
+    }
     // Enough groups to land on every shard.
     let groups: Vec<String> = (0..12).map(|i| format!("g{i}")).collect();
     for g in &groups {
         b.broker.subscribe(g, &member("b", "s1")).await.unwrap();
     }
     a.broker.subscribe("g0", &member("a", "s2")).await.unwrap();
+    // Presence and occupancy are written apart on a cluster (their keys
+    // are in different slots; outside a cluster one script does both).
+    for g in &groups {
+        let mut expected = vec![member("b", "s1")];
+        if g == "g0" {
+            expected.insert(0, member("a", "s2"));
+        }
+        assert_eq!(a.broker.presence(g).await.unwrap(), expected, "{g}");
+    }
+    let occupied = a.broker.occupied("*", 100).await.unwrap();
+    let mut names: Vec<&str> = occupied.groups.iter().map(|o| o.group.as_str()).collect();
+    names.sort_unstable();
+    let mut want: Vec<&str> = groups.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(names, want);
     let batch: Vec<Publication> = groups
         .iter()
         .flat_map(|g| (0..5).map(move |i| publication(g, &i.to_string())))

@@ -1,4 +1,5 @@
-//! How many reads Redis makes for what the broker sends together.
+//! How many reads Redis makes for what the broker sends together, and how
+//! many commands a group's first join and last leave on a node cost.
 //!
 //! fred 10.1 writes a pipeline's commands one `writev` each (it flushes
 //! whenever its own queue is empty, and a pipeline is one entry in it), so
@@ -16,9 +17,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis_servers::{RedisProc, command_calls, redis_cli};
-use wsgate::broker::Broker;
+use common::redis_servers::{Monitor, RedisProc, command_calls, redis_cli};
+use wsgate::broker::occupancy::OccupancySettings;
 use wsgate::broker::redis::RedisBroker;
+use wsgate::broker::{Broker, Occupancy, OccupancyKind, Presence};
 use wsgate::config::RedisConfig;
 use wsgate::hub::Member;
 use wsgate::metrics::Metrics;
@@ -84,4 +86,99 @@ async fn a_heartbeat_refreshes_many_groups_in_few_writes() {
         "{reads} Redis reads for {pexpires} PEXPIREs: the heartbeat's commands went out one write each"
     );
     broker.shutdown().await;
+}
+
+/// A new user's own group is a first join and, when the user leaves, a
+/// last leave. Each used to be its (un)subscription plus the presence hash
+/// (DEL, HSET, PEXPIRE to join; DEL to leave) and the occupancy script
+/// beside it: eight commands a user. Presence now rides in the occupancy
+/// script (one slot outside Redis Cluster): four. Counted with MONITOR,
+/// which also shows that the presence hash and the events are still right.
+#[tokio::test]
+async fn a_first_join_and_a_last_leave_cost_one_script_each() {
+    const N: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path());
+    let cfg = RedisConfig {
+        url: Some(redis.url()),
+        prefix: "wsgate_t_joins:".into(),
+        // No heartbeat or sweep while counting (the first ones run at start).
+        heartbeat: Duration::from_secs(60),
+        node_ttl: Duration::from_secs(180),
+        command_timeout: Duration::from_secs(2),
+        ..RedisConfig::default()
+    };
+    let broker = RedisBroker::connect(&cfg, "a".into(), Arc::new(Metrics::new()))
+        .await
+        .expect("connect to the throwaway Redis");
+    broker.start_occupancy(OccupancySettings {
+        linger: Duration::from_secs(120),
+        stream: Some("events".into()),
+        stream_maxlen: 1000,
+        queue: 4 * N,
+    });
+    let mut events = broker.occupancy_events().expect("occupancy is on");
+    let member = |i: usize| Member {
+        user_id: format!("user-{i}"),
+        session: format!("s{i}"),
+        node: "a".into(),
+    };
+    let group = |i: usize| format!("user.{i}");
+    // Let the sweep's first tick pass, so the count is the joins' alone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut monitor = Monitor::start(redis.port, dir.path());
+    for i in 0..N {
+        broker.subscribe(&group(i), &member(i)).await.unwrap();
+    }
+    let joins = of_groups(monitor.client_commands());
+    for i in 0..N {
+        assert_eq!(broker.presence(&group(i)).await.unwrap(), [member(i)]);
+        let event = events.try_recv().expect("one occupied event per group");
+        assert_eq!(
+            (event.event, event.group.as_str()),
+            (OccupancyKind::Occupied, group(i).as_str())
+        );
+    }
+    drop(monitor);
+
+    let mut monitor = Monitor::start(redis.port, dir.path());
+    for i in 0..N {
+        broker
+            .unsubscribe(&group(i), &format!("s{i}"))
+            .await
+            .unwrap();
+    }
+    let leaves = of_groups(monitor.client_commands());
+    for i in 0..N {
+        assert!(broker.presence(&group(i)).await.unwrap().is_empty());
+    }
+    let left = redis_cli(redis.port, &["keys", "wsgate_t_joins:presence:*"]);
+    assert!(left.is_empty(), "presence hashes left behind: {left:?}");
+
+    eprintln!(
+        "{N} first joins: {} commands; {N} last leaves: {}",
+        joins.len(),
+        leaves.len()
+    );
+    // Before: SUBSCRIBE, DEL, HSET, PEXPIRE, EVALSHA to join; DEL, EVALSHA,
+    // UNSUBSCRIBE to leave. Each script's first call may meet NOSCRIPT and
+    // be sent again (one more line each way).
+    assert!(
+        joins.len() <= 2 * N + 1,
+        "joins sent {} commands: {joins:#?}",
+        joins.len()
+    );
+    assert!(
+        leaves.len() <= 2 * N + 1,
+        "leaves sent {} commands: {leaves:#?}",
+        leaves.len()
+    );
+    broker.shutdown().await;
+}
+
+/// The monitor lines that name one of the test's groups (the heartbeat's
+/// and the sweep's do not).
+fn of_groups(lines: Vec<String>) -> Vec<String> {
+    lines.into_iter().filter(|l| l.contains("user.")).collect()
 }

@@ -242,3 +242,64 @@ fn try_redis_cli(port: u16, args: &[&str]) -> Option<Vec<String>> {
             .collect()
     })
 }
+
+/// `MONITOR` on a throwaway server: the commands its clients send, in
+/// order, apart from those a script runs (`[0 lua]`), which Redis's own
+/// counters cannot tell from a client's. Stopped on drop.
+pub struct Monitor {
+    port: u16,
+    child: Child,
+    out: PathBuf,
+}
+
+impl Monitor {
+    /// Starts `redis-cli monitor` and waits until it is attached.
+    pub fn start(port: u16, dir: &Path) -> Monitor {
+        let out = dir.join(format!("monitor-{port}.log"));
+        let file = std::fs::File::create(&out).expect("monitor log");
+        let child = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "monitor"])
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-cli monitor");
+        let mut m = Monitor { port, child, out };
+        m.wait_for("OK");
+        m
+    }
+
+    fn wait_for(&mut self, text: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let log = std::fs::read_to_string(&self.out).unwrap_or_default();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "MONITOR did not show {text:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The commands clients sent since the start (not those run by
+    /// scripts), each as its monitor line; ends with a marker command so
+    /// that everything sent before the call is in.
+    pub fn client_commands(&mut self) -> Vec<String> {
+        let marker = format!("wsgate-monitor-{}", rand::random::<u64>());
+        redis_cli(self.port, &["echo", &marker]);
+        let log = self.wait_for(&marker);
+        log.lines()
+            .filter(|l| l.contains(" [") && !l.contains(" lua] ") && !l.contains(&marker))
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -372,12 +372,7 @@ impl Broker for RedisBroker {
             }
             slot.add(member);
             if count == 0 {
-                // Both on the command client, queued in this order: one
-                // write to Redis, not two round trips one after the other.
-                tokio::join!(
-                    inner.presence_add(group, &slot, member, true),
-                    inner.occupancy_joined(group)
-                );
+                inner.first_joined(group, &slot, member).await;
             } else {
                 inner.presence_add(group, &slot, member, false).await;
             }
@@ -407,11 +402,7 @@ impl Broker for RedisBroker {
                 unsettled.settled();
                 return Ok(());
             }
-            // Queued together on the command client: one write.
-            tokio::join!(
-                inner.presence_remove(group, &slot, None),
-                inner.occupancy_left(group)
-            );
+            inner.last_left(group, &slot).await;
             if state.sub != Sub::None {
                 state.sub = Sub::Unknown;
                 let result = if inner.subscriber.is_connected() {
@@ -519,6 +510,9 @@ mod sizes {
     fn two<A, B, R: Future>(_: fn(A, B) -> R) -> usize {
         size_of::<R>()
     }
+    fn three<A, B, C, R: Future>(_: fn(A, B, C) -> R) -> usize {
+        size_of::<R>()
+    }
     fn four<A, B, C, D, R: Future>(_: fn(A, B, C, D) -> R) -> usize {
         size_of::<R>()
     }
@@ -537,8 +531,14 @@ mod sizes {
         let steps = [
             ("sub_channel", two::<I, S, _>(Inner::sub_channel)),
             ("unsub_channel", two::<I, S, _>(Inner::unsub_channel)),
-            ("occupancy_joined", two::<I, S, _>(Inner::occupancy_joined)),
-            ("occupancy_left", two::<I, S, _>(Inner::occupancy_left)),
+            (
+                "first_joined",
+                four::<I, S, &'static Slot, &'static Member, _>(Inner::first_joined),
+            ),
+            (
+                "last_left",
+                three::<I, S, &'static Slot, _>(Inner::last_left),
+            ),
             (
                 "presence_add",
                 five::<I, S, &'static Slot, &'static Member, bool, _>(Inner::presence_add),

@@ -9,7 +9,9 @@
 //!
 //! Cost: one `EVALSHA` when a group gets its first member on this node, one
 //! when it loses its last; nothing per message and nothing per further
-//! member. Each node also runs one sweep script per tick (the smaller of
+//! member. Outside Redis Cluster the same script also writes (or deletes)
+//! the node's presence hash of the group, so a new user's own group costs
+//! one command on join and one on leave (see `first_joined`). Each node also runs one sweep script per tick (the smaller of
 //! `redis.heartbeat` and a quarter of the linger), which ends lingers that
 //! are due and clears the entries of dead nodes.
 //!
@@ -47,12 +49,14 @@ use fred::types::sorted_sets::ZRange;
 use tokio::time::MissedTickBehavior;
 use wildmatch::WildMatch;
 
+use super::link::Slot;
 use super::requests::{self, Request};
-use super::{Inner, RedisBroker, unavailable};
+use super::{Inner, RedisBroker, json, unavailable};
 use crate::broker::occupancy::{
     Emitter, GroupOccupancy, OccupancySettings, OccupiedGroups, literal_prefix, new_event_id,
 };
 use crate::broker::{BrokerError, Occupancy, OccupancyEvent, OccupancyKind};
+use crate::hub::Member;
 
 /// Groups of a dead node handled per sweep (the rest wait for the next one),
 /// and lingers ended per sweep: a sweep never blocks Redis for long.
@@ -62,10 +66,17 @@ const MAX_SCAN: usize = 100_000;
 /// Entries read per round trip of a listing.
 const SCAN_BATCH: i64 = 1000;
 
-/// KEYS: g, occupied, vacating, n:<node>, holders, stream.
-/// ARGV: node, group, id, ts, maxlen, stream on ("1"/"0").
+/// KEYS: g, occupied, vacating, n:<node>, holders, stream, and optionally
+/// this node's presence hash of the group.
+/// ARGV: node, group, id, ts, maxlen, stream on ("1"/"0"), then with the
+/// presence hash: its expiry (ms), session, member.
 /// Answers 1 when this call occupied the group.
 const JOIN_LUA: &str = r#"
+if KEYS[7] then
+  redis.call('DEL', KEYS[7])
+  redis.call('HSET', KEYS[7], ARGV[8], ARGV[9])
+  redis.call('PEXPIRE', KEYS[7], ARGV[7])
+end
 redis.call('HSET', KEYS[1], ARGV[1], '1')
 redis.call('SADD', KEYS[4], ARGV[2])
 redis.call('SADD', KEYS[5], ARGV[1])
@@ -79,9 +90,11 @@ end
 return 1
 "#;
 
-/// KEYS: g, vacating, n:<node>, holders. ARGV: node, group, due (ms).
+/// KEYS: g, vacating, n:<node>, holders, and optionally this node's
+/// presence hash of the group (deleted). ARGV: node, group, due (ms).
 /// Answers 1 when this was the group's last node (its linger started).
 const LEAVE_LUA: &str = r#"
+if KEYS[5] then redis.call('DEL', KEYS[5]) end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[3], ARGV[2])
 if redis.call('SCARD', KEYS[3]) == 0 then redis.call('SREM', KEYS[4], ARGV[1]) end
@@ -164,34 +177,90 @@ impl Inner {
     }
 
     /// The group got its first member on this node (under its `op` lock,
-    /// so this node's joins and leaves of a group reach Redis in order).
-    /// Never fails the join: a failure is repaired by the next sweep tick.
-    pub(super) async fn occupancy_joined(&self, group: &str) {
+    /// so this node's joins and leaves of a group reach Redis in order):
+    /// its presence hash is written afresh and its occupancy counted.
+    /// Never fails the join: a failure is repaired by the heartbeat
+    /// (presence) and the next sweep tick (occupancy).
+    ///
+    /// One script does both where it can: with occupancy on and not on
+    /// Redis Cluster, whose scripts take keys of one slot only (the
+    /// occupancy keys share `{occ}`, presence hashes are spread). That is
+    /// one command per new user's group where it was four.
+    pub(super) async fn first_joined(&self, group: &str, slot: &Slot, member: &Member) {
+        match self.occupancy.get() {
+            Some(occ) if !self.sharded => {
+                if let Err(e) = self.occ_join(occ, group, Some(member)).await {
+                    tracing::debug!(group, error = %e, "presence and occupancy join deferred");
+                    slot.presence_dirty.store(true, Ordering::Release);
+                    occ.dirty.store(true, Ordering::Release);
+                }
+            }
+            // Both on the command client, queued in this order: one write
+            // to Redis, not two round trips one after the other.
+            _ => {
+                tokio::join!(
+                    self.presence_add(group, slot, member, true),
+                    self.occupancy_joined(group)
+                );
+            }
+        }
+    }
+
+    /// The group lost its last member on this node (under its `op` lock):
+    /// its presence hash is deleted and its occupancy counted down; one
+    /// script where [`first_joined`](Self::first_joined) uses one.
+    pub(super) async fn last_left(&self, group: &str, slot: &Slot) {
+        match self.occupancy.get() {
+            Some(occ) if !self.sharded => {
+                if let Err(e) = self.occ_leave(occ, group, true).await {
+                    tracing::debug!(group, error = %e, "presence and occupancy leave deferred");
+                    slot.presence_dirty.store(true, Ordering::Release);
+                    occ.dirty.store(true, Ordering::Release);
+                }
+            }
+            _ => {
+                tokio::join!(
+                    self.presence_remove(group, slot, None),
+                    self.occupancy_left(group)
+                );
+            }
+        }
+    }
+
+    /// Occupancy alone counts the group's first member on this node.
+    async fn occupancy_joined(&self, group: &str) {
         let Some(occ) = self.occupancy.get() else {
             return;
         };
-        if let Err(e) = self.occ_join(occ, group).await {
+        if let Err(e) = self.occ_join(occ, group, None).await {
             tracing::debug!(group, error = %e, "occupancy join deferred");
             occ.dirty.store(true, Ordering::Release);
         }
     }
 
-    /// The group lost its last member on this node (under its `op` lock).
-    pub(super) async fn occupancy_left(&self, group: &str) {
+    /// Occupancy alone counts the group's last member on this node.
+    async fn occupancy_left(&self, group: &str) {
         let Some(occ) = self.occupancy.get() else {
             return;
         };
-        if let Err(e) = self.occ_leave(occ, group).await {
+        if let Err(e) = self.occ_leave(occ, group, false).await {
             tracing::debug!(group, error = %e, "occupancy leave deferred");
             occ.dirty.store(true, Ordering::Release);
         }
     }
 
-    async fn occ_join(&self, occ: &RedisOccupancy, group: &str) -> Result<(), fred::error::Error> {
+    /// `presence`: also write this member as the group's only entry in
+    /// this node's presence hash.
+    async fn occ_join(
+        &self,
+        occ: &RedisOccupancy,
+        group: &str,
+        presence: Option<&Member>,
+    ) -> Result<(), fred::error::Error> {
         self.check_connected()?;
         let event = OccupancyEvent::new(OccupancyKind::Occupied, group);
         let (stream, on) = self.occ_stream(occ);
-        let keys = vec![
+        let mut keys = vec![
             self.occ_key(&format!("g:{group}")),
             self.occ_key("occupied"),
             self.occ_key("vacating"),
@@ -199,7 +268,7 @@ impl Inner {
             self.occ_key("holders"),
             stream,
         ];
-        let args = vec![
+        let mut args = vec![
             self.node_id.clone(),
             group.to_string(),
             event.id.clone(),
@@ -207,6 +276,14 @@ impl Inner {
             occ.settings.stream_maxlen.to_string(),
             on.to_string(),
         ];
+        if let Some(member) = presence {
+            keys.push(self.presence_key(group, &self.node_id));
+            args.extend([
+                self.ttl_ms().to_string(),
+                member.session.clone(),
+                json(member),
+            ]);
+        }
         // Boxed: see `sub_channel`.
         let emitted: i64 = Box::pin(JOIN.evalsha_with_reload(&self.client, keys, args)).await?;
         if emitted == 1 {
@@ -215,15 +292,24 @@ impl Inner {
         Ok(())
     }
 
-    async fn occ_leave(&self, occ: &RedisOccupancy, group: &str) -> Result<(), fred::error::Error> {
+    /// `presence`: also delete this node's presence hash of the group.
+    async fn occ_leave(
+        &self,
+        occ: &RedisOccupancy,
+        group: &str,
+        presence: bool,
+    ) -> Result<(), fred::error::Error> {
         self.check_connected()?;
         let due = crate::clock::unix_ms() + ms(occ.settings.linger);
-        let keys = vec![
+        let mut keys = vec![
             self.occ_key(&format!("g:{group}")),
             self.occ_key("vacating"),
             self.occ_key(&format!("n:{}", self.node_id)),
             self.occ_key("holders"),
         ];
+        if presence {
+            keys.push(self.presence_key(group, &self.node_id));
+        }
         let args = vec![self.node_id.clone(), group.to_string(), due.to_string()];
         let _: i64 = Box::pin(LEAVE.evalsha_with_reload(&self.client, keys, args)).await?;
         Ok(())
@@ -348,8 +434,8 @@ impl Inner {
         };
         let held = slot.as_ref().is_some_and(|s| s.count() > 0);
         match (join, held) {
-            (true, true) => self.occ_join(occ, group).await,
-            (false, false) => self.occ_leave(occ, group).await,
+            (true, true) => self.occ_join(occ, group, None).await,
+            (false, false) => self.occ_leave(occ, group, false).await,
             _ => Ok(()),
         }
     }
@@ -363,7 +449,7 @@ impl Inner {
         let own = self.occ_key(&format!("n:{}", self.node_id));
         let groups: Vec<String> = self.client.smembers(&own).await.unwrap_or_default();
         for group in groups {
-            if self.occ_leave(occ, &group).await.is_err() {
+            if self.occ_leave(occ, &group, false).await.is_err() {
                 break;
             }
         }

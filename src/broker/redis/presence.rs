@@ -42,7 +42,7 @@ impl Inner {
     pub(super) fn presence_key(&self, group: &str, node: &str) -> String {
         format!("{}presence:{group}:{node}", self.prefix)
     }
-    fn ttl_ms(&self) -> i64 {
+    pub(super) fn ttl_ms(&self) -> i64 {
         self.node_ttl.as_millis().min(i64::MAX as u128) as i64
     }
 
