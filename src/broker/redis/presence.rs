@@ -9,6 +9,11 @@
 //! the listing and of presence within `node_ttl`; every key expires once no
 //! node is left.
 //!
+//! With occupancy on and outside Redis Cluster, a group's first join and
+//! last leave on a node write (and delete) its presence hash inside the
+//! occupancy script instead (`Inner::first_joined` in `occupancy`): one
+//! command rather than presence's own commands beside the script.
+//!
 //! The heartbeat is also the link's liveness probe (see `heartbeat_once`):
 //! its commands are the ones that time out when a connection silently died.
 
