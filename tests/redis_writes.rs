@@ -28,6 +28,22 @@ use wsgate::metrics::Metrics;
 const GROUPS: usize = 1_000;
 const BEATS: u64 = 3;
 const WAIT: Duration = Duration::from_secs(30);
+const PREFIX: &str = "wsgate_t_writes:";
+
+/// Node `a` on the throwaway server.
+async fn broker_on(redis: &RedisProc, heartbeat: Duration, node_ttl: Duration) -> Arc<RedisBroker> {
+    let cfg = RedisConfig {
+        url: Some(redis.url()),
+        prefix: PREFIX.into(),
+        heartbeat,
+        node_ttl,
+        command_timeout: Duration::from_secs(2),
+        ..RedisConfig::default()
+    };
+    RedisBroker::connect(&cfg, "a".into(), Arc::new(Metrics::new()))
+        .await
+        .expect("connect to the throwaway Redis")
+}
 
 fn reads_processed(port: u16) -> u64 {
     redis_cli(port, &["info", "stats"])
@@ -41,17 +57,7 @@ fn reads_processed(port: u16) -> u64 {
 async fn a_heartbeat_refreshes_many_groups_in_few_writes() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisProc::start(dir.path());
-    let cfg = RedisConfig {
-        url: Some(redis.url()),
-        prefix: "wsgate_t_writes:".into(),
-        heartbeat: Duration::from_millis(100),
-        node_ttl: Duration::from_secs(5),
-        command_timeout: Duration::from_secs(2),
-        ..RedisConfig::default()
-    };
-    let broker = RedisBroker::connect(&cfg, "a".into(), Arc::new(Metrics::new()))
-        .await
-        .expect("connect to the throwaway Redis");
+    let broker = broker_on(&redis, Duration::from_millis(100), Duration::from_secs(5)).await;
     for i in 0..GROUPS {
         let member = Member {
             user_id: format!("u{i}"),
@@ -99,18 +105,8 @@ async fn a_first_join_and_a_last_leave_cost_one_script_each() {
     const N: usize = 50;
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisProc::start(dir.path());
-    let cfg = RedisConfig {
-        url: Some(redis.url()),
-        prefix: "wsgate_t_joins:".into(),
-        // No heartbeat or sweep while counting (the first ones run at start).
-        heartbeat: Duration::from_secs(60),
-        node_ttl: Duration::from_secs(180),
-        command_timeout: Duration::from_secs(2),
-        ..RedisConfig::default()
-    };
-    let broker = RedisBroker::connect(&cfg, "a".into(), Arc::new(Metrics::new()))
-        .await
-        .expect("connect to the throwaway Redis");
+    // No heartbeat or sweep while counting (the first ones run at start).
+    let broker = broker_on(&redis, Duration::from_secs(60), Duration::from_secs(180)).await;
     broker.start_occupancy(OccupancySettings {
         linger: Duration::from_secs(120),
         stream: Some("events".into()),
@@ -153,7 +149,7 @@ async fn a_first_join_and_a_last_leave_cost_one_script_each() {
     for i in 0..N {
         assert!(broker.presence(&group(i)).await.unwrap().is_empty());
     }
-    let left = redis_cli(redis.port, &["keys", "wsgate_t_joins:presence:*"]);
+    let left = redis_cli(redis.port, &["keys", &format!("{PREFIX}presence:*")]);
     assert!(left.is_empty(), "presence hashes left behind: {left:?}");
 
     eprintln!(
