@@ -17,6 +17,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use common::redis_servers::{Monitor, RedisProc, command_calls, redis_cli};
 use wsgate::broker::occupancy::OccupancySettings;
 use wsgate::broker::redis::RedisBroker;
@@ -177,4 +178,65 @@ async fn a_first_join_and_a_last_leave_cost_one_script_each() {
 /// and the sweep's do not).
 fn of_groups(lines: Vec<String>) -> Vec<String> {
     lines.into_iter().filter(|l| l.contains("user.")).collect()
+}
+
+/// A server that looks like one Redis but enforces hash slots (a sharding
+/// proxy, a managed "sharded" endpoint; here a one-node Redis Cluster
+/// reached as a plain server) refuses the combined script with
+/// `CROSSSLOT`. The joins and leaves still write presence and occupancy,
+/// apart, at once rather than at the next heartbeat.
+#[tokio::test]
+async fn a_server_that_enforces_slots_gets_presence_written_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start_with(dir.path(), free_port(), &["--cluster-enabled", "yes"]);
+    redis_cli(redis.port, &["cluster", "addslotsrange", "0", "16383"]);
+    let started = Instant::now();
+    while !redis_cli(redis.port, &["cluster", "info"])
+        .iter()
+        .any(|l| l.trim() == "cluster_state:ok")
+    {
+        assert!(
+            started.elapsed() < WAIT,
+            "the one-node cluster never got ok"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // No heartbeat within the test: nothing repairs presence before a read.
+    let broker = broker_on(&redis, Duration::from_secs(60), Duration::from_secs(180)).await;
+    broker.start_occupancy(OccupancySettings {
+        linger: Duration::from_secs(120),
+        stream: Some("events".into()),
+        stream_maxlen: 1000,
+        queue: 16,
+    });
+    let mut events = broker.occupancy_events().expect("occupancy is on");
+    for i in 0..3 {
+        let group = format!("user.{i}");
+        let member = Member {
+            user_id: format!("user-{i}"),
+            session: format!("s{i}"),
+            node: "a".into(),
+        };
+        broker.subscribe(&group, &member).await.unwrap();
+        assert_eq!(broker.presence(&group).await.unwrap(), [member], "{group}");
+        let event = events.try_recv().expect("an occupied event");
+        assert_eq!(
+            (event.event, event.group.as_str()),
+            (OccupancyKind::Occupied, group.as_str())
+        );
+        broker.unsubscribe(&group, &format!("s{i}")).await.unwrap();
+        assert!(broker.presence(&group).await.unwrap().is_empty(), "{group}");
+    }
+    let left = redis_cli(redis.port, &["keys", &format!("{PREFIX}presence:*")]);
+    assert!(left.is_empty(), "presence hashes left behind: {left:?}");
+    let occupied = redis_cli(
+        redis.port,
+        &["zrange", &format!("{PREFIX}{{occ}}:vacating"), "0", "-1"],
+    );
+    assert_eq!(
+        occupied.len(),
+        3,
+        "each group's linger started: {occupied:?}"
+    );
+    broker.shutdown().await;
 }

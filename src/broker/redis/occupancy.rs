@@ -158,6 +158,24 @@ pub(super) struct RedisOccupancy {
     emitter: Emitter,
     /// A script failed: Redis may not match this node's groups.
     dirty: AtomicBool,
+    /// Presence rides in the join and leave scripts (see `first_joined`);
+    /// cleared for good by a `CROSSSLOT` answer.
+    together: AtomicBool,
+}
+
+/// Whether Redis refused a command for keys in more than one slot.
+fn is_cross_slot(e: &fred::error::Error) -> bool {
+    e.details().starts_with("CROSSSLOT")
+}
+
+/// Presence goes beside the scripts from now on (said once).
+fn apart(occ: &RedisOccupancy, e: &fred::error::Error) {
+    if occ.together.swap(false, Ordering::AcqRel) {
+        tracing::info!(
+            error = %e,
+            "Redis enforces hash slots behind a single endpoint: presence is written beside the occupancy scripts from now on"
+        );
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -185,46 +203,58 @@ impl Inner {
     /// One script does both where it can: with occupancy on and not on
     /// Redis Cluster, whose scripts take keys of one slot only (the
     /// occupancy keys share `{occ}`, presence hashes are spread). That is
-    /// one command per new user's group where it was four.
+    /// one command per new user's group where it was four. A server that
+    /// looks like one Redis but enforces slots all the same (a sharding
+    /// proxy, a managed "sharded" endpoint) answers `CROSSSLOT`: the node
+    /// then writes them apart, for this join and from then on.
     pub(super) async fn first_joined(&self, group: &str, slot: &Slot, member: &Member) {
-        match self.occupancy.get() {
-            Some(occ) if !self.sharded => {
-                if let Err(e) = self.occ_join(occ, group, Some(member)).await {
+        if let Some(occ) = self.together() {
+            match self.occ_join(occ, group, Some(member)).await {
+                Ok(()) => return,
+                Err(e) if !is_cross_slot(&e) => {
                     tracing::debug!(group, error = %e, "presence and occupancy join deferred");
                     slot.presence_dirty.store(true, Ordering::Release);
                     occ.dirty.store(true, Ordering::Release);
+                    return;
                 }
-            }
-            // Both on the command client, queued in this order: one write
-            // to Redis, not two round trips one after the other.
-            _ => {
-                tokio::join!(
-                    self.presence_add(group, slot, member, true),
-                    self.occupancy_joined(group)
-                );
+                Err(e) => apart(occ, &e),
             }
         }
+        // Both on the command client, queued in this order: one write to
+        // Redis, not two round trips one after the other.
+        tokio::join!(
+            self.presence_add(group, slot, member, true),
+            self.occupancy_joined(group)
+        );
     }
 
     /// The group lost its last member on this node (under its `op` lock):
     /// its presence hash is deleted and its occupancy counted down; one
     /// script where [`first_joined`](Self::first_joined) uses one.
     pub(super) async fn last_left(&self, group: &str, slot: &Slot) {
-        match self.occupancy.get() {
-            Some(occ) if !self.sharded => {
-                if let Err(e) = self.occ_leave(occ, group, true).await {
+        if let Some(occ) = self.together() {
+            match self.occ_leave(occ, group, true).await {
+                Ok(()) => return,
+                Err(e) if !is_cross_slot(&e) => {
                     tracing::debug!(group, error = %e, "presence and occupancy leave deferred");
                     slot.presence_dirty.store(true, Ordering::Release);
                     occ.dirty.store(true, Ordering::Release);
+                    return;
                 }
-            }
-            _ => {
-                tokio::join!(
-                    self.presence_remove(group, slot, None),
-                    self.occupancy_left(group)
-                );
+                Err(e) => apart(occ, &e),
             }
         }
+        tokio::join!(
+            self.presence_remove(group, slot, None),
+            self.occupancy_left(group)
+        );
+    }
+
+    /// Occupancy, when presence may ride in its scripts.
+    fn together(&self) -> Option<&RedisOccupancy> {
+        self.occupancy
+            .get()
+            .filter(|occ| !self.sharded && occ.together.load(Ordering::Acquire))
     }
 
     /// Occupancy alone counts the group's first member on this node.
@@ -483,6 +513,7 @@ impl RedisBroker {
             emitter: Emitter::new(settings.queue),
             settings,
             dirty: AtomicBool::new(false),
+            together: AtomicBool::new(true),
         };
         if self.inner.occupancy.set(occ).is_err() {
             return;
