@@ -168,16 +168,6 @@ fn is_cross_slot(e: &fred::error::Error) -> bool {
     e.details().starts_with("CROSSSLOT")
 }
 
-/// Presence goes beside the scripts from now on (said once).
-fn apart(occ: &RedisOccupancy, e: &fred::error::Error) {
-    if occ.together.swap(false, Ordering::AcqRel) {
-        tracing::info!(
-            error = %e,
-            "Redis enforces hash slots behind a single endpoint: presence is written beside the occupancy scripts from now on"
-        );
-    }
-}
-
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
@@ -209,15 +199,9 @@ impl Inner {
     /// then writes them apart, for this join and from then on.
     pub(super) async fn first_joined(&self, group: &str, slot: &Slot, member: &Member) {
         if let Some(occ) = self.together() {
-            match self.occ_join(occ, group, Some(member)).await {
-                Ok(()) => return,
-                Err(e) if !is_cross_slot(&e) => {
-                    tracing::debug!(group, error = %e, "presence and occupancy join deferred");
-                    slot.presence_dirty.store(true, Ordering::Release);
-                    occ.dirty.store(true, Ordering::Release);
-                    return;
-                }
-                Err(e) => apart(occ, &e),
+            let result = self.occ_join(occ, group, Some(member)).await;
+            if !self.refused_together(occ, slot, group, result) {
+                return;
             }
         }
         // Both on the command client, queued in this order: one write to
@@ -233,21 +217,45 @@ impl Inner {
     /// script where [`first_joined`](Self::first_joined) uses one.
     pub(super) async fn last_left(&self, group: &str, slot: &Slot) {
         if let Some(occ) = self.together() {
-            match self.occ_leave(occ, group, true).await {
-                Ok(()) => return,
-                Err(e) if !is_cross_slot(&e) => {
-                    tracing::debug!(group, error = %e, "presence and occupancy leave deferred");
-                    slot.presence_dirty.store(true, Ordering::Release);
-                    occ.dirty.store(true, Ordering::Release);
-                    return;
-                }
-                Err(e) => apart(occ, &e),
+            let result = self.occ_leave(occ, group, true).await;
+            if !self.refused_together(occ, slot, group, result) {
+                return;
             }
         }
         tokio::join!(
             self.presence_remove(group, slot, None),
             self.occupancy_left(group)
         );
+    }
+
+    /// Whether Redis refused a combined script for its slots, so the
+    /// writes are still to be made apart (and from now on are). Any other
+    /// failure leaves both to their repairs.
+    fn refused_together(
+        &self,
+        occ: &RedisOccupancy,
+        slot: &Slot,
+        group: &str,
+        result: Result<(), fred::error::Error>,
+    ) -> bool {
+        match result {
+            Ok(()) => false,
+            Err(e) if is_cross_slot(&e) => {
+                if occ.together.swap(false, Ordering::AcqRel) {
+                    tracing::info!(
+                        error = %e,
+                        "Redis enforces hash slots behind a single endpoint: presence is written beside the occupancy scripts from now on"
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(group, error = %e, "presence and occupancy deferred");
+                slot.presence_dirty.store(true, Ordering::Release);
+                occ.dirty.store(true, Ordering::Release);
+                false
+            }
+        }
     }
 
     /// Occupancy, when presence may ride in its scripts.
