@@ -11,9 +11,10 @@
 //! when it loses its last; nothing per message and nothing per further
 //! member. Outside Redis Cluster the same script also writes (or deletes)
 //! the node's presence hash of the group, so a new user's own group costs
-//! one command on join and one on leave (see `first_joined`). Each node also runs one sweep script per tick (the smaller of
-//! `redis.heartbeat` and a quarter of the linger), which ends lingers that
-//! are due and clears the entries of dead nodes.
+//! one command on join and one on leave (see `first_joined`). Each node
+//! also runs one sweep script per tick (the smaller of `redis.heartbeat`
+//! and a quarter of the linger), which ends lingers that are due and clears
+//! the entries of dead nodes.
 //!
 //! Keys (all under `redis.prefix`, with the hash tag `{occ}` so the scripts
 //! also run on Redis Cluster, where every key of a script must be in one
