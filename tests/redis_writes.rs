@@ -17,8 +17,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::free_port;
-use common::redis_servers::{Monitor, RedisProc, command_calls, redis_cli};
+use common::redis_servers::{Monitor, RedisCluster, RedisProc, command_calls, redis_cli};
 use wsgate::broker::occupancy::OccupancySettings;
 use wsgate::broker::redis::RedisBroker;
 use wsgate::broker::{Broker, Occupancy, OccupancyKind, Presence};
@@ -187,22 +186,10 @@ fn of_groups(lines: Vec<String>) -> Vec<String> {
 /// apart, at once rather than at the next heartbeat.
 #[tokio::test]
 async fn a_server_that_enforces_slots_gets_presence_written_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = RedisProc::start_with(dir.path(), free_port(), &["--cluster-enabled", "yes"]);
-    redis_cli(redis.port, &["cluster", "addslotsrange", "0", "16383"]);
-    let started = Instant::now();
-    while !redis_cli(redis.port, &["cluster", "info"])
-        .iter()
-        .any(|l| l.trim() == "cluster_state:ok")
-    {
-        assert!(
-            started.elapsed() < WAIT,
-            "the one-node cluster never got ok"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let cluster = RedisCluster::one_node();
+    let redis = &cluster.nodes[0];
     // No heartbeat within the test: nothing repairs presence before a read.
-    let broker = broker_on(&redis, Duration::from_secs(60), Duration::from_secs(180)).await;
+    let broker = broker_on(redis, Duration::from_secs(60), Duration::from_secs(180)).await;
     broker.start_occupancy(OccupancySettings {
         linger: Duration::from_secs(120),
         stream: Some("events".into()),

@@ -147,6 +147,42 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(masters: usize) -> RedisCluster {
+        let cluster = Self::nodes(masters);
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let status = Command::new("timeout")
+            .arg("30")
+            .arg("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli --cluster create");
+        assert!(status.success(), "cluster create failed");
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// One node holding every slot (`redis-cli --cluster create` wants
+    /// three): a server that enforces slots behind a single address.
+    pub fn one_node() -> RedisCluster {
+        let cluster = Self::nodes(1);
+        redis_cli(
+            cluster.nodes[0].port,
+            &["cluster", "addslotsrange", "0", "16383"],
+        );
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// `masters` cluster-enabled servers, not yet joined.
+    fn nodes(masters: usize) -> RedisCluster {
         let mut nodes = Vec::new();
         let mut dirs = Vec::new();
         for _ in 0..masters {
@@ -167,25 +203,13 @@ impl RedisCluster {
             ));
             dirs.push(dir);
         }
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let status = Command::new("timeout")
-            .arg("30")
-            .arg("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("redis-cli --cluster create");
-        assert!(status.success(), "cluster create failed");
-        // Wait until every node reports the cluster healthy.
+        RedisCluster { nodes, _dirs: dirs }
+    }
+
+    /// Waits until every node reports the cluster healthy.
+    fn wait_ok(&self) {
         let start = Instant::now();
-        for n in &nodes {
+        for n in &self.nodes {
             loop {
                 let out = Command::new("redis-cli")
                     .args(["-p", &n.port.to_string(), "cluster", "info"])
@@ -198,7 +222,6 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        RedisCluster { nodes, _dirs: dirs }
     }
 
     pub fn url(&self) -> String {
