@@ -83,8 +83,10 @@ ASSUMED = {
         "CPU per message at low load (redis_us_per_message_*, and the floor redis_msgs_per_core_floor)",
     },
     "postgres_queries_per_miss": {
-        "value": 2,
-        "source": "docs/performance.md, connect-miss profile: the token query plus sqlx's test_before_acquire ping",
+        "value": 1,
+        "source": "src/auth/sql.rs: the token query alone (no test_before_acquire ping since 308226c); an upper "
+        "bound: under load auth::batch gathers lookups into one query (0.11-0.23 queries per authentication in "
+        "docs/performance.md's gathering A/B)",
     },
     "descriptor_overhead": {
         "value": 64,
