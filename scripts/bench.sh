@@ -153,24 +153,6 @@ note_cmd() {
     printf '%s\n' "$*" | sed -e "s#$WORK#\$WORK#g" -e "s#$ROOT/##g" >>"$COMMANDS"
 }
 
-# start_node NAME WS_PORT API_PORT METRICS_PORT [VAR=VALUE...]: sets NODE_PID.
-start_node() {
-    local name=$1 ws=$2 api=$3 met=$4
-    shift 4
-    mkdir -p "$WORK/$name"
-    note_cmd "# node $name:" WSGATE__SERVER__LISTEN="127.0.0.1:$ws" WSGATE__API__LISTEN="127.0.0.1:$api" \
-        WSGATE__METRICS__LISTEN="127.0.0.1:$met" WSGATE__SERVER__NODE_ID="$name" \
-        'WSGATE__API__KEYS=$(cat $WORK/api-key)' "${LIMIT_ENV[@]}" "$@" target/release/wsgate serve
-    (cd "$WORK/$name" && exec env \
-        WSGATE__SERVER__LISTEN="127.0.0.1:$ws" WSGATE__API__LISTEN="127.0.0.1:$api" \
-        WSGATE__METRICS__LISTEN="127.0.0.1:$met" WSGATE__SERVER__NODE_ID="$name" \
-        WSGATE__API__KEYS="$API_KEY" "${LIMIT_ENV[@]}" "$@" "$WSGATE" serve) \
-        >"$WORK/$name.log" 2>&1 &
-    NODE_PID=$!
-    PIDS+=("$NODE_PID")
-    wait_ready "node $name" "$ws" "$NODE_PID" "$WORK/$name.log"
-}
-
 # Counts compiler and cargo processes that are not ours (other builds).
 sample_foreign() {
     local n
@@ -196,6 +178,15 @@ bench() {
     sample_foreign
 }
 
+# row LABEL NAME ARGS...: bench LABEL with the load of row NAME (row_args)
+# against the server ARGS name.
+row() {
+    local label=$1
+    row_args "$2"
+    shift 2
+    bench "$label" "${ROW[0]}" "$@" "${ROW[@]:1}"
+}
+
 REDIS_PID=""
 if command -v redis-cli >/dev/null; then
     REDIS_PID=$(redis-cli -h 127.0.0.1 -p 6379 info server 2>/dev/null | tr -d '\r' | awk -F: '/^process_id:/{print $2}')
@@ -214,17 +205,6 @@ WSF=$((BASE + 10)) APIF=$((BASE + 11))
 KEYS=(--api-key-file "$API_KEY_FILE")
 
 # --- one node, embedded mode ------------------------------------------------
-one_node() { # one_node NAME PORT...
-    local name=$1 ws=$2 api=$3 met=$4
-    shift 4
-    mkdir -p "$WORK/$name"
-    note_cmd "# tokens: WSGATE__DATABASE__SQLITE_PATH=$WORK/$name/wsgate.db target/release/wsgate token issue --user 1 > $WORK/$name/tokens.txt"
-    (cd "$WORK/$name" && umask 077 &&
-        WSGATE__DATABASE__SQLITE_PATH="$WORK/$name/wsgate.db" WSGATE__API__KEYS="$API_KEY" \
-            "$WSGATE" token issue --user 1 >"$WORK/$name/tokens.txt")
-    start_node "$name" "$ws" "$api" "$met" WSGATE__DATABASE__SQLITE_PATH="$WORK/$name/wsgate.db" "$@"
-}
-
 if want embedded; then
 log "one node, embedded mode (ports $WS1/$API1)"
 one_node embedded "$WS1" "$API1" "$MET1"
@@ -232,17 +212,14 @@ N1=(--ws "ws://127.0.0.1:$WS1/ws" --api "http://127.0.0.1:$API1" --tokens-file "
     "${KEYS[@]}" --server-pid "$NODE_PID")
 EMBEDDED_PID=$NODE_PID
 
-bench fanout-1k-500 fanout "${N1[@]}" --subscribers 1000 --rate 500 --inflight 64 --duration "$D" --drain "$DRAIN"
-bench fanout-1k-max fanout "${N1[@]}" --subscribers 1000 --rate 0 --window 32 --inflight 8 --duration "$D" --drain "$DRAIN"
-bench fanout-1k-batch10-max fanout "${N1[@]}" --subscribers 1000 --rate 0 --batch 10 --window 40 --inflight 8 --duration "$D" --drain "$DRAIN"
-bench fanout-10k-5 fanout "${N1[@]}" --subscribers 10000 --rate 5 --duration "$D" --drain "$DRAIN"
-bench fanout-10k-max fanout "${N1[@]}" --subscribers 10000 --rate 0 --window 8 --inflight 4 --duration "$D" --drain "$DRAIN"
-bench groups-10k groups "${N1[@]}" --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
-# Issue 15's "1,000 groups of 10" (its targets 2 and 4): each socket in one
-# group, so 5,000 single publishes/s are 50,000 deliveries/s, where
-# groups-10k above (groups of 100) is the market-data shape of target 6.
-bench groups-of-10 groups "${N1[@]}" --sockets 10000 --groups 1000 --per-socket 1 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
-bench connect-hit connect "${N1[@]}" --mode hit --duration "$D" --concurrency 64
+row fanout-1k-500 fanout-1k-500 "${N1[@]}"
+row fanout-1k-max fanout-1k-max "${N1[@]}"
+row fanout-1k-batch10-max fanout-1k-batch10-max "${N1[@]}"
+row fanout-10k-5 fanout-10k-5 "${N1[@]}"
+row fanout-10k-max fanout-10k-max "${N1[@]}"
+row groups-10k groups-10k "${N1[@]}"
+row groups-of-10 groups-of-10 "${N1[@]}"
+row connect-hit connect-hit "${N1[@]}"
 stop_pid "$EMBEDDED_PID"
 
 # Idle sockets on a fresh node, so earlier runs' memory does not hide the cost.
@@ -280,25 +257,11 @@ note_cmd "# tokens: ${DB_ENV[*]} target/release/wsgate token issue --user 1 > $W
 note_cmd "# miss tokens: target/release/wsgate-bench gen-tokens --count $MISS_TOKENS --out $WORK/redis/miss-tokens.txt," \
     "then psql inserts encode(sha256(token), 'hex') of each into wsgate_tokens"
 (umask 077 && env "${DB_ENV[@]}" WSGATE__API__KEYS="$API_KEY" "$WSGATE" token issue --user 1 >"$WORK/redis/tokens.txt")
-# gen_users FILE COUNT USER_PREFIX: COUNT random native tokens, one user each
-# (USER_PREFIX1, USER_PREFIX2, ...); PostgreSQL stores their SHA-256 digests
-# exactly as `wsgate token issue` does (hex of the token's bytes).
-gen_users() {
-    "$BENCH" gen-tokens --count "$2" --out "$1"
-    psql -h 127.0.0.1 -U postgres -d "$PGDB" -v ON_ERROR_STOP=1 -q <<SQL
-CREATE TEMP TABLE bench_tokens (token text);
-\copy bench_tokens FROM '$1'
-INSERT INTO wsgate_tokens (digest, user_id, created_at, expires_at, revoked_at)
-SELECT encode(sha256(convert_to(token, 'UTF8')), 'hex'), '$3' || row_number() OVER (),
-       (extract(epoch FROM now()) * 1000)::bigint, NULL, NULL
-FROM bench_tokens;
-SQL
-}
 # Cache-miss tokens for connect-miss.
-gen_users "$WORK/redis/miss-tokens.txt" "$MISS_TOKENS" miss-
+gen_users "$WORK/redis/miss-tokens.txt" "$MISS_TOKENS" miss- "$PGDB"
 # Tokens of distinct users for redis-idle-10k-users (below).
 note_cmd "# idle users: the same for 10000 tokens in $WORK/redis/idle-tokens.txt, user ids idle-1, idle-2, ..."
-gen_users "$WORK/redis/idle-tokens.txt" 10000 idle-
+gen_users "$WORK/redis/idle-tokens.txt" 10000 idle- "$PGDB"
 start_node r1 "$WSR1" "$APIR1" "$METR1" "${DB_ENV[@]}"
 R1_PID=$NODE_PID
 # One node with redis.url (issue 15, target 4: "the same node" on Redis),
@@ -311,20 +274,20 @@ RN1=(--ws "ws://127.0.0.1:$WSR1/ws" --api "http://127.0.0.1:$APIR1" --tokens-fil
 # the embedded idle row has one user, so there is no like-for-like pair.
 bench redis-idle-10k-users idle --ws "ws://127.0.0.1:$WSR1/ws" --tokens-file "$WORK/redis/idle-tokens.txt" \
     --server-pid "$R1_PID" --aux-pid "$REDIS_PID" --sockets 10000 --settle 2 --hold "$HOLD"
-bench redis1-fanout-1k-500 fanout "${RN1[@]}" --subscribers 1000 --rate 500 --inflight 64 --duration "$D" --drain "$DRAIN"
-bench redis1-fanout-10k-5 fanout "${RN1[@]}" --subscribers 10000 --rate 5 --duration "$D" --drain "$DRAIN"
-bench redis1-groups-10k groups "${RN1[@]}" --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
-bench redis1-groups-of-10 groups "${RN1[@]}" --sockets 10000 --groups 1000 --per-socket 1 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
+row redis1-fanout-1k-500 fanout-1k-500 "${RN1[@]}"
+row redis1-fanout-10k-5 fanout-10k-5 "${RN1[@]}"
+row redis1-groups-10k groups-10k "${RN1[@]}"
+row redis1-groups-of-10 groups-of-10 "${RN1[@]}"
 start_node r2 "$WSR2" "$APIR2" "$METR2" "${DB_ENV[@]}"
 R2_PID=$NODE_PID
 R2=(--ws "ws://127.0.0.1:$WSR1/ws" --ws "ws://127.0.0.1:$WSR2/ws" --api "http://127.0.0.1:$APIR1"
     --tokens-file "$WORK/redis/tokens.txt" "${KEYS[@]}" --server-pid "$R1_PID" --server-pid "$R2_PID"
     --aux-pid "$REDIS_PID")
-bench redis2-fanout-1k-max fanout "${R2[@]}" --subscribers 1000 --rate 0 --window 32 --inflight 8 --duration "$D" --drain "$DRAIN"
-bench redis2-fanout-1k-batch10-max fanout "${R2[@]}" --subscribers 1000 --rate 0 --batch 10 --window 40 --inflight 8 --duration "$D" --drain "$DRAIN"
-bench redis2-fanout-10k-max fanout "${R2[@]}" --subscribers 10000 --rate 0 --window 8 --inflight 4 --duration "$D" --drain "$DRAIN"
-bench connect-miss connect --ws "ws://127.0.0.1:$WSR1/ws" --tokens-file "$WORK/redis/miss-tokens.txt" \
-    --server-pid "$R1_PID" --aux-pid "$REDIS_PID" --mode miss --duration "$D" --concurrency 64
+row redis2-fanout-1k-max fanout-1k-max "${R2[@]}"
+row redis2-fanout-1k-batch10-max fanout-1k-batch10-max "${R2[@]}"
+row redis2-fanout-10k-max fanout-10k-max "${R2[@]}"
+row connect-miss connect-miss --ws "ws://127.0.0.1:$WSR1/ws" --tokens-file "$WORK/redis/miss-tokens.txt" \
+    --server-pid "$R1_PID" --aux-pid "$REDIS_PID"
 bench publish-batch publish --api "http://127.0.0.1:$APIR1" "${KEYS[@]}" --server-pid "$R1_PID" \
     --aux-pid "$REDIS_PID" --batch 100 --concurrency 8 --groups 100 --duration "$D"
 stop_pid "$R1_PID"
@@ -397,13 +360,13 @@ if want floor; then
     NF=(--ws "ws://127.0.0.1:$WSF/ws" --api "http://127.0.0.1:$APIF" --tokens-file "$WORK/floor/tokens.txt"
         "${KEYS[@]}" --server-pid "$NODE_PID")
     FLOOR_PID=$NODE_PID
-    bench floor-fanout-1k-500 fanout "${NF[@]}" --subscribers 1000 --rate 500 --inflight 64 --duration "$D" --drain "$DRAIN"
-    bench floor-fanout-1k-max fanout "${NF[@]}" --subscribers 1000 --rate 0 --window 32 --inflight 8 --duration "$D" --drain "$DRAIN"
-    bench floor-fanout-1k-batch10-max fanout "${NF[@]}" --subscribers 1000 --rate 0 --batch 10 --window 40 --inflight 8 --duration "$D" --drain "$DRAIN"
-    bench floor-fanout-10k-5 fanout "${NF[@]}" --subscribers 10000 --rate 5 --duration "$D" --drain "$DRAIN"
-    bench floor-fanout-10k-max fanout "${NF[@]}" --subscribers 10000 --rate 0 --window 8 --inflight 4 --duration "$D" --drain "$DRAIN"
-    bench floor-groups-10k groups "${NF[@]}" --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
-    bench floor-groups-of-10 groups "${NF[@]}" --sockets 10000 --groups 1000 --per-socket 1 --rate 5000 --inflight 128 --duration "$D" --drain "$DRAIN"
+    row floor-fanout-1k-500 fanout-1k-500 "${NF[@]}"
+    row floor-fanout-1k-max fanout-1k-max "${NF[@]}"
+    row floor-fanout-1k-batch10-max fanout-1k-batch10-max "${NF[@]}"
+    row floor-fanout-10k-5 fanout-10k-5 "${NF[@]}"
+    row floor-fanout-10k-max fanout-10k-max "${NF[@]}"
+    row floor-groups-10k groups-10k "${NF[@]}"
+    row floor-groups-of-10 groups-of-10 "${NF[@]}"
     # The market-data shape at the coalescing section's offered rates (its
     # write_delay 0 rows), for target 6: past the knee, wsgate's reached
     # rate against the floor's. 5,000 offered is floor-groups-10k above.
@@ -411,7 +374,7 @@ if want floor; then
         bench "floor-groups-wd0ms-r$rate" groups "${NF[@]}" --sockets 10000 --groups 1000 --per-socket 10 \
             --rate "$rate" --inflight 128 --duration "$D" --drain "$DRAIN"
     done
-    bench floor-connect-hit connect "${NF[@]}" --mode hit --duration "$D" --concurrency 64
+    row floor-connect-hit connect-hit "${NF[@]}"
     stop_pid "$FLOOR_PID"
     # Idle sockets on a fresh floor, as for wsgate.
     log "idle sockets on a fresh floor"

@@ -1,9 +1,11 @@
 # shellcheck shell=bash
-# Shared by scripts/bench.sh and scripts/cluster-bench.sh (sourced, not run;
-# it only defines functions): the private API key, the limits a load
-# generator on loopback needs lifted, starting and stopping servers, and the
-# PostgreSQL admin connection. The caller defines `die` and sets WORK (a
-# private temp dir) and WSGATE (the binary) before calling them.
+# Shared by scripts/bench.sh, scripts/ab.sh and scripts/cluster-bench.sh
+# (sourced, not run; it only defines functions): the private API key, the
+# limits a load generator on loopback needs lifted, starting and stopping
+# servers, users in PostgreSQL, the named rows' load, and the PostgreSQL
+# admin connection. The caller defines `die` and `note_cmd` and sets WORK (a
+# private temp dir), WSGATE and BENCH (the binaries), PIDS (an array) and,
+# for the rows, D and DRAIN (seconds) before calling them.
 
 # make_api_key: a random API key in $WORK/api-key (mode 600); sets
 # API_KEY_FILE and API_KEY. Nothing prints it.
@@ -57,3 +59,79 @@ stop_pid() {
 
 # psql_admin ARGS...: psql as postgres on the machine's server, quiet, stop on error.
 psql_admin() { psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
+
+# start_node NAME WS_PORT API_PORT METRICS_PORT [VAR=VALUE...]: a wsgate node
+# in $WORK/NAME with the run's API key and LIMIT_ENV; sets NODE_PID.
+start_node() {
+    local name=$1 ws=$2 api=$3 met=$4
+    shift 4
+    mkdir -p "$WORK/$name"
+    note_cmd "# node $name:" WSGATE__SERVER__LISTEN="127.0.0.1:$ws" WSGATE__API__LISTEN="127.0.0.1:$api" \
+        WSGATE__METRICS__LISTEN="127.0.0.1:$met" WSGATE__SERVER__NODE_ID="$name" \
+        'WSGATE__API__KEYS=$(cat $WORK/api-key)' "${LIMIT_ENV[@]}" "$@" target/release/wsgate serve
+    (cd "$WORK/$name" && exec env \
+        WSGATE__SERVER__LISTEN="127.0.0.1:$ws" WSGATE__API__LISTEN="127.0.0.1:$api" \
+        WSGATE__METRICS__LISTEN="127.0.0.1:$met" WSGATE__SERVER__NODE_ID="$name" \
+        WSGATE__API__KEYS="$API_KEY" "${LIMIT_ENV[@]}" "$@" "$WSGATE" serve) \
+        >"$WORK/$name.log" 2>&1 &
+    NODE_PID=$!
+    PIDS+=("$NODE_PID")
+    wait_ready "node $name" "$ws" "$NODE_PID" "$WORK/$name.log"
+}
+
+# one_node NAME WS_PORT API_PORT METRICS_PORT [VAR=VALUE...]: an embedded
+# node (SQLite in $WORK/NAME, in-process broker) and one token of user 1 in
+# $WORK/NAME/tokens.txt; sets NODE_PID.
+one_node() {
+    local name=$1 ws=$2 api=$3 met=$4
+    shift 4
+    mkdir -p "$WORK/$name"
+    note_cmd "# tokens: WSGATE__DATABASE__SQLITE_PATH=$WORK/$name/wsgate.db target/release/wsgate token issue --user 1 > $WORK/$name/tokens.txt"
+    (cd "$WORK/$name" && umask 077 &&
+        WSGATE__DATABASE__SQLITE_PATH="$WORK/$name/wsgate.db" WSGATE__API__KEYS="$API_KEY" \
+            "$WSGATE" token issue --user 1 >"$WORK/$name/tokens.txt")
+    start_node "$name" "$ws" "$api" "$met" WSGATE__DATABASE__SQLITE_PATH="$WORK/$name/wsgate.db" "$@"
+}
+
+# gen_users FILE COUNT USER_PREFIX DATABASE: COUNT random native tokens, one
+# user each (USER_PREFIX1, USER_PREFIX2, ...); the PostgreSQL DATABASE (its
+# tables made by a node that ran on it) stores their SHA-256 digests exactly
+# as `wsgate token issue` does (hex of the token's bytes).
+gen_users() {
+    "$BENCH" gen-tokens --count "$2" --out "$1"
+    psql -h 127.0.0.1 -U postgres -d "$4" -v ON_ERROR_STOP=1 -q <<SQL
+CREATE TEMP TABLE bench_tokens (token text);
+\copy bench_tokens FROM '$1'
+INSERT INTO wsgate_tokens (digest, user_id, created_at, expires_at, revoked_at)
+SELECT encode(sha256(convert_to(token, 'UTF8')), 'hex'), '$3' || row_number() OVER (),
+       (extract(epoch FROM now()) * 1000)::bigint, NULL, NULL
+FROM bench_tokens;
+SQL
+}
+
+# ROWS: the rows every server runs with the same load (the embedded node,
+# redis1-/redis2-, floor-, scripts/ab.sh). row_args NAME sets ROW to
+# wsgate-bench's scenario and its load options for row NAME; the caller adds
+# where to connect. One definition, so rows of one name are one load.
+ROWS=(fanout-1k-500 fanout-1k-max fanout-1k-batch10-max fanout-10k-5 fanout-10k-max
+    groups-10k groups-of-10 connect-hit connect-miss)
+# shellcheck disable=SC2034 # ROW is the caller's
+row_args() {
+    local run=(--duration "$D" --drain "$DRAIN")
+    case "$1" in
+        fanout-1k-500) ROW=(fanout --subscribers 1000 --rate 500 --inflight 64 "${run[@]}") ;;
+        fanout-1k-max) ROW=(fanout --subscribers 1000 --rate 0 --window 32 --inflight 8 "${run[@]}") ;;
+        fanout-1k-batch10-max)
+            ROW=(fanout --subscribers 1000 --rate 0 --batch 10 --window 40 --inflight 8 "${run[@]}") ;;
+        fanout-10k-5) ROW=(fanout --subscribers 10000 --rate 5 "${run[@]}") ;;
+        fanout-10k-max) ROW=(fanout --subscribers 10000 --rate 0 --window 8 --inflight 4 "${run[@]}") ;;
+        # Groups of 100: the market-data shape (issue 15, target 6).
+        groups-10k) ROW=(groups --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 "${run[@]}") ;;
+        # Issue 15's "1,000 groups of 10" (its targets 2 and 4): each socket
+        # in one group, so 5,000 single publishes/s are 50,000 deliveries/s.
+        groups-of-10) ROW=(groups --sockets 10000 --groups 1000 --per-socket 1 --rate 5000 --inflight 128 "${run[@]}") ;;
+        connect-hit) ROW=(connect --mode hit --duration "$D" --concurrency 64) ;;
+        connect-miss) ROW=(connect --mode miss --duration "$D" --concurrency 64) ;;
+        *) die "no row named $1 (rows: ${ROWS[*]})" ;;
+    esac
+}
