@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # scripts/ab.sh [--pairs N] [--duration S] [--no-build] [--json-out FILE] ROW A B
+# scripts/ab.sh --report FILE ROW A B
 #
 # Alternated A/B runs of one of bench.sh's rows, each on a fresh node: A, B,
 # A, B, ... N pairs (3 by default), then the figures per run, the ratio B/A
-# of each pair and the ratio of the means.
+# of each pair and the ratio of the means. --json-out keeps the runs' raw
+# results; --report prints the same table again from such a file.
 #
 # Why: this VM's speed drifts by tens of per cent over minutes
 # (docs/performance.md), and bench.sh runs a row's embedded, Redis and floor
@@ -36,14 +38,15 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 # shellcheck disable=SC2034 # D and DRAIN are read by row_args
-PAIRS=3 BUILD=1 JSON_OUT="" D=10 DRAIN=5
+PAIRS=3 BUILD=1 JSON_OUT="" REPORT="" D=10 DRAIN=5
 while [ $# -gt 0 ]; do
     case "$1" in
         --pairs) PAIRS=$2; shift ;;
         --duration) D=$2; shift ;;
         --no-build) BUILD=0 ;;
         --json-out) JSON_OUT=$2; shift ;;
-        -h|--help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --report) REPORT=$2; shift ;;
+        -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "ab.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -60,6 +63,36 @@ note_cmd() { :; }
 # shellcheck source=SCRIPTDIR/lib/bench-env.sh
 . "$ROOT/scripts/lib/bench-env.sh"
 row_args "$ROW_NAME"
+
+# report FILE: rate, p99 latency and server CPU per operation of each run
+# (Redis CPU beside it where it ran), B/A per pair, and the means.
+report() {
+    echo "$ROW_NAME: A = $SIDE_A, B = $SIDE_B; $PAIRS alternated pairs, fresh server each run"
+    jq -rs --arg pairs "$PAIRS" '
+    def per_op: .server | (.cpu_us_per_delivery // .cpu_us_per_authentication // .cpu_us_per_message);
+    def aux_op: .aux | if . == null then "-" else ((.cpu_us_per_delivery // .cpu_us_per_authentication
+        // .cpu_us_per_message // 0) * 100 | round / 100 | tostring) end;
+    def r2: . * 100 | round / 100;
+    def r3: . * 1000 | round / 1000;
+    def p99: .latency_ms.p99 | r2;
+    def mean(f): map(f) | add / length;
+    (map({key: .label, value: .}) | from_entries) as $by |
+    map(select(.label | startswith("a"))) as $xa | map(select(.label | startswith("b"))) as $xb |
+    [["pair", "A rate", "A p99 ms", "A us/op", "A Redis us/op", "B rate", "B p99 ms", "B us/op", "B Redis us/op", "B/A us/op"]]
+    + [range(1; ($pairs | tonumber) + 1) as $i | $by["a\($i)"] as $a | $by["b\($i)"] as $b |
+        [$i, ($a.rate | round), ($a | p99), ($a | per_op | r2), ($a | aux_op), ($b.rate | round),
+         ($b | p99), ($b | per_op | r2), ($b | aux_op), (($b | per_op) / ($a | per_op) | r3)]]
+    + [["means", ($xa | mean(.rate) | round), ($xa | mean(p99) | r2), ($xa | mean(per_op) | r2), "",
+        ($xb | mean(.rate) | round), ($xb | mean(p99) | r2), ($xb | mean(per_op) | r2), "",
+        (($xb | mean(per_op)) / ($xa | mean(per_op)) | r3)]]
+    | .[] | @tsv' "$1" | column -t -s $'\t'
+    echo "(rate: deliveries/s, or authentications/s on connect rows; p99: publish to receipt, or connect to welcome; us/op: server CPU per delivery or authentication)"
+}
+if [ -n "$REPORT" ]; then
+    PAIRS=$(jq -s '[.[] | select(.label | startswith("a"))] | length' "$REPORT")
+    report "$REPORT"
+    exit 0
+fi
 
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if [ "$BUILD" = 1 ]; then
@@ -179,24 +212,4 @@ for i in $(seq "$PAIRS"); do
     run "b$i" "$SIDE_B"
 done
 [ -z "$JSON_OUT" ] || cp "$RESULTS" "$JSON_OUT"
-
-# The report: rate and server CPU per operation of each run (Redis CPU
-# beside it where it ran), B/A per pair, and the means.
-echo "$ROW_NAME: A = $SIDE_A, B = $SIDE_B; $PAIRS alternated pairs, fresh server each run"
-jq -rs --arg pairs "$PAIRS" '
-    def per_op: .server | (.cpu_us_per_delivery // .cpu_us_per_authentication // .cpu_us_per_message);
-    def aux_op: .aux | if . == null then "-" else ((.cpu_us_per_delivery // .cpu_us_per_authentication
-        // .cpu_us_per_message // 0) * 100 | round / 100 | tostring) end;
-    def r2: . * 100 | round / 100;
-    def r3: . * 1000 | round / 1000;
-    def mean(f): map(f) | add / length;
-    (map({key: .label, value: .}) | from_entries) as $by |
-    map(select(.label | startswith("a"))) as $xa | map(select(.label | startswith("b"))) as $xb |
-    [["pair", "A rate", "A us/op", "A Redis us/op", "B rate", "B us/op", "B Redis us/op", "B/A us/op"]]
-    + [range(1; ($pairs | tonumber) + 1) as $i | $by["a\($i)"] as $a | $by["b\($i)"] as $b |
-        [$i, ($a.rate | round), ($a | per_op | r2), ($a | aux_op), ($b.rate | round),
-         ($b | per_op | r2), ($b | aux_op), (($b | per_op) / ($a | per_op) | r3)]]
-    + [["means", ($xa | mean(.rate) | round), ($xa | mean(per_op) | r2), "", ($xb | mean(.rate) | round),
-        ($xb | mean(per_op) | r2), "", (($xb | mean(per_op)) / ($xa | mean(per_op)) | r3)]]
-    | .[] | @tsv' "$RESULTS" | column -t -s $'\t'
-echo "(rate: deliveries/s, or authentications/s on connect rows; us/op: server CPU per delivery or authentication)"
+report "$RESULTS"
