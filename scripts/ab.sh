@@ -94,16 +94,8 @@ if [ -n "$REPORT" ]; then
     exit 0
 fi
 
-ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-if [ "$BUILD" = 1 ]; then
-    log "cargo build --release -p wsgate -p wsgate-bench"
-    cargo build --release -p wsgate -p wsgate-bench
-fi
-DEFAULT_WSGATE=${WSGATE_BIN:-$ROOT/target/release/wsgate}
-BENCH=${WSGATE_BENCH_BIN:-$ROOT/target/release/wsgate-bench}
-FLOOR=${WSGATE_FLOOR_BIN:-$ROOT/target/release/wsgate-floor}
-WSGATE=$DEFAULT_WSGATE
-{ [ -x "$WSGATE" ] && [ -x "$BENCH" ]; } || die "release binaries missing (run without --no-build)"
+binaries "$BUILD"
+DEFAULT_WSGATE=$WSGATE
 
 WORK=$(mktemp -d /tmp/wsgate-ab.XXXXXX)
 chmod 700 "$WORK"

@@ -74,17 +74,7 @@ die() { echo "bench.sh: $*" >&2; exit 1; }
 # shellcheck source=SCRIPTDIR/lib/bench-env.sh
 . "$ROOT/scripts/lib/bench-env.sh"
 
-# Every socket is a file descriptor, on both ends.
-ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-if [ "$BUILD" = 1 ]; then
-    log "cargo build --release -p wsgate -p wsgate-bench"
-    cargo build --release -p wsgate -p wsgate-bench
-fi
-WSGATE=${WSGATE_BIN:-$ROOT/target/release/wsgate}
-BENCH=${WSGATE_BENCH_BIN:-$ROOT/target/release/wsgate-bench}
-FLOOR=${WSGATE_FLOOR_BIN:-$ROOT/target/release/wsgate-floor}
-[ -x "$WSGATE" ] && [ -x "$BENCH" ] || die "release binaries missing (run without --no-build)"
+binaries "$BUILD"
 if want floor; then [ -x "$FLOOR" ] || die "$FLOOR missing (run without --no-build)"; fi
 TOOLS=(curl)
 [ "$NEED_DB" = 1 ] && TOOLS+=(psql redis-cli)

@@ -3,9 +3,26 @@
 # (sourced, not run; it only defines functions): the private API key, the
 # limits a load generator on loopback needs lifted, starting and stopping
 # servers, users in PostgreSQL, the named rows' load, and the PostgreSQL
-# admin connection. The caller defines `die` and `note_cmd` and sets WORK (a
-# private temp dir), WSGATE and BENCH (the binaries), PIDS (an array) and,
-# for the rows, D and DRAIN (seconds) before calling them.
+# admin connection. The caller defines `die`, `log` and `note_cmd` and sets
+# ROOT (the checkout), WORK (a private temp dir), PIDS (an array) and, for
+# the rows, D and DRAIN (seconds); `binaries` sets WSGATE and BENCH.
+
+# binaries BUILD: raises the open-file limit (every socket is a descriptor,
+# on both ends), builds the release binaries when BUILD is 1, and sets
+# WSGATE, BENCH and FLOOR (WSGATE_BIN, WSGATE_BENCH_BIN, WSGATE_FLOOR_BIN
+# override them); dies if the first two are missing.
+binaries() {
+    ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    if [ "$1" = 1 ]; then
+        log "cargo build --release -p wsgate -p wsgate-bench"
+        cargo build --release -p wsgate -p wsgate-bench
+    fi
+    WSGATE=${WSGATE_BIN:-$ROOT/target/release/wsgate}
+    BENCH=${WSGATE_BENCH_BIN:-$ROOT/target/release/wsgate-bench}
+    # shellcheck disable=SC2034 # FLOOR is the caller's
+    FLOOR=${WSGATE_FLOOR_BIN:-$ROOT/target/release/wsgate-floor}
+    { [ -x "$WSGATE" ] && [ -x "$BENCH" ]; } || die "release binaries missing (run without --no-build)"
+}
 
 # make_api_key: a random API key in $WORK/api-key (mode 600); sets
 # API_KEY_FILE and API_KEY. Nothing prints it.
