@@ -16,7 +16,7 @@
 # ROW is one of bench-env.sh's ROWS (fanout-1k-500, groups-of-10,
 # connect-miss, ...), with the same load as bench.sh gives it. A side is
 #
-#     embedded | redis | floor [,bin=PATH] [,VAR=VALUE ...]
+#     embedded | redis [,bin=PATH] [,VAR=VALUE ...] | floor
 #
 #   embedded  one node on SQLite with the in-process broker (bench.sh's rows);
 #   redis     one node on PostgreSQL (a throwaway database) and the machine's
@@ -139,6 +139,7 @@ side() {
             *) die "side $1: $part is neither bin=PATH nor WSGATE__...=VALUE" ;;
         esac
     done
+    [ "$KIND" != floor ] || [ "${#parts[@]}" = 1 ] || die "side $1: the floor takes no build or settings"
     [ -x "$SIDE_BIN" ] || die "side $1: $SIDE_BIN is not an executable"
     [ "$KIND" != floor ] || [ -x "$FLOOR" ] || die "$FLOOR missing (run without --no-build)"
     [ "$KIND" = redis ] || [ "$ROW_NAME" != connect-miss ] || die "connect-miss runs on a redis side only"
