@@ -216,14 +216,14 @@ async fn a_server_that_enforces_slots_gets_presence_written_apart() {
     }
     let left = redis_cli(redis.port, &["keys", &format!("{PREFIX}presence:*")]);
     assert!(left.is_empty(), "presence hashes left behind: {left:?}");
-    let occupied = redis_cli(
+    let vacating = redis_cli(
         redis.port,
         &["zrange", &format!("{PREFIX}{{occ}}:vacating"), "0", "-1"],
     );
     assert_eq!(
-        occupied.len(),
+        vacating.len(),
         3,
-        "each group's linger started: {occupied:?}"
+        "each group's linger started: {vacating:?}"
     );
     broker.shutdown().await;
 }

@@ -159,8 +159,8 @@ pub(super) struct RedisOccupancy {
     emitter: Emitter,
     /// A script failed: Redis may not match this node's groups.
     dirty: AtomicBool,
-    /// Presence rides in the join and leave scripts (see `first_joined`);
-    /// cleared for good by a `CROSSSLOT` answer.
+    /// Presence rides in the join and leave scripts (see `first_joined`):
+    /// false on Redis Cluster, and cleared for good by a `CROSSSLOT` answer.
     together: AtomicBool,
 }
 
@@ -263,7 +263,7 @@ impl Inner {
     fn together(&self) -> Option<&RedisOccupancy> {
         self.occupancy
             .get()
-            .filter(|occ| !self.sharded && occ.together.load(Ordering::Acquire))
+            .filter(|occ| occ.together.load(Ordering::Acquire))
     }
 
     /// Occupancy alone counts the group's first member on this node.
@@ -522,7 +522,7 @@ impl RedisBroker {
             emitter: Emitter::new(settings.queue),
             settings,
             dirty: AtomicBool::new(false),
-            together: AtomicBool::new(true),
+            together: AtomicBool::new(!self.inner.sharded),
         };
         if self.inner.occupancy.set(occ).is_err() {
             return;
