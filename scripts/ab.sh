@@ -70,10 +70,10 @@ row_args "$ROW_NAME"
 report() {
     echo "$ROW_NAME: A = $SIDE_A, B = $SIDE_B; $PAIRS alternated pairs, fresh server each run"
     jq -rs --arg pairs "$PAIRS" '
-    def per_op: .server | (.cpu_us_per_delivery // .cpu_us_per_authentication // .cpu_us_per_message);
-    def aux_op: .aux | if . == null then "-" else ((.cpu_us_per_delivery // .cpu_us_per_authentication
-        // .cpu_us_per_message // 0) * 100 | round / 100 | tostring) end;
     def r2: . * 100 | round / 100;
+    def op: .cpu_us_per_delivery // .cpu_us_per_authentication // .cpu_us_per_message;
+    def per_op: .server | op;
+    def aux_op: .aux | if . == null then "-" else (op // 0 | r2 | tostring) end;
     def r3: . * 1000 | round / 1000;
     def p99: .latency_ms.p99 | r2;
     def mean(f): map(f) | add / length;
@@ -102,17 +102,19 @@ WORK=$(mktemp -d /tmp/wsgate-ab.XXXXXX)
 chmod 700 "$WORK"
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
-PIDS=() DBS=() PREFIXES=()
+PIDS=() RUN_DB="" RUN_PREFIX=""
 REDIS_PID=$(redis-cli -h 127.0.0.1 -p 6379 info server 2>/dev/null | tr -d '\r' | awk -F: '/^process_id:/{print $2}' || true)
+# drop_run: the running redis side's database and keys, if any.
+drop_run() {
+    [ -z "$RUN_DB" ] || psql_admin -c "DROP DATABASE IF EXISTS $RUN_DB WITH (FORCE)" 2>/dev/null
+    [ -z "$RUN_PREFIX" ] || drop_prefix "$RUN_PREFIX"
+    RUN_DB="" RUN_PREFIX=""
+}
 cleanup() {
-    local rc=$? pid db prefix
+    local rc=$? pid
     set +e
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    for db in "${DBS[@]}"; do [ -n "$db" ] && psql_admin -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null; done
-    for prefix in "${PREFIXES[@]}"; do
-        redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "${prefix}*" 2>/dev/null |
-            xargs -r -n 500 redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1
-    done
+    drop_run
     rm -rf "$WORK"
     exit "$rc"
 }
@@ -156,7 +158,7 @@ side "$SIDE_B"
 
 # run LABEL SPEC: one run of the row on a fresh server of side SPEC.
 run() {
-    local label=$1 id db prefix target=() aux=()
+    local label=$1 id target=() aux=()
     side "$2"
     WSGATE=$SIDE_BIN
     id="$(date +%s%N)$$"
@@ -166,25 +168,20 @@ run() {
             one_node "$label" "$WS" "$API" "$MET" "${SIDE_ENV[@]}"
             ;;
         redis)
-            db="wsgate_ab_$id" prefix="wsgate-ab-$id:"
-            psql_admin -c "CREATE DATABASE $db"
-            DBS+=("$db") PREFIXES+=("$prefix")
-            local env=(WSGATE__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$db"
-                WSGATE__REDIS__URL="redis://127.0.0.1:6379" WSGATE__REDIS__PREFIX="$prefix")
-            (cd "$WORK/$label" && umask 077 && env "${env[@]}" WSGATE__API__KEYS="$API_KEY" \
-                "$WSGATE" token issue --user 1 >"$WORK/$label/tokens.txt")
+            RUN_DB="wsgate_ab_$id" RUN_PREFIX="wsgate-ab-$id:"
+            psql_admin -c "CREATE DATABASE $RUN_DB"
+            local env=(WSGATE__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$RUN_DB"
+                WSGATE__REDIS__URL="redis://127.0.0.1:6379" WSGATE__REDIS__PREFIX="$RUN_PREFIX")
+            issue_token "$WORK/$label/tokens.txt" "${env[@]}"
             start_node "$label" "$WS" "$API" "$MET" "${env[@]}" "${SIDE_ENV[@]}"
             if [ "$ROW_NAME" = connect-miss ]; then
-                gen_users "$WORK/$label/tokens.txt" 60000 miss- "$db" 2>/dev/null
+                gen_users "$WORK/$label/tokens.txt" 60000 miss- "$RUN_DB" 2>/dev/null
             fi
             aux=(--aux-pid "$REDIS_PID")
             ;;
         floor)
             "$BENCH" gen-tokens --count 1 --out "$WORK/$label/tokens.txt" 2>/dev/null
-            "$FLOOR" --ws-listen "127.0.0.1:$WS" --api-listen "127.0.0.1:$API" >"$WORK/$label.log" 2>&1 &
-            NODE_PID=$!
-            PIDS+=("$NODE_PID")
-            wait_ready "floor $label" "$WS" "$NODE_PID" "$WORK/$label.log"
+            start_floor "$label" "$WS" "$API"
             ;;
     esac
     target=(--ws "ws://127.0.0.1:$WS/ws" --api "http://127.0.0.1:$API" --tokens-file "$WORK/$label/tokens.txt"
@@ -193,12 +190,7 @@ run() {
     "$BENCH" "${ROW[0]}" --label "$label" --json-out "$RESULTS" "${target[@]}" "${ROW[@]:1}" >"$WORK/$label.out" 2>&1 ||
         { tail -5 "$WORK/$label.out" >&2; die "run $label failed"; }
     stop_pid "$NODE_PID"
-    if [ "$KIND" = redis ]; then
-        psql_admin -c "DROP DATABASE $db WITH (FORCE)"
-        DBS=("${DBS[@]/$db/}")
-        redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "${prefix}*" 2>/dev/null |
-            xargs -r -n 500 redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1
-    fi
+    drop_run
 }
 
 log "$ROW_NAME: $PAIRS pairs of A = $SIDE_A, B = $SIDE_B (${D} s each)"

@@ -113,10 +113,7 @@ cleanup() {
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
     if [ "$PG_CREATED" = 1 ]; then psql_admin -c "DROP DATABASE IF EXISTS $PGDB WITH (FORCE)"; fi
     if [ "$PEERDB_CREATED" = 1 ]; then psql_admin -c "DROP DATABASE IF EXISTS $PEERDB WITH (FORCE)"; fi
-    if command -v redis-cli >/dev/null; then
-        redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "${PREFIX}*" 2>/dev/null |
-            xargs -r -n 500 redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1
-    fi
+    if command -v redis-cli >/dev/null; then drop_prefix "$PREFIX"; fi
     if [ "$KEEP" = 1 ]; then echo "bench.sh: kept $WORK" >&2; else rm -rf "$WORK"; fi
     exit "$rc"
 }
@@ -243,10 +240,9 @@ PG_CREATED=1
 DB_ENV=(WSGATE__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$PGDB"
     WSGATE__REDIS__URL="redis://127.0.0.1:6379" WSGATE__REDIS__PREFIX="$PREFIX")
 mkdir -p "$WORK/redis"
-note_cmd "# tokens: ${DB_ENV[*]} target/release/wsgate token issue --user 1 > $WORK/redis/tokens.txt"
+issue_token "$WORK/redis/tokens.txt" "${DB_ENV[@]}"
 note_cmd "# miss tokens: target/release/wsgate-bench gen-tokens --count $MISS_TOKENS --out $WORK/redis/miss-tokens.txt," \
     "then psql inserts encode(sha256(token), 'hex') of each into wsgate_tokens"
-(umask 077 && env "${DB_ENV[@]}" WSGATE__API__KEYS="$API_KEY" "$WSGATE" token issue --user 1 >"$WORK/redis/tokens.txt")
 # Cache-miss tokens for connect-miss.
 gen_users "$WORK/redis/miss-tokens.txt" "$MISS_TOKENS" miss- "$PGDB"
 # Tokens of distinct users for redis-idle-10k-users (below).
@@ -331,22 +327,12 @@ fi
 # the floor's endpoints, rows labelled floor-<same name>. It checks no token
 # and no key, so one generated token and the run's API key do.
 FLOOR_NOTE="not run"
-# start_floor NAME: sets NODE_PID.
-start_floor() {
-    local name=$1
-    mkdir -p "$WORK/$name"
-    note_cmd "# $name (wsgate-floor):" target/release/wsgate-floor --ws-listen "127.0.0.1:$WSF" --api-listen "127.0.0.1:$APIF"
-    "$FLOOR" --ws-listen "127.0.0.1:$WSF" --api-listen "127.0.0.1:$APIF" >"$WORK/$name.log" 2>&1 &
-    NODE_PID=$!
-    PIDS+=("$NODE_PID")
-    wait_ready "floor $name" "$WSF" "$NODE_PID" "$WORK/$name.log"
-}
 if want floor; then
     log "the floor: wsgate-floor (ports $WSF/$APIF)"
     mkdir -p "$WORK/floor"
     note_cmd "# floor tokens: target/release/wsgate-bench gen-tokens --count 1 --out $WORK/floor/tokens.txt (the floor accepts any)"
     "$BENCH" gen-tokens --count 1 --out "$WORK/floor/tokens.txt" 2>/dev/null
-    start_floor floor
+    start_floor floor "$WSF" "$APIF"
     NF=(--ws "ws://127.0.0.1:$WSF/ws" --api "http://127.0.0.1:$APIF" --tokens-file "$WORK/floor/tokens.txt"
         "${KEYS[@]}" --server-pid "$NODE_PID")
     FLOOR_PID=$NODE_PID
@@ -368,7 +354,7 @@ if want floor; then
     stop_pid "$FLOOR_PID"
     # Idle sockets on a fresh floor, as for wsgate.
     log "idle sockets on a fresh floor"
-    start_floor floor-idle
+    start_floor floor-idle "$WSF" "$APIF"
     bench floor-idle-19k idle --ws "ws://127.0.0.1:$WSF/ws" --tokens-file "$WORK/floor/tokens.txt" \
         --server-pid "$NODE_PID" --sockets 19000 --sockets-per-process 10000 --settle 2 --hold "$HOLD"
     stop_pid "$NODE_PID"

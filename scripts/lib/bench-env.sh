@@ -19,7 +19,6 @@ binaries() {
     fi
     WSGATE=${WSGATE_BIN:-$ROOT/target/release/wsgate}
     BENCH=${WSGATE_BENCH_BIN:-$ROOT/target/release/wsgate-bench}
-    # shellcheck disable=SC2034 # FLOOR is the caller's
     FLOOR=${WSGATE_FLOOR_BIN:-$ROOT/target/release/wsgate-floor}
     { [ -x "$WSGATE" ] && [ -x "$BENCH" ]; } || die "release binaries missing (run without --no-build)"
 }
@@ -96,6 +95,17 @@ start_node() {
     wait_ready "node $name" "$ws" "$NODE_PID" "$WORK/$name.log"
 }
 
+# issue_token FILE [VAR=VALUE...]: one token of user 1 in FILE (mode 600),
+# from the store the settings name; run in FILE's directory, as the nodes
+# run in theirs.
+issue_token() {
+    local file=$1
+    shift
+    note_cmd "# tokens: $* target/release/wsgate token issue --user 1 > $file"
+    (cd "$(dirname "$file")" && umask 077 &&
+        env "$@" WSGATE__API__KEYS="$API_KEY" "$WSGATE" token issue --user 1 >"$file")
+}
+
 # one_node NAME WS_PORT API_PORT METRICS_PORT [VAR=VALUE...]: an embedded
 # node (SQLite in $WORK/NAME, in-process broker) and one token of user 1 in
 # $WORK/NAME/tokens.txt; sets NODE_PID.
@@ -103,11 +113,26 @@ one_node() {
     local name=$1 ws=$2 api=$3 met=$4
     shift 4
     mkdir -p "$WORK/$name"
-    note_cmd "# tokens: WSGATE__DATABASE__SQLITE_PATH=$WORK/$name/wsgate.db target/release/wsgate token issue --user 1 > $WORK/$name/tokens.txt"
-    (cd "$WORK/$name" && umask 077 &&
-        WSGATE__DATABASE__SQLITE_PATH="$WORK/$name/wsgate.db" WSGATE__API__KEYS="$API_KEY" \
-            "$WSGATE" token issue --user 1 >"$WORK/$name/tokens.txt")
+    issue_token "$WORK/$name/tokens.txt" WSGATE__DATABASE__SQLITE_PATH="$WORK/$name/wsgate.db"
     start_node "$name" "$ws" "$api" "$met" WSGATE__DATABASE__SQLITE_PATH="$WORK/$name/wsgate.db" "$@"
+}
+
+# start_floor NAME WS_PORT API_PORT: wsgate-floor ($FLOOR), logging to
+# $WORK/NAME.log; sets NODE_PID.
+start_floor() {
+    local name=$1 ws=$2 api=$3
+    mkdir -p "$WORK/$name"
+    note_cmd "# $name (wsgate-floor):" target/release/wsgate-floor --ws-listen "127.0.0.1:$ws" --api-listen "127.0.0.1:$api"
+    "$FLOOR" --ws-listen "127.0.0.1:$ws" --api-listen "127.0.0.1:$api" >"$WORK/$name.log" 2>&1 &
+    NODE_PID=$!
+    PIDS+=("$NODE_PID")
+    wait_ready "floor $name" "$ws" "$NODE_PID" "$WORK/$name.log"
+}
+
+# drop_prefix PREFIX: deletes the machine Redis's keys under PREFIX.
+drop_prefix() {
+    redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "$1*" 2>/dev/null |
+        xargs -r -n 500 redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1
 }
 
 # gen_users FILE COUNT USER_PREFIX DATABASE: COUNT random native tokens, one
