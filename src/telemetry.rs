@@ -161,8 +161,14 @@ fn subscriber(
 }
 
 /// The W3C `traceparent` of the current span, to carry in an envelope.
+/// A span that is not built (below `log.level`, no traces) has no context:
+/// it answers `None` at once rather than through a carrier map.
 pub fn current_traceparent() -> Option<String> {
-    let cx = tracing::Span::current().context();
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return None;
+    }
+    let cx = span.context();
     let mut carrier = std::collections::HashMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut carrier);
     carrier.remove("traceparent")
@@ -176,8 +182,12 @@ pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
     let _ = span.set_parent(cx);
 }
 
-/// Parents `span` on the trace context in HTTP headers, when present.
+/// Parents `span` on the trace context in HTTP headers, when present (a
+/// span that is not built has nothing to parent).
 pub fn set_parent_from_headers(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    if span.is_disabled() {
+        return;
+    }
     let cx = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
     let _ = span.set_parent(cx);
 }

@@ -12,7 +12,7 @@
 use std::fmt;
 
 use axum::extract::{FromRequest, Request};
-use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -22,16 +22,23 @@ use super::{ApiError, ApiState, MAX_BODY_BYTES, bad};
 use crate::protocol::ApiErrorCode;
 
 /// Every response carries it, so backend logs and ours can be joined.
-const REQUEST_ID: &str = "x-request-id";
+/// A `HeaderName` made once: from a `&str` it would be parsed and copied
+/// into a new allocation on every answer.
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The caller's `X-Request-Id` when it is a short plain token, else a new
 /// one: anything else from a caller would be written into our logs.
 #[derive(Clone)]
-struct RequestId(HeaderValue);
+enum RequestId {
+    Given(HeaderValue),
+    /// 16 hex digits, kept on the stack: its header value is made once,
+    /// at the answer.
+    Made([u8; 16]),
+}
 
 impl RequestId {
     fn of(headers: &HeaderMap) -> RequestId {
-        let given = headers.get(REQUEST_ID).filter(|v| {
+        let given = headers.get(&REQUEST_ID).filter(|v| {
             let v = v.as_bytes();
             !v.is_empty()
                 && v.len() <= 64
@@ -39,11 +46,28 @@ impl RequestId {
                     .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
         match given {
-            Some(id) => RequestId(id.clone()),
+            Some(id) => RequestId::Given(id.clone()),
             None => {
-                let id = hex::encode(rand::random::<[u8; 8]>());
-                // From the `String` itself: no second copy.
-                RequestId(HeaderValue::try_from(id).expect("hex is a valid header value"))
+                let mut id = [0u8; 16];
+                hex::encode_to_slice(rand::random::<[u8; 8]>(), &mut id)
+                    .expect("8 bytes are 16 hex digits");
+                RequestId::Made(id)
+            }
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Given(v) => v.as_bytes(),
+            RequestId::Made(id) => id,
+        }
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Given(v) => v.clone(),
+            RequestId::Made(id) => {
+                HeaderValue::from_bytes(id).expect("hex is a valid header value")
             }
         }
     }
@@ -52,7 +76,7 @@ impl RequestId {
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Checked or made as plain ASCII above.
-        f.write_str(self.0.to_str().unwrap_or("?"))
+        f.write_str(std::str::from_utf8(self.as_bytes()).unwrap_or("?"))
     }
 }
 
@@ -105,7 +129,9 @@ impl Call {
         if let Some(code) = ApiErrorCode::from_status(status) {
             state.metrics.api_error(code);
         }
-        response.headers_mut().insert(REQUEST_ID, self.id.0.clone());
+        response
+            .headers_mut()
+            .insert(&REQUEST_ID, self.id.header_value());
         response
     }
 }

@@ -113,11 +113,17 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// public listener under `server.proxy_protocol`), a PROXY protocol header
 /// read first, within `server.handshake_timeout` of the accept (the request
 /// headers then have their own), whose address becomes the peer's.
+///
+/// `connect_info`: whether requests carry the peer address, which only the
+/// WebSocket upgrade reads (on the public listener). Elsewhere it would be
+/// allocated and freed on every request for nothing (an API publish's
+/// request extensions, three allocations).
 pub(super) async fn serve_listener(
     listener: TcpListener,
     router: Router,
     handshake_timeout: Duration,
     proxy_protocol: bool,
+    connect_info: bool,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -153,6 +159,7 @@ pub(super) async fn serve_listener(
             } else {
                 (Prefixed::new(Bytes::new(), stream), peer)
             };
+            let peer = connect_info.then_some(peer);
             serve_connection(stream, peer, router, handshake_timeout, &metrics, stop).await;
         });
     }
@@ -162,11 +169,11 @@ pub(super) async fn serve_listener(
     let _ = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
 }
 
-/// Serves one connection's HTTP/1.1 requests (and its upgrade) with `peer`
-/// as its `ConnectInfo`.
+/// Serves one connection's HTTP/1.1 requests (and its upgrade), with `peer`
+/// as their `ConnectInfo` when given.
 async fn serve_connection(
     stream: Prefixed<TcpStream>,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
     router: Router,
     handshake_timeout: Duration,
     metrics: &Metrics,
@@ -175,9 +182,11 @@ async fn serve_connection(
     use hyper_util::rt::{TokioIo, TokioTimer};
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request
-                .extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
+            if let Some(peer) = peer {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+            }
             tower_service::Service::call(&mut router.clone(), request)
         });
     let connection = hyper::server::conn::http1::Builder::new()

@@ -187,15 +187,16 @@ impl Server {
         let mut servers = Vec::new();
         let handshake_timeout = self.state.config.server.handshake_timeout;
         for (listener, router) in self.listeners {
+            let public = listener.local_addr().ok() == Some(self.addrs.ws);
             // Only the public listener speaks PROXY protocol (validation
             // refuses a shared one).
-            let proxy_protocol = self.state.config.server.proxy_protocol
-                && listener.local_addr().ok() == Some(self.addrs.ws);
+            let proxy_protocol = self.state.config.server.proxy_protocol && public;
             servers.push(tokio::spawn(listen::serve_listener(
                 listener,
                 router,
                 handshake_timeout,
                 proxy_protocol,
+                public,
                 self.state.metrics.clone(),
                 stop_rx.clone(),
             )));
