@@ -45,9 +45,13 @@ pub(super) struct Pending {
     queue: Mutex<Vec<Item>>,
     /// Held while a burst is taken and handed over: bursts never overlap,
     /// and whoever finds the queue emptied by another waits here until
-    /// that burst is handed over.
-    delivering: Mutex<()>,
+    /// that burst is handed over. It holds the burst: the queue and this
+    /// swap storage, so neither is allocated anew for each burst.
+    delivering: Mutex<Vec<Item>>,
 }
+
+/// Most items' room a burst keeps for the next one.
+const KEEP_ROOM: usize = 256;
 
 impl Pending {
     /// Queues `item`; whether the queue is full (deliver now, no waiting).
@@ -77,8 +81,8 @@ impl Pending {
 
     /// Hands everything queued to `handler` as one burst.
     pub(super) fn deliver(&self, handler: &Arc<dyn BrokerHandler>) {
-        let _one_at_a_time = lock(&self.delivering);
-        let mut burst = std::mem::take(&mut *lock(&self.queue));
+        let mut burst = lock(&self.delivering);
+        std::mem::swap(&mut *lock(&self.queue), &mut *burst);
         if burst.is_empty() {
             return;
         }
@@ -90,6 +94,9 @@ impl Pending {
                 }
             }
         });
+        if burst.capacity() > KEEP_ROOM {
+            *burst = Vec::new();
+        }
     }
 }
 
