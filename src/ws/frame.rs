@@ -152,6 +152,22 @@ pub fn head_len(frame: &[u8]) -> usize {
     }
 }
 
+/// A whole server frame whose payload `write` appends, written in place:
+/// room for the longest header is kept in front and the unused part of it
+/// skipped, so the payload is neither built elsewhere nor copied.
+/// `capacity`: the payload's expected length.
+pub fn encode_with(opcode: u8, capacity: usize, write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut out = Vec::with_capacity(MAX_HEAD + capacity);
+    out.resize(MAX_HEAD, 0);
+    write(&mut out);
+    let (h, n) = head(opcode, out.len() - MAX_HEAD);
+    let start = MAX_HEAD - n;
+    out[start..MAX_HEAD].copy_from_slice(&h[..n]);
+    let mut frame = Bytes::from(out);
+    frame.advance(start);
+    frame
+}
+
 /// A whole server frame: header and payload in one buffer.
 pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
     let (h, n) = head(opcode, payload.len());
@@ -221,6 +237,17 @@ mod tests {
         out.extend_from_slice(&MASK);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
         out
+    }
+
+    #[test]
+    fn a_frame_written_in_place_is_the_frame_encoded() {
+        // Each header length: 7-bit, 16-bit and 64-bit payload lengths.
+        for n in [0, 1, 125, 126, 65_535, 65_536] {
+            let payload = vec![b'x'; n];
+            let in_place = encode_with(OP_TEXT, 16, |out| out.extend_from_slice(&payload));
+            assert_eq!(in_place, encode(OP_TEXT, &payload), "{n} bytes");
+            assert_eq!(head_len(&in_place), head(OP_TEXT, n).1);
+        }
     }
 
     fn decode_all(bytes: &[u8], max: usize) -> Result<Option<Frame>, Violation> {
