@@ -77,7 +77,9 @@ stop_pid() {
 psql_admin() { psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
 
 # start_node NAME WS_PORT API_PORT METRICS_PORT [VAR=VALUE...]: a wsgate node
-# in $WORK/NAME with the run's API key and LIMIT_ENV; sets NODE_PID.
+# in $WORK/NAME with the run's API key and LIMIT_ENV; sets NODE_PID. Under
+# the command in the array NODE_WRAP when the caller sets one (valgrind,
+# for scripts/instructions.sh); it execs, so NODE_PID is the wrapper's.
 start_node() {
     local name=$1 ws=$2 api=$3 met=$4
     shift 4
@@ -88,7 +90,7 @@ start_node() {
     (cd "$WORK/$name" && exec env \
         WSGATE__SERVER__LISTEN="127.0.0.1:$ws" WSGATE__API__LISTEN="127.0.0.1:$api" \
         WSGATE__METRICS__LISTEN="127.0.0.1:$met" WSGATE__SERVER__NODE_ID="$name" \
-        WSGATE__API__KEYS="$API_KEY" "${LIMIT_ENV[@]}" "$@" "$WSGATE" serve) \
+        WSGATE__API__KEYS="$API_KEY" "${LIMIT_ENV[@]}" "$@" ${NODE_WRAP[@]+"${NODE_WRAP[@]}"} "$WSGATE" serve) \
         >"$WORK/$name.log" 2>&1 &
     NODE_PID=$!
     PIDS+=("$NODE_PID")
@@ -118,12 +120,13 @@ one_node() {
 }
 
 # start_floor NAME WS_PORT API_PORT: wsgate-floor ($FLOOR), logging to
-# $WORK/NAME.log; sets NODE_PID.
+# $WORK/NAME.log, under NODE_WRAP as start_node; sets NODE_PID.
 start_floor() {
     local name=$1 ws=$2 api=$3
     mkdir -p "$WORK/$name"
     note_cmd "# $name (wsgate-floor):" target/release/wsgate-floor --ws-listen "127.0.0.1:$ws" --api-listen "127.0.0.1:$api"
-    "$FLOOR" --ws-listen "127.0.0.1:$ws" --api-listen "127.0.0.1:$api" >"$WORK/$name.log" 2>&1 &
+    ${NODE_WRAP[@]+"${NODE_WRAP[@]}"} "$FLOOR" --ws-listen "127.0.0.1:$ws" --api-listen "127.0.0.1:$api" \
+        >"$WORK/$name.log" 2>&1 &
     NODE_PID=$!
     PIDS+=("$NODE_PID")
     wait_ready "floor $name" "$ws" "$NODE_PID" "$WORK/$name.log"
