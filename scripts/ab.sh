@@ -123,31 +123,14 @@ trap 'exit 130' INT TERM
 
 make_api_key
 lift_limits
-BASE=${WSGATE_AB_PORT_BASE:-17600}
-WS=$BASE API=$((BASE + 1)) MET=$((BASE + 2))
-for p in "$WS" "$API" "$MET"; do
-    ! ss -Htln "sport = :$p" 2>/dev/null | grep -q . || die "port $p is in use (WSGATE_AB_PORT_BASE)"
-done
+free_ports WSGATE_AB_PORT_BASE "${WSGATE_AB_PORT_BASE:-17600}"
 
-# side SPEC: parses a side into KIND, SIDE_BIN and SIDE_ENV.
+# side SPEC: parse_side, and what a row needs of its sides.
 side() {
-    local part parts
-    IFS=, read -r -a parts <<<"$1"
-    KIND=${parts[0]} SIDE_BIN=$DEFAULT_WSGATE SIDE_ENV=()
-    case "$KIND" in embedded|redis|floor) ;; *) die "side $1: embedded, redis or floor first" ;; esac
-    for part in "${parts[@]:1}"; do
-        case "$part" in
-            bin=*) SIDE_BIN=${part#bin=} ;;
-            WSGATE__*=*) SIDE_ENV+=("$part") ;;
-            *) die "side $1: $part is neither bin=PATH nor WSGATE__...=VALUE" ;;
-        esac
-    done
-    [ "$KIND" != floor ] || [ "${#parts[@]}" = 1 ] || die "side $1: the floor takes no build or settings"
-    [ -x "$SIDE_BIN" ] || die "side $1: $SIDE_BIN is not an executable"
-    [ "$KIND" != floor ] || [ -x "$FLOOR" ] || die "$FLOOR missing (run without --no-build)"
+    parse_side "$1"
     [ "$KIND" = redis ] || [ "$ROW_NAME" != connect-miss ] || die "connect-miss runs on a redis side only"
     if [ "$KIND" = redis ]; then
-        command -v psql >/dev/null && command -v redis-cli >/dev/null || die "psql and redis-cli are needed"
+        command -v psql >/dev/null || die "psql is needed"
         [ -n "$REDIS_PID" ] || die "Redis at 127.0.0.1:6379 does not answer"
         pg_isready -h 127.0.0.1 -p 5432 -q || die "PostgreSQL at 127.0.0.1:5432 does not answer"
     fi

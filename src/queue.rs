@@ -308,13 +308,21 @@ mod tests {
         }
     }
 
+    /// A waker that counts, and how many times it was woken.
+    fn counting_waker() -> (Waker, impl Fn() -> usize) {
+        let count = Arc::new(Count(Default::default()));
+        let woken = {
+            let count = count.clone();
+            move || count.0.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        (Waker::from(count), woken)
+    }
+
     #[test]
     fn deferred_wakes_come_once_at_the_end() {
         let q = OutboundQueue::new(8, 8);
-        let count = Arc::new(Count(Default::default()));
-        let waker = Waker::from(count.clone());
+        let (waker, woken) = counting_waker();
         let mut cx = Context::from_waker(&waker);
-        let woken = || count.0.load(std::sync::atomic::Ordering::SeqCst);
         let mut batch = Vec::new();
         assert!(q.poll_pop(&mut cx, &mut batch, 8).is_pending());
         deferring_wakes(|| {
@@ -344,10 +352,8 @@ mod tests {
     #[test]
     fn a_scope_that_panics_still_wakes_and_ends() {
         let q = OutboundQueue::new(8, 8);
-        let count = Arc::new(Count(Default::default()));
-        let waker = Waker::from(count.clone());
+        let (waker, woken) = counting_waker();
         let mut cx = Context::from_waker(&waker);
-        let woken = || count.0.load(std::sync::atomic::Ordering::SeqCst);
         let mut batch = Vec::new();
         assert!(q.poll_pop(&mut cx, &mut batch, 8).is_pending());
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

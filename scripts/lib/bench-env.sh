@@ -180,3 +180,40 @@ row_args() {
         *) die "no row named $1 (rows: ${ROWS[*]})" ;;
     esac
 }
+
+# parse_side SPEC: a side of scripts/ab.sh or scripts/instructions.sh,
+# "embedded|redis[,bin=PATH][,WSGATE__VAR=VALUE...]" or "floor", into KIND,
+# SIDE_BIN (DEFAULT_WSGATE unless bin= says otherwise) and SIDE_ENV; dies
+# on a malformed side, a missing binary or an unreachable Redis. Each
+# script checks what else its sides need.
+parse_side() {
+    local part parts
+    IFS=, read -r -a parts <<<"$1"
+    KIND=${parts[0]} SIDE_BIN=$DEFAULT_WSGATE SIDE_ENV=()
+    case "$KIND" in embedded|redis|floor) ;; *) die "side $1: embedded, redis or floor first" ;; esac
+    for part in "${parts[@]:1}"; do
+        case "$part" in
+            bin=*) SIDE_BIN=${part#bin=} ;;
+            WSGATE__*=*) SIDE_ENV+=("$part") ;;
+            *) die "side $1: $part is neither bin=PATH nor WSGATE__...=VALUE" ;;
+        esac
+    done
+    [ "$KIND" != floor ] || [ "${#parts[@]}" = 1 ] || die "side $1: the floor takes no build or settings"
+    [ -x "$SIDE_BIN" ] || die "side $1: $SIDE_BIN is not an executable"
+    [ "$KIND" != floor ] || [ -x "$FLOOR" ] || die "$FLOOR missing (run without --no-build)"
+    if [ "$KIND" = redis ]; then
+        command -v redis-cli >/dev/null || die "redis-cli is needed"
+        redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || die "Redis at 127.0.0.1:6379 does not answer"
+    fi
+    return 0
+}
+
+# free_ports VAR BASE: sets WS, API and MET to BASE, BASE+1 and BASE+2;
+# dies if one is taken (VAR names the variable that moves them).
+free_ports() {
+    local p
+    WS=$2 API=$(($2 + 1)) MET=$(($2 + 2))
+    for p in "$WS" "$API" "$MET"; do
+        ! ss -Htln "sport = :$p" 2>/dev/null | grep -q . || die "port $p is in use ($1)"
+    done
+}
