@@ -45,8 +45,9 @@ impl Frame {
 }
 
 /// `{"type":"message","group":..,"data":..}`, with `offset`/`epoch` when the
-/// group has history. Written straight into the frame's buffer: one
-/// allocation for the frame, where building the JSON first took three.
+/// group has history. Written straight into the frame's buffer, which is
+/// the only copy: building the JSON first took two more allocations (the
+/// escaped group, the JSON) and a copy.
 pub fn message_frame(group: &str, data: &RawValue, position: Option<&Position>) -> Frame {
     let json = |out: &mut Vec<u8>| {
         out.extend_from_slice(br#"{"type":"message","group":"#);

@@ -116,8 +116,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 ///
 /// `connect_info`: whether requests carry the peer address, which only the
 /// WebSocket upgrade reads (on the public listener). Elsewhere it would be
-/// allocated and freed on every request for nothing (an API publish's
-/// request extensions, three allocations).
+/// boxed into every request's extensions and freed for nothing.
 pub(super) async fn serve_listener(
     listener: TcpListener,
     router: Router,
