@@ -59,10 +59,10 @@ ROW_NAME=$1 SIDE_A=$2 SIDE_B=$3
 
 log() { printf '== %s\n' "$*" >&2; }
 die() { echo "ab.sh: $*" >&2; exit 1; }
-for tool in jq column curl; do command -v "$tool" >/dev/null || die "$tool is needed"; done
 note_cmd() { :; }
 # shellcheck source=SCRIPTDIR/lib/bench-env.sh
 . "$ROOT/scripts/lib/bench-env.sh"
+need jq column curl
 row_args "$ROW_NAME"
 
 # report FILE: rate, p99 latency and server CPU per operation of each run
@@ -130,7 +130,7 @@ side() {
     parse_side "$1"
     [ "$KIND" = redis ] || [ "$ROW_NAME" != connect-miss ] || die "connect-miss runs on a redis side only"
     if [ "$KIND" = redis ]; then
-        command -v psql >/dev/null || die "psql is needed"
+        need psql
         [ -n "$REDIS_PID" ] || die "Redis at 127.0.0.1:6379 does not answer"
         pg_isready -h 127.0.0.1 -p 5432 -q || die "PostgreSQL at 127.0.0.1:5432 does not answer"
     fi

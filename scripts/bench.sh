@@ -76,11 +76,8 @@ die() { echo "bench.sh: $*" >&2; exit 1; }
 
 binaries "$BUILD"
 if want floor; then [ -x "$FLOOR" ] || die "$FLOOR missing (run without --no-build)"; fi
-TOOLS=(curl)
-[ "$NEED_DB" = 1 ] && TOOLS+=(psql redis-cli)
-for tool in "${TOOLS[@]}"; do
-    command -v "$tool" >/dev/null || die "$tool is needed"
-done
+need curl
+if [ "$NEED_DB" = 1 ]; then need psql redis-cli; fi
 
 if [ "$QUICK" = 1 ]; then
     MODE=quick D=3 DRAIN=3 HOLD=2 MISS_TOKENS=20000 PEER_D=3 PEER_TOKENS=2000

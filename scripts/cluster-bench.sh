@@ -108,9 +108,7 @@ BENCH=${WSGATE_BENCH_BIN:-$DEFAULT_BIN_DIR/wsgate-bench}
 [ -x "$BENCH" ] || die "no wsgate-bench binary at $BENCH (set WSGATE_BENCH_BIN)"
 "$BENCH" groups --help | grep -q -- --metrics-url ||
     die "$BENCH has no --metrics-url (build this tree's bench: cargo build --release -p wsgate-bench)"
-for tool in curl psql redis-server redis-cli python3; do
-    command -v "$tool" >/dev/null || die "$tool is needed"
-done
+need curl psql redis-server redis-cli python3
 NGINX_BIN=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 [ -x "$NGINX_BIN" ] || die "nginx is needed (apt-get install -y nginx; only the binary is used)"
 pg_isready -h 127.0.0.1 -p 5432 -q || die "PostgreSQL at 127.0.0.1:5432 does not answer"

@@ -49,9 +49,9 @@ done
 log() { printf '== %s\n' "$*" >&2; }
 die() { echo "instructions.sh: $*" >&2; exit 1; }
 note_cmd() { :; }
-for tool in valgrind callgrind_control jq curl; do command -v "$tool" >/dev/null || die "$tool is needed"; done
 # shellcheck source=SCRIPTDIR/lib/bench-env.sh
 . "$ROOT/scripts/lib/bench-env.sh"
+need valgrind callgrind_control jq curl
 binaries "$BUILD"
 DEFAULT_WSGATE=$WSGATE
 [ -z "$KEEP" ] || mkdir -p "$KEEP"

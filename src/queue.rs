@@ -45,8 +45,8 @@ const KEEP_WAKERS: usize = 1024;
 /// it for the first frame while the rest are still being pushed. Each
 /// consumer is woken once, whatever it got; nested calls join the outer one.
 pub fn deferring_wakes<R>(f: impl FnOnce() -> R) -> R {
-    let outer = DEFERRED.with(|d| !std::mem::replace(&mut d.borrow_mut().active, true));
-    if !outer {
+    let nested = DEFERRED.with(|d| std::mem::replace(&mut d.borrow_mut().active, true));
+    if nested {
         return f();
     }
     // Wakes them even if `f` panics: no consumer is left waiting.

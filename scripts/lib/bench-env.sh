@@ -23,6 +23,12 @@ binaries() {
     { [ -x "$WSGATE" ] && [ -x "$BENCH" ]; } || die "release binaries missing (run without --no-build)"
 }
 
+# need TOOL...: dies naming the first TOOL that is not on PATH.
+need() {
+    local tool
+    for tool in "$@"; do command -v "$tool" >/dev/null || die "$tool is needed"; done
+}
+
 # make_api_key: a random API key in $WORK/api-key (mode 600); sets
 # API_KEY_FILE and API_KEY. Nothing prints it.
 make_api_key() {
@@ -202,7 +208,7 @@ parse_side() {
     [ -x "$SIDE_BIN" ] || die "side $1: $SIDE_BIN is not an executable"
     [ "$KIND" != floor ] || [ -x "$FLOOR" ] || die "$FLOOR missing (run without --no-build)"
     if [ "$KIND" = redis ]; then
-        command -v redis-cli >/dev/null || die "redis-cli is needed"
+        need redis-cli
         redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || die "Redis at 127.0.0.1:6379 does not answer"
     fi
     return 0

@@ -28,7 +28,6 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The caller's `X-Request-Id` when it is a short plain token, else a new
 /// one: anything else from a caller would be written into our logs.
-#[derive(Clone)]
 enum RequestId {
     Given(HeaderValue),
     /// 16 hex digits, kept on the stack: its header value is made once,
