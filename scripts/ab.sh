@@ -98,8 +98,7 @@ fi
 binaries "$BUILD"
 DEFAULT_WSGATE=$WSGATE
 
-WORK=$(mktemp -d /tmp/wsgate-ab.XXXXXX)
-chmod 700 "$WORK"
+private_work wsgate-ab
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 PIDS=() RUN_DB="" RUN_PREFIX=""
@@ -111,9 +110,9 @@ drop_run() {
     RUN_DB="" RUN_PREFIX=""
 }
 cleanup() {
-    local rc=$? pid
+    local rc=$?
     set +e
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    stop_all
     drop_run
     rm -rf "$WORK"
     exit "$rc"

@@ -85,8 +85,7 @@ else
     MODE=full D=10 DRAIN=5 HOLD=5 MISS_TOKENS=60000 PEER_D=8 PEER_TOKENS=5000
 fi
 
-WORK=$(mktemp -d /tmp/wsgate-bench.XXXXXX)
-chmod 700 "$WORK"
+private_work wsgate-bench
 RUN_ID="$(date +%s)$$"
 RESULTS=$WORK/results.jsonl
 COMMANDS=$WORK/commands.txt
@@ -107,7 +106,7 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 cleanup() {
     local rc=$?
     set +e
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    stop_all
     if [ "$PG_CREATED" = 1 ]; then psql_admin -c "DROP DATABASE IF EXISTS $PGDB WITH (FORCE)"; fi
     if [ "$PEERDB_CREATED" = 1 ]; then psql_admin -c "DROP DATABASE IF EXISTS $PEERDB WITH (FORCE)"; fi
     if command -v redis-cli >/dev/null; then drop_prefix "$PREFIX"; fi

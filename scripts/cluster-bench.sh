@@ -130,8 +130,7 @@ for p in "${WS_PORTS[@]}" "${API_PORTS[@]}" "${MET_PORTS[@]}" $ONE_WS $ONE_API $
 done
 
 # --- state and cleanup ------------------------------------------------------
-WORK=$(mktemp -d /tmp/wsgate-cluster-bench.XXXXXX)
-chmod 700 "$WORK"
+private_work wsgate-cluster-bench
 RUN_ID="$(date +%s)$$"
 PGDB="wsgate_cbench_${RUN_ID}"
 PG_CREATED=0

@@ -56,13 +56,12 @@ binaries "$BUILD"
 DEFAULT_WSGATE=$WSGATE
 [ -z "$KEEP" ] || mkdir -p "$KEEP"
 
-WORK=$(mktemp -d /tmp/wsgate-instructions.XXXXXX)
-chmod 700 "$WORK"
+private_work wsgate-instructions
 PIDS=() RUN_PREFIX=""
 cleanup() {
-    local rc=$? pid
+    local rc=$?
     set +e
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    stop_all
     [ -z "$RUN_PREFIX" ] || drop_prefix "$RUN_PREFIX"
     rm -rf "$WORK"
     exit "$rc"

@@ -29,6 +29,19 @@ need() {
     for tool in "$@"; do command -v "$tool" >/dev/null || die "$tool is needed"; done
 }
 
+# private_work NAME: sets WORK to a new directory under /tmp that only this
+# user can read (the API key and tokens go there).
+private_work() {
+    WORK=$(mktemp -d "/tmp/$1.XXXXXX")
+    chmod 700 "$WORK"
+}
+
+# stop_all: stops every server in PIDS.
+stop_all() {
+    local pid
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+}
+
 # make_api_key: a random API key in $WORK/api-key (mode 600); sets
 # API_KEY_FILE and API_KEY. Nothing prints it.
 make_api_key() {
