@@ -17,8 +17,8 @@ use fred::clients::SubscriberClient;
 use fred::prelude::{
     Builder, Client, ClientLike, Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy,
 };
-use fred::types::ConnectHandle;
 use fred::types::config::UnresponsiveConfig;
+use fred::types::{ConnectHandle, RespVersion};
 
 use crate::config::RedisConfig;
 
@@ -122,6 +122,22 @@ pub fn subscriber(cfg: &RedisConfig, capacity: usize) -> Result<SubscriberClient
         .map_err(|e| RedisSetupError::Build(e.details().to_string()))
 }
 
+/// A subscriber client that also runs other commands on its connection:
+/// RESP3 (`HELLO 3`, Redis 6 and later), where a subscribed connection is
+/// not limited to (un)subscribing. The broker publishes on it (see
+/// `broker::redis`). Connecting to a server without RESP3 fails, and
+/// [`connect`] says why.
+pub fn publishing_subscriber(
+    cfg: &RedisConfig,
+    capacity: usize,
+) -> Result<SubscriberClient, RedisSetupError> {
+    let mut b = builder(cfg)?;
+    b.with_performance_config(|p| p.broadcast_channel_capacity = capacity.max(32));
+    b.with_config(|c| c.version = RespVersion::RESP3);
+    b.build_subscriber_client()
+        .map_err(|e| RedisSetupError::Build(e.details().to_string()))
+}
+
 /// Connects `client`, waiting at most `within` for the first connection.
 /// The returned handle drives the connection (and later reconnections)
 /// until `quit`.
@@ -132,13 +148,25 @@ pub async fn connect<C: ClientLike>(
     match tokio::time::timeout(within, client.init()).await {
         Ok(Ok(handle)) => Ok(handle),
         Ok(Err(e)) => Err(RedisSetupError::Connect(
-            crate::tls::redis_error(e.details()).unwrap_or_else(|| e.details().to_string()),
+            crate::tls::redis_error(e.details()).unwrap_or_else(|| explain(e.details())),
         )),
         Err(_) => {
             // Stop the connection task that `init` left behind.
             let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
             Err(RedisSetupError::ConnectTimeout)
         }
+    }
+}
+
+/// fred's connect error, naming what a refused `HELLO` means.
+fn explain(details: &str) -> String {
+    if details.to_ascii_lowercase().contains("hello") {
+        let details = details.trim_end();
+        format!(
+            "{details} (the server does not speak RESP3, which the broker needs: Redis 6 or later)"
+        )
+    } else {
+        details.to_string()
     }
 }
 

@@ -12,7 +12,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::redis_servers::{RedisCluster, RedisProc, command_calls, random_prefix, redis_cli};
+use common::redis_servers::{
+    RedisCluster, RedisProc, command_calls, info_stat, random_prefix, redis_cli,
+};
 use common::{RedisPrefix, SHARED_REDIS, free_port};
 use fred::prelude::{Client, ClientLike, PubsubInterface};
 use serde_json::value::RawValue;
@@ -713,6 +715,65 @@ async fn connect_fails_without_redis() {
     let result = RedisBroker::connect(&cfg, "x".into(), Arc::new(Metrics::new())).await;
     assert!(matches!(result, Err(BrokerError::Unavailable(_))));
     assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+/// A node publishes on its subscriber connection (RESP3), so Redis answers
+/// a publish and sends the node its own copy of the message in one write;
+/// with the publish on a second connection each was a write of its own (400
+/// for these 200 publishes). Counted with the server's
+/// `total_writes_processed` on a throwaway `redis-server`, one publish at a
+/// time, every message received in order.
+#[tokio::test]
+async fn a_publish_and_the_nodes_own_copy_come_back_in_one_write() {
+    const N: u64 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path());
+    let cfg = RedisConfig {
+        // No heartbeat while counting (the first runs at connect).
+        heartbeat: Duration::from_secs(60),
+        node_ttl: Duration::from_secs(180),
+        ..config(&redis.url(), &random_prefix())
+    };
+    let a = node(&cfg, "a").await;
+    a.broker.subscribe("g", &member("a", "s1")).await.unwrap();
+    let before = info_stat(redis.port, "total_writes_processed");
+    for i in 0..N {
+        a.broker
+            .publish(vec![publication("g", &i.to_string())])
+            .await
+            .unwrap();
+    }
+    wait_until("every message", || {
+        a.seen.received_in("g").len() == N as usize
+    })
+    .await;
+    let writes = info_stat(redis.port, "total_writes_processed") - before;
+    let expected: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(a.seen.received_in("g"), expected);
+    eprintln!("{N} publishes, {writes} writes by Redis");
+    assert!(
+        writes <= N + N / 4,
+        "{writes} Redis writes for {N} publishes: the reply and the message went apart"
+    );
+    a.broker.shutdown().await;
+}
+
+/// The broker needs RESP3 (Redis 6 or later); a server without `HELLO`
+/// (here a Redis with the command renamed away) is refused at start-up
+/// with an error that says so, rather than failing each publish later.
+#[tokio::test]
+async fn a_server_without_resp3_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start_with(dir.path(), free_port(), &["--rename-command", "HELLO", ""]);
+    let cfg = config(&redis.url(), &random_prefix());
+    let result = RedisBroker::connect(&cfg, "x".into(), Arc::new(Metrics::new())).await;
+    match result {
+        Err(BrokerError::Unavailable(e)) => {
+            eprintln!("{e}");
+            assert!(e.contains("RESP3") && e.contains("Redis 6"), "{e}");
+        }
+        Ok(_) => panic!("connected to a server without HELLO"),
+    }
 }
 
 #[tokio::test]

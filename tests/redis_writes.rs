@@ -17,7 +17,9 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis_servers::{Monitor, RedisCluster, RedisProc, command_calls, redis_cli};
+use common::redis_servers::{
+    Monitor, RedisCluster, RedisProc, command_calls, info_stat, redis_cli,
+};
 use wsgate::broker::occupancy::OccupancySettings;
 use wsgate::broker::redis::RedisBroker;
 use wsgate::broker::{Broker, Occupancy, OccupancyKind, Presence};
@@ -43,14 +45,6 @@ async fn broker_on(redis: &RedisProc, heartbeat: Duration, node_ttl: Duration) -
     RedisBroker::connect(&cfg, "a".into(), Arc::new(Metrics::new()))
         .await
         .expect("connect to the throwaway Redis")
-}
-
-fn reads_processed(port: u16) -> u64 {
-    redis_cli(port, &["info", "stats"])
-        .iter()
-        .find_map(|l| l.strip_prefix("total_reads_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("total_reads_processed in INFO stats")
 }
 
 #[tokio::test]
@@ -80,7 +74,7 @@ async fn a_heartbeat_refreshes_many_groups_in_few_writes() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let reads = reads_processed(redis.port);
+    let reads = info_stat(redis.port, "total_reads_processed");
     eprintln!("{pexpires} PEXPIREs in {reads} reads by Redis");
     // About one read per four commands before (778 for 3,003 here, Redis
     // catching a few writes at once); a few per heartbeat now (fred may

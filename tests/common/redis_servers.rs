@@ -238,6 +238,16 @@ pub fn redis_cli(port: u16, args: &[&str]) -> Vec<String> {
     try_redis_cli(port, args).unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
 }
 
+/// A counter of `INFO stats` (`total_reads_processed`, ...).
+pub fn info_stat(port: u16, field: &str) -> u64 {
+    let prefix = format!("{field}:");
+    redis_cli(port, &["info", "stats"])
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in INFO stats"))
+}
+
 /// How many times the server ran `command` (lower case), from the lines
 /// of `INFO commandstats`; 0 when it never ran.
 pub fn command_calls(commandstats: &[String], command: &str) -> u64 {

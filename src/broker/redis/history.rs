@@ -28,8 +28,10 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
+use fred::clients::SubscriberClient;
 use fred::prelude::{Client, LuaInterface, PubsubInterface, Value};
 use fred::types::scripts::Script;
+use fred::types::{MultipleKeys, MultipleValues};
 use futures_util::future::BoxFuture;
 
 use super::{Inner, RedisBroker, requests, snapshot, unavailable};
@@ -204,7 +206,7 @@ impl Inner {
         }
         let inner = self;
         inner.check_link()?;
-        let mut batch = Batch::new(&inner.client, publications.len());
+        let mut batch = Batch::new(&inner.subscriber, &inner.client, publications.len());
         for p in &publications {
             let channel = inner.group_channel(&p.group);
             if inner.history.applies(&p.group) {
@@ -266,16 +268,20 @@ type Command<'a> = BoxFuture<'a, Result<Value, fred::error::Error>>;
 /// The commands of one publish call, in order, gathering runs of plain
 /// publications (channel, envelope pairs) into one [`PUBLISH_MANY`].
 struct Batch<'a> {
-    client: &'a Client,
+    /// The subscriber connection, which publishes (see `Inner::publish`).
+    client: &'a SubscriberClient,
+    /// The command client, which loads a script Redis does not have.
+    loader: &'a Client,
     commands: Vec<Command<'a>>,
     replies: Vec<Reply>,
     run: Vec<String>,
 }
 
 impl<'a> Batch<'a> {
-    fn new(client: &'a Client, capacity: usize) -> Batch<'a> {
+    fn new(client: &'a SubscriberClient, loader: &'a Client, capacity: usize) -> Batch<'a> {
         Batch {
             client,
+            loader,
             commands: Vec::with_capacity(capacity),
             replies: Vec::with_capacity(capacity),
             run: Vec::new(),
@@ -297,8 +303,22 @@ impl<'a> Batch<'a> {
         args: Vec<String>,
         reply: Reply,
     ) {
+        let (client, loader) = (self.client, self.loader);
+        // fred's `evalsha_with_reload`, which takes a `Client` only: the
+        // script is loaded with the command client (on every primary of a
+        // cluster) and run on the publishing connection.
+        let keys = MultipleKeys::from(keys);
+        let args: MultipleValues = Value::Array(args.into_iter().map(Value::from).collect());
         self.push(
-            Box::pin(script.evalsha_with_reload(self.client, keys, args)),
+            Box::pin(async move {
+                match script.evalsha(client, keys.clone(), args.clone()).await {
+                    Err(e) if e.details().starts_with("NOSCRIPT") => {
+                        script.load(loader).await?;
+                        script.evalsha(client, keys, args).await
+                    }
+                    result => result,
+                }
+            }),
             reply,
         );
     }

@@ -2,9 +2,14 @@
 //!
 //! Each node keeps one subscriber client (one connection, or one per primary
 //! on Redis Cluster) holding a subscription for exactly the groups with a
-//! local member, plus the control channel; a second, ordinary client carries
-//! publishes, the node registry and presence. Two clients because a RESP2
-//! connection in subscribed mode cannot run other commands.
+//! local member, and publishes its groups' messages on that same connection.
+//! It speaks RESP3 (Redis 6 and later), where a subscribed connection runs
+//! other commands too: Redis then answers a publish and delivers the node's
+//! own copy of it in one write, read with one wake-up of fred's task, where
+//! a publish on a second connection took a read and a wake-up on each
+//! (docs/performance.md, round seventeen). A second, ordinary client carries
+//! the node registry, presence, occupancy, history reads and control
+//! commands; the control channel has a subscriber of its own (`control`).
 //!
 //! This file is the broker itself: the state its parts share (`Inner`),
 //! joining and leaving the cluster, and the [`Broker`] implementation. The
@@ -173,7 +178,7 @@ impl RedisBroker {
         let setup = |e: redis_client::RedisSetupError| BrokerError::Unavailable(e.to_string());
         metrics.redis_up.set(0);
         let client = redis_client::client(cfg).map_err(setup)?;
-        let subscriber = redis_client::subscriber(cfg, MESSAGE_BUFFER).map_err(setup)?;
+        let subscriber = redis_client::publishing_subscriber(cfg, MESSAGE_BUFFER).map_err(setup)?;
         // Listen before connecting so no event is missed.
         let messages = subscriber.message_rx();
         let reconnects = subscriber.reconnect_rx();
