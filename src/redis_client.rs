@@ -116,24 +116,29 @@ pub fn client(cfg: &RedisConfig) -> Result<Client, RedisSetupError> {
 /// A subscriber client whose message channel holds `capacity` messages
 /// before a slow reader starts losing them.
 pub fn subscriber(cfg: &RedisConfig, capacity: usize) -> Result<SubscriberClient, RedisSetupError> {
-    let mut b = builder(cfg)?;
-    b.with_performance_config(|p| p.broadcast_channel_capacity = capacity.max(32));
-    b.build_subscriber_client()
-        .map_err(|e| RedisSetupError::Build(e.details().to_string()))
+    subscriber_speaking(cfg, capacity, RespVersion::RESP2)
 }
 
-/// A subscriber client that also runs other commands on its connection:
-/// RESP3 (`HELLO 3`, Redis 6 and later), where a subscribed connection is
-/// not limited to (un)subscribing. The broker publishes on it (see
+/// A [`subscriber`] that also runs other commands on its connection: RESP3
+/// (`HELLO 3`, Redis 6 and later), where a subscribed connection is not
+/// limited to (un)subscribing. The broker publishes on it (see
 /// `broker::redis`). Connecting to a server without RESP3 fails, and
 /// [`connect`] says why.
 pub fn publishing_subscriber(
     cfg: &RedisConfig,
     capacity: usize,
 ) -> Result<SubscriberClient, RedisSetupError> {
+    subscriber_speaking(cfg, capacity, RespVersion::RESP3)
+}
+
+fn subscriber_speaking(
+    cfg: &RedisConfig,
+    capacity: usize,
+    version: RespVersion,
+) -> Result<SubscriberClient, RedisSetupError> {
     let mut b = builder(cfg)?;
     b.with_performance_config(|p| p.broadcast_channel_capacity = capacity.max(32));
-    b.with_config(|c| c.version = RespVersion::RESP3);
+    b.with_config(|c| c.version = version);
     b.build_subscriber_client()
         .map_err(|e| RedisSetupError::Build(e.details().to_string()))
 }
@@ -158,9 +163,12 @@ pub async fn connect<C: ClientLike>(
     }
 }
 
-/// fred's connect error, naming what a refused `HELLO` means.
+/// fred's connect error, naming what a refused `HELLO` means (Redis 5:
+/// "unknown command `HELLO`"; a server with the command renamed away says
+/// the same).
 fn explain(details: &str) -> String {
-    if details.to_ascii_lowercase().contains("hello") {
+    let lower = details.to_ascii_lowercase();
+    if lower.contains("unknown command") && lower.contains("hello") {
         let details = details.trim_end();
         format!(
             "{details} (the server does not speak RESP3, which the broker needs: Redis 6 or later)"
@@ -180,6 +188,19 @@ mod tests {
             cluster,
             ..RedisConfig::default()
         }
+    }
+
+    #[test]
+    fn a_refused_hello_is_explained_and_nothing_else_is() {
+        let refused = explain("ERR unknown command 'HELLO', with args beginning with: '3' ");
+        assert!(
+            refused.ends_with(
+                "'3' (the server does not speak RESP3, which the broker needs: Redis 6 or later)"
+            ),
+            "{refused}"
+        );
+        let other = "failed to lookup address information: hello.invalid";
+        assert_eq!(explain(other), other);
     }
 
     #[test]
