@@ -197,6 +197,9 @@ impl Inner {
     /// in one command on a standalone Redis ([`PUBLISH_MANY`]) or one
     /// `SPUBLISH` each on Redis Cluster (their channels live on different
     /// shards). A script Redis lost (restart, SCRIPT FLUSH) is loaded again.
+    /// All of it on the subscriber connection (RESP3), so Redis answers each
+    /// command and sends the node its own copy in one write (see the module
+    /// docs of `broker::redis`).
     pub(super) async fn publish(
         &self,
         publications: Vec<Publication>,
@@ -268,7 +271,7 @@ type Command<'a> = BoxFuture<'a, Result<Value, fred::error::Error>>;
 /// The commands of one publish call, in order, gathering runs of plain
 /// publications (channel, envelope pairs) into one [`PUBLISH_MANY`].
 struct Batch<'a> {
-    /// The subscriber connection, which publishes (see `Inner::publish`).
+    /// The subscriber connection, which publishes (see [`Inner::publish`]).
     client: &'a SubscriberClient,
     /// The command client, which loads a script Redis does not have.
     loader: &'a Client,
