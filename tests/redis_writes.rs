@@ -167,6 +167,102 @@ async fn a_first_join_and_a_last_leave_cost_one_script_each() {
     broker.shutdown().await;
 }
 
+/// A group's first join on a node is its `SUBSCRIBE` and the occupancy
+/// script (presence inside it); its last leave the script and the
+/// `UNSUBSCRIBE`. Each pair is queued together on the subscriber connection,
+/// so Redis reads it at once and answers it in one write. Before, the
+/// script went on the command client after the subscription's answer: two
+/// reads and two writes by Redis per join and per leave (200 and 200 here).
+/// Counted with `total_reads_processed` and `total_writes_processed`, one
+/// join or leave at a time.
+#[tokio::test]
+async fn a_first_join_and_its_subscription_reach_redis_in_one_write() {
+    const N: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path());
+    // No heartbeat or sweep while counting (the first ones run at start).
+    let broker = broker_on(&redis, Duration::from_secs(60), Duration::from_secs(180)).await;
+    broker.start_occupancy(OccupancySettings {
+        linger: Duration::from_secs(120),
+        stream: Some("events".into()),
+        stream_maxlen: 1000,
+        queue: 4 * N as usize,
+    });
+    let mut events = broker.occupancy_events().expect("occupancy is on");
+    let member = |i: u64| Member {
+        user_id: format!("user-{i}"),
+        session: format!("s{i}"),
+        node: "a".into(),
+    };
+    let group = |i: u64| format!("user.{i}");
+    // The scripts loaded, and the sweep's first tick past.
+    broker.subscribe("warm", &member(N)).await.unwrap();
+    broker.unsubscribe("warm", &format!("s{N}")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while events.try_recv().is_ok() {}
+
+    let counters = || {
+        (
+            info_stat(redis.port, "total_reads_processed"),
+            info_stat(redis.port, "total_writes_processed"),
+        )
+    };
+    let before = counters();
+    for i in 0..N {
+        broker.subscribe(&group(i), &member(i)).await.unwrap();
+    }
+    let after = counters();
+    // `INFO` itself: one read and one write for each of the two calls.
+    let joins = (after.0 - before.0 - 2, after.1 - before.1 - 2);
+    for i in 0..N {
+        assert_eq!(broker.presence(&group(i)).await.unwrap(), [member(i)]);
+        let event = events.try_recv().expect("one occupied event per group");
+        assert_eq!(
+            (event.event, event.group.as_str()),
+            (OccupancyKind::Occupied, group(i).as_str())
+        );
+    }
+    let subscribed = redis_cli(
+        redis.port,
+        &["pubsub", "numsub", &format!("{PREFIX}group:user.0")],
+    );
+    assert_eq!(
+        subscribed.get(1).map(String::as_str),
+        Some("1"),
+        "{subscribed:?}"
+    );
+
+    let before = counters();
+    for i in 0..N {
+        broker
+            .unsubscribe(&group(i), &format!("s{i}"))
+            .await
+            .unwrap();
+    }
+    let after = counters();
+    let leaves = (after.0 - before.0 - 2, after.1 - before.1 - 2);
+    for i in 0..N {
+        assert!(broker.presence(&group(i)).await.unwrap().is_empty());
+    }
+    let channels = redis_cli(
+        redis.port,
+        &["pubsub", "channels", &format!("{PREFIX}group:*")],
+    );
+    assert!(channels.is_empty(), "still subscribed: {channels:?}");
+
+    eprintln!(
+        "{N} first joins: {} reads, {} writes by Redis; {N} last leaves: {} reads, {} writes",
+        joins.0, joins.1, leaves.0, leaves.1
+    );
+    for (what, (reads, writes)) in [("joins", joins), ("leaves", leaves)] {
+        assert!(
+            reads <= N + N / 4 && writes <= N + N / 4,
+            "{N} {what}: {reads} reads and {writes} writes by Redis: the script and the (un)subscription went apart"
+        );
+    }
+    broker.shutdown().await;
+}
+
 /// The monitor lines that name one of the test's groups (the heartbeat's
 /// and the sweep's do not).
 fn of_groups(lines: Vec<String>) -> Vec<String> {

@@ -31,7 +31,6 @@ use async_trait::async_trait;
 use fred::clients::SubscriberClient;
 use fred::prelude::{Client, LuaInterface, PubsubInterface, Value};
 use fred::types::scripts::Script;
-use fred::types::{MultipleKeys, MultipleValues};
 use futures_util::future::BoxFuture;
 
 use super::{Inner, RedisBroker, requests, snapshot, unavailable};
@@ -307,21 +306,10 @@ impl<'a> Batch<'a> {
         reply: Reply,
     ) {
         let (client, loader) = (self.client, self.loader);
-        // fred's `evalsha_with_reload`, which takes a `Client` only: the
-        // script is loaded with the command client (on every primary of a
-        // cluster) and run on the publishing connection.
-        let keys = MultipleKeys::from(keys);
-        let args: MultipleValues = Value::Array(args.into_iter().map(Value::from).collect());
         self.push(
-            Box::pin(async move {
-                match script.evalsha(client, keys.clone(), args.clone()).await {
-                    Err(e) if e.details().starts_with("NOSCRIPT") => {
-                        script.load(loader).await?;
-                        script.evalsha(client, keys, args).await
-                    }
-                    result => result,
-                }
-            }),
+            Box::pin(requests::evalsha_reloading(
+                script, client, loader, keys, args,
+            )),
             reply,
         );
     }

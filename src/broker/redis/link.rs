@@ -3,8 +3,10 @@
 //!
 //! Subscriptions are counted per group and changed under a per-group async
 //! lock, so interleaved joins and leaves cannot leave Redis and the count
-//! disagreeing, and a joiner returns only once the subscription is
-//! confirmed.
+//! disagreeing. A joiner returns once its `SUBSCRIBE` is written: fred
+//! answers the subscription commands when it writes them (Redis's
+//! confirmation arrives out of band), so what the node publishes next, on
+//! the same connection, reaches Redis after it.
 //!
 //! The broker, not fred, decides what to resubscribe after a reconnection.
 //! fred 10.1's `SubscriberClient::manage_subscriptions` replays the
@@ -395,9 +397,9 @@ impl Inner {
     }
 }
 
-/// Flags a group for repair (subscription and presence) when the operation
-/// holding its lock is cancelled between a Redis command and its bookkeeping:
-/// a dropped future may still have its command sent.
+/// Flags a group for repair (subscription, presence and occupancy) when the
+/// operation holding its lock is cancelled between a Redis command and its
+/// bookkeeping: a dropped future may still have its command sent.
 pub(super) struct Unsettled<'a> {
     inner: &'a Inner,
     slot: &'a Slot,
@@ -422,6 +424,7 @@ impl Drop for Unsettled<'_> {
         if self.armed {
             self.slot.presence_dirty.store(true, Ordering::Release);
             self.inner.cleanup.store(true, Ordering::Release);
+            self.inner.occupancy_unsure();
         }
     }
 }

@@ -69,6 +69,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{Control, Position, Publication};
 use crate::redis_client;
 use link::{Slot, Sub, Unsettled, dispatch, supervise};
+use occupancy::Via;
 use presence::heartbeat;
 
 /// Messages buffered between fred's reader and our dispatcher.
@@ -354,10 +355,18 @@ impl Broker for RedisBroker {
             let unsettled = Unsettled::new(inner, &slot);
             let epoch = inner.epoch.load(Ordering::Acquire);
             let count = slot.count();
+            // Presence and occupancy already written with the subscription.
+            let mut joined = false;
             if state.sub != Sub::Confirmed(epoch) {
                 if inner.subscriber.is_connected() {
                     state.sub = Sub::Unknown;
-                    if let Err(e) = inner.sub_channel(group).await {
+                    let result = if count == 0 {
+                        joined = true;
+                        inner.subscribe_first(group, &slot, member).await
+                    } else {
+                        inner.sub_channel(group).await
+                    };
+                    if let Err(e) = result {
                         // It may reach Redis after all: the supervisor
                         // settles the group (unsubscribes it if unused).
                         inner.cleanup.store(true, Ordering::Release);
@@ -376,10 +385,14 @@ impl Broker for RedisBroker {
                 }
             }
             slot.add(member);
-            if count == 0 {
-                inner.first_joined(group, &slot, member).await;
-            } else {
-                inner.presence_add(group, &slot, member, false).await;
+            if !joined {
+                if count == 0 {
+                    inner
+                        .first_joined(group, &slot, member, Via::Commands)
+                        .await;
+                } else {
+                    inner.presence_add(group, &slot, member, false).await;
+                }
             }
             unsettled.settled();
             return Ok(());
@@ -407,18 +420,11 @@ impl Broker for RedisBroker {
                 unsettled.settled();
                 return Ok(());
             }
-            inner.last_left(group, &slot).await;
-            if state.sub != Sub::None {
+            if state.sub == Sub::None {
+                inner.last_left(group, &slot, Via::Commands).await;
+            } else {
                 state.sub = Sub::Unknown;
-                let result = if inner.subscriber.is_connected() {
-                    inner.unsub_channel(group).await
-                } else {
-                    Err(fred::error::Error::new(
-                        fred::error::ErrorKind::IO,
-                        "not connected",
-                    ))
-                };
-                if let Err(e) = result {
+                if let Err(e) = inner.unsubscribe_last(group, &slot).await {
                     // Settled by the supervisor once Redis answers again.
                     tracing::debug!(group, error = %e, "unsubscribe deferred");
                     inner.cleanup.store(true, Ordering::Release);
@@ -508,8 +514,8 @@ mod sizes {
     use std::future::Future;
     use std::mem::size_of;
 
-    use super::Inner;
     use super::link::Slot;
+    use super::{Inner, Via};
     use crate::hub::Member;
 
     fn two<A, B, R: Future>(_: fn(A, B) -> R) -> usize {
@@ -538,11 +544,19 @@ mod sizes {
             ("unsub_channel", two::<I, S, _>(Inner::unsub_channel)),
             (
                 "first_joined",
-                four::<I, S, &'static Slot, &'static Member, _>(Inner::first_joined),
+                five::<I, S, &'static Slot, &'static Member, Via, _>(Inner::first_joined),
             ),
             (
                 "last_left",
-                three::<I, S, &'static Slot, _>(Inner::last_left),
+                four::<I, S, &'static Slot, Via, _>(Inner::last_left),
+            ),
+            (
+                "subscribe_first",
+                four::<I, S, &'static Slot, &'static Member, _>(Inner::subscribe_first),
+            ),
+            (
+                "unsubscribe_last",
+                three::<I, S, &'static Slot, _>(Inner::unsubscribe_last),
             ),
             (
                 "presence_add",

@@ -169,6 +169,20 @@ fn is_cross_slot(e: &fred::error::Error) -> bool {
     e.details().starts_with("CROSSSLOT")
 }
 
+/// The connection a group's join or leave script runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    /// The command client.
+    Commands,
+    /// The subscriber connection, queued beside the group's `SUBSCRIBE` or
+    /// `UNSUBSCRIBE` (see [`Inner::subscribe_first`]).
+    Subscriber,
+}
+
+fn not_connected() -> fred::error::Error {
+    fred::error::Error::new(fred::error::ErrorKind::IO, "not connected")
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
@@ -198,9 +212,12 @@ impl Inner {
     /// looks like one Redis but enforces slots all the same (a sharding
     /// proxy, a managed "sharded" endpoint) answers `CROSSSLOT`: the node
     /// then writes them apart, for this join and from then on.
-    pub(super) async fn first_joined(&self, group: &str, slot: &Slot, member: &Member) {
+    ///
+    /// `via`: the connection the script runs on; written apart, both go on
+    /// the command client.
+    pub(super) async fn first_joined(&self, group: &str, slot: &Slot, member: &Member, via: Via) {
         if let Some(occ) = self.together() {
-            let result = self.occ_join(occ, group, Some(member)).await;
+            let result = self.occ_join(occ, group, Some(member), via).await;
             if !self.refused_together(occ, slot, group, result) {
                 return;
             }
@@ -216,9 +233,9 @@ impl Inner {
     /// The group lost its last member on this node (under its `op` lock):
     /// its presence hash is deleted and its occupancy counted down; one
     /// script where [`first_joined`](Self::first_joined) uses one.
-    pub(super) async fn last_left(&self, group: &str, slot: &Slot) {
+    pub(super) async fn last_left(&self, group: &str, slot: &Slot, via: Via) {
         if let Some(occ) = self.together() {
-            let result = self.occ_leave(occ, group, true).await;
+            let result = self.occ_leave(occ, group, true, via).await;
             if !self.refused_together(occ, slot, group, result) {
                 return;
             }
@@ -227,6 +244,74 @@ impl Inner {
             self.presence_remove(group, slot, None),
             self.occupancy_left(group)
         );
+    }
+
+    /// A group's first member on this node, whose subscription is not in
+    /// place (under its `op` lock): subscribes the group and does what
+    /// [`first_joined`](Self::first_joined) does. Where one script does the
+    /// latter, it is queued on the subscriber connection right behind the
+    /// `SUBSCRIBE`: Redis reads both at once and answers both in one write,
+    /// where the script on the command client waited for the subscription
+    /// and took a round trip of its own (a new user's own group is such a
+    /// join; docs/performance.md, round eighteen).
+    ///
+    /// Fails as the subscription does; the script's writes are then taken
+    /// back (a leave on the command client) before the join is refused.
+    pub(super) async fn subscribe_first(
+        &self,
+        group: &str,
+        slot: &Slot,
+        member: &Member,
+    ) -> Result<(), fred::error::Error> {
+        if self.together().is_none() {
+            self.sub_channel(group).await?;
+            self.first_joined(group, slot, member, Via::Commands).await;
+            return Ok(());
+        }
+        let (subscribed, ()) = tokio::join!(
+            self.sub_channel(group),
+            self.first_joined(group, slot, member, Via::Subscriber)
+        );
+        if subscribed.is_err() {
+            self.last_left(group, slot, Via::Commands).await;
+        }
+        subscribed
+    }
+
+    /// A group's last member on this node left and its subscription is to
+    /// go (under its `op` lock): unsubscribes the group and does what
+    /// [`last_left`](Self::last_left) does, the `UNSUBSCRIBE` and the script
+    /// queued together on the subscriber connection where one script does
+    /// the latter. The script goes last in both pairs: fred flushes its
+    /// socket right after any `EVALSHA`, so a command queued behind one
+    /// would be a write of its own. Fails as the unsubscription does (at
+    /// once while the subscriber is disconnected).
+    pub(super) async fn unsubscribe_last(
+        &self,
+        group: &str,
+        slot: &Slot,
+    ) -> Result<(), fred::error::Error> {
+        if !self.subscriber.is_connected() {
+            self.last_left(group, slot, Via::Commands).await;
+            return Err(not_connected());
+        }
+        if self.together().is_none() {
+            self.last_left(group, slot, Via::Commands).await;
+            return self.unsub_channel(group).await;
+        }
+        let (unsubscribed, ()) = tokio::join!(
+            self.unsub_channel(group),
+            self.last_left(group, slot, Via::Subscriber)
+        );
+        unsubscribed
+    }
+
+    /// A join or leave script may or may not have run (its caller was
+    /// cancelled): the next sweep compares this node's groups with Redis.
+    pub(super) fn occupancy_unsure(&self) {
+        if let Some(occ) = self.occupancy.get() {
+            occ.dirty.store(true, Ordering::Release);
+        }
     }
 
     /// Whether Redis refused a combined script for its slots, so the
@@ -271,7 +356,7 @@ impl Inner {
         let Some(occ) = self.occupancy.get() else {
             return;
         };
-        if let Err(e) = self.occ_join(occ, group, None).await {
+        if let Err(e) = self.occ_join(occ, group, None, Via::Commands).await {
             tracing::debug!(group, error = %e, "occupancy join deferred");
             occ.dirty.store(true, Ordering::Release);
         }
@@ -282,7 +367,7 @@ impl Inner {
         let Some(occ) = self.occupancy.get() else {
             return;
         };
-        if let Err(e) = self.occ_leave(occ, group, false).await {
+        if let Err(e) = self.occ_leave(occ, group, false, Via::Commands).await {
             tracing::debug!(group, error = %e, "occupancy leave deferred");
             occ.dirty.store(true, Ordering::Release);
         }
@@ -295,6 +380,7 @@ impl Inner {
         occ: &RedisOccupancy,
         group: &str,
         presence: Option<&Member>,
+        via: Via,
     ) -> Result<(), fred::error::Error> {
         self.check_connected()?;
         let event = OccupancyEvent::new(OccupancyKind::Occupied, group);
@@ -323,8 +409,7 @@ impl Inner {
                 json(member),
             ]);
         }
-        // Boxed: see `sub_channel`.
-        let emitted: i64 = Box::pin(JOIN.evalsha_with_reload(&self.client, keys, args)).await?;
+        let emitted: i64 = self.occ_script(&JOIN, via, keys, args).await?;
         if emitted == 1 {
             occ.emitter.emit(event);
         }
@@ -337,6 +422,7 @@ impl Inner {
         occ: &RedisOccupancy,
         group: &str,
         presence: bool,
+        via: Via,
     ) -> Result<(), fred::error::Error> {
         self.check_connected()?;
         let due = crate::clock::unix_ms() + ms(occ.settings.linger);
@@ -350,18 +436,37 @@ impl Inner {
             keys.push(self.presence_key(group, &self.node_id));
         }
         let args = vec![self.node_id.clone(), group.to_string(), due.to_string()];
-        let _: i64 = Box::pin(LEAVE.evalsha_with_reload(&self.client, keys, args)).await?;
+        let _: i64 = self.occ_script(&LEAVE, via, keys, args).await?;
         Ok(())
+    }
+
+    /// Runs a join or leave script on the connection `via` names.
+    async fn occ_script(
+        &self,
+        script: &Script,
+        via: Via,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<i64, fred::error::Error> {
+        // Boxed: see `sub_channel`.
+        match via {
+            Via::Commands => Box::pin(script.evalsha_with_reload(&self.client, keys, args)).await,
+            Via::Subscriber if !self.subscriber.is_connected() => Err(not_connected()),
+            Via::Subscriber => {
+                let (client, loader) = (&self.subscriber, &self.client);
+                Box::pin(requests::evalsha_reloading(
+                    script, client, loader, keys, args,
+                ))
+                .await
+            }
+        }
     }
 
     fn check_connected(&self) -> Result<(), fred::error::Error> {
         if self.client.is_connected() {
             Ok(())
         } else {
-            Err(fred::error::Error::new(
-                fred::error::ErrorKind::IO,
-                "not connected",
-            ))
+            Err(not_connected())
         }
     }
 
@@ -473,8 +578,8 @@ impl Inner {
         };
         let held = slot.as_ref().is_some_and(|s| s.count() > 0);
         match (join, held) {
-            (true, true) => self.occ_join(occ, group, None).await,
-            (false, false) => self.occ_leave(occ, group, false).await,
+            (true, true) => self.occ_join(occ, group, None, Via::Commands).await,
+            (false, false) => self.occ_leave(occ, group, false, Via::Commands).await,
             _ => Ok(()),
         }
     }
@@ -488,7 +593,11 @@ impl Inner {
         let own = self.occ_key(&format!("n:{}", self.node_id));
         let groups: Vec<String> = self.client.smembers(&own).await.unwrap_or_default();
         for group in groups {
-            if self.occ_leave(occ, &group, false).await.is_err() {
+            if self
+                .occ_leave(occ, &group, false, Via::Commands)
+                .await
+                .is_err()
+            {
                 break;
             }
         }

@@ -24,6 +24,10 @@
 //!
 //! One connection keeps the commands in the order they were sent.
 //!
+//! Scripts the broker runs on its subscriber connection (publishes, a
+//! group's first join and last leave) go through [`evalsha_reloading`]:
+//! fred's `evalsha_with_reload` takes a `Client` only.
+//!
 //! Only a command's own timeout (`redis.command_timeout`, set on every
 //! client) marks it: a caller must not wrap these futures in a shorter
 //! timeout of its own, since a dropped future leaves its command queued.
@@ -32,6 +36,10 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::Poll;
 
+use fred::clients::{Client, SubscriberClient};
+use fred::prelude::{FromValue, Value};
+use fred::types::scripts::Script;
+use fred::types::{MultipleKeys, MultipleValues};
 use futures_util::future::{BoxFuture, MaybeDone, maybe_done};
 
 /// Commands in flight at once: each takes a place in fred's queue
@@ -87,5 +95,28 @@ async fn send_and_wait<'a, T>(
                 "a Redis reply went missing",
             ))
         }));
+    }
+}
+
+/// Runs `script` on `client` and, if Redis does not have it (a restart, a
+/// `SCRIPT FLUSH`), loads it with the command client `loader` (on every
+/// primary of a cluster) and runs it again: fred's `evalsha_with_reload`
+/// for a connection it does not take. Sent when first polled, like any
+/// fred command, so a caller can queue it beside another.
+pub(super) async fn evalsha_reloading<R: FromValue>(
+    script: &Script,
+    client: &SubscriberClient,
+    loader: &Client,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<R, fred::error::Error> {
+    let keys = MultipleKeys::from(keys);
+    let args: MultipleValues = Value::Array(args.into_iter().map(Value::from).collect());
+    match script.evalsha(client, keys.clone(), args.clone()).await {
+        Err(e) if e.details().starts_with("NOSCRIPT") => {
+            script.load(loader).await?;
+            script.evalsha(client, keys, args).await
+        }
+        result => result,
     }
 }
