@@ -781,6 +781,36 @@ async fn a_server_without_resp3_is_refused_with_a_clear_error() {
     }
 }
 
+/// Redis 7 creates ACL users without channel permissions, and fred answers
+/// a `SUBSCRIBE` as soon as it writes it, so a node on such a user would
+/// start, take joins and deliver nothing. It is refused at start-up with an
+/// error that says what to grant; with `&<prefix>*` granted it starts.
+#[tokio::test]
+async fn a_redis_user_without_channel_permissions_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path());
+    let prefix = random_prefix();
+    let cfg = config(&redis.url(), &prefix);
+    redis_cli(redis.port, &["acl", "setuser", "default", "resetchannels"]);
+    let result = RedisBroker::connect(&cfg, "x".into(), Arc::new(Metrics::new())).await;
+    match result {
+        Err(BrokerError::Unavailable(e)) => {
+            eprintln!("{e}");
+            assert!(e.contains("NOPERM"), "{e}");
+            assert!(e.contains(&format!("ACL SETUSER <user> &{prefix}*")), "{e}");
+        }
+        Ok(_) => panic!("started on a Redis user that may use no channel"),
+    }
+
+    let grant = format!("&{prefix}*");
+    redis_cli(redis.port, &["acl", "setuser", "default", &grant]);
+    let a = node(&cfg, "a").await;
+    a.broker.subscribe("g", &member("a", "s1")).await.unwrap();
+    a.broker.publish(vec![publication("g", "1")]).await.unwrap();
+    wait_until("the message", || a.seen.received_in("g") == ["1"]).await;
+    a.broker.shutdown().await;
+}
+
 #[tokio::test]
 async fn redis_cluster_with_sharded_pubsub() {
     let rc = RedisCluster::start(3);

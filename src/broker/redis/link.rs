@@ -174,6 +174,30 @@ impl Inner {
         }
     }
 
+    /// Refuses a Redis user that may not use the group channels. Redis 7
+    /// creates ACL users without any channel permission
+    /// (`acl-pubsub-default resetchannels`), and fred answers a `SUBSCRIBE`
+    /// when it writes it, so Redis's refusal would go unseen: the node would
+    /// start, take joins and deliver nothing (and the refusal, arriving on
+    /// the connection the node also publishes on, would be taken for the
+    /// answer to the next command there). A channel permission covers
+    /// `PUBLISH` and `SUBSCRIBE` alike: one `PUBLISH` to `<prefix>group:`,
+    /// the channel of the empty group name, which no client can join (it
+    /// reaches nobody), answers `NOPERM` where the permission is missing.
+    pub(super) async fn check_channel_access(&self) -> Result<(), BrokerError> {
+        let channel = self.group_channel("");
+        match self.client.publish::<i64, _, _>(channel.as_str(), "").await {
+            Ok(_) => Ok(()),
+            Err(e) if e.details().starts_with("NOPERM") => Err(BrokerError::Unavailable(format!(
+                "the Redis user may not publish or subscribe to the node's channels ({}); \
+                 grant it every channel under the prefix, e.g. ACL SETUSER <user> &{}*",
+                e.details(),
+                self.prefix
+            ))),
+            Err(e) => Err(BrokerError::Unavailable(e.to_string())),
+        }
+    }
+
     /// Fails fast while the command connection is down, rather than
     /// queueing commands that might still be sent after the caller gave up.
     pub(super) fn check_link(&self) -> Result<(), BrokerError> {

@@ -227,6 +227,10 @@ impl RedisBroker {
             connections: Mutex::new(vec![client_conn, subscriber_conn]),
             closed: AtomicBool::new(false),
         });
+        if let Err(e) = inner.check_channel_access().await {
+            broker.shutdown().await;
+            return Err(e);
+        }
         if let Err(e) = inner.resync(true).await {
             broker.shutdown().await;
             return Err(unavailable(e));
