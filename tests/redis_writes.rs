@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use common::redis_servers::{
     Monitor, RedisCluster, RedisProc, command_calls, info_stat, redis_cli,
 };
+use tokio::sync::broadcast::Receiver;
 use wsgate::broker::occupancy::OccupancySettings;
 use wsgate::broker::redis::RedisBroker;
-use wsgate::broker::{Broker, Occupancy, OccupancyKind, Presence};
+use wsgate::broker::{Broker, Occupancy, OccupancyEvent, OccupancyKind, Presence};
 use wsgate::config::RedisConfig;
 use wsgate::hub::Member;
 use wsgate::metrics::Metrics;
@@ -45,6 +46,48 @@ async fn broker_on(redis: &RedisProc, heartbeat: Duration, node_ttl: Duration) -
     RedisBroker::connect(&cfg, "a".into(), Arc::new(Metrics::new()))
         .await
         .expect("connect to the throwaway Redis")
+}
+
+/// Node `a` with occupancy on and its events, without a heartbeat or a
+/// sweep within a test (the first ones run at start) and with a linger no
+/// test waits out.
+async fn broker_with_occupancy(
+    redis: &RedisProc,
+    queue: usize,
+) -> (Arc<RedisBroker>, Receiver<OccupancyEvent>) {
+    let broker = broker_on(redis, Duration::from_secs(60), Duration::from_secs(180)).await;
+    broker.start_occupancy(OccupancySettings {
+        linger: Duration::from_secs(120),
+        stream: Some("events".into()),
+        stream_maxlen: 1000,
+        queue,
+    });
+    let events = broker.occupancy_events().expect("occupancy is on");
+    (broker, events)
+}
+
+/// User `i`'s session, and its own group.
+fn user(i: usize) -> Member {
+    Member {
+        user_id: format!("user-{i}"),
+        session: format!("s{i}"),
+        node: "a".into(),
+    }
+}
+fn user_group(i: usize) -> String {
+    format!("user.{i}")
+}
+
+/// User `i` is in its group's presence and the group's `occupied` event is
+/// the next one.
+async fn assert_joined(broker: &RedisBroker, events: &mut Receiver<OccupancyEvent>, i: usize) {
+    let group = user_group(i);
+    assert_eq!(broker.presence(&group).await.unwrap(), [user(i)], "{group}");
+    let event = events.try_recv().expect("an occupied event per group");
+    assert_eq!(
+        (event.event, event.group.as_str()),
+        (OccupancyKind::Occupied, group.as_str())
+    );
 }
 
 #[tokio::test]
@@ -99,49 +142,30 @@ async fn a_first_join_and_a_last_leave_cost_one_script_each() {
     const N: usize = 50;
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisProc::start(dir.path());
-    // No heartbeat or sweep while counting (the first ones run at start).
-    let broker = broker_on(&redis, Duration::from_secs(60), Duration::from_secs(180)).await;
-    broker.start_occupancy(OccupancySettings {
-        linger: Duration::from_secs(120),
-        stream: Some("events".into()),
-        stream_maxlen: 1000,
-        queue: 4 * N,
-    });
-    let mut events = broker.occupancy_events().expect("occupancy is on");
-    let member = |i: usize| Member {
-        user_id: format!("user-{i}"),
-        session: format!("s{i}"),
-        node: "a".into(),
-    };
-    let group = |i: usize| format!("user.{i}");
+    let (broker, mut events) = broker_with_occupancy(&redis, 4 * N).await;
     // Let the sweep's first tick pass, so the count is the joins' alone.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut monitor = Monitor::start(redis.port, dir.path());
     for i in 0..N {
-        broker.subscribe(&group(i), &member(i)).await.unwrap();
+        broker.subscribe(&user_group(i), &user(i)).await.unwrap();
     }
     let joins = of_groups(monitor.client_commands());
     for i in 0..N {
-        assert_eq!(broker.presence(&group(i)).await.unwrap(), [member(i)]);
-        let event = events.try_recv().expect("one occupied event per group");
-        assert_eq!(
-            (event.event, event.group.as_str()),
-            (OccupancyKind::Occupied, group(i).as_str())
-        );
+        assert_joined(&broker, &mut events, i).await;
     }
     drop(monitor);
 
     let mut monitor = Monitor::start(redis.port, dir.path());
     for i in 0..N {
         broker
-            .unsubscribe(&group(i), &format!("s{i}"))
+            .unsubscribe(&user_group(i), &format!("s{i}"))
             .await
             .unwrap();
     }
     let leaves = of_groups(monitor.client_commands());
     for i in 0..N {
-        assert!(broker.presence(&group(i)).await.unwrap().is_empty());
+        assert!(broker.presence(&user_group(i)).await.unwrap().is_empty());
     }
     let left = redis_cli(redis.port, &["keys", &format!("{PREFIX}presence:*")]);
     assert!(left.is_empty(), "presence hashes left behind: {left:?}");
@@ -177,26 +201,12 @@ async fn a_first_join_and_a_last_leave_cost_one_script_each() {
 /// join or leave at a time.
 #[tokio::test]
 async fn a_first_join_and_its_subscription_reach_redis_in_one_write() {
-    const N: u64 = 100;
+    const N: usize = 100;
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisProc::start(dir.path());
-    // No heartbeat or sweep while counting (the first ones run at start).
-    let broker = broker_on(&redis, Duration::from_secs(60), Duration::from_secs(180)).await;
-    broker.start_occupancy(OccupancySettings {
-        linger: Duration::from_secs(120),
-        stream: Some("events".into()),
-        stream_maxlen: 1000,
-        queue: 4 * N as usize,
-    });
-    let mut events = broker.occupancy_events().expect("occupancy is on");
-    let member = |i: u64| Member {
-        user_id: format!("user-{i}"),
-        session: format!("s{i}"),
-        node: "a".into(),
-    };
-    let group = |i: u64| format!("user.{i}");
+    let (broker, mut events) = broker_with_occupancy(&redis, 4 * N).await;
     // The scripts loaded, and the sweep's first tick past.
-    broker.subscribe("warm", &member(N)).await.unwrap();
+    broker.subscribe("warm", &user(N)).await.unwrap();
     broker.unsubscribe("warm", &format!("s{N}")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     while events.try_recv().is_ok() {}
@@ -209,18 +219,13 @@ async fn a_first_join_and_its_subscription_reach_redis_in_one_write() {
     };
     let before = counters();
     for i in 0..N {
-        broker.subscribe(&group(i), &member(i)).await.unwrap();
+        broker.subscribe(&user_group(i), &user(i)).await.unwrap();
     }
     let after = counters();
     // `INFO` itself: one read and one write for each of the two calls.
     let joins = (after.0 - before.0 - 2, after.1 - before.1 - 2);
     for i in 0..N {
-        assert_eq!(broker.presence(&group(i)).await.unwrap(), [member(i)]);
-        let event = events.try_recv().expect("one occupied event per group");
-        assert_eq!(
-            (event.event, event.group.as_str()),
-            (OccupancyKind::Occupied, group(i).as_str())
-        );
+        assert_joined(&broker, &mut events, i).await;
     }
     let subscribed = redis_cli(
         redis.port,
@@ -235,14 +240,14 @@ async fn a_first_join_and_its_subscription_reach_redis_in_one_write() {
     let before = counters();
     for i in 0..N {
         broker
-            .unsubscribe(&group(i), &format!("s{i}"))
+            .unsubscribe(&user_group(i), &format!("s{i}"))
             .await
             .unwrap();
     }
     let after = counters();
     let leaves = (after.0 - before.0 - 2, after.1 - before.1 - 2);
     for i in 0..N {
-        assert!(broker.presence(&group(i)).await.unwrap().is_empty());
+        assert!(broker.presence(&user_group(i)).await.unwrap().is_empty());
     }
     let channels = redis_cli(
         redis.port,
@@ -254,9 +259,10 @@ async fn a_first_join_and_its_subscription_reach_redis_in_one_write() {
         "{N} first joins: {} reads, {} writes by Redis; {N} last leaves: {} reads, {} writes",
         joins.0, joins.1, leaves.0, leaves.1
     );
+    let bound = (N + N / 4) as u64;
     for (what, (reads, writes)) in [("joins", joins), ("leaves", leaves)] {
         assert!(
-            reads <= N + N / 4 && writes <= N + N / 4,
+            reads <= bound && writes <= bound,
             "{N} {what}: {reads} reads and {writes} writes by Redis: the script and the (un)subscription went apart"
         );
     }
@@ -279,28 +285,11 @@ async fn a_server_that_enforces_slots_gets_presence_written_apart() {
     let cluster = RedisCluster::one_node();
     let redis = &cluster.nodes[0];
     // No heartbeat within the test: nothing repairs presence before a read.
-    let broker = broker_on(redis, Duration::from_secs(60), Duration::from_secs(180)).await;
-    broker.start_occupancy(OccupancySettings {
-        linger: Duration::from_secs(120),
-        stream: Some("events".into()),
-        stream_maxlen: 1000,
-        queue: 16,
-    });
-    let mut events = broker.occupancy_events().expect("occupancy is on");
+    let (broker, mut events) = broker_with_occupancy(redis, 16).await;
     for i in 0..3 {
-        let group = format!("user.{i}");
-        let member = Member {
-            user_id: format!("user-{i}"),
-            session: format!("s{i}"),
-            node: "a".into(),
-        };
-        broker.subscribe(&group, &member).await.unwrap();
-        assert_eq!(broker.presence(&group).await.unwrap(), [member], "{group}");
-        let event = events.try_recv().expect("an occupied event");
-        assert_eq!(
-            (event.event, event.group.as_str()),
-            (OccupancyKind::Occupied, group.as_str())
-        );
+        broker.subscribe(&user_group(i), &user(i)).await.unwrap();
+        assert_joined(&broker, &mut events, i).await;
+        let group = user_group(i);
         broker.unsubscribe(&group, &format!("s{i}")).await.unwrap();
         assert!(broker.presence(&group).await.unwrap().is_empty(), "{group}");
     }

@@ -9,7 +9,10 @@
 //! a publish on a second connection took a read and a wake-up on each
 //! (docs/performance.md, round seventeen). A second, ordinary client carries
 //! the node registry, presence, occupancy, history reads and control
-//! commands; the control channel has a subscriber of its own (`control`).
+//! commands, but for a group's first join and last leave on the node: their
+//! script rides beside the `SUBSCRIBE` or `UNSUBSCRIBE` on the subscriber
+//! connection, one write each way (round eighteen). The control channel has
+//! a subscriber of its own (`control`).
 //!
 //! This file is the broker itself: the state its parts share (`Inner`),
 //! joining and leaving the cluster, and the [`Broker`] implementation. The
