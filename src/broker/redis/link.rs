@@ -6,7 +6,11 @@
 //! disagreeing. A joiner returns once its `SUBSCRIBE` is written: fred
 //! answers the subscription commands when it writes them (Redis's
 //! confirmation arrives out of band), so what the node publishes next, on
-//! the same connection, reaches Redis after it.
+//! the same connection, reaches Redis after it. A group's first join with
+//! occupancy on (not on Redis Cluster) returns later, once Redis has run
+//! it: its script rides behind the `SUBSCRIBE` on that connection and is
+//! answered after it (`Inner::subscribe_first`). On Redis Cluster fred
+//! waits for `SSUBSCRIBE`'s answer.
 //!
 //! The broker, not fred, decides what to resubscribe after a reconnection.
 //! fred 10.1's `SubscriberClient::manage_subscriptions` replays the
