@@ -32,6 +32,8 @@
 //!   [`Snapshots`](super::Snapshots) implementation.
 //! - `occupancy`: which nodes hold each group, the `occupied` / `vacated`
 //!   events and their stream (Lua scripts on first join and last leave).
+//! - `transitions`: a group's first join and last leave on this node, which
+//!   write the subscription, presence and occupancy together.
 //! - `shards`: [`ShardedBroker`], one broker per independent server of
 //!   `redis.shards`, each group placed on one of them.
 //! - `requests`: several commands in order, one request each: why the
@@ -46,6 +48,7 @@ mod presence;
 mod requests;
 mod shards;
 mod snapshot;
+mod transitions;
 
 use control::ControlLink;
 pub use control::RedisControl;
@@ -72,11 +75,16 @@ use crate::metrics::Metrics;
 use crate::protocol::{Control, Position, Publication};
 use crate::redis_client;
 use link::{Slot, Sub, Unsettled, dispatch, supervise};
-use occupancy::Via;
 use presence::heartbeat;
+use transitions::Via;
 
 /// Messages buffered between fred's reader and our dispatcher.
 const MESSAGE_BUFFER: usize = 16_384;
+
+/// A command not sent because its connection is down.
+fn not_connected() -> fred::error::Error {
+    fred::error::Error::new(fred::error::ErrorKind::IO, "not connected")
+}
 
 fn unavailable(e: fred::error::Error) -> BrokerError {
     BrokerError::Unavailable(e.to_string())

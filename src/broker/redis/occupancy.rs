@@ -11,7 +11,7 @@
 //! when it loses its last; nothing per message and nothing per further
 //! member. Outside Redis Cluster the same script also writes (or deletes)
 //! the node's presence hash of the group, so a new user's own group costs
-//! one command on join and one on leave (see `first_joined`). Each node
+//! one command on join and one on leave (see `transitions`). Each node
 //! also runs one sweep script per tick (the smaller of `redis.heartbeat`
 //! and a quarter of the linger), which ends lingers that are due and clears
 //! the entries of dead nodes.
@@ -50,9 +50,9 @@ use fred::types::sorted_sets::ZRange;
 use tokio::time::MissedTickBehavior;
 use wildmatch::WildMatch;
 
-use super::link::Slot;
 use super::requests::{self, Request};
-use super::{Inner, RedisBroker, json, unavailable};
+use super::transitions::Via;
+use super::{Inner, RedisBroker, json, not_connected, unavailable};
 use crate::broker::occupancy::{
     Emitter, GroupOccupancy, OccupancySettings, OccupiedGroups, literal_prefix, new_event_id,
 };
@@ -158,29 +158,11 @@ pub(super) struct RedisOccupancy {
     settings: OccupancySettings,
     emitter: Emitter,
     /// A script failed: Redis may not match this node's groups.
-    dirty: AtomicBool,
-    /// Presence rides in the join and leave scripts (see `first_joined`):
-    /// false on Redis Cluster, and cleared for good by a `CROSSSLOT` answer.
-    together: AtomicBool,
-}
-
-/// Whether Redis refused a command for keys in more than one slot.
-fn is_cross_slot(e: &fred::error::Error) -> bool {
-    e.details().starts_with("CROSSSLOT")
-}
-
-/// The connection a group's join or leave script runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Via {
-    /// The command client.
-    Commands,
-    /// The subscriber connection, queued beside the group's `SUBSCRIBE` or
-    /// `UNSUBSCRIBE` (see [`Inner::subscribe_first`]).
-    Subscriber,
-}
-
-fn not_connected() -> fred::error::Error {
-    fred::error::Error::new(fred::error::ErrorKind::IO, "not connected")
+    pub(super) dirty: AtomicBool,
+    /// Presence rides in the join and leave scripts (see
+    /// `transitions::first_joined`): false on Redis Cluster, and cleared for
+    /// good by a `CROSSSLOT` answer.
+    pub(super) together: AtomicBool,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -199,183 +181,9 @@ impl Inner {
         }
     }
 
-    /// The group got its first member on this node (under its `op` lock,
-    /// so this node's joins and leaves of a group reach Redis in order):
-    /// its presence hash is written afresh and its occupancy counted.
-    /// Never fails the join: a failure is repaired by the heartbeat
-    /// (presence) and the next sweep tick (occupancy).
-    ///
-    /// One script does both where it can: with occupancy on and not on
-    /// Redis Cluster, whose scripts take keys of one slot only (the
-    /// occupancy keys share `{occ}`, presence hashes are spread). That is
-    /// one command per new user's group where it was four. A server that
-    /// looks like one Redis but enforces slots all the same (a sharding
-    /// proxy, a managed "sharded" endpoint) answers `CROSSSLOT`: the node
-    /// then writes them apart, for this join and from then on.
-    ///
-    /// `via`: the connection the script runs on; written apart, both go on
-    /// the command client.
-    pub(super) async fn first_joined(&self, group: &str, slot: &Slot, member: &Member, via: Via) {
-        if let Some(occ) = self.together() {
-            let result = self.occ_join(occ, group, Some(member), via).await;
-            if !self.refused_together(occ, slot, group, result) {
-                return;
-            }
-        }
-        // Both on the command client, queued in this order: one write to
-        // Redis, not two round trips one after the other.
-        tokio::join!(
-            self.presence_add(group, slot, member, true),
-            self.occupancy_joined(group)
-        );
-    }
-
-    /// The group lost its last member on this node (under its `op` lock):
-    /// its presence hash is deleted and its occupancy counted down; one
-    /// script where [`first_joined`](Self::first_joined) uses one.
-    pub(super) async fn last_left(&self, group: &str, slot: &Slot, via: Via) {
-        if let Some(occ) = self.together() {
-            let result = self.occ_leave(occ, group, true, via).await;
-            if !self.refused_together(occ, slot, group, result) {
-                return;
-            }
-        }
-        tokio::join!(
-            self.presence_remove(group, slot, None),
-            self.occupancy_left(group)
-        );
-    }
-
-    /// A group's first member on this node, whose subscription is not in
-    /// place (under its `op` lock): subscribes the group and does what
-    /// [`first_joined`](Self::first_joined) does. Where one script does the
-    /// latter, it is queued on the subscriber connection right behind the
-    /// `SUBSCRIBE`: Redis reads both at once and answers both in one write,
-    /// where the script on the command client waited for the subscription
-    /// and took a round trip of its own (a new user's own group is such a
-    /// join; docs/performance.md, round eighteen).
-    ///
-    /// Fails as the subscription does; the script's writes are then taken
-    /// back (a leave on the command client) before the join is refused.
-    pub(super) async fn subscribe_first(
-        &self,
-        group: &str,
-        slot: &Slot,
-        member: &Member,
-    ) -> Result<(), fred::error::Error> {
-        if self.together().is_none() {
-            self.sub_channel(group).await?;
-            self.first_joined(group, slot, member, Via::Commands).await;
-            return Ok(());
-        }
-        let (subscribed, ()) = tokio::join!(
-            self.sub_channel(group),
-            self.first_joined(group, slot, member, Via::Subscriber)
-        );
-        if subscribed.is_err() {
-            self.last_left(group, slot, Via::Commands).await;
-        }
-        subscribed
-    }
-
-    /// A group's last member on this node left and its subscription is to
-    /// go (under its `op` lock): unsubscribes the group and does what
-    /// [`last_left`](Self::last_left) does, the `UNSUBSCRIBE` and the script
-    /// queued together on the subscriber connection where one script does
-    /// the latter. The script goes last in both pairs: fred flushes its
-    /// socket right after any `EVALSHA`, so a command queued behind one
-    /// would be a write of its own. Fails as the unsubscription does (at
-    /// once while the subscriber is disconnected).
-    pub(super) async fn unsubscribe_last(
-        &self,
-        group: &str,
-        slot: &Slot,
-    ) -> Result<(), fred::error::Error> {
-        if !self.subscriber.is_connected() {
-            self.last_left(group, slot, Via::Commands).await;
-            return Err(not_connected());
-        }
-        if self.together().is_none() {
-            self.last_left(group, slot, Via::Commands).await;
-            return self.unsub_channel(group).await;
-        }
-        let (unsubscribed, ()) = tokio::join!(
-            self.unsub_channel(group),
-            self.last_left(group, slot, Via::Subscriber)
-        );
-        unsubscribed
-    }
-
-    /// A join or leave script may or may not have run (its caller was
-    /// cancelled): the next sweep compares this node's groups with Redis.
-    pub(super) fn occupancy_unsure(&self) {
-        if let Some(occ) = self.occupancy.get() {
-            occ.dirty.store(true, Ordering::Release);
-        }
-    }
-
-    /// Whether Redis refused a combined script for its slots, so the
-    /// writes are still to be made apart (and from now on are). Any other
-    /// failure leaves both to their repairs.
-    fn refused_together(
-        &self,
-        occ: &RedisOccupancy,
-        slot: &Slot,
-        group: &str,
-        result: Result<(), fred::error::Error>,
-    ) -> bool {
-        match result {
-            Ok(()) => false,
-            Err(e) if is_cross_slot(&e) => {
-                if occ.together.swap(false, Ordering::AcqRel) {
-                    tracing::info!(
-                        error = %e,
-                        "Redis enforces hash slots behind a single endpoint: presence is written beside the occupancy scripts from now on"
-                    );
-                }
-                true
-            }
-            Err(e) => {
-                tracing::debug!(group, error = %e, "presence and occupancy deferred");
-                slot.presence_dirty.store(true, Ordering::Release);
-                occ.dirty.store(true, Ordering::Release);
-                false
-            }
-        }
-    }
-
-    /// Occupancy, when presence may ride in its scripts.
-    fn together(&self) -> Option<&RedisOccupancy> {
-        self.occupancy
-            .get()
-            .filter(|occ| occ.together.load(Ordering::Acquire))
-    }
-
-    /// Occupancy alone counts the group's first member on this node.
-    async fn occupancy_joined(&self, group: &str) {
-        let Some(occ) = self.occupancy.get() else {
-            return;
-        };
-        if let Err(e) = self.occ_join(occ, group, None, Via::Commands).await {
-            tracing::debug!(group, error = %e, "occupancy join deferred");
-            occ.dirty.store(true, Ordering::Release);
-        }
-    }
-
-    /// Occupancy alone counts the group's last member on this node.
-    async fn occupancy_left(&self, group: &str) {
-        let Some(occ) = self.occupancy.get() else {
-            return;
-        };
-        if let Err(e) = self.occ_leave(occ, group, false, Via::Commands).await {
-            tracing::debug!(group, error = %e, "occupancy leave deferred");
-            occ.dirty.store(true, Ordering::Release);
-        }
-    }
-
     /// `presence`: also write this member as the group's only entry in
     /// this node's presence hash.
-    async fn occ_join(
+    pub(super) async fn occ_join(
         &self,
         occ: &RedisOccupancy,
         group: &str,
@@ -417,7 +225,7 @@ impl Inner {
     }
 
     /// `presence`: also delete this node's presence hash of the group.
-    async fn occ_leave(
+    pub(super) async fn occ_leave(
         &self,
         occ: &RedisOccupancy,
         group: &str,

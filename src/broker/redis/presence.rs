@@ -11,7 +11,7 @@
 //!
 //! With occupancy on and outside Redis Cluster, a group's first join and
 //! last leave on a node write (and delete) its presence hash inside the
-//! occupancy script instead (`Inner::first_joined` in `occupancy`): one
+//! occupancy script instead (`Inner::first_joined` in `transitions`): one
 //! command rather than presence's own commands beside the script.
 //!
 //! The heartbeat is also the link's liveness probe (see `heartbeat_once`):
