@@ -8,7 +8,9 @@
 //!   delayed, through an in-process fault-injecting TCP proxy between real
 //!   `wsgate` processes and a throwaway `redis-server`. The proxy is
 //!   `noxious`, the Rust port of Toxiproxy, run as a library (see
-//!   `redis_link::FaultProxy` for what it can and cannot do).
+//!   [`proxy::FaultProxy`] for what it can and cannot do).
+//! - [`subscription`]: a join is confirmed only once Redis has run its
+//!   `SUBSCRIBE`, with the subscriber connection backed up behind the proxy.
 //! - [`postgres`]: Postgres stopped, restarted and frozen under two nodes
 //!   with a warm Redis token cache ([`PgServer`], a throwaway PostgreSQL
 //!   cluster).
@@ -25,9 +27,11 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod postgres;
+mod proxy;
 mod redis_link;
 mod slow_consumer;
 mod storm;
+mod subscription;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Once, OnceLock};

@@ -3,14 +3,13 @@
 //!
 //! Subscriptions are counted per group and changed under a per-group async
 //! lock, so interleaved joins and leaves cannot leave Redis and the count
-//! disagreeing. A joiner returns once its `SUBSCRIBE` is written: fred
-//! answers the subscription commands when it writes them (Redis's
-//! confirmation arrives out of band), so what the node publishes next, on
-//! the same connection, reaches Redis after it. A group's first join with
-//! occupancy on (not on Redis Cluster) returns later, once Redis has run
-//! it: its script rides behind the `SUBSCRIBE` on that connection and is
-//! answered after it (`Inner::subscribe_first`). On Redis Cluster fred
-//! waits for `SSUBSCRIBE`'s answer.
+//! disagreeing. A joiner returns once Redis has run its `SUBSCRIBE`, which
+//! `subscribed` promises the client. fred answers the subscription
+//! commands when it writes them (Redis's confirmation arrives out of band),
+//! so something answered in order has to ride behind it on the same
+//! connection: a `PING`, or, for a group's first join with occupancy on
+//! (not on Redis Cluster), the occupancy script (`Inner::subscribe_first`).
+//! On Redis Cluster fred waits for `SSUBSCRIBE`'s answer.
 //!
 //! The broker, not fred, decides what to resubscribe after a reconnection.
 //! fred 10.1's `SubscriberClient::manage_subscriptions` replays the
@@ -244,16 +243,40 @@ impl Inner {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Subscribes the group's channel and returns once Redis has run the
+    /// subscription, which `subscribed` promises a client. fred answers a
+    /// `SUBSCRIBE` when it writes it, so a `PING` goes right behind it (one
+    /// write: fred flushes on `PING`) and its answer is the confirmation.
+    /// fred waits for `SSUBSCRIBE`'s own answer.
+    pub(super) async fn sub_channel(&self, group: &str) -> Result<(), fred::error::Error> {
+        if self.sharded {
+            return self.queue_subscribe(group).await;
+        }
+        let (subscribed, ran) = tokio::join!(self.queue_subscribe(group), self.caught_up());
+        subscribed.and(ran)
+    }
+
     // fred's command futures are 6-8 KB; these and the other calls on a
     // join's or a leave's path are boxed so that the broker's `subscribe`
     // and `unsubscribe` futures (boxed and moved whole, per join) stay small.
-    pub(super) async fn sub_channel(&self, group: &str) -> Result<(), fred::error::Error> {
+    /// Queues the group's subscription; returns once fred has written it
+    /// (not on Redis Cluster, see [`sub_channel`](Self::sub_channel)). Only
+    /// for a caller that queues a command behind it and waits for that.
+    pub(super) async fn queue_subscribe(&self, group: &str) -> Result<(), fred::error::Error> {
         let channel = self.group_channel(group);
         if self.sharded {
             Box::pin(self.subscriber.ssubscribe(channel)).await
         } else {
             Box::pin(self.subscriber.subscribe(channel)).await
         }
+    }
+
+    /// Returns once Redis has run what was queued on the subscriber
+    /// connection before this call (a `PING` answered in order).
+    pub(super) async fn caught_up(&self) -> Result<(), fred::error::Error> {
+        Box::pin(self.subscriber.ping::<Value>(None))
+            .await
+            .map(drop)
     }
 
     pub(super) async fn unsub_channel(&self, group: &str) -> Result<(), fred::error::Error> {

@@ -533,6 +533,9 @@ mod sizes {
     use super::{Inner, Via};
     use crate::hub::Member;
 
+    fn one<A, R: Future>(_: fn(A) -> R) -> usize {
+        size_of::<R>()
+    }
     fn two<A, B, R: Future>(_: fn(A, B) -> R) -> usize {
         size_of::<R>()
     }
@@ -556,6 +559,8 @@ mod sizes {
         type S = &'static str;
         let steps = [
             ("sub_channel", two::<I, S, _>(Inner::sub_channel)),
+            ("queue_subscribe", two::<I, S, _>(Inner::queue_subscribe)),
+            ("caught_up", one::<I, _>(Inner::caught_up)),
             ("unsub_channel", two::<I, S, _>(Inner::unsub_channel)),
             (
                 "first_joined",

@@ -52,12 +52,20 @@ impl Inner {
     /// then writes them apart, for this join and from then on.
     ///
     /// `via`: the connection the script runs on; written apart, both go on
-    /// the command client.
-    pub(super) async fn first_joined(&self, group: &str, slot: &Slot, member: &Member, via: Via) {
+    /// the command client. Returns whether the script ran (so that Redis
+    /// had run what was queued before it on `via`).
+    pub(super) async fn first_joined(
+        &self,
+        group: &str,
+        slot: &Slot,
+        member: &Member,
+        via: Via,
+    ) -> bool {
         if let Some(occ) = self.together() {
             let result = self.occ_join(occ, group, Some(member), via).await;
+            let ran = result.is_ok();
             if !self.refused_together(occ, slot, group, result) {
-                return;
+                return ran;
             }
         }
         // Both on the command client, queued in this order: one write to
@@ -66,6 +74,7 @@ impl Inner {
             self.presence_add(group, slot, member, true),
             self.occupancy_joined(group)
         );
+        false
     }
 
     /// The group lost its last member on this node (under its `op` lock):
@@ -93,6 +102,9 @@ impl Inner {
     /// and took a round trip of its own (a new user's own group is such a
     /// join; docs/performance.md, round eighteen).
     ///
+    /// Returns once Redis has run the subscription: the script's answer
+    /// says so, and where the script did not run (an error, or written
+    /// apart after `CROSSSLOT`) a `PING` on the subscriber confirms it.
     /// Fails as the subscription does; the script's writes are then taken
     /// back (a leave on the command client) before the join is refused.
     pub(super) async fn subscribe_first(
@@ -106,10 +118,14 @@ impl Inner {
             self.first_joined(group, slot, member, Via::Commands).await;
             return Ok(());
         }
-        let (subscribed, ()) = tokio::join!(
-            self.sub_channel(group),
+        let (subscribed, ran) = tokio::join!(
+            self.queue_subscribe(group),
             self.first_joined(group, slot, member, Via::Subscriber)
         );
+        let subscribed = match subscribed {
+            Ok(()) if !ran && !self.sharded => self.caught_up().await,
+            other => other,
+        };
         if subscribed.is_err() {
             self.last_left(group, slot, Via::Commands).await;
         }
