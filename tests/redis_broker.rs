@@ -811,6 +811,33 @@ async fn a_redis_user_without_channel_permissions_is_refused() {
     a.broker.shutdown().await;
 }
 
+/// A Redis user allowed the group channels but not the control channel
+/// (`&<prefix>group:*`, a grant that looks complete) is refused too. The
+/// control channel carries live revocations and disconnects: with its
+/// `SUBSCRIBE` refused unseen, the node started, delivered groups and
+/// never closed a revoked token's sockets.
+#[tokio::test]
+async fn a_redis_user_without_the_control_channel_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path());
+    let prefix = random_prefix();
+    let cfg = config(&redis.url(), &prefix);
+    let groups_only = format!("&{prefix}group:*");
+    redis_cli(
+        redis.port,
+        &["acl", "setuser", "default", "resetchannels", &groups_only],
+    );
+    let result = RedisBroker::connect(&cfg, "x".into(), Arc::new(Metrics::new())).await;
+    match result {
+        Err(BrokerError::Unavailable(e)) => {
+            eprintln!("{e}");
+            assert!(e.contains("NOPERM"), "{e}");
+            assert!(e.contains(&format!("ACL SETUSER <user> &{prefix}*")), "{e}");
+        }
+        Ok(_) => panic!("started on a Redis user that may not use the control channel"),
+    }
+}
+
 #[tokio::test]
 async fn redis_cluster_with_sharded_pubsub() {
     let rc = RedisCluster::start(3);

@@ -22,6 +22,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
 use super::Inner;
+use super::link::channels_refused;
 use super::{json, unavailable};
 use crate::broker::{BrokerError, ControlSender};
 use crate::config::RedisConfig;
@@ -92,9 +93,9 @@ impl ControlLink {
         let connection = crate::redis_client::connect(&subscriber, within)
             .await
             .map_err(setup)?;
-        if let Err(e) = subscriber.subscribe(control_channel(&cfg.prefix)).await {
+        if let Err(e) = subscribe_confirmed(&subscriber, control_channel(&cfg.prefix)).await {
             let _ = subscriber.quit().await;
-            return Err(unavailable(e));
+            return Err(channels_refused(&cfg.prefix, e));
         }
         let manage = tokio::spawn(resubscribe_on_reconnect(
             subscriber.clone(),
@@ -129,6 +130,19 @@ impl ControlLink {
     }
 }
 
+/// Subscribes `channel` and returns once Redis has run the `SUBSCRIBE`.
+/// fred answers a `SUBSCRIBE` when it writes it, so Redis's refusal (a
+/// Redis user without the channel, `NOPERM`) would go unseen and the node
+/// would never hear a revocation. The `PING` behind it is answered after
+/// the subscription, and takes the refusal as its answer if there is one.
+async fn subscribe_confirmed(
+    subscriber: &SubscriberClient,
+    channel: String,
+) -> Result<(), fred::error::Error> {
+    subscriber.subscribe(channel).await?;
+    subscriber.ping::<fred::types::Value>(None).await.map(drop)
+}
+
 /// After each reconnection of the control connection: marks the control
 /// channel down, subscribes it again (retrying while Redis refuses), then
 /// marks it up. Unlike fred's `manage_subscriptions`, the node knows when
@@ -144,7 +158,7 @@ async fn resubscribe_on_reconnect(
         inner
             .control_up
             .store(false, std::sync::atomic::Ordering::Release);
-        while let Err(e) = subscriber.subscribe(channel.clone()).await {
+        while let Err(e) = subscribe_confirmed(&subscriber, channel.clone()).await {
             tracing::debug!(error = %e, "control channel resubscription failed; retrying");
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }

@@ -187,17 +187,13 @@ impl Inner {
     /// `PUBLISH` and `SUBSCRIBE` alike: one `PUBLISH` to `<prefix>group:`,
     /// the channel of the empty group name, which no client can join (it
     /// reaches nobody), answers `NOPERM` where the permission is missing.
+    /// The control channel is checked as its link subscribes
+    /// (`ControlLink::start`): a message there would reach every node.
     pub(super) async fn check_channel_access(&self) -> Result<(), BrokerError> {
         let channel = self.group_channel("");
         match self.client.publish::<i64, _, _>(channel.as_str(), "").await {
             Ok(_) => Ok(()),
-            Err(e) if e.details().starts_with("NOPERM") => Err(BrokerError::Unavailable(format!(
-                "the Redis user may not publish or subscribe to the node's channels ({}); \
-                 grant it every channel under the prefix, e.g. ACL SETUSER <user> &{}*",
-                e.details(),
-                self.prefix
-            ))),
-            Err(e) => Err(BrokerError::Unavailable(e.to_string())),
+            Err(e) => Err(channels_refused(&self.prefix, e)),
         }
     }
 
@@ -478,6 +474,18 @@ impl Drop for Unsettled<'_> {
             self.inner.occupancy_unsure();
         }
     }
+}
+
+/// A start-up failure: `NOPERM` names the grant the Redis user lacks.
+pub(super) fn channels_refused(prefix: &str, e: fred::error::Error) -> BrokerError {
+    if !e.details().starts_with("NOPERM") {
+        return BrokerError::Unavailable(e.to_string());
+    }
+    BrokerError::Unavailable(format!(
+        "the Redis user may not publish or subscribe to the node's channels ({}); \
+         grant it every channel under the prefix, e.g. ACL SETUSER <user> &{prefix}*",
+        e.details()
+    ))
 }
 
 /// Watches the subscriber's connection: marks the link down when it drops
