@@ -82,7 +82,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::config::Config;
 use crate::protocol::{Publication, is_valid_group};
-use crate::redis_client::{self, RedisSetupError};
+use crate::redis_client::{self, RedisSetupError, Subscription, subscribe_confirmed};
 
 /// Largest message body accepted (the API's request body limit).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -310,8 +310,17 @@ impl Inner {
                 .is_ok()
     }
 
-    async fn subscribe(&self) -> Result<(), fred::error::Error> {
-        self.subscriber.psubscribe(self.pattern.as_str()).await
+    /// Subscribes the pattern and returns what Redis made of it: fred
+    /// answers a `PSUBSCRIBE` when it writes it, and Redis's refusal
+    /// (`NOPERM`, a Redis user without the pattern) left the listener deaf
+    /// while the next health-check `PING`, taking the refusal as its
+    /// answer, reported Redis as not answering.
+    async fn subscribe(&self) -> Result<Subscription, fred::error::Error> {
+        subscribe_confirmed(
+            &self.subscriber,
+            self.subscriber.psubscribe(self.pattern.as_str()),
+        )
+        .await
     }
 
     /// Whether the connection answers a PING within 3 command timeouts.
@@ -369,9 +378,18 @@ impl ChannelsBridge {
             connection: std::sync::Mutex::new(Some(connection)),
             closed: AtomicBool::new(false),
         };
-        if let Err(e) = inner.subscribe().await {
+        let refused = match inner.subscribe().await {
+            Ok(Subscription::Held) => None,
+            Ok(Subscription::Refused(why)) => Some(format!(
+                "the Redis user may not subscribe to the channel layer's groups ({why}); \
+                 grant it the pattern, e.g. ACL SETUSER <user> &{}",
+                inner.pattern
+            )),
+            Err(e) => Some(e.details().to_string()),
+        };
+        if let Some(why) = refused {
             bridge.shutdown().await;
-            return Err(RedisSetupError::Connect(e.details().to_string()));
+            return Err(RedisSetupError::Connect(why));
         }
         // The first connection's event is behind us.
         while reconnects.try_recv().is_ok() {}
@@ -475,9 +493,13 @@ async fn supervise(
         }
         if resubscribe {
             match inner.subscribe().await {
-                Ok(()) => {
+                Ok(Subscription::Held) => {
                     resubscribe = false;
                     tracing::info!("Redis reconnected; channels_redis pattern resubscribed");
+                }
+                Ok(Subscription::Refused(why)) => {
+                    tracing::warn!(why, "Redis refused the channels_redis pattern; retrying");
+                    continue;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "channels_redis resubscription failed; retrying");

@@ -18,7 +18,7 @@ use fred::prelude::{
     Builder, Client, ClientLike, Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy,
 };
 use fred::types::config::UnresponsiveConfig;
-use fred::types::{ConnectHandle, RespVersion};
+use fred::types::{ConnectHandle, RespVersion, Value};
 
 use crate::config::RedisConfig;
 
@@ -160,6 +160,52 @@ pub async fn connect<C: ClientLike>(
             let _ = tokio::time::timeout(Duration::from_secs(1), client.quit()).await;
             Err(RedisSetupError::ConnectTimeout)
         }
+    }
+}
+
+/// What Redis made of a subscription (see [`subscribe_confirmed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscription {
+    Held,
+    /// Refused, with Redis's answer where fred passed it on.
+    Refused(String),
+}
+
+/// Runs `subscribe` (a `SUBSCRIBE` or `PSUBSCRIBE` on `subscriber`, a RESP2
+/// connection, see [`subscriber`]) with a `PING` queued behind it, and
+/// reads Redis's verdict from the `PING`. fred answers subscription
+/// commands when it writes them; Redis's refusal (`NOPERM`, a Redis user
+/// without the channel) then reaches the `PING` as its answer, or is
+/// dropped when the reply arrives before fred has the `PING` in flight
+/// (seen in about half the runs under load). The `PING`'s answer tells
+/// either way: a subscribed RESP2 connection answers `["pong", ""]`, any
+/// other `+PONG`. On Redis Cluster fred sends a `PING` to any node, not
+/// the one subscribed: there the subscription is taken as held, unchecked.
+pub async fn subscribe_confirmed(
+    subscriber: &SubscriberClient,
+    subscribe: impl std::future::Future<Output = Result<(), fred::error::Error>>,
+) -> Result<Subscription, fred::error::Error> {
+    if subscriber.is_clustered() {
+        return subscribe.await.map(|()| Subscription::Held);
+    }
+    let (subscribed, pong) = tokio::join!(subscribe, subscriber.ping::<Value>(None));
+    subscribed?;
+    match pong {
+        Ok(Value::Array(reply))
+            if reply
+                .first()
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.eq_ignore_ascii_case("pong")) =>
+        {
+            Ok(Subscription::Held)
+        }
+        Ok(_) => Ok(Subscription::Refused(
+            "Redis refused the subscription; fred dropped its answer".into(),
+        )),
+        Err(e) if e.details().starts_with("NOPERM") => {
+            Ok(Subscription::Refused(e.details().to_string()))
+        }
+        Err(e) => Err(e),
     }
 }
 

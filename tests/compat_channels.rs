@@ -310,6 +310,42 @@ async fn resubscribes_after_a_redis_restart() {
     node.shutdown().await;
 }
 
+/// A Redis user that may not subscribe to the channel layer's group
+/// pattern (Redis 7 gives a new ACL user no channel) is refused when the
+/// listener starts, with the grant it needs. fred answers a `PSUBSCRIBE`
+/// when it writes it: before, the node started, delivered no `group_send`
+/// and took the refusal for an unanswered `PING`, reconnecting over and
+/// over with "Redis stopped answering".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_user_without_the_layer_channels_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path());
+    let (config, layer, _keys) = compat_config(dir.path(), &redis.url());
+    // The node's own channels, not the layer's.
+    let own = format!("&{}*", config.redis.prefix);
+    redis_cli(
+        redis.port,
+        &["acl", "setuser", "default", "resetchannels", &own],
+    );
+    match wsgate::server::Server::build(config.clone()).await {
+        Err(e) => {
+            let e = e.to_string();
+            eprintln!("{e}");
+            // Redis's NOPERM is in it when fred passed it on (not always:
+            // `redis_client::subscribe_confirmed`).
+            assert!(
+                e.contains(&format!("ACL SETUSER <user> &{layer}__group__*")),
+                "{e}"
+            );
+        }
+        Ok(_) => panic!("the node started on a Redis user that may not use the layer's channels"),
+    }
+    let grant = format!("&{layer}__group__*");
+    redis_cli(redis.port, &["acl", "setuser", "default", &grant]);
+    let node = spawn(config).await;
+    node.shutdown().await;
+}
+
 /// The example Django project: `manage.py check` and `migrate` on Postgres
 /// (with its revocation trigger), a DRF token issued by Django that the
 /// `django` store accepts, the three publishing paths of

@@ -27,6 +27,7 @@ use super::{json, unavailable};
 use crate::broker::{BrokerError, ControlSender};
 use crate::config::RedisConfig;
 use crate::protocol::Control;
+use crate::redis_client::{Subscription, subscribe_confirmed};
 
 /// Commands buffered for the dispatcher: they are few and small.
 const CONTROL_BUFFER: usize = 1024;
@@ -93,9 +94,17 @@ impl ControlLink {
         let connection = crate::redis_client::connect(&subscriber, within)
             .await
             .map_err(setup)?;
-        if let Err(e) = subscribe_confirmed(&subscriber, control_channel(&cfg.prefix)).await {
+        // fred answers a SUBSCRIBE when it writes it: unconfirmed, Redis's
+        // refusal would leave the node deaf to revocations.
+        let channel = control_channel(&cfg.prefix);
+        let refused = match subscribe_confirmed(&subscriber, subscriber.subscribe(channel)).await {
+            Ok(Subscription::Held) => None,
+            Ok(Subscription::Refused(why)) => Some(channels_refused(&cfg.prefix, &why)),
+            Err(e) => Some(unavailable(e)),
+        };
+        if let Some(e) = refused {
             let _ = subscriber.quit().await;
-            return Err(channels_refused(&cfg.prefix, e));
+            return Err(e);
         }
         let manage = tokio::spawn(resubscribe_on_reconnect(
             subscriber.clone(),
@@ -130,19 +139,6 @@ impl ControlLink {
     }
 }
 
-/// Subscribes `channel` and returns once Redis has run the `SUBSCRIBE`.
-/// fred answers a `SUBSCRIBE` when it writes it, so Redis's refusal (a
-/// Redis user without the channel, `NOPERM`) would go unseen and the node
-/// would never hear a revocation. The `PING` behind it is answered after
-/// the subscription, and takes the refusal as its answer if there is one.
-async fn subscribe_confirmed(
-    subscriber: &SubscriberClient,
-    channel: String,
-) -> Result<(), fred::error::Error> {
-    subscriber.subscribe(channel).await?;
-    subscriber.ping::<fred::types::Value>(None).await.map(drop)
-}
-
 /// After each reconnection of the control connection: marks the control
 /// channel down, subscribes it again (retrying while Redis refuses), then
 /// marks it up. Unlike fred's `manage_subscriptions`, the node knows when
@@ -158,8 +154,16 @@ async fn resubscribe_on_reconnect(
         inner
             .control_up
             .store(false, std::sync::atomic::Ordering::Release);
-        while let Err(e) = subscribe_confirmed(&subscriber, channel.clone()).await {
-            tracing::debug!(error = %e, "control channel resubscription failed; retrying");
+        loop {
+            match subscribe_confirmed(&subscriber, subscriber.subscribe(channel.clone())).await {
+                Ok(Subscription::Held) => break,
+                Ok(Subscription::Refused(why)) => {
+                    tracing::warn!(why, "Redis refused the control channel; retrying");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "control channel resubscription failed; retrying");
+                }
+            }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
         inner

@@ -193,7 +193,10 @@ impl Inner {
         let channel = self.group_channel("");
         match self.client.publish::<i64, _, _>(channel.as_str(), "").await {
             Ok(_) => Ok(()),
-            Err(e) => Err(channels_refused(&self.prefix, e)),
+            Err(e) if e.details().starts_with("NOPERM") => {
+                Err(channels_refused(&self.prefix, e.details()))
+            }
+            Err(e) => Err(BrokerError::Unavailable(e.to_string())),
         }
     }
 
@@ -476,15 +479,12 @@ impl Drop for Unsettled<'_> {
     }
 }
 
-/// A start-up failure: `NOPERM` names the grant the Redis user lacks.
-pub(super) fn channels_refused(prefix: &str, e: fred::error::Error) -> BrokerError {
-    if !e.details().starts_with("NOPERM") {
-        return BrokerError::Unavailable(e.to_string());
-    }
+/// A start-up failure for a Redis user without the node's channels
+/// (`why`: Redis's refusal), naming the grant.
+pub(super) fn channels_refused(prefix: &str, why: &str) -> BrokerError {
     BrokerError::Unavailable(format!(
-        "the Redis user may not publish or subscribe to the node's channels ({}); \
-         grant it every channel under the prefix, e.g. ACL SETUSER <user> &{prefix}*",
-        e.details()
+        "the Redis user may not publish or subscribe to the node's channels ({why}); \
+         grant it every channel under the prefix, e.g. ACL SETUSER <user> &{prefix}*"
     ))
 }
 
