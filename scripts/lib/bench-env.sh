@@ -178,7 +178,7 @@ SQL
 # wsgate-bench's scenario and its load options for row NAME; the caller adds
 # where to connect. One definition, so rows of one name are one load.
 ROWS=(fanout-1k-500 fanout-1k-max fanout-1k-batch10-max fanout-10k-5 fanout-10k-max
-    groups-10k groups-of-10 connect-hit connect-miss)
+    groups-10k groups-10k-1000 groups-of-10 connect-hit connect-miss)
 # shellcheck disable=SC2034 # ROW is the caller's
 row_args() {
     local run=(--duration "$D" --drain "$DRAIN")
@@ -191,6 +191,9 @@ row_args() {
         fanout-10k-max) ROW=(fanout --subscribers 10000 --rate 0 --window 8 --inflight 4 "${run[@]}") ;;
         # Groups of 100: the market-data shape (issue 15, target 6).
         groups-10k) ROW=(groups --sockets 10000 --groups 1000 --per-socket 10 --rate 5000 --inflight 128 "${run[@]}") ;;
+        # The same at 1,000 publishes/s, below the knee (target 6's CPU
+        # figure; bench.sh's groups-wd0ms-r1000 and floor-groups-wd0ms-r1000).
+        groups-10k-1000) ROW=(groups --sockets 10000 --groups 1000 --per-socket 10 --rate 1000 --inflight 128 "${run[@]}") ;;
         # Issue 15's "1,000 groups of 10" (its targets 2 and 4): each socket
         # in one group, so 5,000 single publishes/s are 50,000 deliveries/s.
         groups-of-10) ROW=(groups --sockets 10000 --groups 1000 --per-socket 1 --rate 5000 --inflight 128 "${run[@]}") ;;
