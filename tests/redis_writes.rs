@@ -211,12 +211,7 @@ async fn a_first_join_and_its_subscription_reach_redis_in_one_write() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     while events.try_recv().is_ok() {}
 
-    let counters = || {
-        (
-            info_stat(redis.port, "total_reads_processed"),
-            info_stat(redis.port, "total_writes_processed"),
-        )
-    };
+    let counters = || reads_and_writes(&redis);
     let before = counters();
     for i in 0..N {
         broker.subscribe(&user_group(i), &user(i)).await.unwrap();
@@ -266,6 +261,57 @@ async fn a_first_join_and_its_subscription_reach_redis_in_one_write() {
             "{N} {what}: {reads} reads and {writes} writes by Redis: the script and the (un)subscription went apart"
         );
     }
+    broker.shutdown().await;
+}
+
+/// Reads and writes Redis has made so far (`INFO` itself: one of each).
+fn reads_and_writes(redis: &RedisProc) -> (u64, u64) {
+    (
+        info_stat(redis.port, "total_reads_processed"),
+        info_stat(redis.port, "total_writes_processed"),
+    )
+}
+
+/// With occupancy off, a group's first join queues its presence write
+/// behind its `SUBSCRIBE` on the subscriber connection, whose answer says
+/// Redis has run the subscription (`subscribed`): one read and one write
+/// by Redis per join. Confirming with a `PING` there instead, and the
+/// presence on the command connection, cost two of each and 10 % more
+/// node CPU per new user (docs/performance.md, round nineteen).
+#[tokio::test]
+async fn without_occupancy_a_first_join_and_its_presence_reach_redis_in_one_write() {
+    const N: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path());
+    let broker = broker_on(&redis, Duration::from_secs(60), Duration::from_secs(180)).await;
+    broker.subscribe("warm", &user(N)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let before = reads_and_writes(&redis);
+    for i in 0..N {
+        broker.subscribe(&user_group(i), &user(i)).await.unwrap();
+    }
+    let after = reads_and_writes(&redis);
+    let (reads, writes) = (after.0 - before.0 - 2, after.1 - before.1 - 2);
+    for i in 0..N {
+        let group = user_group(i);
+        assert_eq!(broker.presence(&group).await.unwrap(), [user(i)], "{group}");
+    }
+    let subscribed = redis_cli(
+        redis.port,
+        &["pubsub", "numsub", &format!("{PREFIX}group:user.0")],
+    );
+    assert_eq!(
+        subscribed.get(1).map(String::as_str),
+        Some("1"),
+        "{subscribed:?}"
+    );
+    eprintln!("{N} first joins without occupancy: {reads} reads, {writes} writes by Redis");
+    let bound = (N + N / 4) as u64;
+    assert!(
+        reads <= bound && writes <= bound,
+        "{N} joins: {reads} reads and {writes} writes by Redis: the presence write and the subscription went apart"
+    );
     broker.shutdown().await;
 }
 

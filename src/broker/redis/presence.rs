@@ -12,7 +12,9 @@
 //! With occupancy on and outside Redis Cluster, a group's first join and
 //! last leave on a node write (and delete) its presence hash inside the
 //! occupancy script instead (`Inner::first_joined` in `transitions`): one
-//! command rather than presence's own commands beside the script.
+//! command rather than presence's own commands beside the script. With
+//! occupancy off, a first join's presence write goes behind its
+//! `SUBSCRIBE` on the subscriber connection (`Inner::subscribe_first`).
 //!
 //! The heartbeat is also the link's liveness probe (see `heartbeat_once`):
 //! its commands are the ones that time out when a connection silently died.
@@ -74,6 +76,32 @@ impl Inner {
         }
     }
 
+    /// A group's first member on this node, written on the subscriber
+    /// connection right behind the group's `SUBSCRIBE` (occupancy off:
+    /// `Inner::subscribe_first`), so that its answer says Redis has run
+    /// the subscription. Returns whether it was written; if not, the
+    /// heartbeat repairs it.
+    pub(super) async fn presence_first_on_subscriber(
+        &self,
+        group: &str,
+        slot: &Slot,
+        member: &Member,
+    ) -> bool {
+        let key = self.presence_key(group, &self.node_id);
+        let entry = vec![(member.session.clone(), json(member))];
+        match self
+            .presence_write_on(&self.subscriber, &key, true, entry)
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(group, error = %e, "presence write failed; the heartbeat will repair it");
+                slot.presence_dirty.store(true, Ordering::Release);
+                false
+            }
+        }
+    }
+
     pub(super) async fn presence_remove(&self, group: &str, slot: &Slot, session: Option<&str>) {
         if !self.client.is_connected() {
             slot.presence_dirty.store(true, Ordering::Release);
@@ -111,7 +139,18 @@ impl Inner {
         clear: bool,
         entries: Vec<(String, String)>,
     ) -> Result<(), fred::error::Error> {
-        let client = &self.client;
+        self.presence_write_on(&self.client, key, clear, entries)
+            .await
+    }
+
+    /// [`presence_write`](Self::presence_write) on `client`.
+    async fn presence_write_on<C: HashesInterface + KeysInterface + Sync>(
+        &self,
+        client: &C,
+        key: &str,
+        clear: bool,
+        entries: Vec<(String, String)>,
+    ) -> Result<(), fred::error::Error> {
         let mut commands: Vec<Request<'_, Value>> = Vec::with_capacity(3);
         if clear {
             commands.push(Box::pin(client.del(key)));
