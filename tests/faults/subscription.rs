@@ -118,3 +118,114 @@ async fn join_behind_a_backlog(occupancy: bool) {
     publish.await.unwrap().expect("the large publication");
     broker.shutdown().await;
 }
+
+/// A first join Redis does not confirm within `redis.command_timeout` is
+/// refused, and what it wrote (presence, and occupancy where it is on) is
+/// taken back. Its commands may still be on their way: here they wait
+/// behind a backlog that reaches Redis after the join was refused (the
+/// command timeout is 2 s; the join's script times out at 2 s and the
+/// `PING` behind it at 4 s, 2 MB at 400 KB/s pass at about 5 s, and fred
+/// would drop the connection as unresponsive at 6 s). The backlog fits in
+/// the sockets' buffers, so fred writes the join's commands at once (a
+/// larger one kept them in fred's queue, where they timed out unsent). The take-back must
+/// run after them: on the command connection it ran first, and the join's
+/// late script then left a presence entry until `node_ttl` and the group
+/// counted as occupied by this node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_join_leaves_nothing_behind_when_its_commands_arrive_late() {
+    bounded(Duration::from_secs(90), async {
+        refused_join_behind_a_backlog(true).await;
+        refused_join_behind_a_backlog(false).await;
+    })
+    .await;
+}
+
+async fn refused_join_behind_a_backlog(occupancy: bool) {
+    const LATE_BACKLOG: usize = 2_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisProc::start(dir.path());
+    let mut proxy = FaultProxy::start(redis.port).await;
+    proxy
+        .restart_with(vec![Toxic {
+            kind: ToxicKind::Bandwidth { rate: 400 },
+            name: "slower-up".into(),
+            toxicity: 1.0,
+            direction: StreamDirection::Upstream,
+        }])
+        .await;
+    let cfg = RedisConfig {
+        url: Some(proxy.url()),
+        prefix: PREFIX.into(),
+        command_timeout: Duration::from_secs(2),
+        heartbeat: Duration::from_secs(60),
+        node_ttl: Duration::from_secs(180),
+        ..RedisConfig::default()
+    };
+    let broker = RedisBroker::connect(&cfg, "a".into(), Arc::new(Metrics::new()))
+        .await
+        .expect("connect through the proxy");
+    if occupancy {
+        broker.start_occupancy(OccupancySettings {
+            linger: Duration::from_secs(120),
+            stream: None,
+            stream_maxlen: 1000,
+            queue: 16,
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let big = Publication {
+        group: "big".into(),
+        data: RawValue::from_string(format!("\"{}\"", "x".repeat(LATE_BACKLOG))).unwrap(),
+        position: None,
+        ts: None,
+        trace: None,
+        seq: None,
+    };
+    let publish = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.publish(vec![big]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let member = Member {
+        user_id: "u1".into(),
+        session: "s1".into(),
+        node: "a".into(),
+    };
+    let started = Instant::now();
+    let refused = broker.subscribe("ticks", &member).await;
+    eprintln!(
+        "occupancy {occupancy}: join answered after {:?}: {refused:?}",
+        started.elapsed()
+    );
+    assert!(
+        refused.is_err(),
+        "occupancy {occupancy}: the join was confirmed"
+    );
+    let _ = publish.await;
+
+    // The backlog passes, the join's SUBSCRIBE runs, then what followed it;
+    // the node unsubscribes the group it did not keep, after all of them.
+    eventually(
+        Duration::from_secs(30),
+        "the node's UNSUBSCRIBE",
+        || async {
+            let stats = redis_cli(redis.port, &["info", "commandstats"]);
+            command_calls(&stats, "unsubscribe") >= 1
+        },
+    )
+    .await;
+    let presence = redis_cli(
+        redis.port,
+        &["exists", &format!("{PREFIX}presence:ticks:a")],
+    );
+    let counted = redis_cli(
+        redis.port,
+        &["hexists", &format!("{PREFIX}{{occ}}:g:ticks"), "a"],
+    );
+    assert_eq!(
+        (presence[0].as_str(), counted[0].as_str()),
+        ("0", "0"),
+        "occupancy {occupancy}: a refused join left its presence hash and occupancy behind"
+    );
+    broker.shutdown().await;
+}

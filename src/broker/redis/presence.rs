@@ -102,6 +102,17 @@ impl Inner {
         }
     }
 
+    /// Takes back [`presence_first_on_subscriber`](Self::presence_first_on_subscriber)
+    /// for a join that was refused: on the same connection, so that Redis
+    /// runs it after that write even when both arrive late.
+    pub(super) async fn presence_clear_on_subscriber(&self, group: &str, slot: &Slot) {
+        let key = self.presence_key(group, &self.node_id);
+        if let Err(e) = Box::pin(self.subscriber.del::<i64, _>(&key)).await {
+            tracing::debug!(group, error = %e, "presence delete failed; the heartbeat will repair it");
+            slot.presence_dirty.store(true, Ordering::Release);
+        }
+    }
+
     pub(super) async fn presence_remove(&self, group: &str, slot: &Slot, session: Option<&str>) {
         if !self.client.is_connected() {
             slot.presence_dirty.store(true, Ordering::Release);

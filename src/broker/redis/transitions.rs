@@ -108,7 +108,8 @@ impl Inner {
     /// written apart after `CROSSSLOT`) a `PING` on the subscriber confirms
     /// it.
     /// Fails as the subscription does; the script's writes are then taken
-    /// back (a leave on the command client) before the join is refused.
+    /// back (a leave, on the subscriber connection behind them) before the
+    /// join is refused.
     pub(super) async fn subscribe_first(
         &self,
         group: &str,
@@ -127,7 +128,7 @@ impl Inner {
                 other => other,
             };
             if subscribed.is_err() {
-                self.presence_remove(group, slot, None).await;
+                self.presence_clear_on_subscriber(group, slot).await;
             }
             return subscribed;
         }
@@ -145,7 +146,10 @@ impl Inner {
             other => other,
         };
         if subscribed.is_err() {
-            self.last_left(group, slot, Via::Commands).await;
+            // On the same connection as the script: a refused join's
+            // commands may still be on their way (timed out, not lost), and
+            // the take-back must reach Redis after them.
+            self.last_left(group, slot, Via::Subscriber).await;
         }
         subscribed
     }
