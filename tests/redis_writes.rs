@@ -222,15 +222,7 @@ async fn a_first_join_and_its_subscription_reach_redis_in_one_write() {
     for i in 0..N {
         assert_joined(&broker, &mut events, i).await;
     }
-    let subscribed = redis_cli(
-        redis.port,
-        &["pubsub", "numsub", &format!("{PREFIX}group:user.0")],
-    );
-    assert_eq!(
-        subscribed.get(1).map(String::as_str),
-        Some("1"),
-        "{subscribed:?}"
-    );
+    assert_subscribed(&redis, &user_group(0));
 
     let before = counters();
     for i in 0..N {
@@ -262,6 +254,19 @@ async fn a_first_join_and_its_subscription_reach_redis_in_one_write() {
         );
     }
     broker.shutdown().await;
+}
+
+/// Redis delivers `group`'s channel to the node.
+fn assert_subscribed(redis: &RedisProc, group: &str) {
+    let subscribed = redis_cli(
+        redis.port,
+        &["pubsub", "numsub", &format!("{PREFIX}group:{group}")],
+    );
+    assert_eq!(
+        subscribed.get(1).map(String::as_str),
+        Some("1"),
+        "{subscribed:?}"
+    );
 }
 
 /// Reads and writes Redis has made so far (`INFO` itself: one of each).
@@ -297,15 +302,7 @@ async fn without_occupancy_a_first_join_and_its_presence_reach_redis_in_one_writ
         let group = user_group(i);
         assert_eq!(broker.presence(&group).await.unwrap(), [user(i)], "{group}");
     }
-    let subscribed = redis_cli(
-        redis.port,
-        &["pubsub", "numsub", &format!("{PREFIX}group:user.0")],
-    );
-    assert_eq!(
-        subscribed.get(1).map(String::as_str),
-        Some("1"),
-        "{subscribed:?}"
-    );
+    assert_subscribed(&redis, &user_group(0));
     eprintln!("{N} first joins without occupancy: {reads} reads, {writes} writes by Redis");
     let bound = (N + N / 4) as u64;
     assert!(
