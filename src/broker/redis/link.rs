@@ -7,9 +7,10 @@
 //! `subscribed` promises the client. fred answers the subscription
 //! commands when it writes them (Redis's confirmation arrives out of band),
 //! so something answered in order has to ride behind it on the same
-//! connection: a `PING`, or, for a group's first join with occupancy on
-//! (not on Redis Cluster), the occupancy script (`Inner::subscribe_first`).
-//! On Redis Cluster fred waits for `SSUBSCRIBE`'s answer.
+//! connection: for a group's first join, what the join writes anyway (the
+//! occupancy script, or with occupancy off the presence write;
+//! `Inner::subscribe_first`), elsewhere a `PING`. On Redis Cluster fred
+//! waits for `SSUBSCRIBE`'s answer.
 //!
 //! The broker, not fred, decides what to resubscribe after a reconnection.
 //! fred 10.1's `SubscriberClient::manage_subscriptions` replays the

@@ -11,7 +11,9 @@
 //! the node registry, presence, occupancy, history reads and control
 //! commands, but for a group's first join and last leave on the node: their
 //! script rides beside the `SUBSCRIBE` or `UNSUBSCRIBE` on the subscriber
-//! connection, one write each way (round eighteen). The control channel has
+//! connection, one write each way (round eighteen), and its answer tells
+//! the joiner that Redis holds the subscription (with occupancy off, the
+//! join's presence write does; round nineteen). The control channel has
 //! a subscriber of its own (`control`).
 //!
 //! This file is the broker itself: the state its parts share (`Inner`),
