@@ -280,11 +280,12 @@ fn reads_and_writes(redis: &RedisProc) -> (u64, u64) {
 /// With occupancy off, a group's first join queues its presence write
 /// behind its `SUBSCRIBE` on the subscriber connection, whose answer says
 /// Redis has run the subscription (`subscribed`): one read and one write
-/// by Redis per join. Confirming with a `PING` there instead, and the
+/// by Redis per join. A last leave queues the presence `DEL` beside its
+/// `UNSUBSCRIBE` the same way. Confirming with a `PING` there instead, and the
 /// presence on the command connection, cost two of each and 10 % more
 /// node CPU per new user (docs/performance.md, round nineteen).
 #[tokio::test]
-async fn without_occupancy_a_first_join_and_its_presence_reach_redis_in_one_write() {
+async fn without_occupancy_a_join_or_leave_and_its_presence_reach_redis_in_one_write() {
     const N: usize = 100;
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisProc::start(dir.path());
@@ -303,12 +304,30 @@ async fn without_occupancy_a_first_join_and_its_presence_reach_redis_in_one_writ
         assert_eq!(broker.presence(&group).await.unwrap(), [user(i)], "{group}");
     }
     assert_subscribed(&redis, &user_group(0));
-    eprintln!("{N} first joins without occupancy: {reads} reads, {writes} writes by Redis");
-    let bound = (N + N / 4) as u64;
-    assert!(
-        reads <= bound && writes <= bound,
-        "{N} joins: {reads} reads and {writes} writes by Redis: the presence write and the subscription went apart"
+
+    let before = reads_and_writes(&redis);
+    for i in 0..N {
+        broker
+            .unsubscribe(&user_group(i), &format!("s{i}"))
+            .await
+            .unwrap();
+    }
+    let after = reads_and_writes(&redis);
+    let leaves = (after.0 - before.0 - 2, after.1 - before.1 - 2);
+    for i in 0..N {
+        assert!(broker.presence(&user_group(i)).await.unwrap().is_empty());
+    }
+    eprintln!(
+        "without occupancy, {N} first joins: {reads} reads, {writes} writes by Redis; {N} last leaves: {} reads, {} writes",
+        leaves.0, leaves.1
     );
+    let bound = (N + N / 4) as u64;
+    for (what, (reads, writes)) in [("joins", (reads, writes)), ("leaves", leaves)] {
+        assert!(
+            reads <= bound && writes <= bound,
+            "{N} {what}: {reads} reads and {writes} writes by Redis: the presence write and the (un)subscription went apart"
+        );
+    }
     broker.shutdown().await;
 }
 

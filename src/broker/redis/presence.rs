@@ -102,9 +102,11 @@ impl Inner {
         }
     }
 
-    /// Takes back [`presence_first_on_subscriber`](Self::presence_first_on_subscriber)
-    /// for a join that was refused: on the same connection, so that Redis
-    /// runs it after that write even when both arrive late.
+    /// Deletes the group's presence hash on the subscriber connection
+    /// (occupancy off): a last leave's, beside its `UNSUBSCRIBE` (one write
+    /// each way), and a refused first join's take-back of
+    /// [`presence_first_on_subscriber`](Self::presence_first_on_subscriber),
+    /// which Redis must run after that write even when both arrive late.
     pub(super) async fn presence_clear_on_subscriber(&self, group: &str, slot: &Slot) {
         let key = self.presence_key(group, &self.node_id);
         if let Err(e) = Box::pin(self.subscriber.del::<i64, _>(&key)).await {

@@ -158,9 +158,10 @@ impl Inner {
     /// go (under its `op` lock): unsubscribes the group and does what
     /// [`last_left`](Self::last_left) does, the `UNSUBSCRIBE` and the script
     /// queued together on the subscriber connection where one script does
-    /// the latter. The script goes last in both pairs: fred flushes its
-    /// socket right after any `EVALSHA`, so a command queued behind one
-    /// would be a write of its own. Fails as the unsubscription does (at
+    /// the latter (with occupancy off, the presence `DEL`). The script goes
+    /// last in both pairs: fred flushes its socket right after any
+    /// `EVALSHA`, so a command queued behind one would be a write of its
+    /// own. Fails as the unsubscription does (at
     /// once while the subscriber is disconnected).
     pub(super) async fn unsubscribe_last(
         &self,
@@ -170,6 +171,14 @@ impl Inner {
         if !self.subscriber.is_connected() {
             self.last_left(group, slot, Via::Commands).await;
             return Err(not_connected());
+        }
+        if self.occupancy.get().is_none() && !self.sharded {
+            // Presence alone, beside the UNSUBSCRIBE the same way.
+            let (unsubscribed, ()) = tokio::join!(
+                self.unsub_channel(group),
+                self.presence_clear_on_subscriber(group, slot)
+            );
+            return unsubscribed;
         }
         if self.together().is_none() {
             self.last_left(group, slot, Via::Commands).await;
