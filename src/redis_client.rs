@@ -177,7 +177,7 @@ pub enum Subscription {
 /// commands when it writes them; Redis's refusal (`NOPERM`, a Redis user
 /// without the channel) then reaches the `PING` as its answer, or is
 /// dropped when the reply arrives before fred has the `PING` in flight
-/// (seen in about half the runs under load). The `PING`'s answer tells
+/// (seen in some runs of the channels_redis test). The `PING`'s answer tells
 /// either way: a subscribed RESP2 connection answers `["pong", ""]`, any
 /// other `+PONG`. On Redis Cluster fred sends a `PING` to any node, not
 /// the one subscribed: there the subscription is taken as held, unchecked.

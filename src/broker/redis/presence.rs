@@ -13,8 +13,8 @@
 //! last leave on a node write (and delete) its presence hash inside the
 //! occupancy script instead (`Inner::first_joined` in `transitions`): one
 //! command rather than presence's own commands beside the script. With
-//! occupancy off, a first join's presence write goes behind its
-//! `SUBSCRIBE` on the subscriber connection (`Inner::subscribe_first`).
+//! occupancy off, those presence commands go beside the `SUBSCRIBE` or
+//! `UNSUBSCRIBE` on the subscriber connection (`presence_add_on`).
 //!
 //! The heartbeat is also the link's liveness probe (see `heartbeat_once`):
 //! its commands are the ones that time out when a connection silently died.
@@ -68,31 +68,25 @@ impl Inner {
             slot.presence_dirty.store(true, Ordering::Release);
             return;
         }
-        let key = self.presence_key(group, &self.node_id);
-        let entry = vec![(member.session.clone(), json(member))];
-        if let Err(e) = self.presence_write(&key, first, entry).await {
-            tracing::debug!(group, error = %e, "presence write failed; the heartbeat will repair it");
-            slot.presence_dirty.store(true, Ordering::Release);
-        }
+        self.presence_add_on(&self.client, group, slot, member, first)
+            .await;
     }
 
-    /// A group's first member on this node, written on the subscriber
-    /// connection right behind the group's `SUBSCRIBE` (occupancy off:
-    /// `Inner::subscribe_first`), so that its answer says Redis has run
-    /// the subscription. Returns whether it was written; if not, the
-    /// heartbeat repairs it.
-    pub(super) async fn presence_first_on_subscriber(
+    /// [`presence_add`](Self::presence_add) on `client`: the command
+    /// client, or with occupancy off the subscriber connection behind a
+    /// first join's `SUBSCRIBE` (`transitions`). Returns whether it was
+    /// written; if not, the heartbeat repairs it.
+    pub(super) async fn presence_add_on<C: HashesInterface + KeysInterface + Sync>(
         &self,
+        client: &C,
         group: &str,
         slot: &Slot,
         member: &Member,
+        first: bool,
     ) -> bool {
         let key = self.presence_key(group, &self.node_id);
         let entry = vec![(member.session.clone(), json(member))];
-        match self
-            .presence_write_on(&self.subscriber, &key, true, entry)
-            .await
-        {
+        match self.presence_write_on(client, &key, first, entry).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(group, error = %e, "presence write failed; the heartbeat will repair it");
@@ -102,29 +96,29 @@ impl Inner {
         }
     }
 
-    /// Deletes the group's presence hash on the subscriber connection
-    /// (occupancy off): a last leave's, beside its `UNSUBSCRIBE` (one write
-    /// each way), and a refused first join's take-back of
-    /// [`presence_first_on_subscriber`](Self::presence_first_on_subscriber),
-    /// which Redis must run after that write even when both arrive late.
-    pub(super) async fn presence_clear_on_subscriber(&self, group: &str, slot: &Slot) {
-        let key = self.presence_key(group, &self.node_id);
-        if let Err(e) = Box::pin(self.subscriber.del::<i64, _>(&key)).await {
-            tracing::debug!(group, error = %e, "presence delete failed; the heartbeat will repair it");
-            slot.presence_dirty.store(true, Ordering::Release);
-        }
-    }
-
     pub(super) async fn presence_remove(&self, group: &str, slot: &Slot, session: Option<&str>) {
         if !self.client.is_connected() {
             slot.presence_dirty.store(true, Ordering::Release);
             return;
         }
+        self.presence_remove_on(&self.client, group, slot, session)
+            .await;
+    }
+
+    /// [`presence_remove`](Self::presence_remove) on `client` (see
+    /// [`presence_add_on`](Self::presence_add_on)).
+    pub(super) async fn presence_remove_on<C: HashesInterface + KeysInterface + Sync>(
+        &self,
+        client: &C,
+        group: &str,
+        slot: &Slot,
+        session: Option<&str>,
+    ) {
         let key = self.presence_key(group, &self.node_id);
         // Boxed: see `sub_channel`.
         let result: Result<i64, _> = match session {
-            Some(session) => Box::pin(self.client.hdel(&key, session)).await,
-            None => Box::pin(self.client.del(&key)).await,
+            Some(session) => Box::pin(client.hdel(&key, session)).await,
+            None => Box::pin(client.del(&key)).await,
         };
         if let Err(e) = result {
             tracing::debug!(group, error = %e, "presence delete failed; the heartbeat will repair it");

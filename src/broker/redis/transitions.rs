@@ -32,7 +32,8 @@ pub(super) enum Via {
     /// The command client.
     Commands,
     /// The subscriber connection, queued beside the group's `SUBSCRIBE` or
-    /// `UNSUBSCRIBE` (see [`Inner::subscribe_first`]).
+    /// `UNSUBSCRIBE` (see [`Inner::subscribe_first`]); with occupancy off,
+    /// presence's own commands go there instead.
     Subscriber,
 }
 
@@ -51,8 +52,9 @@ impl Inner {
     /// proxy, a managed "sharded" endpoint) answers `CROSSSLOT`: the node
     /// then writes them apart, for this join and from then on.
     ///
-    /// `via`: the connection the script runs on; written apart, both go on
-    /// the command client. Returns whether the script ran (so that Redis
+    /// `via`: the connection the script runs on (with occupancy off, the
+    /// presence commands); written apart, both go on the command client.
+    /// Returns whether the script ran (so that Redis
     /// had run what was queued before it on `via`).
     pub(super) async fn first_joined(
         &self,
@@ -67,6 +69,10 @@ impl Inner {
             if !self.refused_together(occ, slot, group, result) {
                 return ran;
             }
+        } else if via == Via::Subscriber && self.occupancy.get().is_none() {
+            return self
+                .presence_add_on(&self.subscriber, group, slot, member, true)
+                .await;
         }
         // Both on the command client, queued in this order: one write to
         // Redis, not two round trips one after the other.
@@ -86,6 +92,10 @@ impl Inner {
             if !self.refused_together(occ, slot, group, result) {
                 return;
             }
+        } else if via == Via::Subscriber && self.occupancy.get().is_none() {
+            return self
+                .presence_remove_on(&self.subscriber, group, slot, None)
+                .await;
         }
         tokio::join!(
             self.presence_remove(group, slot, None),
@@ -106,8 +116,7 @@ impl Inner {
     /// says so (with occupancy off, the presence write's, queued behind the
     /// `SUBSCRIBE` the same way), and where it did not run (an error, or
     /// written apart after `CROSSSLOT`) a `PING` on the subscriber confirms
-    /// it.
-    /// Fails as the subscription does; the script's writes are then taken
+    /// it. Fails as the subscription does; the script's writes are then taken
     /// back (a leave, on the subscriber connection behind them) before the
     /// join is refused.
     pub(super) async fn subscribe_first(
@@ -116,23 +125,7 @@ impl Inner {
         slot: &Slot,
         member: &Member,
     ) -> Result<(), fred::error::Error> {
-        if self.occupancy.get().is_none() && !self.sharded {
-            // Presence alone, behind the SUBSCRIBE in the same way (a PING
-            // there instead cost 10 % more CPU per new user; round nineteen).
-            let (subscribed, written) = tokio::join!(
-                self.queue_subscribe(group),
-                self.presence_first_on_subscriber(group, slot, member)
-            );
-            let subscribed = match subscribed {
-                Ok(()) if !written => self.caught_up().await,
-                other => other,
-            };
-            if subscribed.is_err() {
-                self.presence_clear_on_subscriber(group, slot).await;
-            }
-            return subscribed;
-        }
-        if self.together().is_none() {
+        if !self.beside_subscription() {
             self.sub_channel(group).await?;
             self.first_joined(group, slot, member, Via::Commands).await;
             return Ok(());
@@ -142,7 +135,7 @@ impl Inner {
             self.first_joined(group, slot, member, Via::Subscriber)
         );
         let subscribed = match subscribed {
-            Ok(()) if !ran && !self.sharded => self.caught_up().await,
+            Ok(()) if !ran => self.caught_up().await,
             other => other,
         };
         if subscribed.is_err() {
@@ -161,8 +154,8 @@ impl Inner {
     /// the latter (with occupancy off, the presence `DEL`). The script goes
     /// last in both pairs: fred flushes its socket right after any
     /// `EVALSHA`, so a command queued behind one would be a write of its
-    /// own. Fails as the unsubscription does (at
-    /// once while the subscriber is disconnected).
+    /// own. Fails as the unsubscription does (at once while the subscriber
+    /// is disconnected).
     pub(super) async fn unsubscribe_last(
         &self,
         group: &str,
@@ -172,15 +165,7 @@ impl Inner {
             self.last_left(group, slot, Via::Commands).await;
             return Err(not_connected());
         }
-        if self.occupancy.get().is_none() && !self.sharded {
-            // Presence alone, beside the UNSUBSCRIBE the same way.
-            let (unsubscribed, ()) = tokio::join!(
-                self.unsub_channel(group),
-                self.presence_clear_on_subscriber(group, slot)
-            );
-            return unsubscribed;
-        }
-        if self.together().is_none() {
+        if !self.beside_subscription() {
             self.last_left(group, slot, Via::Commands).await;
             return self.unsub_channel(group).await;
         }
@@ -227,6 +212,19 @@ impl Inner {
                 false
             }
         }
+    }
+
+    /// Whether a first join's and last leave's writes go on the subscriber
+    /// connection beside the (un)subscription: one script where presence
+    /// rides in it, presence's own commands with occupancy off; neither on
+    /// Redis Cluster, where the channel and the keys live on different
+    /// shards.
+    fn beside_subscription(&self) -> bool {
+        !self.sharded
+            && self
+                .occupancy
+                .get()
+                .is_none_or(|occ| occ.together.load(Ordering::Acquire))
     }
 
     /// Occupancy, when presence may ride in its scripts.
