@@ -23,7 +23,8 @@
 #             Redis (a unique prefix), as bench.sh's redis1- rows;
 #   floor     wsgate-floor, the minimal server of issue 15 (floor- rows);
 #   bin=PATH  another wsgate build (a copy of an older target/release/wsgate);
-#   VAR=VALUE a setting for that side's node (WSGATE__SERVER__WRITE_DELAY=5ms).
+#   VAR=VALUE a setting for that side's node (WSGATE__SERVER__WRITE_DELAY=5ms),
+#             or TOKIO_WORKER_THREADS=N, the node's runtime threads.
 #
 # For example, Redis against the embedded node on the many-groups row, and
 # a change against the build before it:
@@ -46,7 +47,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --json-out) JSON_OUT=$2; shift ;;
         --report) REPORT=$2; shift ;;
-        -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         -*) echo "ab.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) break ;;
     esac

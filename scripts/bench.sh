@@ -49,7 +49,7 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift ;;
         --inputs-out) INPUTS_OUT=$2; shift ;;
         --only) ONLY=$2; shift ;;
-        -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

@@ -84,7 +84,7 @@ while [ $# -gt 0 ]; do
         --inputs-out) INPUTS_OUT=$2; shift ;;
         --keep) KEEP=1 ;;
         --direct) DIRECT=1 ;;
-        -h|--help) sed -n '2,72p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "cluster-bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift

@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --rate) RATE=$2; shift ;;
         --keep) KEEP=$2; shift ;;
-        -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         -*) echo "instructions.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -113,7 +113,9 @@ for spec in "$@"; do
     LABEL="$KIND-$n"
     WSGATE=$SIDE_BIN
     mkdir -p "$WORK/$LABEL"
-    NODE_WRAP=(valgrind --tool=callgrind "--callgrind-out-file=$WORK/$LABEL/callgrind.%p")
+    # Names uncompressed: each dump then stands alone for callgrind_annotate
+    # (compressed, a later dump names functions by ids its file lacks).
+    NODE_WRAP=(valgrind --tool=callgrind --compress-strings=no --compress-pos=no "--callgrind-out-file=$WORK/$LABEL/callgrind.%p")
     case "$KIND" in
         embedded) one_node "$LABEL" "$WS" "$API" "$MET" "${SIDE_ENV[@]}" ;;
         redis)

@@ -204,7 +204,8 @@ row_args() {
 }
 
 # parse_side SPEC: a side of scripts/ab.sh or scripts/instructions.sh,
-# "embedded|redis[,bin=PATH][,WSGATE__VAR=VALUE...]" or "floor", into KIND,
+# "embedded|redis[,bin=PATH][,WSGATE__VAR=VALUE...][,TOKIO_WORKER_THREADS=N]"
+# or "floor", into KIND,
 # SIDE_BIN (DEFAULT_WSGATE unless bin= says otherwise) and SIDE_ENV; dies
 # on a malformed side, a missing binary or an unreachable Redis. Each
 # script checks what else its sides need.
@@ -216,8 +217,8 @@ parse_side() {
     for part in "${parts[@]:1}"; do
         case "$part" in
             bin=*) SIDE_BIN=${part#bin=} ;;
-            WSGATE__*=*) SIDE_ENV+=("$part") ;;
-            *) die "side $1: $part is neither bin=PATH nor WSGATE__...=VALUE" ;;
+            WSGATE__*=*|TOKIO_WORKER_THREADS=*) SIDE_ENV+=("$part") ;;
+            *) die "side $1: $part is neither bin=PATH, WSGATE__...=VALUE nor TOKIO_WORKER_THREADS=N" ;;
         esac
     done
     [ "$KIND" != floor ] || [ "${#parts[@]}" = 1 ] || die "side $1: the floor takes no build or settings"
