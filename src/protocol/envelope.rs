@@ -1,6 +1,8 @@
 //! What travels between nodes: the broker envelope of a publication and
 //! the cluster-wide control commands.
 
+use std::io::Write as _;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -35,37 +37,46 @@ pub enum EnvelopeError {
     Group,
 }
 
+/// The envelope of `p`, as `{"v":1,"group":..,"data":..}` with the
+/// optional fields after `data` in a fixed order (the history script
+/// appends `offset` and `epoch` to it; see `broker::redis::history`).
+///
+/// Written by hand rather than by serde's derive: one envelope per
+/// publication on Redis, and the derive escaped every key (a fifth of a
+/// publish's envelope cost, counted in docs/performance.md, round twenty).
 pub fn encode_envelope(p: &Publication) -> String {
-    #[derive(Serialize)]
-    struct Envelope<'a> {
-        v: u8,
-        group: &'a str,
-        data: &'a RawValue,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        offset: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        epoch: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        ts: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        tp: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        sq: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        se: Option<&'a str>,
+    let data = p.data.get();
+    let mut out = Vec::with_capacity(40 + p.group.len() + data.len());
+    out.extend_from_slice(br#"{"v":1,"group":"#);
+    write_json_str(&mut out, &p.group);
+    out.extend_from_slice(br#","data":"#);
+    out.extend_from_slice(data.as_bytes());
+    if let Some(position) = &p.position {
+        let _ = write!(out, r#","offset":{},"epoch":"#, position.offset);
+        write_json_str(&mut out, &position.epoch);
     }
-    serde_json::to_string(&Envelope {
-        v: 1,
-        group: &p.group,
-        data: &p.data,
-        offset: p.position.as_ref().map(|p| p.offset),
-        epoch: p.position.as_ref().map(|p| p.epoch.as_str()),
-        ts: p.ts,
-        tp: p.trace.as_deref(),
-        sq: p.seq.as_ref().map(|s| s.offset),
-        se: p.seq.as_ref().map(|s| s.epoch.as_str()),
-    })
-    .unwrap_or_default()
+    if let Some(ts) = p.ts {
+        let _ = write!(out, r#","ts":{ts}"#);
+    }
+    if let Some(tp) = &p.trace {
+        out.extend_from_slice(br#","tp":"#);
+        write_json_str(&mut out, tp);
+    }
+    if let Some(seq) = &p.seq {
+        let _ = write!(out, r#","sq":{},"se":"#, seq.offset);
+        write_json_str(&mut out, &seq.epoch);
+    }
+    out.push(b'}');
+    // Only JSON text was written: the escaped strings, a `RawValue`
+    // (valid JSON, so UTF-8) and ASCII.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `s` as a JSON string, appended to `out`.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
 }
 
 /// Decodes an envelope received on the channel of `channel_group`.
@@ -132,6 +143,75 @@ pub enum Control {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What serde's derive writes for an envelope: the hand-written
+    /// encoder must agree with it byte for byte, escaping included.
+    fn derived(p: &Publication) -> String {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            v: u8,
+            group: &'a str,
+            data: &'a RawValue,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            offset: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            epoch: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            ts: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tp: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            sq: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            se: Option<&'a str>,
+        }
+        serde_json::to_string(&Envelope {
+            v: 1,
+            group: &p.group,
+            data: &p.data,
+            offset: p.position.as_ref().map(|p| p.offset),
+            epoch: p.position.as_ref().map(|p| p.epoch.as_str()),
+            ts: p.ts,
+            tp: p.trace.as_deref(),
+            sq: p.seq.as_ref().map(|s| s.offset),
+            se: p.seq.as_ref().map(|s| s.epoch.as_str()),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn encoder_writes_what_the_derive_writes() {
+        let at = |offset, epoch: &str| Position {
+            offset,
+            epoch: epoch.into(),
+        };
+        for position in [None, Some(at(0, "e")), Some(at(u64::MAX, "q\"\\\u{1}é"))] {
+            for ts in [None, Some(1_700_000_000_000_001)] {
+                for trace in [None, Some("00-\"\\-01".to_string())] {
+                    for seq in [None, Some(at(7, "s\n"))] {
+                        let p = Publication {
+                            group: "g.1:x@y-z_".into(),
+                            data: RawValue::from_string(
+                                r#"{"a":"\u00e9\"","b":[1,2.5,null]}"#.into(),
+                            )
+                            .unwrap(),
+                            position: position.clone(),
+                            ts,
+                            trace: trace.clone(),
+                            seq: seq.clone(),
+                        };
+                        let written = encode_envelope(&p);
+                        assert_eq!(written, derived(&p));
+                        let back = decode_envelope(&p.group, written.as_bytes()).unwrap();
+                        assert_eq!(back.position, p.position);
+                        assert_eq!(back.seq, p.seq);
+                        assert_eq!(back.ts, p.ts);
+                        assert_eq!(back.data.get(), p.data.get());
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn envelope_roundtrip() {

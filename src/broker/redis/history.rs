@@ -208,6 +208,22 @@ impl Inner {
         }
         let inner = self;
         inner.check_link()?;
+        if let [p] = publications.as_slice()
+            && !inner.sharded
+            && !inner.history.applies(&p.group)
+            && !inner.snapshots.applies(&p.group)
+        {
+            // The API's single publish: one `PUBLISH`, without the batch's
+            // boxed commands and lists (what `Batch` would send for it).
+            let channel = inner.group_channel(&p.group);
+            let envelope = protocol::encode_envelope(p);
+            inner
+                .subscriber
+                .publish::<Value, _, _>(channel, envelope)
+                .await
+                .map_err(unavailable)?;
+            return Ok(vec![None]);
+        }
         let mut batch = Batch::new(&inner.subscriber, &inner.client, publications.len());
         for p in &publications {
             let channel = inner.group_channel(&p.group);

@@ -141,7 +141,12 @@ impl Inner {
     // -- channels, groups and link state ------------------------------------
 
     pub(super) fn group_channel(&self, group: &str) -> String {
-        format!("{}group:{group}", self.prefix)
+        // Not `format!`: one channel name per publication.
+        let mut channel = String::with_capacity(self.prefix.len() + 6 + group.len());
+        channel.push_str(&self.prefix);
+        channel.push_str("group:");
+        channel.push_str(group);
+        channel
     }
     pub(super) fn control_channel(&self) -> String {
         super::control::control_channel(&self.prefix)
