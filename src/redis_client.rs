@@ -96,6 +96,16 @@ pub fn builder(cfg: &RedisConfig) -> Result<Builder, RedisSetupError> {
             connection_timeout: timeout.max(Duration::from_secs(1)),
             internal_command_timeout: timeout.max(Duration::from_secs(1)),
             max_command_buffer_len: MAX_QUEUED_COMMANDS,
+            // One write per command. fred's default (3) writes a command
+            // again after a reconnection if its connection closed while it
+            // was in flight, whether or not Redis had run it: a publish was
+            // delivered twice, answered 200, and an idempotency claim found
+            // its own key and answered `duplicate` for a message never
+            // published (tests/faults/lost_reply.rs). Such a command now
+            // fails, which callers already handle as "may have run".
+            // Commands not yet written when a connection drops still wait
+            // for the reconnection, within their timeout.
+            max_command_attempts: 1,
             unresponsive: UnresponsiveConfig {
                 max_timeout: Some(timeout.max(Duration::from_millis(500)) * 2),
                 interval: Duration::from_millis(500),

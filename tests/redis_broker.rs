@@ -666,6 +666,10 @@ async fn a_failed_publish_is_not_sent_once_redis_is_back() {
     let stale = vec![publication("g", "0"), publication("g", "0")];
     let err = a.publish(stale).await.unwrap_err();
     assert!(matches!(err, BrokerError::Unavailable(_)), "{err:?}");
+    // The stale publish fails as soon as its connection is gone, so the
+    // nodes may not have seen the outage yet: "up" below must be after it,
+    // or `b` could be resubscribing while `a` publishes.
+    wait_until("the outage seen", || !a.is_up() && !b.broker.is_up()).await;
 
     redis.restart();
     wait_until("link up again", || a.is_up() && b.broker.is_up()).await;

@@ -113,6 +113,16 @@ impl RedisProc {
         assert!(status.success());
     }
 
+    /// SIGCONT: a [`RedisProc::freeze`] ends, and Redis serves what queued.
+    pub fn thaw(&self) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let status = Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status()
+            .expect("kill -CONT");
+        assert!(status.success());
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         let child = Command::new("redis-server")

@@ -11,6 +11,9 @@
 //!   [`proxy::FaultProxy`] for what it can and cannot do).
 //! - [`subscription`]: a join is confirmed only once Redis has run its
 //!   `SUBSCRIBE`, with the subscriber connection backed up behind the proxy.
+//! - [`lost_reply`]: a command Redis ran whose reply was lost with its
+//!   connection is not sent again (a publish delivered twice, a claim taken
+//!   for a duplicate).
 //! - [`postgres`]: Postgres stopped, restarted and frozen under two nodes
 //!   with a warm Redis token cache ([`PgServer`], a throwaway PostgreSQL
 //!   cluster).
@@ -26,6 +29,7 @@
 // The shared helpers live beside the test files, not in this directory.
 #[path = "../common/mod.rs"]
 mod common;
+mod lost_reply;
 mod postgres;
 mod proxy;
 mod redis_link;

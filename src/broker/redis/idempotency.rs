@@ -1,7 +1,17 @@
 //! Idempotency keys on Redis, seen by every node: `<prefix>idem:<key>`,
 //! taken with `SET NX PX` (atomic, so of two nodes claiming one key at once
 //! exactly one gets it), kept with `SET PX`, looked at with `EXISTS`,
-//! released with `DEL`. A call on several keys sends one command per key
+//! released with `DEL`.
+//!
+//! A claim whose answer does not come (its connection closed, or its
+//! timeout passed) may still have been run by Redis, and would then hold
+//! the key for the pending time with nothing published: the caller's retry
+//! would be answered `duplicate` and the message never sent. So a claim
+//! writes a token of its own as the value, and a claim that failed takes
+//! its keys back where they still hold its token (compare and delete, one
+//! script), before the error is returned. Were Redis to run the lost claim
+//! after that (it sat in a connection Redis had not read yet), the key is
+//! held for the pending time only, as when a node dies after claiming. A call on several keys sends one command per key
 //! at once (one round trip; `super::requests` says why not a pipeline); on
 //! Redis Cluster fred routes each command to its key's shard. Every command
 //! is bounded by `redis.command_timeout`, fred's own timeout, so one that
@@ -12,7 +22,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::prelude::{Client, KeysInterface, Value};
+use fred::prelude::{Client, KeysInterface, LuaInterface, Value};
 use fred::types::{Expiration, SetOptions};
 use futures_util::future::BoxFuture;
 
@@ -55,6 +65,14 @@ impl RedisIdempotency {
     }
 }
 
+/// Deletes `KEYS[1]` if it still holds this claim's token `ARGV[1]`.
+const TAKE_BACK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
 fn px(ttl: Duration) -> Expiration {
     Expiration::PX(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1))
 }
@@ -62,14 +80,32 @@ fn px(ttl: Duration) -> Expiration {
 #[async_trait]
 impl Idempotency for RedisIdempotency {
     async fn claim(&self, keys: &[String], ttl: Duration) -> Result<Vec<bool>, BrokerError> {
-        let values = self
-            .each(keys, |c, k| async move {
-                c.set::<Value, _, _>(k, "1", Some(px(ttl)), Some(SetOptions::NX), false)
-                    .await
+        let token = hex::encode(rand::random::<[u8; 8]>());
+        let claimed = self
+            .each(keys, |c, k| {
+                let token = token.clone();
+                async move {
+                    c.set::<Value, _, _>(k, token, Some(px(ttl)), Some(SetOptions::NX), false)
+                        .await
+                }
             })
-            .await?;
-        // "OK" when set; nil when the key was held.
-        Ok(values.iter().map(|v| !matches!(v, Value::Null)).collect())
+            .await;
+        match claimed {
+            // "OK" when set; nil when the key was held.
+            Ok(values) => Ok(values.iter().map(|v| !matches!(v, Value::Null)).collect()),
+            Err(e) => {
+                if let Err(undo) = self
+                    .each(keys, |c, k| {
+                        let token = token.clone();
+                        async move { c.eval::<Value, _, _, _>(TAKE_BACK, k, token).await }
+                    })
+                    .await
+                {
+                    tracing::warn!(error = %undo, "a failed idempotency claim not taken back");
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn keep(&self, keys: &[String], ttl: Duration) -> Result<(), BrokerError> {
