@@ -105,22 +105,21 @@ impl RedisProc {
 
     /// SIGSTOP: connections stay open, nothing answers (drop still kills it).
     pub fn freeze(&self) {
-        let pid = self.child.as_ref().expect("redis-server running").id();
-        let status = Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .expect("kill -STOP");
-        assert!(status.success());
+        self.signal("-STOP");
     }
 
     /// SIGCONT: a [`RedisProc::freeze`] ends, and Redis serves what queued.
     pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("redis-server running").id();
         let status = Command::new("kill")
-            .args(["-CONT", &pid.to_string()])
+            .args([signal, &pid.to_string()])
             .status()
-            .expect("kill -CONT");
-        assert!(status.success());
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {pid}");
     }
 
     pub fn restart(&mut self) {
