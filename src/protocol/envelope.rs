@@ -6,6 +6,7 @@ use std::io::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::frames::write_json_str;
 use super::{Position, is_valid_group};
 
 /// One message to a group, as it travels between nodes:
@@ -70,13 +71,6 @@ pub fn encode_envelope(p: &Publication) -> String {
     // Only JSON text was written: the escaped strings, a `RawValue`
     // (valid JSON, so UTF-8) and ASCII.
     String::from_utf8(out).unwrap_or_default()
-}
-
-/// `s` as a JSON string, appended to `out`.
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    if serde_json::to_writer(&mut *out, s).is_err() {
-        out.extend_from_slice(b"\"\"");
-    }
 }
 
 /// Decodes an envelope received on the channel of `channel_group`.

@@ -64,8 +64,8 @@ pub fn message_frame(group: &str, data: &RawValue, position: Option<&Position>) 
     Frame(ws::frame::encode_with(ws::frame::OP_TEXT, capacity, json))
 }
 
-/// `s` as a JSON string, appended to `out`.
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
+/// `s` as a JSON string, appended to `out` (frames and envelopes).
+pub(super) fn write_json_str(out: &mut Vec<u8>, s: &str) {
     if serde_json::to_writer(&mut *out, s).is_err() {
         out.extend_from_slice(b"\"\"");
     }

@@ -209,9 +209,7 @@ impl Inner {
         let inner = self;
         inner.check_link()?;
         if let [p] = publications.as_slice()
-            && !inner.sharded
-            && !inner.history.applies(&p.group)
-            && !inner.snapshots.applies(&p.group)
+            && inner.route(&p.group) == Route::Plain
         {
             // The API's single publish: one `PUBLISH`, without the batch's
             // boxed commands and lists (what `Batch` would send for it).
@@ -227,25 +225,28 @@ impl Inner {
         let mut batch = Batch::new(&inner.subscriber, &inner.client, publications.len());
         for p in &publications {
             let channel = inner.group_channel(&p.group);
-            if inner.history.applies(&p.group) {
-                let args = publish_args(&inner.history, &channel, p, inner.sharded);
-                batch.script(&PUBLISH, keys(&channel), args, Reply::Offset);
-            } else if inner.snapshots.applies(&p.group) {
-                let args = snapshot::publish_args(&inner.snapshots, &channel, p, inner.sharded);
-                batch.script(
-                    &snapshot::PUBLISH,
-                    snapshot::keys(&channel),
-                    args,
-                    Reply::None,
-                );
-            } else if inner.sharded {
-                let envelope = protocol::encode_envelope(p);
-                batch.push(
-                    Box::pin(batch.client.spublish(channel, envelope)),
-                    Reply::Plain(1),
-                );
-            } else {
-                batch.plain(channel, protocol::encode_envelope(p));
+            match inner.route(&p.group) {
+                Route::History => {
+                    let args = publish_args(&inner.history, &channel, p, inner.sharded);
+                    batch.script(&PUBLISH, keys(&channel), args, Reply::Offset);
+                }
+                Route::Snapshot => {
+                    let args = snapshot::publish_args(&inner.snapshots, &channel, p, inner.sharded);
+                    batch.script(
+                        &snapshot::PUBLISH,
+                        snapshot::keys(&channel),
+                        args,
+                        Reply::None,
+                    );
+                }
+                Route::Sharded => {
+                    let envelope = protocol::encode_envelope(p);
+                    batch.push(
+                        Box::pin(batch.client.spublish(channel, envelope)),
+                        Reply::Plain(1),
+                    );
+                }
+                Route::Plain => batch.plain(channel, protocol::encode_envelope(p)),
             }
         }
         let (commands, replies) = batch.finish();
@@ -270,6 +271,34 @@ impl Inner {
             }
         }
         Ok(positions)
+    }
+}
+
+/// How a group's publications are sent, decided in one place for
+/// [`Inner::publish`]'s batch and its single-publication shortcut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Through the history script, which assigns the offset.
+    History,
+    /// Through the snapshot script, which keeps the latest.
+    Snapshot,
+    /// One `SPUBLISH` each (Redis Cluster).
+    Sharded,
+    /// `PUBLISH`, runs of them in one `PUBLISH_MANY`.
+    Plain,
+}
+
+impl Inner {
+    fn route(&self, group: &str) -> Route {
+        if self.history.applies(group) {
+            Route::History
+        } else if self.snapshots.applies(group) {
+            Route::Snapshot
+        } else if self.sharded {
+            Route::Sharded
+        } else {
+            Route::Plain
+        }
     }
 }
 

@@ -11,12 +11,14 @@
 //! its keys back where they still hold its token (compare and delete, one
 //! script), before the error is returned. Were Redis to run the lost claim
 //! after that (it sat in a connection Redis had not read yet), the key is
-//! held for the pending time only, as when a node dies after claiming. A call on several keys sends one command per key
-//! at once (one round trip; `super::requests` says why not a pipeline); on
-//! Redis Cluster fred routes each command to its key's shard. Every command
-//! is bounded by `redis.command_timeout`, fred's own timeout, so one that
-//! timed out is never written later (a late claim would turn the caller's
-//! retry into a "duplicate" that was never published).
+//! held for the pending time only, as when a node dies after claiming.
+//!
+//! A call on several keys sends one command per key at once (one round
+//! trip; `super::requests` says why not a pipeline); on Redis Cluster fred
+//! routes each command to its key's shard. Every command is bounded by
+//! `redis.command_timeout`, fred's own timeout, so one that timed out is
+//! never written later (a late claim would turn the caller's retry into a
+//! "duplicate" that was never published).
 
 use std::future::Future;
 use std::time::Duration;
